@@ -1,0 +1,34 @@
+"""`nnlite <stage> …`: one console script; each stage is also `python -m nnlite.<stage>`."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from typing import Sequence
+
+STAGES = ("convert", "check", "plan", "preprocess", "train", "predict", "postprocess", "evaluate",
+          "visualize", "best")
+
+
+def available_stages() -> list[str]:
+    return [s for s in STAGES if importlib.util.find_spec(f"nnlite.{s}") is not None]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    stages = available_stages()
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: nnlite <stage> [args …]\nstages: " + ", ".join(stages))
+        return 0 if args else 2
+    if args[0] not in stages:
+        print(f"error: unknown stage '{args[0]}' (stages: {', '.join(stages)})", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"nnlite.{args[0]}")
+    from nnlite.cli import run
+
+    return run(module.main, args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+"""The one exception type for user errors (bad input or usage): exit code 2, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UserError(Exception):
+    """Bad input: `where` names the file, case or dataset.json key; `problem` says what is wrong."""
+
+    def __init__(self, where: str | Path, problem: str):
+        self.where = str(where)
+        self.problem = problem
+        super().__init__(f"{self.where}: {problem}")

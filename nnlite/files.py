@@ -1,0 +1,63 @@
+"""Atomic file writes: everything is written under `<name>.tmp` and renamed when complete."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+TMP_SUFFIX = ".tmp"
+
+
+def tmp_path_for(path: Path) -> Path:
+    return path.with_name(path.name + TMP_SUFFIX)
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` then rename tmp → path; on failure the tmp file is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path_for(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
+
+
+def save_npy_atomic(path: str | Path, array: np.ndarray) -> Path:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # np.save would append ".npy" to a str/Path name
+            np.save(handle, array, allow_pickle=False)
+
+    return write_atomic(path, write)
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def remove_tmp_leftovers(folder: str | Path) -> list[Path]:
+    """Delete `*.tmp` files a killed run left behind (recursively); returns what was removed."""
+    folder = Path(folder)
+    if not folder.exists():
+        return []
+    removed = sorted(folder.rglob("*" + TMP_SUFFIX))
+    for leftover in removed:
+        if leftover.is_file():
+            leftover.unlink()
+    return removed

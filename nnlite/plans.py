@@ -1,0 +1,221 @@
+"""Plan data: the fingerprint of a dataset and the plans made from it. Data only, no logic.
+
+Every class is a frozen dataclass with JSON-native fields; `__post_init__` checks consistency.
+Spacings, shapes and patch sizes are in the axis order of the *preprocessed* data, i.e. after
+`Plans.transpose` (the coarsest axis first), and in mm / voxels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nnlite.errors import UserError
+from nnlite.files import read_json, write_json_atomic
+from nnlite.schema import from_dict, to_jsonable
+
+SCHEMA_VERSION = 1
+
+NORMALIZATION_SCHEMES = ("zscore", "ct", "none", "rescale_0_1")
+ENCODER_TYPES = ("plain", "residual")
+
+
+@dataclass(frozen=True)
+class IntensityStats:
+    """Foreground intensity statistics of one channel over the whole dataset."""
+
+    mean: float
+    std: float
+    median: float
+    min: float
+    max: float
+    percentile_00_5: float
+    percentile_99_5: float
+
+
+@dataclass(frozen=True)
+class CaseFingerprint:
+    """What the planner needs of one training case (spacing/shapes in the raw (Z, Y, X) order)."""
+
+    case: str
+    spacing: tuple[float, ...]
+    shape_before_crop: tuple[int, ...]
+    shape_after_crop: tuple[int, ...]
+
+    @property
+    def relative_size_after_crop(self) -> float:
+        before = 1
+        after = 1
+        for b, a in zip(self.shape_before_crop, self.shape_after_crop):
+            before *= b
+            after *= a
+        return after / before
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Dataset fingerprint (`fingerprint.json`)."""
+
+    cases: tuple[CaseFingerprint, ...]
+    intensity_per_channel: dict[str, IntensityStats]
+    channel_names: dict[str, str]
+    labels: dict[str, int]
+    median_relative_size_after_crop: float
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        _check_version(self.schema_version, "fingerprint")
+        if not self.cases:
+            raise UserError("fingerprint", "holds no cases")
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """Topology of the U-Net: one stride and one kernel per stage (stage 0 has stride 1)."""
+
+    strides: tuple[tuple[int, ...], ...]
+    kernel_sizes: tuple[tuple[int, ...], ...]
+    features_per_stage: tuple[int, ...]
+    conv_per_stage: int = 2
+    conv_per_stage_decoder: int = 2
+    encoder: str = "plain"  # "plain" (PlainConvUNet) or "residual" (ResEnc: blocks_per_stage)
+    blocks_per_stage: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        n = len(self.strides)
+        if n < 1 or len(self.kernel_sizes) != n or len(self.features_per_stage) != n:
+            raise UserError("plans.json", "network needs one stride, kernel and width per stage")
+        ndim = len(self.strides[0])
+        if ndim not in (2, 3) or any(len(s) != ndim for s in self.strides + self.kernel_sizes):
+            raise UserError("plans.json", "network strides/kernels need one entry per axis (2 or 3)")
+        if any(s != 1 for s in self.strides[0]):
+            raise UserError("plans.json", "stage 0 must have stride 1")
+        if self.encoder not in ENCODER_TYPES:
+            raise UserError("plans.json", f"unknown encoder '{self.encoder}'")
+        if self.encoder == "residual" and len(self.blocks_per_stage) != n:
+            raise UserError("plans.json", "a residual encoder needs blocks_per_stage per stage")
+
+    @property
+    def ndim(self) -> int:
+        return len(self.strides[0])
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.strides)
+
+    @property
+    def total_stride(self) -> tuple[int, ...]:
+        """Product of the strides per axis: the patch must be divisible by it."""
+        total = [1] * self.ndim
+        for stride in self.strides:
+            total = [t * s for t, s in zip(total, stride)]
+        return tuple(total)
+
+
+@dataclass(frozen=True)
+class ConfigurationPlan:
+    """One configuration (2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres)."""
+
+    spacing: tuple[float, ...]
+    patch_size: tuple[int, ...]
+    median_shape: tuple[int, ...]
+    batch_size: int
+    network: NetworkPlan
+    normalization: tuple[str, ...]  # one scheme per input channel, see NORMALIZATION_SCHEMES
+    use_mask_for_norm: tuple[bool, ...]
+    batch_dice: bool
+    data_identifier: str  # folder under WORK/preprocessed/ (the cascade reuses 3d_fullres)
+    predicted_memory_bytes: int = 0
+    resampling_order_data: int = 3
+    resampling_order_seg: int = 1
+    resampling_order_probabilities: int = 1
+    resampling_order_z: int = 0
+    previous_stage: str | None = None
+    next_stage: str | None = None
+    reasons: tuple[str, ...] = ()  # why each decision was made, in plain words
+
+    def __post_init__(self) -> None:
+        ndim = self.network.ndim
+        if len(self.patch_size) != ndim or len(self.spacing) != ndim:
+            raise UserError("plans.json", "patch_size and spacing need one entry per network axis")
+        if any(p % t for p, t in zip(self.patch_size, self.network.total_stride)):
+            raise UserError("plans.json", f"patch {self.patch_size} not divisible by the total stride")
+        if len(self.normalization) != len(self.use_mask_for_norm):
+            raise UserError("plans.json", "normalization and use_mask_for_norm differ in length")
+        unknown = set(self.normalization) - set(NORMALIZATION_SCHEMES)
+        if unknown:
+            raise UserError("plans.json", f"unknown normalization scheme {sorted(unknown)[0]!r}")
+        if self.batch_size < 1:
+            raise UserError("plans.json", "batch_size must be ≥ 1")
+
+
+@dataclass(frozen=True)
+class Plans:
+    """Everything `plans.json` holds."""
+
+    dataset_name: str
+    transpose: tuple[int, ...]  # raw (Z, Y, X) axis order → preprocessed axis order
+    original_median_spacing: tuple[float, ...]  # after transpose
+    original_median_shape: tuple[float, ...]  # after transpose
+    configurations: dict[str, ConfigurationPlan]
+    intensity_per_channel: dict[str, IntensityStats]
+    channel_names: dict[str, str]
+    labels: dict[str, int]
+    gpu_memory_gb: float
+    schema_version: int = SCHEMA_VERSION
+    reasons: tuple[str, ...] = ()
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_version(self.schema_version, "plans.json")
+        if sorted(self.transpose) != list(range(len(self.transpose))):
+            raise UserError("plans.json", f"transpose {self.transpose} is not a permutation")
+
+    @property
+    def transpose_backward(self) -> tuple[int, ...]:
+        return tuple(self.transpose.index(axis) for axis in range(len(self.transpose)))
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def num_classes(self) -> int:
+        """Network outputs: background plus every foreground label."""
+        return len(self.labels)
+
+
+def _check_version(version: int, where: str) -> None:
+    if version != SCHEMA_VERSION:
+        raise UserError(where, f"schema_version {version} is not supported (expected {SCHEMA_VERSION})")
+
+
+def save_plans(plans: Plans, path: str | Path) -> None:
+    write_json_atomic(path, to_jsonable(plans))
+
+
+def load_plans(path: str | Path) -> Plans:
+    """Read `plans.json`; a missing or malformed file is a UserError naming it."""
+    return _load(Plans, path)
+
+
+def save_fingerprint(fingerprint: Fingerprint, path: str | Path) -> None:
+    write_json_atomic(path, to_jsonable(fingerprint))
+
+
+def load_fingerprint(path: str | Path) -> Fingerprint:
+    return _load(Fingerprint, path)
+
+
+def _load(cls: type, path: str | Path):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(path, "not found")
+    try:
+        data = read_json(path)
+    except ValueError as error:
+        raise UserError(path, f"not valid JSON ({error})") from None
+    try:
+        return from_dict(cls, data)
+    except UserError as error:
+        raise UserError(path, f"{error.where}: {error.problem}") from None

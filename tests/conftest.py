@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny synthetic volumes and datasets built in memory or under tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset004_Hippocampus"
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if not has_cuda:
+        skip = pytest.mark.skip(reason="needs a CUDA device")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture
+def hippocampus_raw() -> Path:
+    """The real Hippocampus dataset from ../shared/data (skipped with a reason when absent)."""
+    if not (HIPPOCAMPUS / "dataset.json").is_file():
+        pytest.skip(f"real data not found at {HIPPOCAMPUS}")
+    return HIPPOCAMPUS
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
