@@ -1,0 +1,37 @@
+"""`python -m nnlite.check RAW`: verify a raw dataset (reads every case once, writes nothing).
+
+Exit 0 with a short summary and any warnings, or exit 2 with one line `error: <file>: <problem>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from nnlite.cli import run
+from nnlite.dataset import check_dataset, load_dataset
+
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nnlite check", description=__doc__.splitlines()[0])
+    parser.add_argument("raw", type=Path, help="raw dataset folder (dataset.json, imagesTr, labelsTr)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help=f"processes reading cases (default {DEFAULT_WORKERS})")
+    args = parser.parse_args(argv)
+    dataset = load_dataset(args.raw)
+    report = check_dataset(dataset, workers=max(1, args.workers))
+    labels = ", ".join(f"{value}={name}" for name, value in sorted(dataset.labels.items(),
+                                                                   key=lambda item: item[1]))
+    print(f"OK: {report.num_cases} cases, {dataset.num_channels} channel(s) "
+          f"({', '.join(dataset.channel_names.values())}), labels {labels}; "
+          f"{len(report.warnings)} warning(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
