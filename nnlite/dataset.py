@@ -352,7 +352,8 @@ def check_dataset(dataset: RawDataset, workers: int = 1) -> DatasetReport:
     pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
     try:
         results = pool.map(_check_one, jobs, chunksize=4) if pool else map(_check_one, jobs)
-        with tqdm(results, total=len(jobs), desc="checking", unit="case", leave=False) as bar:
+        with tqdm(results, total=len(jobs), desc="checking", unit="case", leave=False,
+                  disable=None) as bar:
             for case_warnings, error in bar:
                 if error is not None:
                     raise UserError(*error)
