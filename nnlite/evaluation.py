@@ -129,18 +129,22 @@ def list_segs(folder: str | Path) -> dict[str, Path]:
 
 
 def matched_cases(pred_dir: str | Path, ref_dir: str | Path) -> list[tuple[str, Path, Path]]:
-    """(case, prediction, reference) for every prediction; a prediction without reference is an error.
+    """(case, prediction, reference) for every prediction of pred_dir; see `match_cases`."""
+    return match_cases(list_segs(pred_dir), list_segs(ref_dir), pred_dir, ref_dir)
+
+
+def match_cases(preds: dict[str, Path], refs: dict[str, Path], pred_where: str | Path,
+                ref_where: str | Path) -> list[tuple[str, Path, Path]]:
+    """Pair predictions with references; a prediction without reference is an error.
 
     References without a prediction are left out (as the reference's `chill` mode), so a fold's
     validation folder can be scored against the whole labelsTr.
     """
-    preds = list_segs(pred_dir)
-    refs = list_segs(ref_dir)
     if not preds:
-        raise UserError(pred_dir, "holds no predictions (<case>.nii.gz)")
+        raise UserError(pred_where, "holds no predictions (<case>.nii.gz)")
     missing = [case for case in preds if case not in refs]
     if missing:
-        raise UserError(missing[0], f"has a prediction in {pred_dir} but no reference in {ref_dir}")
+        raise UserError(missing[0], f"has a prediction in {pred_where} but no reference in {ref_where}")
     if len(refs) > len(preds):
         log.info("evaluating %d of %d reference cases (the predicted ones)", len(preds), len(refs))
     return [(case, preds[case], refs[case]) for case in preds]

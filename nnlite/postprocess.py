@@ -1,0 +1,35 @@
+"""`python -m nnlite.postprocess WORK [--config 3d_fullres] [--reference LABELS_DIR]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from nnlite.cli import run
+from nnlite.postprocessing import POSTPROCESSING_FILE, determine_postprocessing
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nnlite postprocess",
+        description="Decide keep-largest-component post-processing on cross-validation results.")
+    parser.add_argument("work", type=Path, help="work directory (plans.json, results/)")
+    parser.add_argument("--config", default="3d_fullres", help="configuration (default 3d_fullres)")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="reference label maps (default: <raw_path from plans>/labelsTr)")
+    args = parser.parse_args(argv)
+    decision = determine_postprocessing(args.work, args.config, args.reference)
+    for step in decision["decisions"]:
+        verdict = "accepted" if step["accepted"] else "rejected"
+        print(f"largest component of labels {step['labels']}: Dice {step['dice_before']:.4f} -> "
+              f"{step['dice_after']:.4f} {verdict}")
+    print(f"foreground Dice {decision['foreground_dice_before']:.4f} -> "
+          f"{decision['foreground_dice_after']:.4f} on {decision['cases']} cases; "
+          f"{args.work / 'results' / args.config / POSTPROCESSING_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

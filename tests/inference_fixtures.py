@@ -1,0 +1,49 @@
+"""Hand-made plans and random-weight checkpoints for the inference/post-processing tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from nnlite.plans import ConfigurationPlan, IntensityStats, NetworkPlan, Plans, save_plans
+from nnlite.schema import to_jsonable
+
+CONFIG = "3d_fullres"
+
+
+def tiny_plans(channels: int = 1, labels: int = 2, raw_path: str = "",
+               spacing: tuple[float, ...] = (2.0, 1.0, 1.0),
+               patch: tuple[int, ...] = (8, 16, 16)) -> Plans:
+    """A 3-stage 3D plan small enough to run in milliseconds on a CPU."""
+    network = NetworkPlan(strides=((1, 1, 1), (1, 2, 2), (2, 2, 2)),
+                          kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3)),
+                          features_per_stage=(4, 8, 8))
+    config = ConfigurationPlan(spacing=spacing, patch_size=patch, median_shape=patch, batch_size=2,
+                               network=network, normalization=("zscore",) * channels,
+                               use_mask_for_norm=(False,) * channels, batch_dice=False,
+                               data_identifier=CONFIG)
+    stats = IntensityStats(0.0, 1.0, 0.0, -3.0, 3.0, -2.5, 2.5)
+    return Plans(dataset_name="Tiny", transpose=(0, 1, 2), original_median_spacing=spacing,
+                 original_median_shape=patch, configurations={CONFIG: config},
+                 intensity_per_channel={str(c): stats for c in range(channels)},
+                 channel_names={str(c): f"ch{c}" for c in range(channels)},
+                 labels={"background": 0, **{f"l{v}": v for v in range(1, labels + 1)}},
+                 gpu_memory_gb=8.0, extra={"raw_path": raw_path} if raw_path else {})
+
+
+def save_random_model(work: Path, plans: Plans, folds=(0,), seed: int = 0) -> None:
+    """plans.json + checkpoint_final.pt per fold with random weights, in the contract's format."""
+    from nnlite.network import build_unet
+
+    save_plans(plans, work / "plans.json")
+    config = plans.configurations[CONFIG]
+    for fold in folds:
+        torch.manual_seed(seed + int(fold) if str(fold).isdigit() else seed)
+        net = build_unet(config.network, plans.num_channels, plans.num_classes)
+        folder = work / "results" / CONFIG / f"fold_{fold}"
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save({"network": net.state_dict(), "optimizer": {}, "epoch": 1, "metrics": [],
+                    "rng": {}, "plan": to_jsonable(plans),
+                    "config": {"configuration": CONFIG, "fold": fold}},
+                   folder / "checkpoint_final.pt")
