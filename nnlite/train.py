@@ -1,0 +1,82 @@
+"""`python -m nnlite.train [WORK] …`: train a fold (or every fold); without WORK, run the demo.
+
+Multi-GPU: `torchrun --nproc_per_node=N -m nnlite.train WORK …` (DDP; rank 0 writes the files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from nnlite.cli import run
+
+FOLD_CHOICES = ("0", "1", "2", "3", "4", "all", "cv")
+CV_FOLDS = ("0", "1", "2", "3", "4")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnlite train",
+        description="Train a U-Net on a preprocessed work directory (no WORK: the built-in demo).")
+    parser.add_argument("work", type=Path, nargs="?", help="work directory (plans.json, preprocessed/)")
+    parser.add_argument("--config", default=None, help="configuration in plans.json (default 3d_fullres)")
+    parser.add_argument("--fold", default=None, metavar="{0..4,all,cv}",
+                        help="fold of splits.json, 'all' (train on every case) or 'cv' (folds 0-4)")
+    parser.add_argument("--epochs", type=int, help="number of epochs (default 1000)")
+    parser.add_argument("--iters-per-epoch", type=int, help="training iterations per epoch (default 250)")
+    parser.add_argument("--val-iters", type=int, help="validation iterations per epoch (default 50)")
+    parser.add_argument("--batch-size", type=int, help="global batch size (default: the plan's)")
+    parser.add_argument("--workers", type=int, help="loader worker processes (default 2)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
+    parser.add_argument("--seed", type=int, help="seed every random draw (CPU runs are bit-reproducible)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    mode.add_argument("--overwrite", action="store_true", help="delete the fold's results and start again")
+    parser.add_argument("--train-config", default="default", metavar="NAME|FILE.yaml",
+                        help="training settings: a name in nnlite/configs/ (default, debug) or a YAML file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. --set training.initial_lr=3e-3 (repeatable)")
+    return parser
+
+
+FLAG_SETTINGS = {"config": "configuration", "epochs": "training.epochs",
+                 "iters_per_epoch": "training.iters_per_epoch", "val_iters": "training.val_iters",
+                 "batch_size": "training.batch_size", "workers": "data.workers", "device": "device",
+                 "seed": "seed"}
+
+
+def overrides_from_args(args: argparse.Namespace) -> list[str]:
+    """`--set` entries, then the dedicated flags (which win)."""
+    overrides = list(args.set)
+    for flag, key in FLAG_SETTINGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.fold is not None and args.fold not in FOLD_CHOICES:
+        build_parser().error(f"argument --fold: invalid choice '{args.fold}' (0-4, all or cv)")
+    from nnlite.train_config import load_train_config  # after parsing: `--help` stays fast
+
+    config = load_train_config(args.train_config, overrides_from_args(args))
+    if args.work is None:
+        from nnlite.demo_run import run_demo
+
+        print(run_demo(Path("nnlite-demo"), config, explicit=overrides_from_args(args)))
+        return 0
+    from nnlite.training import train_folds
+
+    folds = CV_FOLDS if args.fold == "cv" else (args.fold or config.fold,)
+    train_folds(args.work, config, folds, resume=args.resume, overwrite=args.overwrite)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.captureWarnings(True)
+    sys.exit(run(main))
