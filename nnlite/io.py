@@ -15,6 +15,7 @@ from typing import Sequence
 
 import nibabel as nib
 import numpy as np
+from nibabel.openers import ImageOpener
 
 from nnlite.errors import UserError
 from nnlite.files import write_atomic
@@ -60,10 +61,20 @@ def _load(path: Path) -> nib.Nifti1Image:
 
 
 def header_spacing(path: str | Path) -> tuple[float, ...]:
-    """The raw pixdim values (z, y, x) exactly as stored: nibabel's zooms silently turn 0 into 1."""
-    image = _load(Path(path))
+    """The raw pixdim values (z, y, x) exactly as stored on disk.
+
+    nibabel's loader "fixes" a zero pixdim to 1 (in zooms and in the loaded header alike), which
+    would hide a broken header, so the header is parsed again here with checks off.
+    """
+    path = Path(path)
+    image = _load(path)
+    try:
+        with ImageOpener(str(path)) as handle:
+            header = type(image.header).from_fileobj(handle, check=False)
+    except Exception as error:  # same header bytes nib.load just read; kept for damaged files
+        raise UserError(path, f"unreadable NIfTI header ({error})") from None
     ndim = min(len(image.shape), 3)
-    pixdim = [float(v) for v in image.header["pixdim"][1 : ndim + 1]]
+    pixdim = [float(v) for v in header["pixdim"][1 : ndim + 1]]
     return tuple(reversed(pixdim))
 
 
