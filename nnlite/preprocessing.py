@@ -13,18 +13,23 @@ Files per case in `WORK/preprocessed/<data_identifier>/` (flat):
 
 from __future__ import annotations
 
+import logging
 import math
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nnlite.cropping import crop_to_nonzero, uncrop
+from nnlite.dataset import CaseFiles, RawDataset, check_case, load_dataset
 from nnlite.errors import UserError
-from nnlite.files import read_json, save_npy_atomic, write_json_atomic
+from nnlite.files import read_json, remove_tmp_leftovers, save_npy_atomic, write_json_atomic
 from nnlite.normalization import normalize
-from nnlite.plans import Plans
+from nnlite.plans import Plans, load_plans
 from nnlite.resampling import ORDER_PROBABILITIES, new_shape_for, resample_image, resample_seg
 from nnlite.schema import from_dict, to_jsonable
 
@@ -34,6 +39,8 @@ MIN_LOCATIONS = 10000  # keep at least this many locations per class (or all of 
 MIN_LOCATION_FRACTION = 0.01  # ... and at least this fraction of the class's voxels
 INT8_MAX_LABEL = 127  # segs are stored as int8 when every label fits, else int16
 IGNORE_KEY = "ignore"  # dataset.json name of nnU-Net's ignore label (never sampled as a class)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -221,3 +228,118 @@ def load_preprocessed(folder: str | Path, case: str, mmap: bool = True
     data = np.load(data_path, mmap_mode=mode, allow_pickle=False)
     seg = np.load(seg_path, mmap_mode=mode, allow_pickle=False) if seg_path.is_file() else None
     return data, seg, props
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole dataset: every planned configuration, cases in parallel worker processes
+
+DEFAULT_WORKERS = 4  # nnU-Net's default process count for 3d_fullres (-np)
+RAW_PATH_KEY = "raw_path"  # Plans.extra key the planner writes: absolute path of the raw dataset
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One case and the (configuration, output folder) pairs still to write for it."""
+
+    dataset: RawDataset
+    case: CaseFiles
+    plans: Plans
+    targets: tuple[tuple[str, Path], ...]
+
+
+def folders_to_fill(work: Path, plans: Plans, configs: Sequence[str] | None) -> dict[str, Path]:
+    """config name → WORK/preprocessed/<data_identifier>, one config per identifier.
+
+    3d_cascade_fullres shares 3d_fullres's data_identifier, so its data is made only once.
+    """
+    names = list(plans.configurations) if not configs else list(configs)
+    unknown = [n for n in names if n not in plans.configurations]
+    if unknown:
+        raise UserError("--configs", f"'{unknown[0]}' is not planned (planned: "
+                                     f"{', '.join(plans.configurations)})")
+    chosen: dict[str, Path] = {}
+    for name in names:
+        folder = work / "preprocessed" / plans.configurations[name].data_identifier
+        if folder not in chosen.values():
+            chosen[name] = folder
+    return chosen
+
+
+def _limit_threads() -> None:
+    """Worker initializer: one BLAS thread per process, so N workers use N cores."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: without it BLAS may oversubscribe, results are the same
+        return
+    threadpool_limits(1)
+
+
+def _run_job(job: _Job) -> tuple[str, tuple[str, str] | None]:
+    """Preprocess one case for its targets; returns (case, None) or (case, (where, problem))."""
+    try:
+        checked = check_case(job.dataset, job.case)
+        for config_name, folder in job.targets:
+            data, seg, props = preprocess_case(checked.data, checked.seg, checked.spacing, job.plans,
+                                               config_name, case=job.case.name, affine=checked.affine)
+            save_preprocessed(folder, data, seg, props)
+            del data, seg  # a worker holds one case at a time
+        return job.case.name, None
+    except UserError as error:
+        return job.case.name, (error.where, error.problem)
+    except Exception as error:  # one broken case must not cost the others their output
+        return job.case.name, (str(job.case.images[0]), f"{type(error).__name__}: {error}")
+
+
+def _jobs(dataset: RawDataset, plans: Plans, folders: dict[str, Path], overwrite: bool) -> list[_Job]:
+    jobs = []
+    for case in dataset.cases:
+        targets = tuple((name, folder) for name, folder in folders.items()
+                        if overwrite or not is_preprocessed(folder, case.name, case.label is not None))
+        if targets:
+            jobs.append(_Job(dataset, case, plans, targets))
+    return jobs
+
+
+def _run_all(jobs: list[_Job], workers: int) -> Iterator[tuple[str, tuple[str, str] | None]]:
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(_run_job, jobs)
+        return
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_limit_threads) as pool:
+        futures = [pool.submit(_run_job, job) for job in jobs]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def run_preprocessing(work: str | Path, configs: Sequence[str] | None = None,
+                      workers: int = DEFAULT_WORKERS, overwrite: bool = False,
+                      raw: str | Path | None = None) -> int:
+    """Preprocess every case of the raw dataset for the planned configurations; returns cases done.
+
+    The raw dataset is `plans.extra["raw_path"]` unless `raw` is given. Finished cases are skipped
+    unless `overwrite`. A failing case is logged by file name; the others are still written, and a
+    UserError naming the first failure is raised at the end.
+    """
+    work = Path(work)
+    plans = load_plans(work / "plans.json")
+    raw = raw if raw is not None else plans.extra.get(RAW_PATH_KEY)
+    if not raw:
+        raise UserError(work / "plans.json", f"extra.{RAW_PATH_KEY} is missing (re-run nnlite.plan, or pass --raw)")
+    dataset = load_dataset(raw)
+    folders = folders_to_fill(work, plans, configs)
+    for folder in folders.values():
+        remove_tmp_leftovers(folder)
+    jobs = _jobs(dataset, plans, folders, overwrite)
+    log.info("preprocessing %d of %d cases for %s (%d workers)", len(jobs), len(dataset.cases),
+             ", ".join(folders), workers)
+    failures = []
+    with logging_redirect_tqdm(), tqdm(total=len(jobs), desc="preprocess", unit="case") as bar:
+        for name, failure in _run_all(jobs, workers):
+            if failure is not None:
+                failures.append(failure)
+                log.error("failed: %s: %s", *failure)
+            bar.update()
+    if failures:
+        where, problem = failures[0]
+        raise UserError(where, f"{problem} ({len(failures)} of {len(jobs)} cases failed; "
+                               f"the other cases were written)")
+    return len(jobs)

@@ -1,0 +1,33 @@
+"""`python -m nnlite.preprocess WORK [--configs …] [--workers N] [--overwrite]`.
+
+Crops, normalizes and resamples every training case for the planned configurations into
+WORK/preprocessed/<data_identifier>/ (see nnlite/preprocessing.py for the file layout).
+Exit 0 when every case was written, 2 when the input is bad or any case failed (the other cases
+are still written; the failures are listed by file name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from nnlite.cli import EXIT_OK, run
+from nnlite.preprocessing import DEFAULT_WORKERS, run_preprocessing
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nnlite preprocess", description=__doc__.splitlines()[0])
+    parser.add_argument("work", help="work directory holding plans.json")
+    parser.add_argument("--configs", nargs="+", help="configurations to preprocess (default: all planned)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="worker processes")
+    parser.add_argument("--overwrite", action="store_true", help="redo cases that are already done")
+    parser.add_argument("--raw", help="raw dataset folder (default: the one recorded in plans.json)")
+    args = parser.parse_args(argv)
+    done = run_preprocessing(args.work, args.configs, max(1, args.workers), args.overwrite, args.raw)
+    print(f"preprocess: {done} cases written to {args.work}/preprocessed")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
