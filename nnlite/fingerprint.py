@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -19,7 +20,9 @@ from tqdm import tqdm
 from nnlite.cropping import crop_to_nonzero
 from nnlite.dataset import CaseFiles, RawDataset, check_case
 from nnlite.errors import UserError
-from nnlite.plans import CaseFingerprint, Fingerprint, IntensityStats
+from nnlite.files import read_json
+from nnlite.plans import CaseFingerprint, Fingerprint, IntensityStats, load_fingerprint
+from nnlite.schema import from_dict
 
 log = logging.getLogger(__name__)
 
@@ -132,3 +135,57 @@ def extract_fingerprint(dataset: RawDataset, workers: int = 1) -> Fingerprint:
         labels=dict(dataset.labels),
         median_relative_size_after_crop=float(np.median([c.relative_size_after_crop for c in cases])),
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# reading a fingerprint file: nnlite's fingerprint.json or nnU-Net v2's dataset_fingerprint.json
+
+NNUNET_KEYS = ("spacings", "shapes_after_crop", "foreground_intensity_properties_per_channel",
+               "median_relative_size_after_cropping")
+
+
+def fingerprint_from_nnunet(data: dict, dataset_json: dict, where: str = "dataset_fingerprint.json") -> Fingerprint:
+    """nnU-Net v2's fingerprint + dataset.json → Fingerprint.
+
+    nnU-Net records neither case names nor shapes before cropping: cases are named case_0000, … and
+    their shape before cropping is set to the shape after it (the median relative size is kept).
+    """
+    missing = [key for key in NNUNET_KEYS if key not in data]
+    if missing:
+        raise UserError(where, f"missing key '{missing[0]}' of an nnU-Net v2 fingerprint")
+    if len(data["spacings"]) != len(data["shapes_after_crop"]) or not data["spacings"]:
+        raise UserError(where, "'spacings' and 'shapes_after_crop' must be non-empty and equally long")
+    cases = tuple(
+        CaseFingerprint(case=f"case_{i:04d}", spacing=tuple(float(s) for s in spacing),
+                        shape_before_crop=tuple(int(n) for n in shape), shape_after_crop=tuple(int(n) for n in shape))
+        for i, (spacing, shape) in enumerate(zip(data["spacings"], data["shapes_after_crop"]))
+    )
+    stats = {str(k): from_dict(IntensityStats, v, f"{where}: channel {k}")
+             for k, v in data["foreground_intensity_properties_per_channel"].items()}
+    channel_names, labels = _names_and_labels(dataset_json)
+    return Fingerprint(cases=cases, intensity_per_channel=stats, channel_names=channel_names, labels=labels,
+                       median_relative_size_after_crop=float(data["median_relative_size_after_cropping"]))
+
+
+def _names_and_labels(dataset_json: dict) -> tuple[dict[str, str], dict[str, int]]:
+    channels = dataset_json.get("channel_names", dataset_json.get("modality"))
+    if not isinstance(channels, dict) or not channels:
+        raise UserError("dataset.json", "key 'channel_names' is missing or empty")
+    labels = dataset_json.get("labels")
+    if not isinstance(labels, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values()):
+        raise UserError("dataset.json", "key 'labels' must map names to integer values (regions are not supported)")
+    return {str(k): str(v) for k, v in channels.items()}, dict(labels)
+
+
+def load_fingerprint_file(path: str | Path, dataset_json: dict) -> Fingerprint:
+    """Read nnlite's fingerprint.json or nnU-Net v2's dataset_fingerprint.json (told apart by keys)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(path, "not found")
+    try:
+        data = read_json(path)
+    except ValueError as error:
+        raise UserError(path, f"not valid JSON ({error})") from None
+    if isinstance(data, dict) and "spacings" in data:
+        return fingerprint_from_nnunet(data, dataset_json, str(path))
+    return load_fingerprint(path)
