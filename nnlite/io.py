@@ -8,6 +8,7 @@ See docs/conventions.md.
 
 from __future__ import annotations
 
+import logging
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,10 @@ from nnlite.files import write_atomic
 # so the planner never pools across it.
 SPACING_2D_FACTOR = 999.0
 NIFTI_ENDINGS = (".nii.gz", ".nii")
+
+# nibabel prints the header fixes it makes while loading (e.g. "setting 0 dims to 1") straight to
+# stderr; that would break the one-line error contract, and dataset.check_case reports them itself.
+logging.getLogger("nibabel.global").setLevel(logging.ERROR)
 
 
 @dataclass
