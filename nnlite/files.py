@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,3 +62,29 @@ def remove_tmp_leftovers(folder: str | Path) -> list[Path]:
         if leftover.is_file():
             leftover.unlink()
     return removed
+
+
+def start_staging_dir(final: str | Path) -> Path:
+    """A fresh `<final>.tmp/` folder to fill before `publish_staging_dir` renames it to `final`.
+
+    `final` must not exist or be an empty folder; a leftover staging folder of a killed run is removed.
+    """
+    final = Path(final)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        from nnlite.errors import UserError
+
+        raise UserError(final, "already exists and is not empty")
+    staging = tmp_path_for(final)
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def publish_staging_dir(staging: Path, final: str | Path) -> Path:
+    """Rename a completed staging folder to its final name (an empty `final` folder is replaced)."""
+    final = Path(final)
+    if final.is_dir():
+        final.rmdir()
+    os.replace(staging, final)
+    return final
