@@ -12,8 +12,6 @@ files are written with fixed gzip headers, so a seed always gives the same bytes
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import numpy as np
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 from nnlite.errors import UserError
-from nnlite.files import write_json_atomic
+from nnlite.files import publish_staging_dir, start_staging_dir, write_json_atomic
 from nnlite.io import write_image, write_seg
 
 CHANNEL_NAMES = {"0": "VIBRANT", "1": "VIBRANT_C2", "2": "SUB2"}
@@ -57,13 +55,9 @@ def generate_demo_dataset(raw: str | Path, n_cases: int = 24, seed: int = 0) -> 
     Files go to `<raw>.tmp/` first and the folder is renamed when complete, so a killed run
     never leaves a dataset that looks valid.
     """
-    raw = Path(raw)
     if n_cases < 1:
         raise UserError("--cases", f"must be at least 1, got {n_cases}")
-    if raw.exists() and (not raw.is_dir() or any(raw.iterdir())):
-        raise UserError(raw, "already exists and is not empty")
-    staging = raw.with_name(raw.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = start_staging_dir(raw)
     for index in range(n_cases):
         name = f"{CASE_PREFIX}_{index + 1:03d}"
         case = make_demo_case(np.random.default_rng([seed, index]))
@@ -73,10 +67,7 @@ def generate_demo_dataset(raw: str | Path, n_cases: int = 24, seed: int = 0) -> 
             write_image(staging / "imagesTr" / f"{name}_{channel:04d}.nii.gz", voxels, affine)
         write_seg(staging / "labelsTr" / f"{name}.nii.gz", case.seg, affine)
     write_json_atomic(staging / "dataset.json", _dataset_json(n_cases, seed))
-    if raw.exists():
-        raw.rmdir()
-    os.replace(staging, raw)
-    return raw
+    return publish_staging_dir(staging, raw)
 
 
 def _dataset_json(n_cases: int, seed: int) -> dict:
