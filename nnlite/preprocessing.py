@@ -321,11 +321,12 @@ def run_preprocessing(work: str | Path, configs: Sequence[str] | None = None,
     """
     work = Path(work)
     plans = load_plans(work / "plans.json")
+    folders = folders_to_fill(work, plans, configs)
     raw = raw if raw is not None else plans.extra.get(RAW_PATH_KEY)
     if not raw:
-        raise UserError(work / "plans.json", f"extra.{RAW_PATH_KEY} is missing (re-run nnlite.plan, or pass --raw)")
+        raise UserError(work / "plans.json",
+                        f"extra.{RAW_PATH_KEY} is missing (re-run nnlite.plan, or pass --raw)")
     dataset = load_dataset(raw)
-    folders = folders_to_fill(work, plans, configs)
     for folder in folders.values():
         remove_tmp_leftovers(folder)
     jobs = _jobs(dataset, plans, folders, overwrite)
