@@ -14,7 +14,8 @@ CONFIG = "3d_fullres"
 
 def tiny_plans(channels: int = 1, labels: int = 2, raw_path: str = "",
                spacing: tuple[float, ...] = (2.0, 1.0, 1.0),
-               patch: tuple[int, ...] = (8, 16, 16)) -> Plans:
+               patch: tuple[int, ...] = (8, 16, 16),
+               transpose: tuple[int, ...] = (0, 1, 2)) -> Plans:
     """A 3-stage 3D plan small enough to run in milliseconds on a CPU."""
     network = NetworkPlan(strides=((1, 1, 1), (1, 2, 2), (2, 2, 2)),
                           kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3)),
@@ -24,7 +25,7 @@ def tiny_plans(channels: int = 1, labels: int = 2, raw_path: str = "",
                                use_mask_for_norm=(False,) * channels, batch_dice=False,
                                data_identifier=CONFIG)
     stats = IntensityStats(0.0, 1.0, 0.0, -3.0, 3.0, -2.5, 2.5)
-    return Plans(dataset_name="Tiny", transpose=(0, 1, 2), original_median_spacing=spacing,
+    return Plans(dataset_name="Tiny", transpose=transpose, original_median_spacing=spacing,
                  original_median_shape=patch, configurations={CONFIG: config},
                  intensity_per_channel={str(c): stats for c in range(channels)},
                  channel_names={str(c): f"ch{c}" for c in range(channels)},

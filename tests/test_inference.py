@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from inference_fixtures import CONFIG, save_random_model, tiny_plans
+from nnlite.cli import run
+from nnlite.export import export_prediction, load_probabilities
 from nnlite.inference import (gaussian_weights, mirror_subsets, pad_to_tile, predict_sliding_window,
                               tile_starts)
+from nnlite.io import read_image, write_image
+from nnlite.postprocessing import apply_postprocessing
+from nnlite.predict import main as predict_main
+from nnlite.preprocessing import preprocess_case
 
 
 def add_one_network(channels: int, ndim: int) -> nn.Module:
@@ -55,8 +64,8 @@ def test_gaussian_positive_and_peaked_at_centre(tile):
 
 
 @settings(max_examples=30, deadline=None)
-@given(shape=st.lists(st.integers(1, 14), min_size=3, max_size=3),
-       patch=st.lists(st.integers(1, 8), min_size=3, max_size=3),
+@given(shape=st.lists(st.integers(1, 11), min_size=3, max_size=3),
+       patch=st.lists(st.integers(2, 6), min_size=3, max_size=3),
        mirror=st.booleans(), tile_batch=st.integers(1, 9), channels=st.integers(1, 2))
 def test_add_one_network_stitches_back_exactly(shape, patch, mirror, tile_batch, channels):
     data = torch.randn(channels, *shape)
@@ -106,10 +115,10 @@ def test_mirrors_and_networks_average_probabilities():
 
 
 def test_tile_batch_does_not_change_the_result():
-    data = torch.randn(1, 10, 13, 7)
+    data = torch.randn(1, 6, 9, 5)
     net = _conv_net(1, 2, 3, 3)
     one = predict_sliding_window(net, data, (4, 6, 4), tile_batch=1)
-    many = predict_sliding_window(net, data, (4, 6, 4), tile_batch=16)
+    many = predict_sliding_window(net, data, (4, 6, 4), tile_batch=11)
     torch.testing.assert_close(one, many, rtol=1e-5, atol=1e-6)
 
 
@@ -126,3 +135,105 @@ def test_cuda_matches_cpu():
     cuda = predict_sliding_window(net.cuda(), data, (8, 8, 8), device="cuda")
     assert (cpu.argmax(0) == cuda.argmax(0)).float().mean() > 0.999
     torch.testing.assert_close(cpu, cuda, atol=2e-3, rtol=0)
+
+
+# ---------------------------------------------------------------- export and predict (files) ---
+
+# (x, y, z) voxel sizes 1, 1, 2 with a rotation-free offset: spacing (z, y, x) = (2, 1, 1)
+AFFINE = np.array([[1.0, 0, 0, -7.5], [0, 1.0, 0, 3.0], [0, 0, 2.0, 11.0], [0, 0, 0, 1]])
+
+
+def _raw_case(rng: np.random.Generator, shape=(7, 19, 13)) -> tuple[np.ndarray, np.ndarray]:
+    """Image with a zero border (so cropping happens) and a two-label seg inside it."""
+    data = np.zeros((1, *shape), np.float32)
+    data[0, 1:-1, 2:-3, 1:-2] = rng.normal(size=(shape[0] - 2, shape[1] - 5, shape[2] - 3)) + 5
+    seg = np.zeros(shape, np.int16)
+    seg[2:5, 4:10, 3:8] = 1
+    seg[3:5, 11:14, 5:9] = 2
+    return data, seg
+
+
+@pytest.mark.parametrize("transpose", [(0, 1, 2), (2, 0, 1)])
+def test_export_inverts_preprocessing_with_affine_and_probabilities(tmp_path, rng, transpose):
+    spacing = (2.0, 1.0, 1.0)
+    plans = tiny_plans(spacing=tuple(spacing[a] for a in transpose), transpose=transpose)
+    data, seg = _raw_case(rng)
+    _, net_seg, props = preprocess_case(data, seg, spacing, plans, CONFIG, case="x", affine=AFFINE)
+    one_hot = np.stack([(net_seg[0] == k) for k in range(3)]).astype(np.float32)
+    out = export_prediction(torch.from_numpy(one_hot), props, plans, CONFIG, tmp_path / "x.nii.gz",
+                            True)
+    written = read_image(out)
+    np.testing.assert_array_equal(written.array, seg)
+    np.testing.assert_allclose(written.affine, AFFINE)
+    probs = load_probabilities(tmp_path / "x.npz")
+    assert probs.dtype == np.float16 and probs.shape == (3, *seg.shape)
+    np.testing.assert_array_equal(probs.argmax(0), seg)
+    assert probs[0, 0, 0, 0] == 1  # outside the crop: background
+
+
+def _input_folder(folder: Path, rng: np.random.Generator, cases=("a", "b", "c")) -> None:
+    for i, case in enumerate(cases):
+        data, _ = _raw_case(rng, shape=(7 + i, 19, 13 + 2 * i))
+        write_image(folder / f"{case}_0000.nii.gz", data[0], AFFINE)
+
+
+@pytest.fixture
+def trained(tmp_path) -> Path:
+    work = tmp_path / "work"
+    save_random_model(work, tiny_plans(), folds=(0, 1))
+    return work
+
+
+def test_predict_writes_input_geometry_and_skips_done_cases(tmp_path, trained, rng):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    _input_folder(inputs, rng)
+    before = sorted(p.name for p in inputs.iterdir())
+    args = [str(trained), str(inputs), str(outputs), "--device", "cpu", "--save-probabilities"]
+    assert predict_main(args) == 0
+    for case in ("a", "b", "c"):
+        image = read_image(inputs / f"{case}_0000.nii.gz")
+        seg = read_image(outputs / f"{case}.nii.gz")
+        assert seg.array.shape == image.array.shape
+        np.testing.assert_allclose(seg.affine, image.affine)
+        probs = load_probabilities(outputs / f"{case}.npz")
+        assert probs.shape == (3, *image.array.shape)
+        assert (probs.argmax(0) == seg.array).mean() > 0.99  # float16 rounding may flip ties
+    assert sorted(p.name for p in inputs.iterdir()) == before  # nothing written into INPUT_DIR
+    stamp = (outputs / "a.nii.gz").stat().st_mtime_ns
+    (outputs / "b.nii.gz").unlink()
+    assert predict_main(args) == 0
+    assert (outputs / "a.nii.gz").stat().st_mtime_ns == stamp and (outputs / "b.nii.gz").is_file()
+    assert predict_main(args + ["--overwrite"]) == 0
+    assert (outputs / "a.nii.gz").stat().st_mtime_ns != stamp
+
+
+def test_failing_cases_are_named_and_the_others_finish(tmp_path, trained, rng, capsys):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    _input_folder(inputs, rng, cases=("good", "corrupt", "twochan"))
+    (inputs / "corrupt_0000.nii.gz").write_bytes(b"not a nifti file")
+    write_image(inputs / "twochan_0001.nii.gz", np.zeros((9, 19, 17), np.float32), AFFINE)
+    assert run(predict_main, [str(trained), str(inputs), str(outputs), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "error: corrupt:" in err and "error: twochan:" in err
+    assert (outputs / "good.nii.gz").is_file()
+    assert not (outputs / "corrupt.nii.gz").exists() and not (outputs / "twochan.nii.gz").exists()
+
+
+def test_output_equal_to_input_is_refused(tmp_path, trained, rng, capsys):
+    inputs = tmp_path / "in"
+    _input_folder(inputs, rng, cases=("a",))
+    assert run(predict_main, [str(trained), str(inputs), str(inputs / ".")]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert sorted(p.name for p in inputs.iterdir()) == ["a_0000.nii.gz"]
+
+
+def test_postprocess_flag_applies_the_stored_steps(tmp_path, trained, rng):
+    inputs = tmp_path / "in"
+    _input_folder(inputs, rng, cases=("a",))
+    (trained / "results" / CONFIG / "postprocessing.json").write_text('{"steps": [[1, 2], [1]]}')
+    base = [str(trained), str(inputs), "--device", "cpu", "--folds", "0", "--no-mirroring"]
+    assert predict_main(base[:2] + [str(tmp_path / "raw")] + base[2:]) == 0
+    assert predict_main(base[:2] + [str(tmp_path / "pp")] + base[2:] + ["--postprocess"]) == 0
+    raw = read_image(tmp_path / "raw" / "a.nii.gz").array.astype(np.int64)
+    post = read_image(tmp_path / "pp" / "a.nii.gz").array.astype(np.int64)
+    np.testing.assert_array_equal(post, apply_postprocessing(raw, [[1, 2], [1]]))

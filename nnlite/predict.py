@@ -1,0 +1,62 @@
+"""`python -m nnlite.predict WORK INPUT_DIR OUTPUT_DIR [--config C] [--folds 0 1 …|all] …`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from nnlite.cli import EXIT_FAILURE, EXIT_OK, EXIT_USER_ERROR, run
+from nnlite.inference import STEP_SIZE
+from nnlite.prediction import PredictOptions, predict_folder
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="nnlite predict",
+        description="Segment every <case>_<CCCC>.nii.gz of INPUT_DIR with trained models.")
+    parser.add_argument("work", type=Path, help="work directory (plans.json, results/)")
+    parser.add_argument("input_dir", type=Path, help="folder of <case>_<CCCC>.nii.gz images")
+    parser.add_argument("output_dir", type=Path, help="folder for <case>.nii.gz label maps")
+    parser.add_argument("--config", default="3d_fullres", help="configuration (default 3d_fullres)")
+    parser.add_argument("--folds", nargs="+", default=None,
+                        help="folds to ensemble: 0 1 2 3 4 or all (default: every trained fold)")
+    parser.add_argument("--checkpoint", choices=("final", "best"), default="final")
+    parser.add_argument("--no-mirroring", action="store_true", help="no mirroring test-time augmentation")
+    parser.add_argument("--step", type=float, default=STEP_SIZE, help="tile step / tile size (0.5)")
+    parser.add_argument("--postprocess", action="store_true",
+                        help="apply results/<config>/postprocessing.json")
+    parser.add_argument("--save-probabilities", action="store_true",
+                        help="also write <case>.npz (float16 probabilities, original geometry)")
+    parser.add_argument("--overwrite", action="store_true", help="redo cases already predicted")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--tile-batch", type=int, default=None,
+                        help="network inputs (tiles × mirrors) per forward (default: by memory)")
+    args = parser.parse_args(argv)
+    if not 0 < args.step <= 1:
+        parser.error("--step must be in (0, 1]")
+    if args.tile_batch is not None and args.tile_batch < 1:
+        parser.error("--tile-batch must be ≥ 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    options = PredictOptions(
+        config=args.config, folds=None if args.folds is None else tuple(args.folds),
+        checkpoint=args.checkpoint, mirror=not args.no_mirroring, step=args.step,
+        postprocess=args.postprocess, save_probabilities=args.save_probabilities,
+        overwrite=args.overwrite, device=args.device, tile_batch=args.tile_batch)
+    report = predict_folder(args.work, args.input_dir, args.output_dir, options)
+    print(f"predicted {len(report.predicted)}, skipped {len(report.skipped)} (already done), "
+          f"failed {len(report.failed)}; output in {args.output_dir}")
+    if report.failed:
+        for case, problem in report.failed.items():
+            print(f"error: {case}: {problem}", file=sys.stderr)
+        return EXIT_FAILURE if report.crashed else EXIT_USER_ERROR
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

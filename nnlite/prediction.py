@@ -1,0 +1,209 @@
+"""Predict a folder of raw cases with trained models: `python -m nnlite.predict`'s library side.
+
+Per case: read → preprocess (a background thread, one case ahead) → sliding window over every
+fold's network (probabilities averaged) → export in another background thread (resample back,
+argmax, optional post-processing, write). A case that fails (unreadable file, wrong number of
+channels) is reported by name and the others still finish; the caller turns failures into exit 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from nnlite.checkpoints import BEST, FINAL, load_checkpoint
+from nnlite.errors import UserError
+from nnlite.export import export_prediction, npz_path_for
+from nnlite.files import remove_tmp_leftovers
+from nnlite.inference import STEP_SIZE, predict_preprocessed
+from nnlite.io import read_case
+from nnlite.network import build_unet
+from nnlite.plans import Plans, load_plans
+from nnlite.postprocessing import POSTPROCESSING_FILE, load_postprocessing
+from nnlite.preprocessing import CaseProperties, preprocess_case
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = {"final": FINAL, "best": BEST}
+DEFAULT_FOLDS = ("0", "1", "2", "3", "4")  # every cross-validation fold that has been trained
+CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})\.nii(\.gz)?$")
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """What `python -m nnlite.predict` lets the user choose."""
+
+    config: str = "3d_fullres"
+    folds: tuple[str, ...] | None = None  # None: every trained fold among 0–4 (else fold "all")
+    checkpoint: str = "final"  # "final" or "best"
+    mirror: bool = True
+    step: float = STEP_SIZE
+    postprocess: bool = False
+    save_probabilities: bool = False
+    overwrite: bool = False
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    tile_batch: int | None = None
+
+
+@dataclass
+class PredictReport:
+    predicted: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # case → problem
+    crashed: list[str] = field(default_factory=list)  # failed cases that were not input errors
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device", "cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def fold_folders(results: Path, folds: Sequence[str] | None) -> list[Path]:
+    """The fold folders to ensemble; explicit folds must exist."""
+    if folds is not None:
+        folders = [results / f"fold_{fold}" for fold in folds]
+        for folder in folders:
+            if not folder.is_dir():
+                raise UserError(folder, "no such trained fold")
+        return folders
+    folders = [results / f"fold_{fold}" for fold in DEFAULT_FOLDS if (results / f"fold_{fold}").is_dir()]
+    folders = folders or [f for f in [results / "fold_all"] if f.is_dir()]
+    if not folders:
+        raise UserError(results, "no trained fold (fold_0 … fold_4 or fold_all)")
+    return folders
+
+
+def load_networks(work: Path, options: PredictOptions, device: torch.device
+                  ) -> tuple[Plans, list[nn.Module]]:
+    """plans.json and one network per fold, weights from checkpoint_<final|best>.pt, eval mode."""
+    plans = load_plans(work / "plans.json")
+    if options.config not in plans.configurations:
+        raise UserError("--config", f"'{options.config}' is not in {work / 'plans.json'}")
+    config = plans.configurations[options.config]
+    if config.previous_stage:
+        raise UserError("--config", f"'{options.config}' is a cascade stage: not supported yet")
+    if options.checkpoint not in CHECKPOINTS:
+        raise UserError("--checkpoint", f"must be one of {sorted(CHECKPOINTS)}")
+    networks = []
+    for folder in fold_folders(work / "results" / options.config, options.folds):
+        checkpoint = load_checkpoint(folder / CHECKPOINTS[options.checkpoint])
+        network = build_unet(config.network, plans.num_channels, plans.num_classes)
+        network.load_state_dict(checkpoint["network"])
+        network.deep_supervision = False
+        networks.append(network.to(device).eval())
+    return plans, networks
+
+
+def find_input_cases(input_dir: Path) -> dict[str, list[Path]]:
+    """Case → its channel files `<case>_<CCCC>.nii.gz`, sorted by channel."""
+    if not input_dir.is_dir():
+        raise UserError(input_dir, "input folder not found")
+    cases: dict[str, list[tuple[int, Path]]] = {}
+    for path in sorted(input_dir.iterdir()):
+        match = CHANNEL_FILE.match(path.name)
+        if match and path.is_file():
+            cases.setdefault(match["case"], []).append((int(match["channel"]), path))
+    if not cases:
+        raise UserError(input_dir, "holds no <case>_<CCCC>.nii.gz files")
+    return {case: [p for _, p in sorted(files)] for case, files in cases.items()}
+
+
+def read_and_preprocess(case: str, paths: list[Path], plans: Plans, config_name: str
+                        ) -> tuple[np.ndarray, CaseProperties, np.ndarray]:
+    """Read a case's channels and preprocess them → (data, properties, affine)."""
+    channels = [CHANNEL_FILE.match(p.name)["channel"] for p in paths]
+    wanted = [f"{c:04d}" for c in range(plans.num_channels)]
+    if channels != wanted:
+        raise UserError(case, f"has channel files {channels}, the model needs {wanted}")
+    raw = read_case(paths)
+    data, _, props = preprocess_case(raw.data, None, raw.spacing, plans, config_name,
+                                     case=case, affine=raw.affine)
+    return data, props, raw.affine
+
+
+def is_done(output_dir: Path, case: str, options: PredictOptions) -> bool:
+    seg_path = output_dir / f"{case}.nii.gz"
+    return seg_path.is_file() and (not options.save_probabilities or npz_path_for(seg_path).is_file())
+
+
+def check_folders(input_dir: Path, output_dir: Path) -> None:
+    if output_dir.resolve() == input_dir.resolve():
+        raise UserError(output_dir, "is the input folder; choose another OUTPUT_DIR "
+                                    "(predictions are never written into INPUT_DIR)")
+
+
+def _record_failure(report: PredictReport, case: str, error: Exception) -> None:
+    if isinstance(error, UserError):
+        report.failed[case] = str(error)
+    else:  # not the user's fault: keep the type so the bug can be found
+        report.failed[case] = f"{type(error).__name__}: {error}"
+        report.crashed.append(case)
+    log.error("%s failed: %s", case, report.failed[case])
+
+
+def _collect(pending: tuple[str, Future] | None, report: PredictReport) -> None:
+    """Wait for the previous case's export (keeps one case's probabilities in flight at most)."""
+    if pending is None:
+        return
+    case, future = pending
+    try:
+        future.result()
+        report.predicted.append(case)
+    except Exception as error:  # noqa: BLE001  one case's failure must not stop the others
+        _record_failure(report, case, error)
+
+
+def predict_folder(work: str | Path, input_dir: str | Path, output_dir: str | Path,
+                   options: PredictOptions = PredictOptions()) -> PredictReport:
+    """Predict every case of input_dir into output_dir/<case>.nii.gz (see the module docstring)."""
+    work, input_dir, output_dir = Path(work), Path(input_dir), Path(output_dir)
+    check_folders(input_dir, output_dir)
+    cases = find_input_cases(input_dir)
+    device = resolve_device(options.device)
+    plans, networks = load_networks(work, options, device)
+    steps = []
+    if options.postprocess:
+        steps = load_postprocessing(work / "results" / options.config / POSTPROCESSING_FILE)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    remove_tmp_leftovers(output_dir)
+    report = PredictReport()
+    todo = [case for case in cases if options.overwrite or not is_done(output_dir, case, options)]
+    report.skipped = [case for case in cases if case not in todo]
+    if report.skipped:
+        log.info("skipping %d already predicted cases (--overwrite redoes them)", len(report.skipped))
+    config = plans.configurations[options.config]
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        def load(i: int) -> Future:
+            return reader.submit(read_and_preprocess, todo[i], cases[todo[i]], plans, options.config)
+
+        upcoming = load(0) if todo else None
+        pending = None
+        for i, case in enumerate(tqdm(todo, desc="predict", unit="case")):
+            current, upcoming = upcoming, load(i + 1) if i + 1 < len(todo) else None
+            try:
+                data, props, affine = current.result()
+                probs = predict_preprocessed(networks, data, config, mirror=options.mirror,
+                                             step=options.step, tile_batch=options.tile_batch,
+                                             device=device)
+            except Exception as error:  # noqa: BLE001  report the case, finish the others
+                _record_failure(report, case, error)
+                continue
+            _collect(pending, report)
+            pending = (case, writer.submit(
+                export_prediction, probs, props, plans, options.config,
+                output_dir / f"{case}.nii.gz", options.save_probabilities, affine=affine,
+                postprocessing=steps))
+        _collect(pending, report)
+    return report
