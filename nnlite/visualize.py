@@ -1,0 +1,39 @@
+"""`python -m nnlite.visualize IMAGES_DIR REF_DIR PRED_DIR OUT_DIR [--postprocessed DIR] …`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from nnlite.cli import run
+from nnlite.visualization import MAX_SLICES, visualize_folder
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nnlite visualize",
+        description="Per case a PNG: input channels, reference, prediction (and post-processed "
+                    "prediction) side by side on the slices that hold foreground.")
+    parser.add_argument("images_dir", type=Path, help="folder of <case>_<CCCC>.nii.gz images")
+    parser.add_argument("ref_dir", type=Path, help="folder of reference <case>.nii.gz label maps")
+    parser.add_argument("pred_dir", type=Path, help="folder of predicted <case>.nii.gz label maps")
+    parser.add_argument("out_dir", type=Path, help="folder for <case>.png")
+    parser.add_argument("--postprocessed", type=Path, default=None,
+                        help="folder of post-processed predictions (an extra column)")
+    parser.add_argument("--cases", nargs="+", default=None,
+                        help="cases to draw (default: every case in PRED_DIR)")
+    parser.add_argument("--max-slices", type=int, default=MAX_SLICES,
+                        help=f"rows per picture (default {MAX_SLICES})")
+    args = parser.parse_args(argv)
+    if args.max_slices < 1:
+        parser.error("--max-slices must be ≥ 1")
+    written = visualize_folder(args.images_dir, args.ref_dir, args.pred_dir, args.out_dir,
+                               args.postprocessed, args.cases, args.max_slices)
+    print(f"wrote {len(written)} pictures to {args.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
