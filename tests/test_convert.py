@@ -171,6 +171,8 @@ def test_demo_is_deterministic(tmp_path):
     assert len(first) == 3 * 4 + 1
     assert first == second
     assert first["imagesTr/demo_001_0000.nii.gz"] != other["imagesTr/demo_001_0000.nii.gz"]
+    gz_header = (tmp_path / "a" / "imagesTr" / "demo_001_0000.nii.gz").read_bytes()[:10]
+    assert gz_header[4:8] == b"\0\0\0\0"  # no timestamp: equal bytes do not depend on the clock
 
 
 def test_demo_dataset_is_valid_and_dce_like(tmp_path):
