@@ -115,6 +115,8 @@ def load_dataset(raw: str | Path) -> RawDataset:
     if len(dataset.cases) != dataset.num_training:
         raise UserError(json_path, f"key 'numTraining': is {dataset.num_training} but "
                                    f"{len(dataset.cases)} cases were found")
+    if not dataset.cases:
+        raise UserError(root / "imagesTr", "no training cases found")
     return dataset
 
 

@@ -130,6 +130,8 @@ BREAKERS = {
     "bad channel keys": lambda r: (edit_json(r, channel_names={"0": "a", "2": "b"}), "key 'channel_names'"),
     "bad numTraining": lambda r: (edit_json(r, numTraining="2"), "key 'numTraining'"),
     "invalid json": lambda r: ((r / "dataset.json").write_text("{oops"), (r / "dataset.json", "invalid JSON"))[1],
+    "no cases": lambda r: ([p.unlink() for p in r.rglob("*.nii.gz")], edit_json(r, numTraining=0),
+                           (r / "imagesTr", "no training cases"))[2],
     "no dataset.json": lambda r: ((r / "dataset.json").unlink(), (r / "dataset.json", "not found"))[1],
 }
 
