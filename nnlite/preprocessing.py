@@ -13,10 +13,11 @@ Files per case in `WORK/preprocessed/<data_identifier>/` (flat):
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -27,7 +28,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from nnlite.cropping import crop_to_nonzero, uncrop
 from nnlite.dataset import CaseFiles, RawDataset, check_case, load_dataset
 from nnlite.errors import UserError
-from nnlite.files import read_json, remove_tmp_leftovers, save_npy_atomic, write_json_atomic
+from nnlite.files import read_json, remove_tmp_leftovers, save_npy_atomic, write_text_atomic
 from nnlite.normalization import normalize
 from nnlite.plans import Plans, load_plans
 from nnlite.resampling import ORDER_PROBABILITIES, new_shape_for, resample_image, resample_seg
@@ -198,7 +199,16 @@ def save_preprocessed(folder: str | Path, data: np.ndarray, seg: np.ndarray | No
     save_npy_atomic(data_path, np.ascontiguousarray(data, dtype=np.float32))
     if seg is not None:
         save_npy_atomic(seg_path, np.ascontiguousarray(seg))
-    write_json_atomic(json_path, to_jsonable(props))
+    write_text_atomic(json_path, properties_to_json(props))
+
+
+def properties_to_json(props: CaseProperties) -> str:
+    """Compact one-line JSON: tens of thousands of location triples would make an indented file
+    slow to write (json's C encoder only runs without indent) and several times larger."""
+    fields = {name: to_jsonable(getattr(props, name)) for name in props.__dataclass_fields__
+              if name != "class_locations"}
+    fields["class_locations"] = props.class_locations  # already plain lists of ints
+    return json.dumps(fields, separators=(",", ":")) + "\n"
 
 
 def is_preprocessed(folder: str | Path, case: str, with_seg: bool = True) -> bool:
@@ -212,11 +222,25 @@ def load_case_properties(path: str | Path) -> CaseProperties:
     if not path.is_file():
         raise UserError(path, "not found (run `python -m nnlite.preprocess WORK` first)")
     try:
-        return from_dict(CaseProperties, read_json(path))
+        fields = read_json(path)
+        # the locations skip the generic (per-element, slow) schema conversion: checked in bulk
+        locations = fields.pop("class_locations", {}) if isinstance(fields, dict) else {}
+        props = from_dict(CaseProperties, fields)
+        return replace(props, class_locations=_checked_locations(locations, len(props.shape)))
     except ValueError as error:
         raise UserError(path, f"not valid JSON ({error})") from None
     except UserError as error:
         raise UserError(path, f"{error.where}: {error.problem}") from None
+
+
+def _checked_locations(locations: object, ndim: int) -> dict[str, list[list[int]]]:
+    if not isinstance(locations, dict):
+        raise UserError("class_locations", "expected a mapping label → [[z, y, x], …]")
+    for label, points in locations.items():
+        array = np.asarray(points)
+        if array.size and (array.ndim != 2 or array.shape[1] != ndim or array.dtype.kind != "i"):
+            raise UserError(f"class_locations.{label}", f"expected a list of {ndim} integer coordinates")
+    return locations
 
 
 def load_preprocessed(folder: str | Path, case: str, mmap: bool = True
