@@ -6,7 +6,8 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -88,3 +89,15 @@ def publish_staging_dir(staging: Path, final: str | Path) -> Path:
         final.rmdir()
     os.replace(staging, final)
     return final
+
+
+@contextmanager
+def staged_dir(final: str | Path) -> Iterator[Path]:
+    """Fill the yielded `<final>.tmp/` folder; it becomes `final` on success and is deleted on error."""
+    staging = start_staging_dir(final)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish_staging_dir(staging, final)
