@@ -22,7 +22,6 @@ file, or mismatched shapes, is skipped and the reason reported; the rest is conv
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -30,10 +29,8 @@ from typing import Sequence
 import numpy as np
 
 from nnlite.errors import UserError
-from nnlite.files import publish_staging_dir, start_staging_dir, write_json_atomic
+from nnlite.files import staged_dir, write_json_atomic
 from nnlite.io import write_image, write_seg
-
-log = logging.getLogger(__name__)
 
 IMAGE_FILES = ("VIBRANT.npy", "VIBRANT+C2.npy", "SUB2.npy")  # channel order 0, 1, 2
 MASK_FILE = "SUB2.npy"
@@ -86,7 +83,20 @@ def convert_breastdm(src: str | Path, raw: str | Path, spacing: Sequence[float] 
     if spacing is None:
         report.warnings.append("no --spacing given: BreastDM .npy files carry no voxel size, "
                                f"{DEFAULT_SPACING} mm written")
-    staging = start_staging_dir(raw)
+    with staged_dir(raw) as staging:
+        metadata = _convert_patients(patients, staging, spacing or DEFAULT_SPACING, slice_axis,
+                                     keep_blank, report)
+        if not report.converted:
+            raise UserError(src, "no patient could be converted: " + "; ".join(
+                f"{p}: {r}" for p, r in report.skipped.items()))
+        write_json_atomic(staging / "dataset.json", _dataset_json(metadata, spacing))
+    return report
+
+
+def _convert_patients(patients: list[Patient], staging: Path, spacing: Sequence[float],
+                      slice_axis: int | None, keep_blank: bool,
+                      report: ConversionReport) -> dict[str, dict]:
+    """Write each convertible patient as a case; returns dataset.json's case metadata."""
     metadata = {}
     for index, patient in enumerate(patients):
         case = f"{CASE_PREFIX}_{index + 1:03d}"  # numbered over all patients: stable if one is skipped
@@ -95,17 +105,10 @@ def convert_breastdm(src: str | Path, raw: str | Path, spacing: Sequence[float] 
         except UserError as error:
             report.skipped[_patient_id(patient)] = f"{error.where}: {error.problem}"
             continue
-        _write_case(staging, case, images, mask, spacing or DEFAULT_SPACING)
+        _write_case(staging, case, images, mask, spacing)
         report.converted[case] = _patient_id(patient)
         metadata[case] = {"patient": patient.name, "class": patient.cls}
-    if not report.converted:
-        raise UserError(src, "no patient could be converted: " + "; ".join(
-            f"{p}: {r}" for p, r in report.skipped.items()))
-    write_json_atomic(staging / "dataset.json", _dataset_json(metadata, spacing))
-    publish_staging_dir(staging, raw)
-    for warning in report.warnings:
-        log.warning("warning: %s", warning)
-    return report
+    return metadata
 
 
 def find_patients(src: Path) -> list[Patient]:

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 from nnlite.errors import UserError
-from nnlite.files import publish_staging_dir, start_staging_dir, write_json_atomic
+from nnlite.files import staged_dir, write_json_atomic
 from nnlite.io import write_image, write_seg
 
 CHANNEL_NAMES = {"0": "VIBRANT", "1": "VIBRANT_C2", "2": "SUB2"}
@@ -57,17 +57,17 @@ def generate_demo_dataset(raw: str | Path, n_cases: int = 24, seed: int = 0) -> 
     """
     if n_cases < 1:
         raise UserError("--cases", f"must be at least 1, got {n_cases}")
-    staging = start_staging_dir(raw)
-    for index in range(n_cases):
-        name = f"{CASE_PREFIX}_{index + 1:03d}"
-        case = make_demo_case(np.random.default_rng([seed, index]))
-        affine = _affine(case.spacing, case.seg.shape)
-        for channel, image in enumerate(case.images):
-            voxels = np.round(image).astype(np.int16)  # MR scanners store integers
-            write_image(staging / "imagesTr" / f"{name}_{channel:04d}.nii.gz", voxels, affine)
-        write_seg(staging / "labelsTr" / f"{name}.nii.gz", case.seg, affine)
-    write_json_atomic(staging / "dataset.json", _dataset_json(n_cases, seed))
-    return publish_staging_dir(staging, raw)
+    with staged_dir(raw) as staging:
+        for index in range(n_cases):
+            name = f"{CASE_PREFIX}_{index + 1:03d}"
+            case = make_demo_case(np.random.default_rng([seed, index]))
+            affine = _affine(case.spacing, case.seg.shape)
+            for channel, image in enumerate(case.images):
+                voxels = np.round(image).astype(np.int16)  # MR scanners store integers
+                write_image(staging / "imagesTr" / f"{name}_{channel:04d}.nii.gz", voxels, affine)
+            write_seg(staging / "labelsTr" / f"{name}.nii.gz", case.seg, affine)
+        write_json_atomic(staging / "dataset.json", _dataset_json(n_cases, seed))
+    return Path(raw)
 
 
 def _dataset_json(n_cases: int, seed: int) -> dict:

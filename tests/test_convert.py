@@ -148,7 +148,7 @@ def test_breastdm_nothing_convertible_writes_nothing(tmp_path):
                  images, mask[:, :3])
     with pytest.raises(UserError, match="no patient could be converted"):
         convert_breastdm(tmp_path / "src", tmp_path / "raw")
-    assert not (tmp_path / "raw").exists()
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "raw.tmp").exists()
 
 
 def test_breastdm_ambiguous_slice_axis_is_skipped(tmp_path):
