@@ -82,15 +82,17 @@ def _analyze_case(args: tuple[RawDataset, CaseFiles, int]) -> _CaseResult | tupl
 
 
 def intensity_statistics(samples: np.ndarray) -> IntensityStats:
-    """Dataset statistics of one channel's concatenated samples (population std, np.percentile)."""
+    """Dataset statistics of one channel's concatenated samples (population std, np.percentile).
+
+    The percentiles come last and partition `samples` in place (saves a copy of 1e8 values).
+    """
     if samples.size == 0:
         raise UserError("labelsTr", "no case has any foreground voxel; cannot compute intensity statistics")
-    low, median, high = np.percentile(samples, PERCENTILES)
-    return IntensityStats(
-        mean=float(np.mean(samples)), std=float(np.std(samples)), median=float(median),
-        min=float(np.min(samples)), max=float(np.max(samples)),
-        percentile_00_5=float(low), percentile_99_5=float(high),
-    )
+    mean, std = float(np.mean(samples)), float(np.std(samples))
+    low_value, high_value = float(np.min(samples)), float(np.max(samples))
+    low, median, high = np.percentile(samples, PERCENTILES, overwrite_input=True)
+    return IntensityStats(mean=mean, std=std, median=float(median), min=low_value, max=high_value,
+                          percentile_00_5=float(low), percentile_99_5=float(high))
 
 
 def _run_cases(dataset: RawDataset, workers: int) -> list[_CaseResult]:
@@ -177,8 +179,10 @@ def _names_and_labels(dataset_json: dict) -> tuple[dict[str, str], dict[str, int
     return {str(k): str(v) for k, v in channels.items()}, dict(labels)
 
 
-def load_fingerprint_file(path: str | Path, dataset_json: dict) -> Fingerprint:
-    """Read nnlite's fingerprint.json or nnU-Net v2's dataset_fingerprint.json (told apart by keys)."""
+def load_fingerprint_file(path: str | Path, dataset_json: dict) -> tuple[Fingerprint, bool]:
+    """Read nnlite's fingerprint.json or nnU-Net v2's dataset_fingerprint.json (told apart by keys).
+
+    Returns the fingerprint and whether it is nnlite's (only those name their cases)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(path, "not found")
@@ -187,5 +191,5 @@ def load_fingerprint_file(path: str | Path, dataset_json: dict) -> Fingerprint:
     except ValueError as error:
         raise UserError(path, f"not valid JSON ({error})") from None
     if isinstance(data, dict) and "spacings" in data:
-        return fingerprint_from_nnunet(data, dataset_json, str(path))
-    return load_fingerprint(path)
+        return fingerprint_from_nnunet(data, dataset_json, str(path)), False
+    return load_fingerprint(path), True

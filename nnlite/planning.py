@@ -12,16 +12,23 @@ Every decision is written, in words, into the plan's `reasons`.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from nnlite.dataset import load_dataset, make_splits
 from nnlite.errors import UserError
+from nnlite.files import read_json, remove_tmp_leftovers, write_atomic, write_json_atomic
+from nnlite.fingerprint import extract_fingerprint, load_fingerprint_file
 from nnlite.network.geometry import conv_feature_map_elements, training_memory_bytes
-from nnlite.plans import ConfigurationPlan, Fingerprint, NetworkPlan, Plans
+from nnlite.plans import ConfigurationPlan, Fingerprint, NetworkPlan, Plans, save_fingerprint, save_plans
 from nnlite.topology import Topology, initial_patch, pool_and_conv_props, shrink_step
+
+log = logging.getLogger(__name__)
 
 ANISO_THRESHOLD = 3  # an axis is anisotropic when its spacing is > 3× the others' (and its size < 1/3)
 ANISO_SPACING_PERCENTILE = 10  # ... then its target spacing is this percentile of its spacings
@@ -302,3 +309,97 @@ def _check_arguments(gpu_memory_gb: float, configs: Sequence[str] | None, memory
 
 def _fmt(values: Sequence[float], digits: int = 3) -> str:
     return "(" + ", ".join(f"{float(v):.{digits}g}" for v in values) + ")"
+
+
+# ------------------------------------------------------------------------------------------------
+# the `plan` stage: files in, files out
+
+
+def resolve_gpu_memory(value: str | float) -> float:
+    """'auto' → total memory of the present CUDA device in GiB; otherwise a positive number."""
+    if str(value).strip().lower() != "auto":
+        try:
+            gb = float(value)
+        except ValueError:
+            raise UserError("--gpu-memory-gb", f"expected a number of GB or 'auto', got {value!r}") from None
+        _check_arguments(gb, None, "bytes")
+        return gb
+    import torch  # only 'auto' needs it
+
+    if not torch.cuda.is_available():
+        raise UserError("--gpu-memory-gb", "'auto' needs a CUDA device and none is present; give a number of GB")
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GIB
+
+
+def plan_dataset(raw: Path, work: Path, gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB,
+                 configs: Sequence[str] | None = None, workers: int = 1) -> Plans:
+    """RAW → WORK/dataset.json, fingerprint.json, plans.json, splits.json (all written at the end)."""
+    dataset = load_dataset(raw)
+    fingerprint = extract_fingerprint(dataset, workers)
+    plans = plan_experiment(fingerprint, gpu_memory_gb, configs, dataset_name=Path(raw).resolve().name)
+    names = [c.case for c in fingerprint.cases]
+    _write_outputs(work, (Path(raw) / "dataset.json").read_bytes(), fingerprint, plans, names)
+    return plans
+
+
+def plan_from_fingerprint(fingerprint_file: Path, work: Path, gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB,
+                          configs: Sequence[str] | None = None) -> Plans:
+    """nnlite's fingerprint.json or nnU-Net's dataset_fingerprint.json (+ a dataset.json next to it
+    or in WORK) → WORK/plans.json, fingerprint.json, dataset.json and, with real case names, splits.json."""
+    fingerprint_file, work = Path(fingerprint_file), Path(work)
+    candidates = [fingerprint_file.parent / "dataset.json", work / "dataset.json"]
+    dataset_json = next((p for p in candidates if p.is_file()), None)
+    if dataset_json is None:
+        raise UserError(fingerprint_file, f"needs a dataset.json next to it or in {work}")
+    try:
+        meta = read_json(dataset_json)
+    except ValueError as error:
+        raise UserError(dataset_json, f"not valid JSON ({error})") from None
+    fingerprint, is_nnlite = load_fingerprint_file(fingerprint_file, meta)
+    name = str(meta.get("name", fingerprint_file.resolve().parent.name))
+    plans = plan_experiment(fingerprint, gpu_memory_gb, configs, dataset_name=name)
+    names = [c.case for c in fingerprint.cases] if is_nnlite else None
+    _write_outputs(work, dataset_json.read_bytes(), fingerprint, plans, names)
+    return plans
+
+
+def _write_outputs(work: Path, dataset_json: bytes, fingerprint: Fingerprint, plans: Plans,
+                   case_names: Sequence[str] | None) -> None:
+    """Write everything atomically; a user's splits.json is kept (and checked)."""
+    work = Path(work)
+    remove_tmp_leftovers(work)
+    target = work / "dataset.json"
+    if not target.is_file() or target.read_bytes() != dataset_json:
+        write_atomic(target, lambda tmp: tmp.write_bytes(dataset_json))
+    save_fingerprint(fingerprint, work / "fingerprint.json")
+    save_plans(plans, work / "plans.json")
+    splits = work / "splits.json"
+    if splits.is_file():
+        _check_splits(splits)
+        log.info("keeping the existing %s", splits)
+    elif case_names:
+        write_json_atomic(splits, make_splits(case_names))
+    else:
+        log.info("no splits.json: an nnU-Net fingerprint does not name its cases")
+
+
+def _check_splits(path: Path) -> None:
+    try:
+        splits = read_json(path)
+    except ValueError as error:
+        raise UserError(path, f"not valid JSON ({error})") from None
+    if not isinstance(splits, list) or not splits or not all(
+            isinstance(s, dict) and {"train", "val"} <= set(s) for s in splits):
+        raise UserError(path, "must be a list of {\"train\": [...], \"val\": [...]} folds")
+
+
+def summarize(plans: Plans) -> list[str]:
+    """One human line per configuration: spacing, patch, stages, batch, predicted memory."""
+    lines = []
+    for name, config in plans.configurations.items():
+        spacing = " × ".join(f"{s:.3g}" for s in config.spacing)
+        patch = " × ".join(str(p) for p in config.patch_size)
+        lines.append(f"{name:>18}: spacing {spacing} mm, patch {patch}, {config.network.n_stages} stages, "
+                     f"batch {config.batch_size}, predicted {config.predicted_memory_bytes / GIB:.2f} GiB "
+                     f"of {plans.gpu_memory_gb:g}")
+    return lines

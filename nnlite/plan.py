@@ -1,0 +1,53 @@
+"""`python -m nnlite.plan`: fingerprint a raw dataset (or read a fingerprint) and plan the experiment.
+
+    python -m nnlite.plan RAW WORK [--gpu-memory-gb GB|auto] [--configs 2d 3d_fullres 3d_lowres] [--workers N]
+    python -m nnlite.plan --fingerprint FINGERPRINT.json WORK [--gpu-memory-gb GB|auto] [--configs ...]
+
+Writes WORK/dataset.json, fingerprint.json, plans.json and splits.json; prints one line per configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from nnlite.cli import run
+from nnlite.planning import (
+    CONFIGURATIONS,
+    DEFAULT_GPU_MEMORY_GB,
+    plan_dataset,
+    plan_from_fingerprint,
+    resolve_gpu_memory,
+    summarize,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nnlite plan", description=__doc__.split("\n")[0])
+    parser.add_argument("paths", nargs="+", metavar="RAW WORK", help="RAW WORK, or only WORK with --fingerprint")
+    parser.add_argument("--fingerprint", type=Path, help="plan from this fingerprint.json / dataset_fingerprint.json")
+    parser.add_argument("--gpu-memory-gb", default=str(DEFAULT_GPU_MEMORY_GB),
+                        help="memory budget in GB (GiB), or 'auto' for the present CUDA device (default 8)")
+    parser.add_argument("--configs", nargs="+", choices=CONFIGURATIONS, help="plan only these configurations")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="fingerprint processes")
+    args = parser.parse_args(argv)
+    expected = 1 if args.fingerprint else 2
+    if len(args.paths) != expected:
+        parser.error("expected RAW WORK" if expected == 2 else "with --fingerprint give only WORK")
+    gb = resolve_gpu_memory(args.gpu_memory_gb)
+    if args.fingerprint:
+        plans = plan_from_fingerprint(args.fingerprint, Path(args.paths[0]), gb, args.configs)
+    else:
+        plans = plan_dataset(Path(args.paths[0]), Path(args.paths[1]), gb, args.configs, max(args.workers, 1))
+    work = Path(args.paths[-1])
+    print(f"planned {plans.dataset_name} for {gb:g} GB; wrote {work / 'plans.json'}")
+    for line in summarize(plans):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
