@@ -130,6 +130,10 @@ class _BatchDataset(Dataset):
         self.spec = spec
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        # Patch-sized ops gain nothing from intra-op threads and lose a lot when cores are busy
+        # (the reference limits its workers to 1 thread too); workers already run with 1.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         try:
             return make_batch(self.spec, index)
         except SampleError as failure:
@@ -138,6 +142,8 @@ class _BatchDataset(Dataset):
             problem = cause.problem if isinstance(cause, UserError) else f"{type(cause).__name__}: {cause}"
             trace = "".join(traceback.format_exception(cause))
             return {"failure": _Failure(failure.case, where, problem, trace)}
+        finally:
+            torch.set_num_threads(threads)
 
 
 class BatchLoader:
