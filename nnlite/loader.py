@@ -204,6 +204,10 @@ def build_loader(work: str | Path, plans: Plans, config_name: str, case_names: S
         raise UserError("loader", f"forced has {len(forced)} entries for batch size {batch_size}")
     scales = tuple(deep_supervision_scales(config.network)) if deep_supervision else ()
     store = CaseStore(Path(work) / "preprocessed" / config.data_identifier, list(case_names))
+    for case in store.cases:
+        if case.channels != len(config.normalization):
+            raise UserError(store.folder / f"{case.name}.npy", f"has {case.channels} channels, the "
+                            f"plans expect {len(config.normalization)}")
     spec = BatchSpec(store, augment_config(config), forced, seed, augment, scales)
     workers = default_workers() if workers is None else workers
     target = None if device is None else torch.device(device)

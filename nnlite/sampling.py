@@ -88,6 +88,7 @@ class CaseInfo:
     """What sampling needs of a case without reading its voxels."""
 
     name: str
+    channels: int
     shape: tuple[int, ...]  # spatial (Z, Y, X)
     class_locations: dict[str, np.ndarray]  # label → (N, 3) int32 voxel coordinates
 
@@ -110,11 +111,11 @@ class CaseStore:
         for suffix in (".npy", "_seg.npy", ".json"):
             if not (self.folder / f"{name}{suffix}").is_file():
                 raise UserError(self.folder / f"{name}{suffix}", "not found (run preprocessing first)")
-        shape = tuple(np.load(self.folder / f"{name}.npy", mmap_mode="r").shape[1:])
+        channels, *shape = np.load(self.folder / f"{name}.npy", mmap_mode="r").shape
         props = read_json(self.folder / f"{name}.json")
         locations = {str(label): np.asarray(voxels, dtype=np.int32).reshape(-1, 3)
                      for label, voxels in props.get("class_locations", {}).items()}
-        return CaseInfo(name, shape, locations)
+        return CaseInfo(name, channels, tuple(shape), locations)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

@@ -1,0 +1,163 @@
+"""build_loader: batch layout, reproducibility from (seed, i) with any worker count, failures that
+name the case, 2D configurations, clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nnlite.augment import augment_config
+from nnlite.errors import UserError
+from nnlite.loader import LoaderError, build_loader, plan_batch
+from nnlite.sampling import CaseStore
+from tests.loader_fixtures import DATA_IDENTIFIER, toy_dataset, toy_plans
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def toy(tmp_path):
+    return tmp_path, toy_dataset(tmp_path, 4)
+
+
+def take(loader, n):
+    with loader:
+        return [next(loader) for _ in range(n)]
+
+
+def test_batch_layout(toy):
+    work, _ = toy
+    names = toy_dataset(work, 3, seed=1, channels=2)
+    plans = toy_plans((8, 12, 12), channels=2, use_mask=True)
+    batch = take(build_loader(work, plans, "3d_fullres", names, 3, augment=True, seed=0, workers=0), 1)[0]
+    assert batch["data"].shape == (3, 2, 8, 12, 12) and batch["data"].dtype == torch.float32
+    assert [t.shape for t in batch["target"]] == [(3, 1, 8, 12, 12), (3, 1, 4, 6, 6)]
+    assert all(t.dtype == torch.int16 and t.min() >= 0 for t in batch["target"])
+    assert len(batch["cases"]) == 3 and set(batch["cases"]) <= set(names)
+
+
+def test_fixed_seed_reproduces_batches_with_any_worker_count(toy):
+    work, names = toy
+    plans = toy_plans()
+    runs = [take(build_loader(work, plans, "3d_fullres", names, 3, augment=True, seed=7, workers=w), 4)
+            for w in (0, 2)]
+    resumed = take(build_loader(work, plans, "3d_fullres", names, 3, augment=True, seed=7,
+                                start_batch=2, workers=1), 2)
+    other = take(build_loader(work, plans, "3d_fullres", names, 3, augment=True, seed=8, workers=0), 1)
+    for a, b in zip(*runs):
+        assert torch.equal(a["data"], b["data"]) and a["cases"] == b["cases"]
+        assert all(torch.equal(x, y) for x, y in zip(a["target"], b["target"]))
+    for a, b in zip(runs[0][2:], resumed):
+        assert torch.equal(a["data"], b["data"])
+    assert not torch.equal(runs[0][0]["data"], other[0]["data"])
+
+
+def test_validation_batches_are_plain_crops_with_oversampling(toy):
+    work, names = toy
+    plans = toy_plans((8, 12, 12))
+    cfg_plan = plans.configurations["3d_fullres"]
+    batch = take(build_loader(work, plans, "3d_fullres", names, 3, augment=False, seed=3, workers=0,
+                              deep_supervision=False), 1)[0]
+    store = CaseStore(work / "preprocessed" / DATA_IDENTIFIER, names)
+    samples = plan_batch(store.cases, augment_config(cfg_plan), [False, False, True], 3, 0, False)
+    assert [s.forced for s in samples] == [False, False, True] and len(batch["target"]) == 1
+    for j, sample in enumerate(samples):
+        data, seg = store.arrays(sample.case)
+        region = tuple(slice(s, s + p) for s, p in zip(sample.start, (8, 12, 12)))
+        if all(s >= 0 for s in sample.start) and all(r.stop <= n for r, n in zip(region, data.shape[1:])):
+            np.testing.assert_array_equal(batch["data"][j].numpy(), data[(slice(None), *region)])
+            np.testing.assert_array_equal(batch["target"][0][j].numpy(), np.clip(seg[(slice(None), *region)], 0, None))
+    assert (batch["target"][0][2] > 0).any()  # the forced sample holds foreground
+
+
+def test_two_d_configuration_gives_squeezed_slices(toy):
+    work, names = toy
+    plans = toy_plans((16, 12), name="2d")
+    batch = take(build_loader(work, plans, "2d", names, 4, augment=True, seed=1, workers=0), 1)[0]
+    assert batch["data"].shape == (4, 1, 16, 12)
+    assert [tuple(t.shape) for t in batch["target"]] == [(4, 1, 16, 12), (4, 1, 8, 6)]
+
+
+def test_worker_user_error_names_the_case(toy):
+    work, names = toy
+    np.save(work / "preprocessed" / DATA_IDENTIFIER / f"{names[1]}_seg.npy", np.zeros((1, 3, 3, 3), np.int8))
+    loader = build_loader(work, toy_plans(), "3d_fullres", [names[1]], 2, augment=True, seed=0, workers=1)
+    with pytest.raises(UserError, match=names[1]):
+        take(loader, 1)
+
+
+def test_worker_crash_surfaces_the_case_and_traceback(toy, monkeypatch):
+    work, names = toy
+
+    def explode(self, name):
+        raise ZeroDivisionError("boom in the worker")
+
+    monkeypatch.setattr(CaseStore, "arrays", explode)  # forked workers inherit the patch
+    loader = build_loader(work, toy_plans(), "3d_fullres", [names[2]], 2, augment=True, seed=0, workers=1)
+    with pytest.raises(LoaderError) as info:
+        take(loader, 1)
+    message = str(info.value)
+    assert names[2] in message and "ZeroDivisionError: boom in the worker" in message
+    assert "Traceback" in message and "explode" in message
+
+
+def test_missing_case_or_wrong_channels_is_a_user_error(toy):
+    work, names = toy
+    with pytest.raises(UserError, match="case_missing"):
+        build_loader(work, toy_plans(), "3d_fullres", names + ["case_missing"], 2, augment=True, seed=0)
+    with pytest.raises(UserError, match="channels"):
+        build_loader(work, toy_plans(channels=2), "3d_fullres", names, 2, augment=True, seed=0)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_loader_and_its_workers(toy):
+    work, names = toy
+    script = textwrap.dedent(f"""
+        import sys, os
+        sys.path.insert(0, {str(ROOT)!r})
+        from tests.loader_fixtures import toy_plans
+        from nnlite.loader import build_loader
+        loader = build_loader({str(work)!r}, toy_plans(), "3d_fullres", {names!r}, 2, augment=True,
+                              seed=0, workers=2)
+        next(loader)
+        print("ready", flush=True)
+        try:
+            while True:
+                next(loader)
+        except KeyboardInterrupt:
+            loader.close()
+            print("interrupted", flush=True)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    children = _children(process.pid)
+    assert len(children) >= 2
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0 and "interrupted" in process.stdout.read()
+    deadline = time.time() + 10
+    while any(_alive(pid) for pid in children) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in children)
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "zombie" not in status.read_text()
