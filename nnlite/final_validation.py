@@ -19,10 +19,9 @@ from tqdm import tqdm
 from nnlite.errors import UserError
 from nnlite.evaluation import evaluate_folder, write_summary
 from nnlite.export import export_prediction
-from nnlite.files import read_json
 from nnlite.inference import predict_preprocessed
 from nnlite.plans import Plans
-from nnlite.preprocessing import load_case_properties
+from nnlite.preprocessing import RAW_PATH_KEY, load_case_properties
 from nnlite.train_config import TrainConfig
 from nnlite.training_setup import preprocessed_dir, resolve_device
 
@@ -30,7 +29,6 @@ log = logging.getLogger(__name__)
 
 VALIDATION_DIR = "validation"
 SUMMARY_FILE = "summary.json"
-REFERENCE_DIRS = ("gt_segmentations", "labelsTr")  # where WORK may hold the original label maps
 
 
 def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, config: TrainConfig,
@@ -45,33 +43,29 @@ def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, co
     source = preprocessed_dir(work, plans, config)
     for case in tqdm(cases, desc="validation", unit="case"):
         data = np.load(source / f"{case}.npy", mmap_mode="r")
-        probs = predict_preprocessed([network], np.ascontiguousarray(data), plan,
+        probs = predict_preprocessed([network], np.array(data), plan,
                                      mirror=config.validation.mirroring, step=config.validation.step,
                                      device=device)
         props = load_case_properties(source / f"{case}.json")
         export_prediction(probs, props, plans, config.configuration, out_dir / f"{case}.nii.gz",
                           save_probabilities=config.validation.save_probabilities)
     network.deep_supervision = True
-    summary = evaluate_folder(out_dir, reference_dir(work), labels=foreground_labels(plans))
+    summary = evaluate_folder(out_dir, reference_dir(work, plans), labels=foreground_labels(plans))
     summary["pseudo_dice"] = last_pseudo_dice(metrics)
     write_summary(summary, out_dir / SUMMARY_FILE)
-    log.info("validation: Dice %.4f on %d cases (last EMA pseudo-Dice %s): %s",
+    log.info("validation: Dice %.4f on %d cases (last EMA pseudo-Dice %.4f): %s",
              summary["foreground_mean"]["dice"], len(summary["per_case"]),
-             summary["pseudo_dice"]["ema"], out_dir / SUMMARY_FILE)
+             metrics[-1]["ema_pseudo_dice"] if metrics else math.nan, out_dir / SUMMARY_FILE)
     return summary
 
 
-def reference_dir(work: Path) -> Path:
-    """The original label maps: WORK/gt_segmentations, WORK/labelsTr, or the raw dataset's labelsTr."""
-    for name in REFERENCE_DIRS:
-        if (work / name).is_dir():
-            return work / name
-    dataset = work / "dataset.json"
-    raw = read_json(dataset).get("nnlite_raw") if dataset.is_file() else None
+def reference_dir(work: Path, plans: Plans) -> Path:
+    """The original label maps: the raw dataset's labelsTr (plans.extra["raw_path"])."""
+    raw = plans.extra.get(RAW_PATH_KEY)
     if raw and (Path(raw) / "labelsTr").is_dir():
         return Path(raw) / "labelsTr"
-    raise UserError(work, "no reference labels to score the validation against "
-                    f"(looked for {', '.join(REFERENCE_DIRS)})")
+    raise UserError(work / "plans.json", f"extra.{RAW_PATH_KEY} names no dataset with labelsTr/: "
+                    "cannot score the validation")
 
 
 def foreground_labels(plans: Plans) -> list[int]:

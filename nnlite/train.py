@@ -15,6 +15,7 @@ from nnlite.cli import run
 
 FOLD_CHOICES = ("0", "1", "2", "3", "4", "all", "cv")
 CV_FOLDS = ("0", "1", "2", "3", "4")
+DEMO_ROOT = "nnlite-demo"  # the demo's folder, in the current directory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     mode.add_argument("--overwrite", action="store_true", help="delete the fold's results and start again")
-    parser.add_argument("--train-config", default="default", metavar="NAME|FILE.yaml",
-                        help="training settings: a name in nnlite/configs/ (default, debug) or a YAML file")
+    parser.add_argument("--train-config", default=None, metavar="NAME|FILE.yaml",
+                        help="training settings: a name in nnlite/configs/ (default, debug, demo) or a "
+                             "YAML file (default: 'default', and 'demo' for the demo)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting, e.g. --set training.initial_lr=3e-3 (repeatable)")
     return parser
@@ -64,11 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error(f"argument --fold: invalid choice '{args.fold}' (0-4, all or cv)")
     from nnlite.train_config import load_train_config  # after parsing: `--help` stays fast
 
-    config = load_train_config(args.train_config, overrides_from_args(args))
+    default_settings = "default" if args.work is not None else "demo"
+    config = load_train_config(args.train_config or default_settings, overrides_from_args(args))
     if args.work is None:
         from nnlite.demo_run import run_demo
 
-        print(run_demo(Path("nnlite-demo"), config, explicit=overrides_from_args(args)))
+        print(run_demo(Path(DEMO_ROOT), config, overwrite=args.overwrite))
         return 0
     from nnlite.training import train_folds
 

@@ -103,7 +103,8 @@ def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: R
             validate_fold_cases(work, run, state, plans, val_cases)
         return
     batch_size = config.training.batch_size or plans.configurations[config.configuration].batch_size
-    batches = build_batches(work, plans, config, train_cases, val_cases, batch_size, state.epoch, rank)
+    batches = build_batches(work, plans, config, train_cases, val_cases, batch_size, state.epoch, rank,
+                            device)
     log.info("training %s fold %s on %s: %d training / %d validation cases, batch %d, epochs %d-%d",
              config.configuration, config.fold, device, len(train_cases), len(val_cases),
              batch_size, state.epoch + 1, config.training.epochs)

@@ -214,7 +214,8 @@ class Batches:
 
 
 def build_batches(work: Path, plans: Plans, config: TrainConfig, train_cases: list[str],
-                  val_cases: list[str], batch_size: int, epoch: int, rank: Rank) -> Batches:
+                  val_cases: list[str], batch_size: int, epoch: int, rank: Rank,
+                  device: torch.device) -> Batches:
     """Loaders that start at batch epoch · iterations, so a resumed run draws what it would have.
 
     With several ranks, each draws its share of the global batch with its own seed and the
@@ -227,7 +228,7 @@ def build_batches(work: Path, plans: Plans, config: TrainConfig, train_cases: li
     forced = forced_foreground(batch_size, config.data.oversample_foreground, rank)
     seed = config.seed + rank.rank * RANK_SEED_STRIDE
     common = dict(work=work, plans=plans, config_name=config.configuration, batch_size=local_batch,
-                  forced=forced, workers=config.data.workers)
+                  forced=forced, workers=config.data.workers, device=device)
     train = build_loader(case_names=train_cases, augment=config.data.augment, seed=seed,
                          start_batch=epoch * t.iters_per_epoch, **common)
     val = build_loader(case_names=val_cases, augment=False, seed=seed + VAL_SEED_OFFSET,

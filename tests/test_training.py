@@ -1,0 +1,177 @@
+"""The training loop's parts: poly LR, batch split across ranks, pseudo-Dice, steps, EMA, resume checks.
+
+End-to-end runs on demo data live in tests/test_demo.py (marked slow).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tqdm import tqdm
+
+from nnlite.distributed import Rank, forced_foreground, split_batch
+from nnlite.errors import UserError
+from nnlite.loss import build_loss, deep_supervision_scales, downsample_seg
+from nnlite.network import build_unet
+from nnlite.plans import NetworkPlan
+from nnlite.train import main as train_main
+from nnlite.train import overrides_from_args, build_parser
+from nnlite.train_config import load_train_config, replace_setting
+from nnlite.training import (RunState, confusion_counts, epoch_record, learning_rate, poly_lr,
+                             train_one_epoch, validate)
+from nnlite.training_setup import plan_differences, seed_everything
+
+PLAN = NetworkPlan(strides=((1, 1, 1), (1, 2, 2), (2, 2, 2)), kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3)),
+                   features_per_stage=(4, 8, 16))
+PATCH = (4, 16, 16)
+
+
+# --- learning rate -----------------------------------------------------------------------------
+
+def test_poly_lr_matches_the_reference():
+    assert poly_lr(1e-2, 0, 1000, 0.9) == 1e-2
+    assert poly_lr(1e-2, 999, 1000, 0.9) == pytest.approx(1.99e-5, rel=0.01)
+    assert poly_lr(1e-2, 1000, 1000, 0.9) == 0.0
+
+
+def test_learning_rate_per_epoch_or_per_iteration():
+    per_epoch = load_train_config("default", ["training.epochs=10", "training.iters_per_epoch=4"])
+    assert learning_rate(per_epoch, 3, 0) == learning_rate(per_epoch, 3, 3) == poly_lr(1e-2, 3, 10, 0.9)
+    per_iter = replace_setting(per_epoch, "training.lr_step", "iteration")
+    lrs = [learning_rate(per_iter, e, i) for e in range(10) for i in range(4)]
+    assert lrs[0] == 1e-2 and all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[13] == pytest.approx(poly_lr(1e-2, 13, 40, 0.9))
+
+
+# --- batch split across ranks --------------------------------------------------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(batch=st.integers(1, 40), world=st.integers(1, 8), oversample=st.sampled_from([0.0, 0.33, 0.5, 1.0]))
+def test_ranks_split_the_global_batch_and_keep_the_global_oversampling(batch, world, oversample):
+    if batch < world:
+        with pytest.raises(ValueError):
+            split_batch(batch, Rank(0, world))
+        return
+    ranks = [Rank(r, world) for r in range(world)]
+    sizes = [split_batch(batch, r)[0] for r in ranks]
+    assert sum(sizes) == batch and max(sizes) - min(sizes) <= 1
+    assert [split_batch(batch, r)[1] for r in ranks] == list(np.cumsum([0] + sizes[:-1]))
+    merged = [flag for r in ranks for flag in forced_foreground(batch, oversample, r)]
+    assert merged == forced_foreground(batch, oversample, Rank())
+
+
+def test_forced_foreground_is_the_reference_rule():
+    assert forced_foreground(2, 0.33, Rank()) == [False, True]
+    assert [i for i, f in enumerate(forced_foreground(12, 0.33, Rank())) if f] == [8, 9, 10, 11]
+    assert forced_foreground(5, 0.33, Rank(1, 2)) == [True, True]  # rank 1 holds global samples 3, 4
+
+
+# --- pseudo-Dice and EMA -------------------------------------------------------------------------
+
+def test_confusion_counts_against_numpy():
+    rng = np.random.default_rng(0)
+    pred, target = rng.integers(0, 3, (2, 5, 6)), rng.integers(0, 3, (2, 5, 6))
+    counts = confusion_counts(torch.as_tensor(pred), torch.as_tensor(target), 3).numpy()
+    for label in (1, 2):
+        p, t = pred == label, target == label
+        assert list(counts[:, label - 1]) == [(p & t).sum(), (p & ~t).sum(), (~p & t).sum()]
+
+
+def test_ema_of_the_pseudo_dice():
+    config = load_train_config("debug")
+    state = RunState(None, None, None, None, None, torch.device("cpu"), 0, [])
+    first = epoch_record(state, 0, 1.0, 1.0, [0.4, 0.6], config, 0.0)
+    assert first["mean_pseudo_dice"] == pytest.approx(0.5) and first["ema_pseudo_dice"] == pytest.approx(0.5)
+    state.metrics.append(first)
+    second = epoch_record(state, 1, 1.0, 1.0, [1.0, float("nan")], config, 0.0)
+    assert second["mean_pseudo_dice"] == 1.0  # NaN classes (absent from every patch) left out
+    assert second["ema_pseudo_dice"] == pytest.approx(0.9 * 0.5 + 0.1 * 1.0)
+
+
+# --- the loop on a tiny network with hand-made batches (a stand-in for the loader) ------------------
+
+def fake_batches(seed: int, n: int):
+    """Endless batches of a bright cube (label 1) in noise, with deep-supervision targets."""
+    rng = np.random.default_rng(seed)
+    scales = deep_supervision_scales(PLAN)
+    while True:
+        seg = np.zeros((2, 1, *PATCH), dtype=np.int64)
+        seg[:, :, 1:3, 4:12, 4:12] = 1
+        data = (rng.normal(size=(2, 1, *PATCH)) + 2.0 * seg).astype(np.float32)
+        yield {"data": torch.from_numpy(data), "target": downsample_seg(torch.from_numpy(seg), scales),
+               "cases": ["a", "b"]}
+
+
+def tiny_state(seed: int = 0) -> RunState:
+    seed_everything(seed, deterministic=True)
+    net = build_unet(PLAN, 1, 2)
+    net.skip_lowest_head = True
+    opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+    return RunState(net, net, opt, None, None, torch.device("cpu"), 0, [])
+
+
+def tiny_config():
+    return load_train_config("debug", ["training.epochs=4", "training.iters_per_epoch=6",
+                                       "training.val_iters=2", "training.initial_lr=0.05"])
+
+
+def test_training_lowers_the_loss_and_pseudo_dice_rises():
+    config, state = tiny_config(), tiny_state()
+    loss_fn = build_loss(PLAN, batch_dice=True)
+    train, val = fake_batches(1, 2), fake_batches(2, 2)
+    bar = tqdm(disable=True)
+    losses = [train_one_epoch(state, loss_fn, train, config, epoch, bar) for epoch in range(4)]
+    assert losses[-1] < losses[0]
+    _, dice = validate(state, loss_fn, val, config, 2, Rank())
+    assert len(dice) == 1 and dice[0] > 0.5
+
+
+def test_seeded_epochs_are_bit_reproducible():
+    config, loss_fn = tiny_config(), build_loss(PLAN, batch_dice=True)
+    weights = []
+    for _ in range(2):
+        state = tiny_state(seed=3)
+        train_one_epoch(state, loss_fn, fake_batches(5, 2), config, 0, tqdm(disable=True))
+        weights.append([p.detach().clone() for p in state.network.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
+def test_learning_rate_is_set_on_the_optimizer():
+    config = replace_setting(tiny_config(), "training.lr_step", "iteration")
+    state = tiny_state()
+    train_one_epoch(state, build_loss(PLAN, True), fake_batches(0, 2), config, 2, tqdm(disable=True))
+    assert state.optimizer.param_groups[0]["lr"] == learning_rate(config, 2, 5)
+
+
+# --- resume checks and the command line ---------------------------------------------------------
+
+def test_plan_differences_name_what_changed():
+    saved = {"configurations": {"3d_fullres": {"patch_size": [4, 8, 8]}}, "labels": {"a": 1}}
+    same = {"configurations": {"3d_fullres": {"patch_size": [4, 8, 8]}, "2d": {}}, "labels": {"a": 1}}
+    assert plan_differences(saved, same, "3d_fullres") == []
+    changed = {"configurations": {"3d_fullres": {"patch_size": [4, 16, 16]}}, "labels": {"a": 1}}
+    assert plan_differences(saved, changed, "3d_fullres") == ["plans.configurations.3d_fullres changed since the checkpoint"]
+
+
+def test_flags_become_settings():
+    args = build_parser().parse_args(["W", "--epochs", "3", "--set", "training.epochs=9", "--seed", "1",
+                                      "--device", "cpu", "--config", "2d"])
+    config = load_train_config("default", overrides_from_args(args))
+    assert (config.training.epochs, config.seed, config.device, config.configuration) == (3, 1, "cpu", "2d")
+
+
+@pytest.mark.parametrize("argv", [["W", "--fold", "7"], ["W", "--resume", "--overwrite"], ["W", "--epochs", "x"]])
+def test_usage_errors_exit_2(argv):
+    with pytest.raises(SystemExit) as exit_:
+        train_main(argv)
+    assert exit_.value.code == 2
+
+
+def test_missing_plans_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="plans.json"):
+        train_main([str(tmp_path), "--device", "cpu"])
