@@ -101,7 +101,8 @@ def plans_from_reference(path: Path, raw: Path) -> Plans:
                           features_per_stage=tuple(arch["features_per_stage"]))
     plan = ConfigurationPlan(
         spacing=tuple(config["spacing"]), patch_size=tuple(config["patch_size"]),
-        median_shape=tuple(config["median_image_size_in_voxels"]), batch_size=config["batch_size"],
+        median_shape=tuple(int(round(s)) for s in config["median_image_size_in_voxels"]),
+        batch_size=config["batch_size"],
         network=network, normalization=tuple(REFERENCE_SCHEMES[s] for s in config["normalization_schemes"]),
         use_mask_for_norm=tuple(config["use_mask_for_norm"]), batch_dice=config["batch_dice"],
         data_identifier="nnlite_from_reference_3d_fullres")

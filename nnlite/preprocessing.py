@@ -13,6 +13,7 @@ Files per case in `WORK/preprocessed/<data_identifier>/` (flat):
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -265,10 +266,13 @@ RAW_PATH_KEY = "raw_path"  # Plans.extra key the planner writes: absolute path o
 class _Job:
     """One case and the (configuration, output folder) pairs still to write for it."""
 
-    dataset: RawDataset
     case: CaseFiles
-    plans: Plans
     targets: tuple[tuple[str, Path], ...]
+
+
+# What every job of a run shares; set once per worker process (the initializer), not pickled
+# with each job: unpickling the dataset's 200+ Paths per job used to cost more than the job.
+_SHARED: dict[str, object] = {}
 
 
 def folders_to_fill(work: Path, plans: Plans, configs: Sequence[str] | None) -> dict[str, Path]:
@@ -289,8 +293,12 @@ def folders_to_fill(work: Path, plans: Plans, configs: Sequence[str] | None) -> 
     return chosen
 
 
-def _limit_threads() -> None:
-    """Worker initializer: one BLAS thread per process, so N workers use N cores."""
+def _init_worker(dataset: RawDataset, plans: Plans, subprocess: bool = True) -> None:
+    """Worker initializer: shared inputs, one BLAS thread per process (N workers use N cores)."""
+    _SHARED.update(dataset=dataset, plans=plans)
+    if not subprocess:
+        return
+    gc.freeze()  # the inherited objects never become garbage: keep them out of every GC pass
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # optional: without it BLAS may oversubscribe, results are the same
@@ -301,9 +309,10 @@ def _limit_threads() -> None:
 def _run_job(job: _Job) -> tuple[str, tuple[str, str] | None]:
     """Preprocess one case for its targets; returns (case, None) or (case, (where, problem))."""
     try:
-        checked = check_case(job.dataset, job.case)
+        checked = check_case(_SHARED["dataset"], job.case)
+        plans = _SHARED["plans"]
         for config_name, folder in job.targets:
-            data, seg, props = preprocess_case(checked.data, checked.seg, checked.spacing, job.plans,
+            data, seg, props = preprocess_case(checked.data, checked.seg, checked.spacing, plans,
                                                config_name, case=job.case.name, affine=checked.affine)
             save_preprocessed(folder, data, seg, props)
             del data, seg  # a worker holds one case at a time
@@ -314,21 +323,24 @@ def _run_job(job: _Job) -> tuple[str, tuple[str, str] | None]:
         return job.case.name, (str(job.case.images[0]), f"{type(error).__name__}: {error}")
 
 
-def _jobs(dataset: RawDataset, plans: Plans, folders: dict[str, Path], overwrite: bool) -> list[_Job]:
+def _jobs(dataset: RawDataset, folders: dict[str, Path], overwrite: bool) -> list[_Job]:
     jobs = []
     for case in dataset.cases:
         targets = tuple((name, folder) for name, folder in folders.items()
                         if overwrite or not is_preprocessed(folder, case.name, case.label is not None))
         if targets:
-            jobs.append(_Job(dataset, case, plans, targets))
+            jobs.append(_Job(case, targets))
     return jobs
 
 
-def _run_all(jobs: list[_Job], workers: int) -> Iterator[tuple[str, tuple[str, str] | None]]:
+def _run_all(jobs: list[_Job], dataset: RawDataset, plans: Plans, workers: int
+             ) -> Iterator[tuple[str, tuple[str, str] | None]]:
     if workers <= 1 or len(jobs) <= 1:
+        _init_worker(dataset, plans, subprocess=False)
         yield from map(_run_job, jobs)
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_limit_threads) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_init_worker,
+                             initargs=(dataset, plans)) as pool:
         futures = [pool.submit(_run_job, job) for job in jobs]
         for future in as_completed(futures):
             yield future.result()
@@ -353,12 +365,12 @@ def run_preprocessing(work: str | Path, configs: Sequence[str] | None = None,
     dataset = load_dataset(raw)
     for folder in folders.values():
         remove_tmp_leftovers(folder)
-    jobs = _jobs(dataset, plans, folders, overwrite)
+    jobs = _jobs(dataset, folders, overwrite)
     log.info("preprocessing %d of %d cases for %s (%d workers)", len(jobs), len(dataset.cases),
              ", ".join(folders), workers)
     failures = []
     with logging_redirect_tqdm(), tqdm(total=len(jobs), desc="preprocess", unit="case") as bar:
-        for name, failure in _run_all(jobs, workers):
+        for name, failure in _run_all(jobs, dataset, plans, workers):
             if failure is not None:
                 failures.append(failure)
                 log.error("failed: %s: %s", *failure)
