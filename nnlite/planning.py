@@ -151,17 +151,23 @@ def network_plan(topology: Topology) -> NetworkPlan:
 
 
 def fit_patch(spacing: Sequence[float], median_shape: Sequence[float], budget: MemoryBudget
-              ) -> tuple[Topology, int, list[str]]:
-    """Initial patch → topology → shrink (nnU-Net's axis rule) until batch MIN_BATCH fits."""
+              ) -> tuple[Topology, int, list[str]] | None:
+    """Initial patch → topology → shrink (nnU-Net's axis rule) until batch MIN_BATCH fits.
+
+    None when the median image allows no pooling at all (nnU-Net would plan a 1-stage network that
+    it cannot build); the configuration is then skipped.
+    """
     start = initial_patch(spacing, median_shape)
     topology = pool_and_conv_props(spacing, start)
+    if topology.n_stages < 2:
+        return None
     reasons = [f"initial patch {_fmt(start, 4)}: volume of {'256³' if len(spacing) == 3 else '2048²'} at "
                f"equal physical extent, clipped to the median shape {_fmt(median_shape, 4)}, padded to "
                f"{_fmt(topology.patch_size)}"]
     steps = 0
     while not budget.fits(network_plan(topology), topology.patch_size):
         smaller = shrink_step(spacing, topology, median_shape)
-        if min(smaller.patch_size) < 1 or smaller.n_stages < 2:
+        if smaller is None:
             raise UserError("--gpu-memory-gb", f"{budget.gpu_memory_gb:g} GB cannot hold even the "
                                                f"smallest network at batch {MIN_BATCH}")
         topology, steps = smaller, steps + 1
@@ -172,9 +178,14 @@ def fit_patch(spacing: Sequence[float], median_shape: Sequence[float], budget: M
 
 
 def plan_configuration(spacing: Sequence[float], median_shape: Sequence[float], n_voxels_dataset: float,
-                       budget: MemoryBudget, data_identifier: str, fingerprint: Fingerprint) -> ConfigurationPlan:
-    """Patch, topology and batch for one spacing (3D or 2D) and median shape (both transposed)."""
-    topology, _, reasons = fit_patch(spacing, median_shape, budget)
+                       budget: MemoryBudget, data_identifier: str, fingerprint: Fingerprint
+                       ) -> ConfigurationPlan | None:
+    """Patch, topology and batch for one spacing (3D or 2D) and median shape (both transposed);
+    None when the median image is too small to pool."""
+    fitted = fit_patch(spacing, median_shape, budget)
+    if fitted is None:
+        return None
+    topology, _, reasons = fitted
     net = network_plan(topology)
     patch = topology.patch_size
     reasons.append(f"{net.n_stages} stages, strides {[list(s) for s in net.strides]}, kernels "
@@ -221,6 +232,8 @@ def plan_lowres(fullres: ConfigurationPlan, median_shape: np.ndarray, n_training
         median_voxels = np.prod(scaled, dtype=np.float64)
         lowres = plan_configuration(spacing, tuple(round(s) for s in scaled), float(median_voxels * n_training),
                                     budget, "3d_lowres", fingerprint)
+        if lowres is None:
+            return None, "no 3d_lowres: its median image became too small to pool"
         coverage = np.prod(lowres.patch_size, dtype=np.int64) / median_voxels
     shrink = np.prod(median_shape, dtype=np.float64) / median_voxels
     if shrink < LOWRES_MIN_SHRINK:
@@ -249,7 +262,12 @@ def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float = DEFAULT_GPU
     budget = MemoryBudget(gpu_memory_gb, len(fingerprint.channel_names), len(fingerprint.labels), memory_model)
     configurations = _plan_3d(spacing_t, median, n_voxels, n_training, budget, fingerprint, reasons)
     plan_2d = plan_configuration(spacing_t[1:], median[1:], n_voxels, budget, "2d", fingerprint)
-    configurations = {"2d": replace(plan_2d, batch_dice=True), **configurations}
+    if plan_2d is None:
+        reasons.append(f"no 2d: the median slice {_fmt(median[1:], 4)} is too small to pool")
+    else:
+        configurations = {"2d": replace(plan_2d, batch_dice=True), **configurations}
+    if not configurations:
+        raise UserError("fingerprint", f"the median image {_fmt(median, 4)} is too small for any U-Net")
     return Plans(
         dataset_name=dataset_name, transpose=transpose,
         original_median_spacing=tuple(float(v) for v in np.median(spacings, 0)[list(transpose)]),
@@ -267,6 +285,9 @@ def _plan_3d(spacing: np.ndarray, median: np.ndarray, n_voxels: float, n_trainin
         reasons.append("no 3D configurations: the data is 2D (median size 1 on the first axis)")
         return {}
     fullres = plan_configuration(spacing, median, n_voxels, budget, "3d_fullres", fingerprint)
+    if fullres is None:
+        reasons.append(f"no 3D configurations: the median image {_fmt(median, 4)} is too small to pool")
+        return {}
     lowres, lowres_reason = plan_lowres(fullres, median, n_training, budget, fingerprint)
     reasons.append(lowres_reason)
     if lowres is None:

@@ -92,18 +92,30 @@ def pad_to_multiple(shape: Sequence[float], divisor: Sequence[int]) -> tuple[int
     return tuple(int(math.ceil(s / d) * d) for s, d in zip(shape, divisor))
 
 
-def shrink_step(spacing: Sequence[float], topology: Topology, median_shape: Sequence[float]) -> Topology:
-    """One step of nnU-Net's patch-shrinking loop.
+def shrink_step(spacing: Sequence[float], topology: Topology, median_shape: Sequence[float]) -> Topology | None:
+    """One step of nnU-Net's patch-shrinking loop (None: the patch cannot shrink any further).
 
     Reduce the axis whose patch is largest relative to the median shape (the last such axis on a
     tie, as argsort does). Subtracting the current divisor could skip valid sizes (256 - 64 = 192
     skips 224), so the divisor is recomputed for the reduced patch and that is subtracted instead.
+    Where nnU-Net's step would leave no pooling at all (a 1-stage network it cannot build, e.g. the
+    finest axis drops below 12 voxels while the others are ≥ 2× coarser), the next axis in the
+    ratio order is reduced instead; this only happens at budgets far below 8 GB.
     """
+    ratios = [p / m for p, m in zip(topology.patch_size, median_shape)]
+    for axis in reversed(np.argsort(ratios)):
+        smaller = _reduce_axis(spacing, topology, int(axis))
+        if smaller is not None and smaller.n_stages >= 2:
+            return smaller
+    return None
+
+
+def _reduce_axis(spacing: Sequence[float], topology: Topology, axis: int) -> Topology | None:
     patch = list(topology.patch_size)
-    ratios = [p / m for p, m in zip(patch, median_shape)]
-    axis = int(np.argsort(ratios)[-1])
     trial = list(patch)
     trial[axis] -= topology.divisible_by[axis]
+    if trial[axis] < 1:
+        return None
     divisor = pool_and_conv_props(spacing, trial).divisible_by
     patch[axis] -= divisor[axis]
-    return pool_and_conv_props(spacing, patch)
+    return pool_and_conv_props(spacing, patch) if patch[axis] >= 1 else None
