@@ -94,6 +94,19 @@ def test_2d_keeps_the_case_own_first_axis_spacing(rng):
     assert out.shape[1:] == (7, 18, 22)
 
 
+def test_ct_values_stay_inside_the_clip_range_after_cubic_resampling(rng):
+    data, seg = _case(rng)
+    data[0, 2:9, 2:11, 1:12] = np.where(rng.random((7, 9, 11)) > 0.5, 9.5, 0.5)  # hard edges
+    plans = _plans(fullres=(0.7, 0.45, 0.45))
+    ct = Plans(**{**plans.__dict__, "configurations": {
+        "3d_fullres": ConfigurationPlan(**{**plans.configurations["3d_fullres"].__dict__,
+                                           "normalization": ("ct",)})}})
+    out, _, _ = preprocess_case(data, seg, (2.0, 1.0, 1.0), ct, "3d_fullres")
+    low, high = (STATS.percentile_00_5 - 5.0) / 1.0, (STATS.percentile_99_5 - 5.0) / 1.0
+    assert out.min() >= low and out.max() <= high  # an unclipped cubic spline overshoots here
+    assert out.max() == high
+
+
 def test_class_locations_count_and_lie_on_their_label():
     seg = np.zeros((1, 40, 50, 60), np.int8)
     seg[0, :30] = 1  # 90,000 voxels: the 10,000 cap applies
