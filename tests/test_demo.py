@@ -1,0 +1,142 @@
+"""End-to-end training on (tiny) demo data: artifacts, exact resume after SIGKILL, resume rules.
+
+All slow: each builds a 5-case demo work directory (generate → plan → preprocess) once per module
+and trains for a few iterations with a small patch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from nnlite import checkpoints
+from nnlite.demo import generate_demo_dataset
+from nnlite.demo_run import DEMO_CONFIGURATION, plan_demo
+from nnlite.errors import UserError
+from nnlite.plans import load_plans, save_plans
+from nnlite.preprocessing import run_preprocessing
+from nnlite.train import main as train_main
+
+pytestmark = pytest.mark.slow
+
+TINY_PATCH = (8, 32, 32)  # divisible by the demo plan's total stride (4, 16, 16)
+SCHEDULE = ["--device", "cpu", "--seed", "0", "--workers", "0", "--train-config", "debug",
+            "--set", "validation.enabled=false"]
+
+
+@pytest.fixture(scope="module")
+def tiny_work(tmp_path_factory) -> Path:
+    """A preprocessed 5-case demo work directory with a small patch (a fast stand-in plan)."""
+    root = tmp_path_factory.mktemp("demo")
+    raw = generate_demo_dataset(root / "raw", n_cases=5)
+    work = root / "work"
+    plans = plan_demo(raw, work)
+    config = plans.configurations[DEMO_CONFIGURATION]
+    save_plans(replace(plans, configurations={DEMO_CONFIGURATION: replace(config, patch_size=TINY_PATCH)}),
+               work / "plans.json")
+    run_preprocessing(work, [DEMO_CONFIGURATION], workers=1)
+    return work
+
+
+def copy_work(work: Path, target: Path) -> Path:
+    shutil.copytree(work, target, ignore=shutil.ignore_patterns("results"))
+    return target
+
+
+def fold_dir(work: Path) -> Path:
+    return work / "results" / DEMO_CONFIGURATION / "fold_0"
+
+
+def final_weights(work: Path) -> dict:
+    return torch.load(fold_dir(work) / checkpoints.FINAL, weights_only=True)["network"]
+
+
+def test_seeded_run_writes_every_artifact(tiny_work, tmp_path):
+    work = copy_work(tiny_work, tmp_path / "work")
+    assert train_main([str(work), "--epochs", "3", "--iters-per-epoch", "4", *SCHEDULE[:-2],
+                       "--set", "validation.mirroring=false"]) == 0
+    folder = fold_dir(work)
+    for name in ("checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt", "config.json",
+                 "log.txt", "metrics.jsonl", "progress.png", "validation/summary.json"):
+        assert (folder / name).is_file(), name
+    val_cases = json.loads((work / "splits.json").read_text())[0]["val"]
+    for case in val_cases:
+        assert (folder / "validation" / f"{case}.nii.gz").is_file()
+        assert (folder / "validation" / f"{case}.npz").is_file()
+    for path in folder.glob("checkpoint_*.pt"):
+        checkpoint = torch.load(path, weights_only=True)
+        assert set(checkpoints.REQUIRED_KEYS) <= set(checkpoint) and "grad_scaler" not in checkpoint
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert (folder / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((folder / "validation" / "summary.json").read_text())
+    assert len(summary["per_case"]) == len(val_cases) and "pseudo_dice" in summary
+    assert "epoch 3/3" in (folder / "log.txt").read_text()
+    assert not list(folder.rglob("*.tmp"))
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_work, tmp_path):
+    args = ["--epochs", "3", "--iters-per-epoch", "3", *SCHEDULE]
+    straight = copy_work(tiny_work, tmp_path / "straight")
+    assert train_main([str(straight), *args]) == 0
+    killed = copy_work(tiny_work, tmp_path / "killed")
+    process = subprocess.Popen([sys.executable, "-m", "nnlite.train", str(killed), *args],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = fold_dir(killed) / checkpoints.LATEST
+    deadline = time.time() + 600
+    while not latest.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the second epoch
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (fold_dir(killed) / checkpoints.FINAL).exists()
+    with pytest.raises(UserError, match="--resume"):
+        train_main([str(killed), *args])  # results exist: refuse without --resume/--overwrite
+    assert train_main([str(killed), *args, "--resume"]) == 0
+    a, b = final_weights(straight), final_weights(killed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    records = (fold_dir(killed) / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in records] == [0, 1, 2]
+
+
+def test_resume_rules(tiny_work, tmp_path, caplog):
+    work = copy_work(tiny_work, tmp_path / "work")
+    args = ["--iters-per-epoch", "2", *SCHEDULE]
+    assert train_main([str(work), "--epochs", "1", *args]) == 0
+    caplog.set_level("INFO", logger="nnlite")
+    assert train_main([str(work), "--epochs", "1", *args, "--resume"]) == 0
+    assert "already finished" in caplog.text
+    with pytest.raises(UserError, match="training.initial_lr"):
+        train_main([str(work), "--epochs", "2", *args, "--resume", "--set", "training.initial_lr=0.1"])
+    plans = load_plans(work / "plans.json")
+    config = plans.configurations[DEMO_CONFIGURATION]
+    save_plans(replace(plans, configurations={DEMO_CONFIGURATION: replace(config, batch_size=3)}),
+               work / "plans.json")
+    with pytest.raises(UserError, match="plans.configurations.3d_fullres"):
+        train_main([str(work), "--epochs", "2", *args, "--resume"])
+    save_plans(plans, work / "plans.json")
+    assert train_main([str(work), "--epochs", "2", *args, "--resume"]) == 0
+    assert "horizon changed from 1 to 2 epochs" in caplog.text
+    assert torch.load(fold_dir(work) / checkpoints.FINAL, weights_only=True)["epoch"] == 2
+    assert train_main([str(work), "--epochs", "1", *args, "--overwrite"]) == 0
+    assert torch.load(fold_dir(work) / checkpoints.FINAL, weights_only=True)["epoch"] == 1
+
+
+def test_fold_all_trains_on_every_case(tiny_work, tmp_path):
+    work = copy_work(tiny_work, tmp_path / "work")
+    assert train_main([str(work), "--fold", "all", "--epochs", "1", "--iters-per-epoch", "1", *SCHEDULE]) == 0
+    folder = work / "results" / DEMO_CONFIGURATION / "fold_all"
+    assert json.loads((folder / "config.json").read_text())["fold"] == "all"
+    assert "5 training / 5 validation cases" in (folder / "log.txt").read_text()
