@@ -40,7 +40,7 @@ ROTATION_2D = math.radians(180)  # other 2D patches
 ELONGATED_2D_RATIO = 1.5  # 2D: side ratio above which rotation is limited to ±15°
 DUMMY_2D_RATIO = 3.0  # 3D: max(patch)/patch[0] above which augmentation is in-plane (dummy 2D)
 P_MIRROR = 0.5  # probability to mirror each allowed axis
-TIE_TOLERANCE = 1e-4  # label scores closer than this (of 1) count as tied; nearest label decides
+TIE_TOLERANCE = 1e-5  # label scores closer than this (of 1) count as tied; nearest label decides
 BORDER_MARGIN = 1  # extra voxels read around the exact bilinear footprint (rounding safety)
 
 
@@ -156,19 +156,22 @@ def warp(image: torch.Tensor, seg: torch.Tensor | None, matrices: torch.Tensor,
          centres: torch.Tensor, patch: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Warp image (B, C, *in) bilinearly and seg (B, 1, *in) label by label onto `patch`.
 
-    Seg: every label present (including OUTSIDE -1) becomes an indicator channel, all channels go
-    through one bilinear grid_sample together with the image, and the highest score wins; exact
+    Seg: every label present (including OUTSIDE -1) gets an indicator channel, all go through one
+    bilinear grid_sample together with the image, and the highest score wins; exact
     ties are settled by the nearest-neighbour label. No label is ever invented. The input must
     already hold its padding (image 0, seg -1) wherever the grid reaches outside the real image.
     """
     grid = affine_grid(matrices.to(image.dtype), centres.to(image.dtype), tuple(image.shape[2:]), patch)
     if seg is None:
         return F.grid_sample(image, grid, mode="bilinear", align_corners=False), None
-    labels = torch.unique(seg)
-    onehot = (seg == labels.view(1, -1, *[1] * (seg.ndim - 2))).to(image.dtype)
-    both = F.grid_sample(torch.cat([image, onehot], dim=1), grid, mode="bilinear", align_corners=False)
+    labels = present_labels(seg)
+    # The indicators sum to 1 at every input voxel and so do the bilinear weights, so the first
+    # label's score is 1 - the others': one channel fewer to interpolate.
+    others = (seg == labels[1:].view(1, -1, *[1] * (seg.ndim - 2))).to(image.dtype)
+    both = F.grid_sample(torch.cat([image, others], dim=1), grid, mode="bilinear", align_corners=False)
     n_channels = image.shape[1]
-    scores = both[:, n_channels:]
+    rest = both[:, n_channels:]
+    scores = torch.cat([1 - rest.sum(dim=1, keepdim=True), rest], dim=1)
     best, winner = scores.max(dim=1, keepdim=True)
     out = labels[winner]
     tied = (scores >= best - TIE_TOLERANCE).sum(dim=1, keepdim=True) > 1
@@ -180,6 +183,16 @@ def warp(image: torch.Tensor, seg: torch.Tensor | None, matrices: torch.Tensor,
         use_nearest = tied & is_label & (scores.gather(1, index) >= best - TIE_TOLERANCE)
         out = torch.where(use_nearest, nearest, out)
     return both[:, :n_channels], out.to(seg.dtype)
+
+
+def present_labels(seg: torch.Tensor) -> torch.Tensor:
+    """Sorted label values occurring in seg (on the CPU a NumPy bincount: ~4× faster than unique)."""
+    if seg.device.type != "cpu":
+        return torch.unique(seg)
+    values = seg.reshape(-1).numpy()
+    low = int(values.min())
+    present = np.flatnonzero(np.bincount(values.astype(np.intp) - low)) + low
+    return torch.from_numpy(present).to(seg.dtype)
 
 
 def warp_planar(image: torch.Tensor, seg: torch.Tensor | None, matrices: torch.Tensor,

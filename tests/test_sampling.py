@@ -138,3 +138,26 @@ def test_forced_patches_contain_foreground(tmp_path, augment):
             _, seg = crop_and_augment(*store.arrays(sample.case), sample.start, sample.params, cfg)
             hits += bool((seg > 0).any())
     assert hits == 1000 if not augment else hits >= 990
+
+
+@pytest.mark.slow
+def test_forced_patches_contain_foreground_on_the_demo_data(tmp_path):
+    """The demo dataset through the real planner and preprocessing: 1000 forced, augmented draws."""
+    from nnlite.demo import generate_demo_dataset
+    from nnlite.planning import plan_dataset
+    from nnlite.preprocessing import run_preprocessing
+
+    raw = generate_demo_dataset(tmp_path / "raw", n_cases=4, seed=0)
+    plans = plan_dataset(raw, tmp_path / "work", 8.0, ["3d_fullres"], 1)
+    run_preprocessing(tmp_path / "work", ["3d_fullres"], workers=1, raw=raw)
+    config = plans.configurations["3d_fullres"]
+    store = CaseStore(tmp_path / "work" / "preprocessed" / config.data_identifier,
+                      sorted(p.name[:-5] for p in (tmp_path / "work" / "preprocessed" /
+                                                   config.data_identifier).glob("*.json")))
+    cfg = augment_config(config)
+    hits = 0
+    for index in range(100):
+        for sample in plan_batch(store.cases, cfg, [True] * 10, 11, index, True):
+            _, seg = crop_and_augment(*store.arrays(sample.case), sample.start, sample.params, cfg)
+            hits += bool((seg > 0).any())
+    assert hits >= 990
