@@ -10,6 +10,7 @@ pickle): outside the crop the background probability is 1.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -21,6 +22,8 @@ from nnlite.io import write_seg
 from nnlite.plans import Plans
 from nnlite.postprocessing import apply_postprocessing
 from nnlite.preprocessing import CaseProperties, resample_to_original, restore_original_geometry
+
+log = logging.getLogger(__name__)
 
 PROBABILITIES_KEY = "probabilities"  # array name inside <case>.npz (as the reference)
 
@@ -77,11 +80,21 @@ def export_prediction(probs: np.ndarray | torch.Tensor, props: CaseProperties, p
     seg = seg_in_original(cropped, props, plans)
     if postprocessing:
         seg = apply_postprocessing(seg, postprocessing)
-    affine = np.asarray(props.affine if affine is None else affine, dtype=np.float64)
-    write_seg(out_path, seg, affine)
+    write_seg(out_path, seg, output_affine(props, affine))
     if save_probabilities:
         write_probabilities(npz_path_for(out_path), probabilities_in_original(cropped, props, plans))
     return out_path
+
+
+def output_affine(props: CaseProperties, affine: np.ndarray | None) -> np.ndarray:
+    """The input's affine: given, else stored in props, else (older files) one from the spacing."""
+    if affine is not None:
+        return np.asarray(affine, dtype=np.float64)
+    if props.affine:
+        return np.asarray(props.affine, dtype=np.float64)
+    log.warning("%s: no affine stored; writing an axis-aligned one from the spacing", props.case)
+    z, y, x = props.original_spacing[-3:]
+    return np.diag([x, y, z, 1.0])
 
 
 def npz_path_for(seg_path: str | Path) -> Path:

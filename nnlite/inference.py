@@ -226,7 +226,8 @@ def predict_preprocessed(networks: Sequence[nn.Module], data: np.ndarray | torch
 
     Mirrors every network axis when `mirror`; probabilities are averaged over networks (folds).
     """
-    data = torch.as_tensor(np.asarray(data)) if isinstance(data, np.ndarray) else data
+    if isinstance(data, np.ndarray):  # a copy: memory-mapped files are read-only
+        data = torch.from_numpy(np.array(data, dtype=np.float32))
     axes = None if mirror else ()
     return predict_sliding_window(networks, data, config.patch_size, step=step, mirror_axes=axes,
                                   tile_batch=tile_batch, device=device)

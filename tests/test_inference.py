@@ -237,3 +237,15 @@ def test_postprocess_flag_applies_the_stored_steps(tmp_path, trained, rng):
     raw = read_image(tmp_path / "raw" / "a.nii.gz").array.astype(np.int64)
     post = read_image(tmp_path / "pp" / "a.nii.gz").array.astype(np.int64)
     np.testing.assert_array_equal(post, apply_postprocessing(raw, [[1, 2], [1]]))
+
+
+@pytest.mark.gpu
+def test_cuda_falls_back_to_cpu_accumulators(monkeypatch, caplog):
+    data = torch.randn(1, 12, 20, 16)
+    net = _conv_net(1, 3, 3, 0).cuda()
+    normal = predict_sliding_window(net, data, (8, 8, 8), device="cuda")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1024, 2048))
+    with caplog.at_level("INFO"):
+        fallback = predict_sliding_window(net, data, (8, 8, 8), device="cuda")
+    assert "accumulating on the CPU" in caplog.text
+    torch.testing.assert_close(normal, fallback)
