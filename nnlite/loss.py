@@ -31,7 +31,11 @@ SegArray = TypeVar("SegArray", torch.Tensor, np.ndarray)
 
 
 def soft_dice_per_class(
-    probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, batch_dice: bool, smooth: float = DICE_SMOOTH
+    probs: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor,
+    batch_dice: bool,
+    smooth: float = DICE_SMOOTH,
 ) -> torch.Tensor:
     """Soft Dice of every foreground class.
 
@@ -53,7 +57,9 @@ def soft_dice_per_class(
 class DiceCELoss(nn.Module):
     """CE + soft Dice on one output: (B, K, *S) logits, (B, 1, *S) int labels → scalar."""
 
-    def __init__(self, batch_dice: bool, ignore_label: int | None = None, smooth: float = DICE_SMOOTH) -> None:
+    def __init__(
+        self, batch_dice: bool, ignore_label: int | None = None, smooth: float = DICE_SMOOTH
+    ) -> None:
         super().__init__()
         self.batch_dice = batch_dice
         self.ignore_label = ignore_label
@@ -66,8 +72,8 @@ class DiceCELoss(nn.Module):
             valid &= target != self.ignore_label
         target = torch.where(valid, target, 0)
         # CE averaged over valid voxels; 0 (not NaN) when there are none, without a host sync.
-        ce_sum = F.cross_entropy(logits, target[:, 0], reduction="none")
-        ce = (ce_sum * valid[:, 0]).sum() / valid.sum().clamp(min=1)
+        ce_per_voxel = F.cross_entropy(logits, target[:, 0], reduction="none")
+        ce = (ce_per_voxel * valid[:, 0]).sum() / valid.sum().clamp(min=1)
         probs = torch.softmax(logits, dim=1)
         dice = soft_dice_per_class(probs, target, valid, self.batch_dice, self.smooth)
         return CE_WEIGHT * ce - DICE_WEIGHT * dice.mean()

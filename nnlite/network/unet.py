@@ -36,9 +36,10 @@ class PlainEncoder(nn.Module):
 
     def __init__(self, plan: NetworkPlan, in_channels: int) -> None:
         super().__init__()
-        widths = (in_channels, *plan.features_per_stage)
+        f = plan.features_per_stage
+        widths = (in_channels, *f)
         self.stages = nn.ModuleList(
-            ConvStack(widths[s], widths[s + 1], plan.kernel_sizes[s], plan.strides[s], plan.conv_per_stage)
+            ConvStack(widths[s], f[s], plan.kernel_sizes[s], plan.strides[s], plan.conv_per_stage)
             for s in range(plan.n_stages)
         )
 
@@ -60,7 +61,7 @@ class ResidualEncoder(nn.Module):
         self.stem = ConvUnit(in_channels, f[0], plan.kernel_sizes[0], ones)  # (B, f_0, *P)
         widths = (f[0], *f)
         self.stages = nn.ModuleList(
-            ResidualStack(widths[s], widths[s + 1], plan.kernel_sizes[s], plan.strides[s], plan.blocks_per_stage[s])
+            ResidualStack(widths[s], f[s], plan.kernel_sizes[s], plan.strides[s], plan.blocks_per_stage[s])
             for s in range(plan.n_stages)
         )
 
@@ -86,8 +87,8 @@ class DecoderLevel(nn.Module):
         super().__init__()
         f, stride = plan.features_per_stage, plan.strides[level + 1]
         self.up = CONV_TRANSPOSE[plan.ndim](f[level + 1], f[level], stride, stride, bias=True)
-        ones = (1,) * plan.ndim
-        self.convs = ConvStack(2 * f[level], f[level], plan.kernel_sizes[level], ones, plan.conv_per_stage_decoder)
+        ones, n_units = (1,) * plan.ndim, plan.conv_per_stage_decoder
+        self.convs = ConvStack(2 * f[level], f[level], plan.kernel_sizes[level], ones, n_units)
 
     def forward(self, below: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = torch.cat((self.up(below), skip), dim=1)  # (B, 2 f_l, *S): [upsampled, skip]
