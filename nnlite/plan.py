@@ -1,7 +1,9 @@
 """`python -m nnlite.plan`: fingerprint a raw dataset (or read a fingerprint) and plan the experiment.
 
     python -m nnlite.plan RAW WORK [--gpu-memory-gb GB|auto] [--configs 2d 3d_fullres 3d_lowres] [--workers N]
+                                   [--memory-model bytes|nnunet]
     python -m nnlite.plan --fingerprint FINGERPRINT.json WORK [--gpu-memory-gb GB|auto] [--configs ...]
+                                   [--memory-model bytes|nnunet]
 
 Writes WORK/dataset.json, fingerprint.json, plans.json and splits.json; prints one line per configuration.
 """
@@ -18,6 +20,7 @@ from nnlite.cli import run
 from nnlite.planning import (
     CONFIGURATIONS,
     DEFAULT_GPU_MEMORY_GB,
+    MEMORY_MODELS,
     plan_dataset,
     plan_from_fingerprint,
     resolve_gpu_memory,
@@ -32,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gpu-memory-gb", default=str(DEFAULT_GPU_MEMORY_GB),
                         help="memory budget in GB (GiB), or 'auto' for the present CUDA device (default 8)")
     parser.add_argument("--configs", nargs="+", choices=CONFIGURATIONS, help="plan only these configurations")
+    parser.add_argument("--memory-model", choices=MEMORY_MODELS, default="bytes",
+                        help="'bytes': nnlite's byte estimate (default); 'nnunet': the reference's proxy, "
+                             "reproducing nnU-Net v2's patch and batch exactly")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="fingerprint processes")
     args = parser.parse_args(argv)
     expected = 1 if args.fingerprint else 2
@@ -39,9 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("expected RAW WORK" if expected == 2 else "with --fingerprint give only WORK")
     gb = resolve_gpu_memory(args.gpu_memory_gb)
     if args.fingerprint:
-        plans = plan_from_fingerprint(args.fingerprint, Path(args.paths[0]), gb, args.configs)
+        plans = plan_from_fingerprint(args.fingerprint, Path(args.paths[0]), gb, args.configs, args.memory_model)
     else:
-        plans = plan_dataset(Path(args.paths[0]), Path(args.paths[1]), gb, args.configs, max(args.workers, 1))
+        plans = plan_dataset(Path(args.paths[0]), Path(args.paths[1]), gb, args.configs, max(args.workers, 1),
+                             args.memory_model)
     work = Path(args.paths[-1])
     print(f"planned {plans.dataset_name} for {gb:g} GB; wrote {work / 'plans.json'}")
     for line in summarize(plans):

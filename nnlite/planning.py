@@ -353,18 +353,20 @@ def resolve_gpu_memory(value: str | float) -> float:
 
 
 def plan_dataset(raw: Path, work: Path, gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB,
-                 configs: Sequence[str] | None = None, workers: int = 1) -> Plans:
+                 configs: Sequence[str] | None = None, workers: int = 1, memory_model: str = "bytes") -> Plans:
     """RAW → WORK/dataset.json, fingerprint.json, plans.json, splits.json (all written at the end)."""
+    _check_arguments(gpu_memory_gb, configs, memory_model)  # before the (long) fingerprint
     dataset = load_dataset(raw)
     fingerprint = extract_fingerprint(dataset, workers)
-    plans = plan_experiment(fingerprint, gpu_memory_gb, configs, dataset_name=Path(raw).resolve().name)
+    plans = plan_experiment(fingerprint, gpu_memory_gb, configs, dataset_name=Path(raw).resolve().name,
+                            memory_model=memory_model)
     names = [c.case for c in fingerprint.cases]
     _write_outputs(work, (Path(raw) / "dataset.json").read_bytes(), fingerprint, plans, names)
     return plans
 
 
 def plan_from_fingerprint(fingerprint_file: Path, work: Path, gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB,
-                          configs: Sequence[str] | None = None) -> Plans:
+                          configs: Sequence[str] | None = None, memory_model: str = "bytes") -> Plans:
     """nnlite's fingerprint.json or nnU-Net's dataset_fingerprint.json (+ a dataset.json next to it
     or in WORK) → WORK/plans.json, fingerprint.json, dataset.json and, with real case names, splits.json."""
     fingerprint_file, work = Path(fingerprint_file), Path(work)
@@ -378,7 +380,7 @@ def plan_from_fingerprint(fingerprint_file: Path, work: Path, gpu_memory_gb: flo
         raise UserError(dataset_json, f"not valid JSON ({error})") from None
     fingerprint, is_nnlite = load_fingerprint_file(fingerprint_file, meta)
     name = str(meta.get("name", fingerprint_file.resolve().parent.name))
-    plans = plan_experiment(fingerprint, gpu_memory_gb, configs, dataset_name=name)
+    plans = plan_experiment(fingerprint, gpu_memory_gb, configs, dataset_name=name, memory_model=memory_model)
     names = [c.case for c in fingerprint.cases] if is_nnlite else None
     _write_outputs(work, dataset_json.read_bytes(), fingerprint, plans, names)
     return plans

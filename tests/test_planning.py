@@ -224,6 +224,8 @@ def test_plan_from_nnunet_fingerprint(tmp_path, capsys):
     assert plans.configurations["3d_fullres"].patch_size == (40, 56, 40) and plans.gpu_memory_gb == 4
     assert (tmp_path / "work" / "dataset.json").is_file() and (tmp_path / "work" / "fingerprint.json").is_file()
     assert "3d_fullres" in capsys.readouterr().out
+    assert plan_main(["--fingerprint", str(fp_file), str(tmp_path / "ref"), "--memory-model", "nnunet"]) == 0
+    assert load_plans(tmp_path / "ref" / "plans.json").configurations["3d_fullres"].batch_size == 2  # 5 % cap
     assert not (tmp_path / "work" / "splits.json").exists()  # nnU-Net fingerprints name no cases
     # nnlite's own fingerprint.json (dataset.json beside it) plans the same and writes splits
     assert plan_main(["--fingerprint", str(tmp_path / "work" / "fingerprint.json"), str(tmp_path / "w2"),
