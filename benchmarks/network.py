@@ -180,15 +180,16 @@ def _sync(device: str) -> None:
 
 def benchmark_device(device: str, amp: bool, args: argparse.Namespace) -> None:
     """Print one block of results for `device`; nnlite and the reference alternate for `args.rounds`."""
-    ours, ref, fwd_flops = [], [], 0
+    ours, ref, fwd_flops, peak = [], [], 0, 0.0
+    dtype = torch.float16 if amp else torch.float32
     for _ in range(args.rounds):  # alternating spreads the noise of a shared machine over both
         seconds, fwd_flops = time_nnlite_step(device, amp, args.repeats)
         ours.append(seconds)
+        peak = max(peak, matmul_gflops(device, dtype))
         if args.reference_python:
             ref.append(time_reference(args.reference_python, device, amp, args.repeats, args.threads))
     seconds = min(ours)
     step_gflop = fwd_flops * (1 + BACKWARD_FLOP_FACTOR) / 1e9
-    peak = matmul_gflops(device, torch.float16 if amp else torch.float32)
     achieved = step_gflop / seconds
     print(f"== {device}, {'fp16 autocast' if amp else 'fp32'}, {args.threads} CPU threads: "
           f"Hippocampus plan, batch {BATCH}, patch {PATCH}")
