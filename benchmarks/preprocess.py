@@ -173,18 +173,20 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--reference-python", help="a Python with nnunetv2==2.8.1")
     parser.add_argument("--anisotropic-cases", type=int, default=20)
-    parser.add_argument("--skip-hippocampus", action="store_true")
+    parser.add_argument("--datasets", nargs="+", choices=("hippocampus", "anisotropic"),
+                        default=("hippocampus", "anisotropic"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if HIPPOCAMPUS.is_dir() and not args.skip_hippocampus:
+        if "hippocampus" in args.datasets and HIPPOCAMPUS.is_dir():
             bench("Hippocampus", HIPPOCAMPUS, 4, args, tmp / "hippocampus")
-        else:
-            print(f"Hippocampus skipped ({HIPPOCAMPUS} not found or --skip-hippocampus)")
-        from nnlite.demo import generate_demo_dataset
+        elif "hippocampus" in args.datasets:
+            print(f"Hippocampus skipped: {HIPPOCAMPUS} not found")
+        if "anisotropic" in args.datasets:
+            from nnlite.demo import generate_demo_dataset
 
-        raw = generate_demo_dataset(tmp / "Dataset901_Aniso", n_cases=args.anisotropic_cases, seed=0)
-        bench("Anisotropic 3-channel demo", raw, 901, args, tmp / "aniso")
+            raw = generate_demo_dataset(tmp / "Dataset901_Aniso", n_cases=args.anisotropic_cases, seed=0)
+            bench("Anisotropic 3-channel demo", raw, 901, args, tmp / "aniso")
     return 0
 
 
