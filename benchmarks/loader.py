@@ -43,9 +43,10 @@ from nnlite.dataset import load_dataset  # noqa: E402
 from nnlite.files import write_json_atomic  # noqa: E402
 from nnlite.io import read_case, read_image  # noqa: E402
 from nnlite.loader import build_loader, plan_batch  # noqa: E402
+from nnlite.loss import deep_supervision_scales  # noqa: E402
 from nnlite.plans import ConfigurationPlan, IntensityStats, NetworkPlan, Plans, load_plans  # noqa: E402
 from nnlite.preprocessing import sample_class_locations  # noqa: E402
-from nnlite.sampling import forced_foreground  # noqa: E402
+from nnlite.sampling import CaseStore, forced_foreground  # noqa: E402
 
 HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset004_Hippocampus"
 PATCH = (40, 56, 40)  # nnU-Net's Hippocampus 3d_fullres patch
@@ -134,15 +135,18 @@ REFERENCE = textwrap.dedent("""
         patch, rot, args["ds_scales"], (0, 1, 2), False, [False], False, None, None, None)
     dl = nnUNetDataLoader(ds, args["batch_size"], initial, patch, labels, 0.33, transforms=transforms)
     if workers == 0:
+        import torch
+        torch.set_num_threads(1)  # as in its workers (threadpool_limits(1)); nnlite's main process too
         aug = SingleThreadedAugmenter(dl, None)
     else:
         aug = NonDetMultiThreadedAugmenter(dl, None, workers, max(6, workers // 2), None, False, 0.002)
     for _ in range(args["warmup"]):
         next(aug)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(args["batches"]):
         next(aug)
-    print(json.dumps({"batches_per_s": args["batches"] / (time.perf_counter() - start)}))
+    print(json.dumps({"batches_per_s": args["batches"] / (time.perf_counter() - start),
+                      "cpu_ms": (time.process_time() - cpu) / args["batches"] * 1e3}))
     if workers:
         aug._finish()
 """)
@@ -172,7 +176,34 @@ def reference_rate(python: str, folder: Path, names: list[str], batch_size: int,
                             timeout=600)
     if result.returncode != 0:
         raise RuntimeError(f"reference loader failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])["batches_per_s"]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def cpu_ms_per_batch(work: Path, plans: Plans, names: list[str], batch_size: int, batches: int) -> float:
+    """CPU time of one batch made in this process (1 thread): independent of other load."""
+    plans_b = replace(plans, configurations={
+        CONFIG: replace(plans.configurations[CONFIG], batch_size=batch_size)})
+    loader = build_loader(work, plans_b, CONFIG, names, batch_size, augment=True, seed=SEED, workers=0)
+    with loader:
+        timed(loader, 1)
+        start = time.process_time()
+        for _ in range(batches):
+            next(loader)
+    return (time.process_time() - start) / batches * 1e3
+
+
+def cpu_report(work: Path, plans: Plans, names: list[str], args, ref_folder: Path | None) -> None:
+    print("\nCPU time per batch, made in the main process (1 thread; unaffected by other load):")
+    for batch_size in args.batch_sizes:
+        ours = cpu_ms_per_batch(work, plans, names, batch_size, args.batches)
+        line = f"  batch {batch_size}: nnlite {ours:6.1f} ms"
+        if ref_folder:
+            plans_b = replace(plans, configurations={
+                CONFIG: replace(plans.configurations[CONFIG], batch_size=batch_size)})
+            ref = reference_rate(args.reference_python, ref_folder, names, batch_size, 0, args.batches,
+                                 _ds_scales(plans_b))["cpu_ms"]
+            line += f", reference {ref:6.1f} ms, ratio {ref / ours:.2f}x"
+        print(line, flush=True)
 
 
 CONFIGURED = {"rotation": P_ROTATION, "scaling": P_SCALING, "mirror": 1 - (1 - P_MIRROR) ** 3,
@@ -228,23 +259,22 @@ def main() -> int:
                 dummies.append(dummy_rate(sample, workers, args.batches))
                 if ref_folder:
                     refs.append(reference_rate(args.reference_python, ref_folder, names, batch_size,
-                                               workers, args.batches, [list(s) for s in _ds_scales(plans_b)]))
+                                               workers, args.batches, _ds_scales(plans_b))["batches_per_s"])
             rate, dummy = float(np.median(ours)), float(np.median(dummies))
             line = f"{batch_size:5d} {workers:7d} {rate:11.1f} {dummy:10.1f} {rate / dummy:9.2f}"
             if refs:
                 line += f" {np.median(refs):14.1f} {rate / np.median(refs):6.2f}"
             print(line, flush=True)
+        cpu_report(work, plans, names, args, ref_folder)
         firing_report(plans, _cases(work, plans, names), args.batch_sizes[0], WARMUP + 1 + args.batches)
     return 0
 
 
-def _ds_scales(plans: Plans) -> list[tuple[float, ...]]:
-    from nnlite.loss import deep_supervision_scales
-    return deep_supervision_scales(plans.configurations[CONFIG].network)
+def _ds_scales(plans: Plans) -> list[list[float]]:
+    return [list(s) for s in deep_supervision_scales(plans.configurations[CONFIG].network)]
 
 
 def _cases(work: Path, plans: Plans, names: list[str]):
-    from nnlite.sampling import CaseStore
     return CaseStore(work / "preprocessed" / plans.configurations[CONFIG].data_identifier, names).cases
 
 

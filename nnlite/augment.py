@@ -5,6 +5,11 @@ Order (the reference's, §7 of the notes): spatial (rotation, scaling, mirroring
 gamma → masked-normalization channels zeroed where seg < 0 → seg -1 → 0. Validation samples use
 `IDENTITY` (crop only). Parameters are drawn first from an explicit `np.random.Generator`
 (`sample_augment_params`), then `crop_and_augment` applies them, so a seed reproduces a sample.
+
+When no channel is normalized inside the mask, OUTSIDE (-1) is merged into background before a
+warp rather than after it (the reference keeps it a separate label through the warp): the result
+is the same except where outside and background together outweigh a label that beats each alone,
+and the warp interpolates one label channel fewer.
 """
 
 from __future__ import annotations
@@ -97,6 +102,9 @@ def crop_and_augment(data: np.ndarray, seg: np.ndarray, start: tuple[int, ...],
     """
     lo, hi, centre = patch_source_box(start, params.spatial, cfg)
     region, labels = read_region(data, seg, lo, hi)
+    if not cfg.masked_channels and params.spatial.needs_warp:
+        # OUTSIDE becomes background at the end anyway: merged now, the warp has one label fewer
+        np.maximum(labels, 0, out=labels)
     image, labels = apply_spatial(torch.from_numpy(region), torch.from_numpy(labels), params.spatial,
                                   cfg.patch_size, cfg.spatial.planar, centre - lo)
     if cfg.squeeze:

@@ -26,7 +26,7 @@ from nnlite.errors import UserError
 from nnlite.files import read_json
 
 FOREGROUND_FRACTION = 0.33  # share of each batch forced to contain foreground (the last samples)
-MAX_OPEN_CASES = 64  # memory-mapped cases kept open per process (each holds file descriptors)
+MAX_OPEN_CASES = 256  # memory-mapped cases kept open per process (2 file descriptors each)
 
 
 def forced_foreground(batch_size: int, fraction: float = FOREGROUND_FRACTION) -> list[bool]:
