@@ -12,3 +12,6 @@ class UserError(Exception):
         self.where = str(where)
         self.problem = problem
         super().__init__(f"{self.where}: {problem}")
+
+    def __reduce__(self):  # survive pickling across worker processes with both fields intact
+        return (UserError, (self.where, self.problem))
