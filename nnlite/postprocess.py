@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from nnlite.cli import run
-from nnlite.postprocessing import POSTPROCESSING_FILE, determine_postprocessing
+from nnlite.postprocessing import POSTPROCESSED_DIR, POSTPROCESSING_FILE, determine_postprocessing
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{step['dice_after']:.4f} {verdict}")
     print(f"foreground Dice {decision['foreground_dice_before']:.4f} -> "
           f"{decision['foreground_dice_after']:.4f} on {decision['cases']} cases; "
-          f"{args.work / 'results' / args.config / POSTPROCESSING_FILE}")
+          f"{args.work / 'results' / args.config / POSTPROCESSING_FILE}; post-processed CV "
+          f"predictions in {args.work / 'results' / args.config / POSTPROCESSED_DIR}")
     return 0
 
 

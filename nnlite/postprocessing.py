@@ -28,11 +28,13 @@ from nnlite.errors import UserError
 from nnlite.evaluation import (Counts, json_ready, label_counts, list_segs, match_cases, read_pair,
                                summarize)
 from nnlite.files import read_json, write_json_atomic
+from nnlite.io import read_image, write_seg
 from nnlite.plans import Plans, load_plans
 
 log = logging.getLogger(__name__)
 
 POSTPROCESSING_FILE = "postprocessing.json"
+POSTPROCESSED_DIR = "postprocessed"  # results/<config>/postprocessed/: CV predictions after the steps
 
 
 def keep_largest_component(seg: np.ndarray, labels: Sequence[int]) -> np.ndarray:
@@ -188,4 +190,13 @@ def determine_postprocessing(work: str | Path, config_name: str = "3d_fullres",
     decision = decide_postprocessing(pairs, labels)
     decision["configuration"] = config_name
     save_postprocessing(decision, results / POSTPROCESSING_FILE)
+    write_postprocessed([pred for _, pred, _ in pairs], decision["steps"], results / POSTPROCESSED_DIR)
     return decision
+
+
+def write_postprocessed(preds: Sequence[Path], steps: Sequence[Sequence[int]], out_dir: Path) -> None:
+    """Apply the steps to each prediction file and write it to out_dir (same name and affine)."""
+    for path in preds:
+        image = read_image(path)
+        seg = apply_postprocessing(np.rint(image.array).astype(np.int16), steps)
+        write_seg(out_dir / path.name, seg, image.affine)

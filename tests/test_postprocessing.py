@@ -9,7 +9,7 @@ import pytest
 
 from inference_fixtures import tiny_plans
 from nnlite.evaluation import matched_cases
-from nnlite.io import write_seg
+from nnlite.io import read_image, write_seg
 from nnlite.plans import save_plans
 from nnlite.postprocess import main as postprocess_main
 from nnlite.postprocessing import (apply_postprocessing, decide_postprocessing,
@@ -98,3 +98,6 @@ def test_postprocess_command_writes_json_used_by_apply(tmp_path):
     assert postprocess_main([str(work)]) == 0
     steps = load_postprocessing(work / "results" / "3d_fullres" / "postprocessing.json")
     assert steps == [[1]]
+    written = work / "results" / "3d_fullres" / "postprocessed" / "gain0.nii.gz"
+    assert read_image(written).array[6, 6, 6] == 0  # the spurious label-1 blob is gone
+    assert read_image(written).array[4, 1, 1] == 2
