@@ -127,8 +127,6 @@ def _resize_image_channel(image: np.ndarray, new_shape: tuple[int, ...], order: 
     low = image.min(axis=tuple(plane), keepdims=True)  # skimage clips each 2-D slice to its own range
     high = image.max(axis=tuple(plane), keepdims=True)
     np.clip(out, low, high, out=out)
-    if order_z != 0:
-        raise ValueError("only nearest neighbour (order_z 0) is supported along the separate axis")
     return resize_nearest(out, new_shape[sep_axis], sep_axis)
 
 
@@ -143,6 +141,8 @@ def resample_image(data: np.ndarray, new_shape: Sequence[int], current_spacing: 
     new_shape = tuple(int(s) for s in new_shape)
     if tuple(data.shape[1:]) == new_shape:
         return data
+    if order_z != ORDER_Z:
+        raise ValueError("only nearest neighbour (order_z 0) is supported along the separate axis")
     sep_axis = separate_z_axis(current_spacing, new_spacing)
     data = np.asarray(data, dtype=np.float32)
     out = np.empty((data.shape[0],) + new_shape, dtype=np.float32)
