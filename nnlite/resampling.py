@@ -117,7 +117,7 @@ def resize_nearest(array: np.ndarray, new_size: int, axis: int) -> np.ndarray:
 
 
 def _resize_image_channel(image: np.ndarray, new_shape: tuple[int, ...], order: int,
-                          sep_axis: int | None, order_z: int) -> np.ndarray:
+                          sep_axis: int | None) -> np.ndarray:
     """One channel (*spatial) → (*new_shape) float32, clipped like skimage (per slice if separate)."""
     if sep_axis is None:
         out = resize_linear(image, new_shape, order, range(image.ndim))
@@ -147,7 +147,7 @@ def resample_image(data: np.ndarray, new_shape: Sequence[int], current_spacing: 
     data = np.asarray(data, dtype=np.float32)
     out = np.empty((data.shape[0],) + new_shape, dtype=np.float32)
     for c in range(data.shape[0]):
-        out[c] = _resize_image_channel(data[c], new_shape, order, sep_axis, order_z)
+        out[c] = _resize_image_channel(data[c], new_shape, order, sep_axis)
     return out
 
 
