@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from nnlite.errors import UserError
 from nnlite.loss import build_loss, deep_supervision_scales, downsample_seg
 from nnlite.network import build_unet, channels_last_input, compile_network, geometry, to_channels_last
 from nnlite.network.blocks import CONV, CONV_TRANSPOSE, HE_INIT_A, ResidualBlock
@@ -257,3 +258,9 @@ def test_activation_bytes_within_ten_percent(name: str, amp: bool) -> None:
     measured = saved_activation_bytes(plan, patch, batch=2, amp=amp)
     predicted = geometry.activation_bytes(plan, patch, 2, 3, batch_size=2, dtype_bytes=2 if amp else 4)
     assert abs(predicted - measured) <= 0.10 * measured, (name, amp, predicted, measured)
+
+
+def test_a_single_stage_plan_is_a_user_error() -> None:
+    plan = NetworkPlan(strides=((1, 1),), kernel_sizes=((3, 3),), features_per_stage=(4,))
+    with pytest.raises(UserError, match="2 stages"):
+        build_unet(plan, 1, 2)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nnlite.errors import UserError
 from nnlite.network.blocks import (
     CONV,
     CONV_TRANSPOSE,
@@ -131,7 +132,7 @@ class UNet(nn.Module):
     def __init__(self, plan: NetworkPlan, in_channels: int, num_classes: int, deep_supervision: bool) -> None:
         super().__init__()
         if plan.n_stages < 2:
-            raise ValueError("a U-Net needs at least 2 stages")
+            raise UserError("plans.json", "a U-Net needs at least 2 stages")
         self.plan = plan
         self.deep_supervision = deep_supervision
         self.skip_lowest_head = False
