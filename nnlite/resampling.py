@@ -95,7 +95,7 @@ def _apply_axis(array: np.ndarray, matrix: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(out, -1, axis)
 
 
-def resize_linear(array: np.ndarray, new_shape: Sequence[int], order: int,
+def resize_separable(array: np.ndarray, new_shape: Sequence[int], order: int,
                   axes: Sequence[int]) -> np.ndarray:
     """Separable zoom of `array` along `axes` to `new_shape` (those axes only), without clipping.
 
@@ -120,10 +120,10 @@ def _resize_image_channel(image: np.ndarray, new_shape: tuple[int, ...], order: 
                           sep_axis: int | None) -> np.ndarray:
     """One channel (*spatial) → (*new_shape) float32, clipped like skimage (per slice if separate)."""
     if sep_axis is None:
-        out = resize_linear(image, new_shape, order, range(image.ndim))
+        out = resize_separable(image, new_shape, order, range(image.ndim))
         return np.clip(out, image.min(), image.max(), out=out)
     plane = [a for a in range(image.ndim) if a != sep_axis]
-    out = resize_linear(image, [new_shape[a] for a in plane], order, plane)
+    out = resize_separable(image, [new_shape[a] for a in plane], order, plane)
     low = image.min(axis=tuple(plane), keepdims=True)  # skimage clips each 2-D slice to its own range
     high = image.max(axis=tuple(plane), keepdims=True)
     np.clip(out, low, high, out=out)
@@ -169,7 +169,7 @@ def _resize_labels(seg: np.ndarray, new_shape: tuple[int, ...], axes: list[int])
         nearest = resize_nearest(nearest, new_shape[i], axis)
     best = win = nn_score = None
     for index, label in enumerate(labels):
-        score = resize_linear((seg == label).astype(np.float64), new_shape, ORDER_SEG, axes)
+        score = resize_separable((seg == label).astype(np.float64), new_shape, ORDER_SEG, axes)
         if best is None:
             best, win, nn_score = score, np.zeros(score.shape, np.int16), np.zeros_like(score)
         else:
