@@ -93,6 +93,19 @@ def patch_source_box(start: tuple[int, ...], params: SpatialParams,
     return lo, hi, centre
 
 
+def read_source(data: np.ndarray, seg: np.ndarray, start: tuple[int, ...], params: AugmentParams,
+                cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The input box a sample's spatial transform reads: image float32 (C, *box), seg int8
+    (1, *box), and the patch centre in box coordinates (the crop half of `crop_and_augment`; the
+    device pipeline, `augment_device`, applies the rest to a whole batch)."""
+    lo, hi, centre = patch_source_box(start, params.spatial, cfg)
+    region, labels = read_region(data, seg, lo, hi)
+    if not cfg.masked_channels and params.spatial.needs_warp:
+        # OUTSIDE becomes background at the end anyway: merged now, the warp has one label fewer
+        np.maximum(labels, 0, out=labels)
+    return region, labels, centre - lo
+
+
 def crop_and_augment(data: np.ndarray, seg: np.ndarray, start: tuple[int, ...],
                      params: AugmentParams, cfg: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """One training sample from a case's arrays data (C, Z, Y, X) and seg (1, Z, Y, X).
@@ -100,13 +113,9 @@ def crop_and_augment(data: np.ndarray, seg: np.ndarray, start: tuple[int, ...],
     Returns image float32 (C, *patch) and seg int8 (1, *patch) with OUTSIDE already mapped to 0
     (patch without the unit axis for 2D configurations).
     """
-    lo, hi, centre = patch_source_box(start, params.spatial, cfg)
-    region, labels = read_region(data, seg, lo, hi)
-    if not cfg.masked_channels and params.spatial.needs_warp:
-        # OUTSIDE becomes background at the end anyway: merged now, the warp has one label fewer
-        np.maximum(labels, 0, out=labels)
+    region, labels, centre = read_source(data, seg, start, params, cfg)
     image, labels = apply_spatial(torch.from_numpy(region), torch.from_numpy(labels), params.spatial,
-                                  cfg.patch_size, cfg.spatial.planar, centre - lo)
+                                  cfg.patch_size, cfg.spatial.planar, centre)
     if cfg.squeeze:
         image, labels = image[:, 0], labels[:, 0]
     if params.intensity.steps:
