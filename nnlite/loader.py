@@ -13,20 +13,22 @@ a failure record and the main process raises it with the case name and the worke
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from nnlite.augment import (IDENTITY, AugmentConfig, AugmentParams, augment_config, crop_and_augment,
-                            sample_augment_params)
+                            read_source, sample_augment_params)
+from nnlite.augment_device import CropBatch, augment_batch, augment_on_device, collate_sources
 from nnlite.errors import UserError
 from nnlite.loss import deep_supervision_scales, downsample_seg
 from nnlite.plans import Plans
@@ -68,6 +70,7 @@ class BatchSpec:
     seed: int
     augment: bool
     ds_scales: tuple[tuple[float, ...], ...]  # empty: full resolution only
+    on_device: bool = False  # workers only crop; `augment_device` augments the batch on the device
 
 
 def default_workers() -> int:
@@ -92,18 +95,21 @@ def plan_batch(cases: Sequence[CaseInfo], cfg: AugmentConfig, forced: Sequence[b
 
 def make_batch(spec: BatchSpec, index: int) -> dict[str, Any]:
     """Batch `index`: {"data": (B, C, *patch) float32, "target": [(B, 1, *patch_level) int16 per
-    deep-supervision level], "cases": [str]} (seg -1 already mapped to 0)."""
-    images, segs = [], []
+    deep-supervision level], "cases": [str]} (seg -1 already mapped to 0); with `spec.on_device`
+    a `CropBatch` that `augment_device.augment_batch` turns into that on the training device."""
+    made = []
     samples = plan_batch(spec.store.cases, spec.cfg, spec.forced, spec.seed, index, spec.augment)
+    make = read_source if spec.on_device else crop_and_augment
     for j, sample in enumerate(samples):
         try:
             data, seg = spec.store.arrays(sample.case)
-            image, labels = crop_and_augment(data, seg, sample.start, sample.params, spec.cfg)
+            made.append(make(data, seg, sample.start, sample.params, spec.cfg))
         except Exception as error:  # re-raised in the main process, see module docstring
             error.add_note(f"while loading case '{sample.case}' (batch {index}, sample {j})")
             raise SampleError(sample.case) from error
-        images.append(image)
-        segs.append(labels)
+    if spec.on_device:
+        return collate_sources(made, [s.params for s in samples], [s.case for s in samples], spec.cfg)
+    images, segs = zip(*made)
     seg = torch.stack(segs).to(torch.int16)
     target = downsample_seg(seg, spec.ds_scales) if spec.ds_scales else [seg]
     return {"data": torch.stack(images), "target": target, "cases": [s.case for s in samples]}
@@ -149,18 +155,22 @@ class _BatchDataset(Dataset):
 class BatchLoader:
     """Endless iterator of batches (on `device` when given); `close()` stops the workers."""
 
-    def __init__(self, loader: DataLoader, device: torch.device | None):
+    def __init__(self, loader: DataLoader, device: torch.device | None,
+                 finish: Callable[[CropBatch], dict[str, Any]] | None = None):
         self._iterator = iter(loader)
         self._device = device
+        self._finish = finish  # device mode: augments each CropBatch where it is delivered
 
     def __iter__(self) -> "BatchLoader":
         return self
 
     def __next__(self) -> dict[str, Any]:
         batch = next(self._iterator)
-        if "failure" in batch:
+        if isinstance(batch, dict) and "failure" in batch:
             self.close()
             raise batch["failure"].exception()
+        if self._finish is not None:
+            return self._finish(batch.to(self._device, non_blocking=True))
         if self._device is not None:
             batch["data"] = batch["data"].to(self._device, non_blocking=True)
             batch["target"] = [t.to(self._device, non_blocking=True) for t in batch["target"]]
@@ -186,13 +196,16 @@ class BatchLoader:
 def build_loader(work: str | Path, plans: Plans, config_name: str, case_names: Sequence[str],
                  batch_size: int, *, augment: bool, seed: int, start_batch: int = 0,
                  workers: int | None = None, device: str | torch.device | None = None,
-                 forced: Sequence[bool] | None = None, deep_supervision: bool = True) -> BatchLoader:
+                 forced: Sequence[bool] | None = None, deep_supervision: bool = True,
+                 augment_on: str = "cpu") -> BatchLoader:
     """Endless batches i = start_batch, start_batch + 1, ... of the preprocessed `case_names`.
 
     forced: per sample, must it contain foreground (default: the reference's last-third rule).
     workers: loader processes (default: available cores - 1; 0 loads in this process).
     device: where batches are delivered (pinned memory + non-blocking copies on CUDA); None keeps
     them on the CPU (pinned when CUDA is available).
+    augment_on: "cpu" (workers augment), "device" (workers crop, the batch is augmented on `device`
+    in this process, `augment_device`) or "auto" (device when `device` is CUDA).
     """
     if config_name not in plans.configurations:
         raise UserError("plans.json", f"has no configuration '{config_name}'")
@@ -208,12 +221,14 @@ def build_loader(work: str | Path, plans: Plans, config_name: str, case_names: S
         if case.channels != len(config.normalization):
             raise UserError(store.folder / f"{case.name}.npy", f"has {case.channels} channels, the "
                             f"plans expect {len(config.normalization)}")
-    spec = BatchSpec(store, augment_config(config), forced, seed, augment, scales)
-    workers = default_workers() if workers is None else workers
     target = None if device is None else torch.device(device)
+    on_device = augment and augment_on_device(augment_on, target)
+    spec = BatchSpec(store, augment_config(config), forced, seed, augment, scales, on_device)
+    workers = default_workers() if workers is None else workers
     pin = torch.cuda.is_available() if target is None else target.type == "cuda"
     loader = DataLoader(_BatchDataset(spec), batch_size=None, sampler=itertools.count(start_batch),
                         num_workers=workers, pin_memory=pin,
                         prefetch_factor=PREFETCH_BATCHES if workers else None)
     LOG.debug("loader: %d cases, %d workers, augment=%s", len(case_names), workers, augment)
-    return BatchLoader(loader, target)
+    finish = functools.partial(augment_batch, cfg=spec.cfg, ds_scales=scales) if on_device else None
+    return BatchLoader(loader, target, finish)
