@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="global batch size (default: the plan's)")
     parser.add_argument("--workers", type=int, help="loader worker processes (default 2)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
+    parser.add_argument("--augment-on", choices=("auto", "cpu", "device"),
+                        help="augment in the loader workers (cpu) or batched on the training device "
+                             "(device); default auto = device on CUDA")
     parser.add_argument("--seed", type=int, help="seed every random draw (CPU runs are bit-reproducible)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
@@ -47,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 FLAG_SETTINGS = {"config": "configuration", "epochs": "training.epochs",
                  "iters_per_epoch": "training.iters_per_epoch", "val_iters": "training.val_iters",
                  "batch_size": "training.batch_size", "workers": "data.workers", "device": "device",
+                 "augment_on": "data.augment_on",
                  "seed": "seed"}
 
 

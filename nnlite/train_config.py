@@ -22,6 +22,7 @@ LR_STEPS = ("epoch", "iteration")
 # YAML 1.1 reads `3e-3` (no dot) as a string; this pattern makes it the float a person means.
 _FLOAT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$")
 DEVICES = ("auto", "cpu", "cuda")
+AUGMENT_ON = ("auto", "cpu", "device")  # where training batches are augmented (nnlite.augment_device)
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,15 @@ class DataSettings:
     oversample_foreground: float = 0.33  # share of each batch forced to contain foreground
     augment: bool = True
     workers: int = 2  # loader worker processes (0: load in the training process)
+    augment_on: str = "auto"  # cpu: loader workers; device: batched on the device; auto: device on CUDA
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.oversample_foreground <= 1.0:
             raise UserError("data.oversample_foreground", "must lie in [0, 1]")
         if self.workers < 0:
             raise UserError("data.workers", "must be ≥ 0")
+        if self.augment_on not in AUGMENT_ON:
+            raise UserError("data.augment_on", f"must be one of {AUGMENT_ON}, got {self.augment_on!r}")
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ class TrainConfig:
 
 # Settings that may change when a run is resumed: they do not change what is computed
 # (epochs: extending a finished run is the point of `--resume --epochs N`).
-RESUMABLE_CHANGES = ("training.epochs", "data.workers", "device", "validation.enabled")
+RESUMABLE_CHANGES = ("training.epochs", "data.workers", "data.augment_on", "device", "validation.enabled")
 
 
 def load_train_config(source: str | Path = "default", overrides: Sequence[str] = ()) -> TrainConfig:

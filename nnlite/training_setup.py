@@ -230,7 +230,7 @@ def build_batches(work: Path, plans: Plans, config: TrainConfig, train_cases: li
     common = dict(work=work, plans=plans, config_name=config.configuration, batch_size=local_batch,
                   forced=forced, workers=config.data.workers, device=device)
     train = build_loader(case_names=train_cases, augment=config.data.augment, seed=seed,
-                         start_batch=epoch * t.iters_per_epoch, **common)
+                         start_batch=epoch * t.iters_per_epoch, augment_on=config.data.augment_on, **common)
     val = build_loader(case_names=val_cases, augment=False, seed=seed + VAL_SEED_OFFSET,
                        start_batch=epoch * t.val_iters, **common)
     return Batches(iter(train), iter(val))
