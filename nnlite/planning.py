@@ -230,11 +230,17 @@ def plan_lowres(fullres: ConfigurationPlan, median_shape: np.ndarray, n_training
             spacing *= LOWRES_SPACING_FACTOR
         scaled = full_spacing / spacing * median_shape
         median_voxels = np.prod(scaled, dtype=np.float64)
-        lowres = plan_configuration(spacing, tuple(round(s) for s in scaled), float(median_voxels * n_training),
-                                    budget, "3d_lowres", fingerprint)
+        median_lowres = tuple(round(s) for s in scaled)
+        lowres = plan_configuration(spacing, median_lowres, float(median_voxels * n_training), budget,
+                                    "3d_lowres", fingerprint)
+        # an unpoolable step (None) is passed through, as nnU-Net does, with its unpadded patch
         if lowres is None:
-            return None, "no 3d_lowres: its median image became too small to pool"
-        coverage = np.prod(lowres.patch_size, dtype=np.int64) / median_voxels
+            patch = pool_and_conv_props(spacing, initial_patch(spacing, median_lowres)).patch_size
+        else:
+            patch = lowres.patch_size
+        coverage = np.prod(patch, dtype=np.int64) / median_voxels
+    if lowres is None:
+        return None, "no 3d_lowres: its median image is too small to pool"
     shrink = np.prod(median_shape, dtype=np.float64) / median_voxels
     if shrink < LOWRES_MIN_SHRINK:
         return None, f"no 3d_lowres: its median image is only {shrink:.2f}× smaller than fullres (< {LOWRES_MIN_SHRINK})"

@@ -103,6 +103,16 @@ def test_anisotropic_target_uses_10th_percentile():
     assert np.allclose(full.spacing, (1.2, 0.7, 0.7)) and full.patch_size == (48, 128, 128)
 
 
+def test_lowres_search_passes_unpoolable_steps_like_the_reference():
+    # nnunetv2 2.8.1: the 3d_lowres search crosses spacings whose median image cannot be pooled and
+    # ends at patch (176, 2, 2) with 5 stages, batch 6 (fullres (28, 28, 40), batch 29)
+    plans = plan_experiment(make_fingerprint((1.3, 0.65, 26.7), (25, 33, 744), n=30), memory_model="nnunet")
+    low, full = plans.configurations["3d_lowres"], plans.configurations["3d_fullres"]
+    assert low.patch_size == (176, 2, 2) and low.network.n_stages == 5 and low.batch_size == 6
+    assert np.allclose(low.spacing, (27.501, 13.833157723359284, 14.059980746890984))
+    assert full.patch_size == (28, 28, 40) and full.batch_size == 29 and plans.transpose == (2, 0, 1)
+
+
 def test_coarse_axis_is_moved_first():
     plans = plan_experiment(make_fingerprint((0.8, 0.8, 4.0), (300, 300, 40), n=30))
     assert plans.transpose == (2, 0, 1)
