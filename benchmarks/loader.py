@@ -126,6 +126,11 @@ REFERENCE = textwrap.dedent("""
     from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetNumpy
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
+    import torch
+    # nnUNetv2_train does this on CUDA before its workers start (they inherit it); without it a
+    # "1-worker" reference runs 2 intra-op threads and takes two CPU shares on a busy machine.
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
     patch, workers = tuple(args["patch"]), args["workers"]
     rot = (-30. / 360 * 2. * np.pi, 30. / 360 * 2. * np.pi)
     initial = get_patch_size(patch, rot, rot, rot, (0.85, 1.25))
@@ -135,8 +140,6 @@ REFERENCE = textwrap.dedent("""
         patch, rot, args["ds_scales"], (0, 1, 2), False, [False], False, None, None, None)
     dl = nnUNetDataLoader(ds, args["batch_size"], initial, patch, labels, 0.33, transforms=transforms)
     if workers == 0:
-        import torch
-        torch.set_num_threads(1)  # as in its workers (threadpool_limits(1)); nnlite's main process too
         aug = SingleThreadedAugmenter(dl, None)
     else:
         aug = NonDetMultiThreadedAugmenter(dl, None, workers, max(6, workers // 2), None, False, 0.002)

@@ -199,7 +199,7 @@ def warp_planar(image: torch.Tensor, seg: torch.Tensor | None, matrices: torch.T
                 centres: torch.Tensor, patch: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Like `warp` for planar patches: image (B, C, Z, *in), 2×2 matrices and 2D centres in the
     (Y, X) plane; the Z slices (already the patch's) are warped independently."""
-    batch, channels, depth = image.shape[:3]
+    batch, depth = image.shape[0], image.shape[2]
 
     def fold(x: torch.Tensor) -> torch.Tensor:  # (B, C, Z, Y, X) → (B·Z, C, Y, X)
         return x.transpose(1, 2).reshape(batch * depth, x.shape[1], *x.shape[3:])
@@ -231,15 +231,20 @@ def apply_spatial(image: torch.Tensor, seg: torch.Tensor, params: SpatialParams,
             image, seg = image.flip(dims), seg.flip(dims)
         return image.contiguous(), seg.contiguous()
     matrix = torch.from_numpy(sample_matrix(params, planar))
-    centre_t = torch.from_numpy(centre)
     if planar:
-        z0 = int(round(centre[0] - (patch_size[0] - 1) / 2))
-        image, seg = image[:, z0:z0 + patch_size[0]], seg[:, z0:z0 + patch_size[0]]
-        image, seg = warp_planar(image[None], seg[None], matrix[1:, 1:][None], centre_t[1:][None],
-                                 patch_size[1:])
-        image, seg = image[0], seg[0]
-        if 0 in params.flip_axes:
-            image, seg = image.flip([1]), seg.flip([1])
-        return image, seg
-    image, seg = warp(image[None], seg[None], matrix[None], centre_t[None], patch_size)
+        return _apply_planar(image, seg, params, matrix, centre, patch_size)
+    image, seg = warp(image[None], seg[None], matrix[None], torch.from_numpy(centre)[None], patch_size)
     return image[0], seg[0]
+
+
+def _apply_planar(image: torch.Tensor, seg: torch.Tensor, params: SpatialParams, matrix: torch.Tensor,
+                  centre: np.ndarray, patch_size: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """apply_spatial for planar patches: the patch's slices, warped in-plane, axis 0 maybe flipped."""
+    z0 = int(round(centre[0] - (patch_size[0] - 1) / 2))
+    image, seg = image[:, z0:z0 + patch_size[0]], seg[:, z0:z0 + patch_size[0]]
+    image, seg = warp_planar(image[None], seg[None], matrix[1:, 1:][None],
+                             torch.from_numpy(centre[1:])[None], patch_size[1:])
+    image, seg = image[0], seg[0]
+    if 0 in params.flip_axes:
+        image, seg = image.flip([1]), seg.flip([1])
+    return image, seg
