@@ -2,9 +2,10 @@
 
 The loss follows the reference exactly: loss = CE − mean foreground soft Dice, so it lies in
 [−1, ∞) and logged values are often negative (a perfect prediction scores ≈ −1).
-Targets are integer label maps (B, 1, *S). Negative labels (−1 = outside the image,
-`nnlite.cropping.OUTSIDE_LABEL`) and the optional ignore label are masked out of both terms;
-the loader normally maps −1 to 0 before it gets here.
+Targets are integer label maps (B, 1, *S) in [0, K). The loader maps −1 (outside the image,
+`nnlite.cropping.OUTSIDE_LABEL`) to 0 as the reference does; a −1 reaching the loss counts as
+background too, or, with `mask_outside=True`, in neither term (reference §11 item 5). Voxels with
+the optional ignore label count in neither term.
 
 Deep supervision: the network returns logits at the scales `deep_supervision_scales(plan)`
 (full resolution first); the targets are downsampled to the same scales by `downsample_seg`
@@ -20,12 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnlite.cropping import OUTSIDE_LABEL
 from nnlite.plans import NetworkPlan
 
 DICE_SMOOTH = 1e-5  # added to numerator and denominator of the soft Dice
 DICE_MIN_DENOMINATOR = 1e-8  # lower clip of the Dice denominator (the reference's value)
 CE_WEIGHT = 1.0  # weight of the cross-entropy term
 DICE_WEIGHT = 1.0  # weight of the Dice term
+CE_SKIP_INDEX = -100  # target value F.cross_entropy skips (its default ignore_index)
 
 SegArray = TypeVar("SegArray", torch.Tensor, np.ndarray)
 
@@ -33,49 +36,68 @@ SegArray = TypeVar("SegArray", torch.Tensor, np.ndarray)
 def soft_dice_per_class(
     probs: torch.Tensor,
     target: torch.Tensor,
-    valid: torch.Tensor,
     batch_dice: bool,
+    valid: torch.Tensor | None = None,
     smooth: float = DICE_SMOOTH,
 ) -> torch.Tensor:
     """Soft Dice of every foreground class.
 
-    probs (B, K, *S) softmax output; target (B, 1, *S) labels in [0, K) where valid; valid (B, 1, *S)
-    bool. Returns (K-1,) with batch Dice (sums over the batch too), else (B, K-1).
+    probs (B, K, *S) softmax output; target (B, 1, *S) int64 labels in [0, K); valid (B, 1, *S) bool or
+    None (all voxels count). Returns (K-1,) with batch Dice (sums over the batch too), else (B, K-1).
     """
     fg_probs = probs[:, 1:]  # background excluded
     onehot = torch.zeros_like(probs).scatter_(1, target, 1)[:, 1:]
-    onehot = onehot * valid  # invalid voxels are in no class
+    pred = fg_probs
+    if valid is not None:
+        onehot = onehot * valid  # excluded voxels belong to no class ...
+        pred = fg_probs * valid  # ... and their predictions do not count
     axes = tuple(range(2, probs.ndim))
     if batch_dice:
         axes = (0, *axes)
     intersect = (fg_probs * onehot).sum(axes)
-    sum_pred = (fg_probs * valid).sum(axes)
+    sum_pred = pred.sum(axes)
     sum_gt = onehot.sum(axes)
     return (2 * intersect + smooth) / torch.clamp(sum_gt + sum_pred + smooth, min=DICE_MIN_DENOMINATOR)
 
 
 class DiceCELoss(nn.Module):
-    """CE + soft Dice on one output: (B, K, *S) logits, (B, 1, *S) int labels → scalar."""
+    """CE + soft Dice on one output: (B, K, *S) logits, (B, 1, *S) int labels → scalar.
+
+    Voxels labelled `ignore_label` count in neither term. Voxels labelled OUTSIDE_LABEL (-1) count as
+    background, as after the reference's loader, or, with `mask_outside`, in neither term.
+    """
 
     def __init__(
-        self, batch_dice: bool, ignore_label: int | None = None, smooth: float = DICE_SMOOTH
+        self,
+        batch_dice: bool,
+        ignore_label: int | None = None,
+        mask_outside: bool = False,
+        smooth: float = DICE_SMOOTH,
     ) -> None:
         super().__init__()
         self.batch_dice = batch_dice
         self.ignore_label = ignore_label
+        self.mask_outside = mask_outside
         self.smooth = smooth
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target.long()
-        valid = target >= 0
+        if self.ignore_label is None and not self.mask_outside:
+            target = target.clamp(min=0)  # the fast, unmasked path of the reference
+            ce = F.cross_entropy(logits, target[:, 0])
+            dice = soft_dice_per_class(torch.softmax(logits, 1), target, self.batch_dice, None, self.smooth)
+            return CE_WEIGHT * ce - DICE_WEIGHT * dice.mean()
+        valid = torch.ones_like(target, dtype=torch.bool)
         if self.ignore_label is not None:
             valid &= target != self.ignore_label
-        target = torch.where(valid, target, 0)
-        # CE averaged over valid voxels; 0 (not NaN) when there are none, without a host sync.
-        ce_per_voxel = F.cross_entropy(logits, target[:, 0], reduction="none")
-        ce = (ce_per_voxel * valid[:, 0]).sum() / valid.sum().clamp(min=1)
-        probs = torch.softmax(logits, dim=1)
-        dice = soft_dice_per_class(probs, target, valid, self.batch_dice, self.smooth)
+        if self.mask_outside:
+            valid &= target != OUTSIDE_LABEL
+        target = torch.where(valid, target, 0).clamp(min=0)
+        # CE averaged over counted voxels; 0 (not NaN) when there are none, without a host sync.
+        ce_target = target[:, 0].masked_fill(~valid[:, 0], CE_SKIP_INDEX)
+        ce = F.cross_entropy(logits, ce_target, ignore_index=CE_SKIP_INDEX, reduction="sum")
+        ce = ce / valid.sum().clamp(min=1)
+        dice = soft_dice_per_class(torch.softmax(logits, 1), target, self.batch_dice, valid, self.smooth)
         return CE_WEIGHT * ce - DICE_WEIGHT * dice.mean()
 
 
@@ -165,7 +187,9 @@ class DeepSupervisionLoss(nn.Module):
         return total
 
 
-def build_loss(plan: NetworkPlan, batch_dice: bool, ignore_label: int | None = None) -> DeepSupervisionLoss:
+def build_loss(
+    plan: NetworkPlan, batch_dice: bool, ignore_label: int | None = None, mask_outside: bool = False
+) -> DeepSupervisionLoss:
     """The training loss of a plan: Dice + CE summed over the deep-supervision outputs."""
     weights = deep_supervision_weights(plan.n_stages - 1)
-    return DeepSupervisionLoss(DiceCELoss(batch_dice, ignore_label), weights)
+    return DeepSupervisionLoss(DiceCELoss(batch_dice, ignore_label, mask_outside), weights)

@@ -72,7 +72,7 @@ def test_dice_matches_a_per_class_computation(batch_dice: bool) -> None:
     target[1] = 0  # a sample without foreground: its Dice is smooth/smooth-ish, not NaN
     logits = torch.randn((3, 4, 5, 6, 7), generator=torch.Generator().manual_seed(4))
     probs = torch.softmax(logits, 1)
-    dice = soft_dice_per_class(probs, target, torch.ones_like(target, dtype=torch.bool), batch_dice)
+    dice = soft_dice_per_class(probs, target, batch_dice)
     expected = _dice_by_hand(probs.numpy(), target.numpy(), batch_dice)
     np.testing.assert_allclose(dice.numpy(), expected, rtol=1e-5, atol=1e-6)
     ce = F.cross_entropy(logits, target[:, 0])
@@ -104,14 +104,14 @@ def test_gradients_are_finite_for_empty_foreground(batch_dice: bool) -> None:
     assert logits.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("ignore_label", [None, 3])
-def test_masked_voxels_do_not_change_the_loss(ignore_label: int | None) -> None:
-    """Voxels labelled −1 (outside) or with the ignore label count in neither CE nor Dice."""
+@pytest.mark.parametrize("ignore_label, mask_outside", [(None, True), (3, False), (3, True)])
+def test_masked_voxels_do_not_change_the_loss(ignore_label: int | None, mask_outside: bool) -> None:
+    """Voxels with the ignore label, or −1 (outside) with mask_outside, count in neither CE nor Dice."""
     target = _random_target(5, (2, 1, 6, 8), 3)
-    masked_value = -1 if ignore_label is None else ignore_label
-    target[..., 4:] = masked_value
+    target[..., 4:] = -1 if ignore_label is None else ignore_label
+    target[..., 7] = -1 if mask_outside else target[..., 7]
     logits = torch.randn((2, 3, 6, 8), generator=torch.Generator().manual_seed(6))
-    loss = DiceCELoss(False, ignore_label)
+    loss = DiceCELoss(False, ignore_label, mask_outside)
     changed = logits.clone()
     changed[..., 4:] = 100 * torch.randn_like(changed[..., 4:])
     assert loss(logits, target).item() == pytest.approx(loss(changed, target).item(), abs=1e-6)
@@ -121,10 +121,25 @@ def test_masked_voxels_do_not_change_the_loss(ignore_label: int | None) -> None:
     )
 
 
+@pytest.mark.parametrize("batch_dice", [False, True])
+def test_outside_voxels_count_as_background_by_default(batch_dice: bool) -> None:
+    target = _random_target(7, (2, 1, 6, 8), 3)
+    target[..., :2] = 0
+    outside = target.clone()
+    outside[..., :2] = -1
+    logits = torch.randn((2, 3, 6, 8), generator=torch.Generator().manual_seed(8))
+    loss = DiceCELoss(batch_dice)
+    assert torch.equal(loss(logits, outside), loss(logits, target))
+    # The masked path with nothing to mask is the same computation as the fast path.
+    assert DiceCELoss(batch_dice, mask_outside=True)(logits, target).item() == pytest.approx(
+        loss(logits, target).item(), abs=1e-6
+    )
+
+
 def test_all_voxels_masked_gives_a_finite_loss() -> None:
     target = torch.full((1, 1, 4, 4), -1)
     logits = torch.randn((1, 2, 4, 4), requires_grad=True)
-    loss = DiceCELoss(False)(logits, target)
+    loss = DiceCELoss(False, mask_outside=True)(logits, target)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
 
