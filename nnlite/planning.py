@@ -197,8 +197,8 @@ def plan_configuration(spacing: Sequence[float], median_shape: Sequence[float], 
     reasons.append(f"batch {batch}: memory allows {by_memory}, {MAX_DATASET_COVERED:.0%} of the dataset "
                    f"allows {by_dataset}, minimum {MIN_BATCH}")
     memory = budget.predicted_bytes(net, patch, batch)
-    reasons.append(f"predicted training memory {memory / GIB:.2f} GiB at batch {batch} (AMP; model "
-                   f"'{budget.model}', budget {budget.gpu_memory_gb:g} GB)")
+    reasons.append(f"predicted training memory {memory / GIB:.2f} GiB at batch {batch} (bytes, AMP); patch and "
+                   f"batch sized by the '{budget.model}' model for {budget.gpu_memory_gb:g} GB")
     schemes, mask, norm_reason = normalization(fingerprint)
     return ConfigurationPlan(
         spacing=tuple(float(s) for s in spacing), patch_size=tuple(int(p) for p in patch),
