@@ -45,8 +45,8 @@ CUDA_GRID = {
                    (256, 256), 12),
     "3d iso 128^3": (_plan(((1, 1, 1),) + ((2, 2, 2),) * 5, _ISO * 6, (32, 64, 128, 256, 320, 320)),
                      (128, 128, 128), 2),
-    "3d aniso 28x256x256": (_plan(((1, 1, 1), (1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2), (1, 2, 2)),
-                                  ((1, 3, 3), (1, 3, 3)) + _ISO * 5, (32, 64, 128, 256, 320, 320, 320)),
+    "3d aniso 28x256x256": (_plan(((1, 1, 1),) + ((1, 2, 2),) * 2 + ((2, 2, 2),) * 2 + ((1, 2, 2),) * 2,
+                                  ((1, 3, 3),) * 2 + _ISO * 5, (32, 64, 128, 256, 320, 320, 320)),
                             (28, 256, 256), 2),
     "hippocampus 40x56x40": (_plan(((1, 1, 1),) + ((2, 2, 2),) * 3, _ISO * 4, (32, 64, 128, 256)),
                              (40, 56, 40), 9),
@@ -55,7 +55,7 @@ CUDA_GRID = {
 CPU_GRID = {
     "2d 128x96": (_plan(((1, 1),) + ((2, 2),) * 4, ((3, 3),) * 5, (16, 32, 64, 128, 128)), (128, 96), 4),
     "3d iso 48^3": (_plan(((1, 1, 1),) + ((2, 2, 2),) * 3, _ISO * 4, (16, 32, 64, 128)), (48, 48, 48), 2),
-    "3d aniso 16x64x64": (_plan(((1, 1, 1), (1, 2, 2), (1, 2, 2), (2, 2, 2)), ((1, 3, 3), (1, 3, 3)) + _ISO * 2,
+    "3d aniso 16x64x64": (_plan(((1, 1, 1), (1, 2, 2), (1, 2, 2), (2, 2, 2)), ((1, 3, 3),) * 2 + _ISO * 2,
                                 (16, 32, 64, 128)), (16, 64, 64), 2),
 }
 
@@ -67,8 +67,8 @@ def _is_weight_copy(t: torch.Tensor) -> bool:
             and type(fn.next_functions[0][0]).__name__ == "AccumulateGrad")
 
 
-def training_step(plan: NetworkPlan, patch: tuple[int, ...], batch: int, device: str, amp_dtype: torch.dtype | None,
-                  steps: int = 1) -> int:
+def training_step(plan: NetworkPlan, patch: tuple[int, ...], batch: int, device: str,
+                  amp_dtype: torch.dtype | None, steps: int = 1) -> int:
     """Run `steps` training steps; returns the bytes of distinct storages saved for backward in the last."""
     torch.manual_seed(0)
     net = build_unet(plan, IN_CHANNELS, NUM_CLASSES).to(device)
