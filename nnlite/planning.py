@@ -366,6 +366,8 @@ def plan_dataset(raw: Path, work: Path, gpu_memory_gb: float = DEFAULT_GPU_MEMOR
     fingerprint = extract_fingerprint(dataset, workers)
     plans = plan_experiment(fingerprint, gpu_memory_gb, configs, dataset_name=Path(raw).resolve().name,
                             memory_model=memory_model)
+    # preprocess, postprocess and the final validation find the raw images and labels through this
+    plans = replace(plans, extra={**plans.extra, "raw_path": str(Path(raw).resolve())})
     names = [c.case for c in fingerprint.cases]
     _write_outputs(work, (Path(raw) / "dataset.json").read_bytes(), fingerprint, plans, names)
     return plans

@@ -290,3 +290,12 @@ def test_real_hippocampus(hippocampus_raw, tmp_path):
     assert full.spacing == (1.0, 1.0, 1.0) and full.patch_size == (40, 56, 40) and full.network.n_stages == 4
     splits = json.loads((tmp_path / "splits.json").read_text())
     assert len(splits) == 5 and sum(len(s["val"]) for s in splits) == 220
+
+
+def test_plan_records_raw_path_for_later_stages(tmp_path):
+    from nnlite.demo import generate_demo_dataset
+
+    raw = generate_demo_dataset(tmp_path / "raw", n_cases=5, seed=1)
+    assert plan_main([str(raw), str(tmp_path / "work"), "--workers", "1"]) == 0
+    plans = load_plans(tmp_path / "work" / "plans.json")
+    assert plans.extra["raw_path"] == str(raw.resolve())
