@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from nnlite.errors import UserError
 from nnlite.plans import NetworkPlan
 
 # --- memory model constants (bytes) ---------------------------------------------------------------
@@ -169,4 +170,6 @@ def training_memory_bytes(plan: NetworkPlan, patch: Sequence[int], in_channels: 
 
 def _require_plain(plan: NetworkPlan) -> None:
     if plan.encoder != "plain":
-        raise NotImplementedError("geometry covers the plain encoder (PlainConvUNet) only")
+        # The planner only plans plain encoders; a residual plan is written by hand and sized by the user.
+        raise UserError("plans.json", "memory/geometry arithmetic covers the plain encoder only, "
+                        f"not '{plan.encoder}'")
