@@ -21,9 +21,10 @@ axis (nearest-exact down, linear up: exactly what `F.interpolate` does, axis by 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -107,6 +108,27 @@ def augment_batch(batch: CropBatch, cfg: AugmentConfig,
                   ds_scales: Sequence[Sequence[float]] = ()) -> dict[str, Any]:
     """The training batch of a CropBatch on its device: {"data": (B, C, *patch) float32, "target":
     [(B, 1, *patch_level) int16 per deep-supervision level], "cases": [str]}, as `loader.make_batch`."""
+    with one_thread_on_cpu(batch.crops.device):
+        return _augment_batch(batch, cfg, ds_scales)
+
+
+@contextlib.contextmanager
+def one_thread_on_cpu(device: torch.device) -> Iterator[None]:
+    """Patch-sized ops gain nothing from intra-op threads and lose a lot when the cores are busy
+    (the loader's workers run with one thread for the same reason)."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _augment_batch(batch: CropBatch, cfg: AugmentConfig,
+                   ds_scales: Sequence[Sequence[float]]) -> dict[str, Any]:
     image, seg = spatial_batch(batch, cfg)
     if cfg.squeeze:  # 2D configuration: (B, C, 1, Y, X) → (B, C, Y, X)
         image, seg = image[:, :, 0], seg[:, :, 0]
@@ -172,8 +194,11 @@ def flip_samples(image: torch.Tensor, seg: torch.Tensor,
 
 
 def host_tensor(values: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A small tensor of host values on `device`, copied without stalling a CUDA stream."""
-    tensor = torch.as_tensor(np.asarray(values), dtype=dtype)
+    """Host values (a list, array or CPU tensor) on `device`, copied without stalling a CUDA stream."""
+    if isinstance(values, torch.Tensor):
+        tensor = values.to(dtype)
+    else:
+        tensor = torch.as_tensor(np.asarray(values), dtype=dtype)
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
@@ -277,7 +302,7 @@ def _blur(rows: torch.Tensor, sigmas: list) -> torch.Tensor:
         for i, kernel in enumerate(kernels):  # zero taps around smaller kernels change nothing
             start = (width - len(kernel)) // 2
             weight[i, start:start + len(kernel)] = kernel
-        x = conv_axis(x, weight.to(rows.device, rows.dtype), axis)
+        x = conv_axis(x, host_tensor(weight, rows.dtype, rows.device), axis)
     return x[0]
 
 
@@ -301,7 +326,7 @@ def _lowres(rows: torch.Tensor, values: list) -> torch.Tensor:
         sizes = [n if axis in ignore else max(1, round(n * zoom)) for zoom, ignore in values]
         if all(m == n for m in sizes):
             continue
-        matrices = torch.stack([lowres_matrix(n, m) for m in sizes]).to(rows.device, rows.dtype)
+        matrices = host_tensor(torch.stack([lowres_matrix(n, m) for m in sizes]), rows.dtype, rows.device)
         moved = rows.movedim(axis + 1, -1)  # (n_rows, ..., n): one batched matmul per axis
         rows = torch.einsum("r...j,rij->r...i", moved, matrices).movedim(-1, axis + 1)
     return rows
