@@ -54,9 +54,10 @@ def soft_dice_per_class(
     axes = tuple(range(2, probs.ndim))
     if batch_dice:
         axes = (0, *axes)
-    intersect = (fg_probs * onehot).sum(axes)
-    sum_pred = pred.sum(axes)
-    sum_gt = onehot.sum(axes)
+    # fp32 sums: a bf16/fp16 sum over a whole patch would keep only ~3 significant digits.
+    intersect = (fg_probs * onehot).sum(axes, dtype=torch.float32)
+    sum_pred = pred.sum(axes, dtype=torch.float32)
+    sum_gt = onehot.sum(axes, dtype=torch.float32)
     return (2 * intersect + smooth) / torch.clamp(sum_gt + sum_pred + smooth, min=DICE_MIN_DENOMINATOR)
 
 
