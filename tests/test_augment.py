@@ -16,8 +16,8 @@ from scipy.stats import binomtest
 
 from nnlite.augment import (IDENTITY, AugmentConfig, AugmentParams, augment_config, crop_and_augment,
                             fired_transforms, sample_augment_params)
-from nnlite.augment_intensity import (Blur, Brightness, Contrast, Gamma, IntensityConfig,
-                                      IntensityParams, LowResolution, Noise, apply_intensity)
+from nnlite.augment_intensity import (Blur, Brightness, Contrast, Gamma, IntensityParams,
+                                      LowResolution, Noise, apply_intensity)
 from nnlite.augment_spatial import (ROTATION_3D, SCALE_RANGE, SpatialParams, apply_spatial,
                                     spatial_config, warp)
 from tests.loader_fixtures import toy_plans
