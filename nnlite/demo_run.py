@@ -40,7 +40,9 @@ def run_demo(root: Path, config: TrainConfig, *, overwrite: bool = False) -> str
         plan_demo(raw, work)
     run_preprocessing(work, [DEMO_CONFIGURATION], workers=DEMO_WORKERS)
     config = replace(config, configuration=DEMO_CONFIGURATION, fold="0")
-    folder = train_folds(work, config, ["0"], resume=not overwrite, overwrite=overwrite)[0]
+    started = any((work / "results" / DEMO_CONFIGURATION / "fold_0").glob("checkpoint_*.pt"))
+    resume = started and not overwrite  # a second demo run continues (or just reports) the first
+    folder = train_folds(work, config, ["0"], resume=resume, overwrite=overwrite)[0]
     summary = read_json(folder / "validation" / "summary.json")
     dice = summary["foreground_mean"]["dice"]
     return f"demo: validation Dice {dice:.4f} on {len(summary['per_case'])} cases; results in {folder}"

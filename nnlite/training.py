@@ -27,8 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nnlite import checkpoints, progress
+from nnlite.cascade import input_channels, prepare_if_cascade
 from nnlite.distributed import Rank, barrier, close_distributed, init_distributed, sum_across_ranks
 from nnlite.loss import build_loss
 from nnlite.network import build_unet
@@ -84,6 +86,9 @@ def train(work: Path, config: TrainConfig, *, resume: bool = False, overwrite: b
           rank: Rank = Rank()) -> Path:
     """Train `config.fold` of `config.configuration` in `work`; returns the fold's result folder."""
     plans = load_plans(work / "plans.json")
+    if rank.is_main:  # a cascade stage: the lowres cross-validation becomes extra input channels
+        prepare_if_cascade(work, plans, config.configuration)
+    barrier(rank)
     device = resolve_device(config.device)
     run = prepare_run(work, plans, config, resume=resume, overwrite=overwrite, rank=rank)
     try:
@@ -110,7 +115,7 @@ def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: R
              batch_size, state.epoch + 1, config.training.epochs)
     loss_fn = build_loss(plans.configurations[config.configuration].network,
                          plans.configurations[config.configuration].batch_dice).to(device)
-    with progress_bar(config, state, rank) as bar:
+    with batches, logging_redirect_tqdm(), progress_bar(config, state, rank) as bar:
         for epoch in range(state.epoch, config.training.epochs):
             started = time.perf_counter()
             train_loss = train_one_epoch(state, loss_fn, batches.train, config, epoch, bar)
@@ -118,7 +123,6 @@ def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: R
             record = epoch_record(state, epoch, train_loss, val_loss, pseudo_dice, config, started)
             end_epoch(run, state, record, plans, config, rank)
             bar.set_postfix(loss=f"{train_loss:.3f}", ema=f"{record['ema_pseudo_dice']:.3f}")
-    batches.close()
     finish(run, state, plans, config, rank)
     if config.validation.enabled and rank.is_main:
         validate_fold_cases(work, run, state, plans, val_cases)
@@ -142,7 +146,8 @@ def build_state(plans: Plans, config: TrainConfig, device: torch.device,
     """Network, SGD, grad scaler and AMP type; restored from `checkpoint` when resuming."""
     seed_everything(config.seed, config.deterministic and device.type == "cpu")
     plan = plans.configurations[config.configuration]
-    network = build_unet(plan.network, plans.num_channels, plans.num_classes, deep_supervision=True)
+    network = build_unet(plan.network, input_channels(plans, config.configuration), plans.num_classes,
+                         deep_supervision=True)
     network.skip_lowest_head = True  # its loss weight is 0 (reference §6): do not compute it
     network.to(device)
     t = config.training
@@ -151,6 +156,7 @@ def build_state(plans: Plans, config: TrainConfig, device: torch.device,
     amp_dtype = None
     if device.type == "cuda":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick the fastest kernels
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     state = RunState(network, network, optimizer, scaler, amp_dtype, device, 0, [])
     if checkpoint is not None:

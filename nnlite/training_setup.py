@@ -207,10 +207,17 @@ class Batches:
     val: Iterator[dict[str, Any]]
 
     def close(self) -> None:
+        """Stop the loader workers."""
         for stream in (self.train, self.val):
             close = getattr(stream, "close", None)
             if close is not None:
                 close()
+
+    def __enter__(self) -> "Batches":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def build_batches(work: Path, plans: Plans, config: TrainConfig, train_cases: list[str],

@@ -140,3 +140,16 @@ def test_fold_all_trains_on_every_case(tiny_work, tmp_path):
     folder = work / "results" / DEMO_CONFIGURATION / "fold_all"
     assert json.loads((folder / "config.json").read_text())["fold"] == "all"
     assert "5 training / 5 validation cases" in (folder / "log.txt").read_text()
+
+
+@pytest.mark.gpu
+def test_cuda_run_uses_amp_and_resumes(tiny_work, tmp_path):
+    work = copy_work(tiny_work, tmp_path / "work")
+    args = [str(work), "--device", "cuda", "--seed", "0", "--workers", "1", "--train-config", "debug",
+            "--iters-per-epoch", "3"]
+    assert train_main([*args, "--epochs", "1", "--set", "validation.enabled=false"]) == 0
+    assert train_main([*args, "--epochs", "2", "--resume"]) == 0
+    checkpoint = torch.load(fold_dir(work) / checkpoints.FINAL, weights_only=True, map_location="cpu")
+    assert checkpoint["epoch"] == 2
+    assert ("grad_scaler" in checkpoint) == (not torch.cuda.is_bf16_supported())  # fp16 needs the scaler
+    assert (fold_dir(work) / "validation" / "summary.json").is_file()
