@@ -30,8 +30,8 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nnlite import checkpoints, progress
-from nnlite.cascade import input_channels, prepare_if_cascade
-from nnlite.distributed import Rank, barrier, close_distributed, init_distributed, sum_across_ranks
+from nnlite.distributed import (Rank, barrier, close_distributed, init_distributed, mean_across_ranks,
+                                sum_across_ranks)
 from nnlite.loss import build_loss
 from nnlite.network import build_unet
 from nnlite.plans import Plans, load_plans
@@ -86,9 +86,6 @@ def train(work: Path, config: TrainConfig, *, resume: bool = False, overwrite: b
           rank: Rank = Rank()) -> Path:
     """Train `config.fold` of `config.configuration` in `work`; returns the fold's result folder."""
     plans = load_plans(work / "plans.json")
-    if rank.is_main:  # a cascade stage: the lowres cross-validation becomes extra input channels
-        prepare_if_cascade(work, plans, config.configuration)
-    barrier(rank)
     device = resolve_device(config.device)
     run = prepare_run(work, plans, config, resume=resume, overwrite=overwrite, rank=rank)
     try:
@@ -118,7 +115,8 @@ def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: R
     with batches, logging_redirect_tqdm(), progress_bar(config, state, rank) as bar:
         for epoch in range(state.epoch, config.training.epochs):
             started = time.perf_counter()
-            train_loss = train_one_epoch(state, loss_fn, batches.train, config, epoch, bar)
+            train_loss = mean_across_ranks(train_one_epoch(state, loss_fn, batches.train, config, epoch, bar),
+                                           rank)
             val_loss, pseudo_dice = validate(state, loss_fn, batches.val, config, plans.num_classes, rank)
             record = epoch_record(state, epoch, train_loss, val_loss, pseudo_dice, config, started)
             end_epoch(run, state, record, plans, config, rank)
@@ -146,8 +144,7 @@ def build_state(plans: Plans, config: TrainConfig, device: torch.device,
     """Network, SGD, grad scaler and AMP type; restored from `checkpoint` when resuming."""
     seed_everything(config.seed, config.deterministic and device.type == "cpu")
     plan = plans.configurations[config.configuration]
-    network = build_unet(plan.network, input_channels(plans, config.configuration), plans.num_classes,
-                         deep_supervision=True)
+    network = build_unet(plan.network, plans.num_channels, plans.num_classes, deep_supervision=True)
     network.skip_lowest_head = True  # its loss weight is 0 (reference §6): do not compute it
     network.to(device)
     t = config.training
@@ -182,7 +179,7 @@ def restore_state(state: RunState, checkpoint: dict[str, Any]) -> None:
 
 def train_one_epoch(state: RunState, loss_fn: nn.Module, batches: Iterator[dict[str, Any]],
                     config: TrainConfig, epoch: int, bar: tqdm) -> float:
-    """`iters_per_epoch` SGD steps; returns the mean training loss (over steps and ranks)."""
+    """`iters_per_epoch` SGD steps; returns this rank's mean training loss."""
     state.model.train()
     total = torch.zeros((), dtype=torch.float64, device=state.device)
     for iteration, batch in enumerate(itertools.islice(batches, config.training.iters_per_epoch)):
