@@ -1,6 +1,6 @@
 """End-to-end training on (tiny) demo data: artifacts, exact resume after SIGKILL, resume rules.
 
-All slow: each builds a 5-case demo work directory (generate → plan → preprocess) once per module
+All slow: they share a 5-case demo work directory (generate → plan → preprocess, once per session)
 and trains for a few iterations with a small patch.
 """
 
@@ -34,7 +34,7 @@ SCHEDULE = ["--device", "cpu", "--seed", "0", "--workers", "0", "--train-config"
             "--set", "validation.enabled=false"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_work(tmp_path_factory) -> Path:
     """A preprocessed 5-case demo work directory with a small patch (a fast stand-in plan)."""
     root = tmp_path_factory.mktemp("demo")
