@@ -30,6 +30,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nnlite import checkpoints, progress
+from nnlite.cascade import input_channels, prepare_if_cascade
 from nnlite.distributed import (Rank, barrier, close_distributed, init_distributed, mean_across_ranks,
                                 sum_across_ranks)
 from nnlite.loss import build_loss
@@ -86,6 +87,9 @@ def train(work: Path, config: TrainConfig, *, resume: bool = False, overwrite: b
           rank: Rank = Rank()) -> Path:
     """Train `config.fold` of `config.configuration` in `work`; returns the fold's result folder."""
     plans = load_plans(work / "plans.json")
+    if rank.is_main:  # a cascade stage: the lowres cross-validation becomes extra input channels
+        prepare_if_cascade(work, plans, config.configuration)
+    barrier(rank)
     device = resolve_device(config.device)
     run = prepare_run(work, plans, config, resume=resume, overwrite=overwrite, rank=rank)
     try:
@@ -144,7 +148,8 @@ def build_state(plans: Plans, config: TrainConfig, device: torch.device,
     """Network, SGD, grad scaler and AMP type; restored from `checkpoint` when resuming."""
     seed_everything(config.seed, config.deterministic and device.type == "cpu")
     plan = plans.configurations[config.configuration]
-    network = build_unet(plan.network, plans.num_channels, plans.num_classes, deep_supervision=True)
+    network = build_unet(plan.network, input_channels(plans, config.configuration), plans.num_classes,
+                         deep_supervision=True)
     network.skip_lowest_head = True  # its loss weight is 0 (reference §6): do not compute it
     network.to(device)
     t = config.training
