@@ -16,6 +16,7 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
+from nnlite.cascade import stage_input
 from nnlite.errors import UserError
 from nnlite.evaluation import evaluate_folder, write_summary
 from nnlite.export import export_prediction
@@ -43,7 +44,8 @@ def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, co
     source = preprocessed_dir(work, plans, config)
     for case in tqdm(cases, desc="validation", unit="case"):
         data = np.load(source / f"{case}.npy", mmap_mode="r")
-        probs = predict_preprocessed([network], np.array(data), plan,
+        data = stage_input(work, plans, config.configuration, case, np.array(data))  # + cascade input
+        probs = predict_preprocessed([network], data, plan,
                                      mirror=config.validation.mirroring, step=config.validation.step,
                                      device=device)
         props = load_case_properties(source / f"{case}.json")
