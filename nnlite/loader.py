@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from nnlite.augment import (IDENTITY, AugmentConfig, AugmentParams, augment_config, crop_and_augment,
                             read_source, sample_augment_params)
 from nnlite.augment_device import CropBatch, augment_batch, augment_on_device, collate_sources
+from nnlite.cascade import AUGMENT_STREAM, PreviousStageStore, previous_stage_patch, previous_stage_store
 from nnlite.errors import UserError
 from nnlite.loss import deep_supervision_scales, downsample_seg
 from nnlite.plans import Plans
@@ -71,6 +72,7 @@ class BatchSpec:
     augment: bool
     ds_scales: tuple[tuple[float, ...], ...]  # empty: full resolution only
     on_device: bool = False  # workers only crop; `augment_device` augments the batch on the device
+    previous: PreviousStageStore | None = None  # cascade: previous-stage channels appended (CPU only)
 
 
 def default_workers() -> int:
@@ -104,6 +106,11 @@ def make_batch(spec: BatchSpec, index: int) -> dict[str, Any]:
         try:
             data, seg = spec.store.arrays(sample.case)
             made.append(make(data, seg, sample.start, sample.params, spec.cfg))
+            if spec.previous is not None:  # cascade: the one-hot previous stage as extra channels
+                rng = np.random.default_rng([spec.seed, index, j, AUGMENT_STREAM]) if spec.augment else None
+                extra = previous_stage_patch(spec.previous, sample.case, sample.start, sample.params,
+                                             spec.cfg, rng)
+                made[-1] = (torch.cat([made[-1][0], extra]), made[-1][1])
         except Exception as error:  # re-raised in the main process, see module docstring
             error.add_note(f"while loading case '{sample.case}' (batch {index}, sample {j})")
             raise SampleError(sample.case) from error
@@ -222,8 +229,9 @@ def build_loader(work: str | Path, plans: Plans, config_name: str, case_names: S
             raise UserError(store.folder / f"{case.name}.npy", f"has {case.channels} channels, the "
                             f"plans expect {len(config.normalization)}")
     target = None if device is None else torch.device(device)
-    on_device = augment and augment_on_device(augment_on, target)
-    spec = BatchSpec(store, augment_config(config), forced, seed, augment, scales, on_device)
+    previous = previous_stage_store(Path(work), plans, config_name)
+    on_device = augment and augment_on_device(augment_on, target) and previous is None
+    spec = BatchSpec(store, augment_config(config), forced, seed, augment, scales, on_device, previous)
     workers = default_workers() if workers is None else workers
     pin = torch.cuda.is_available() if target is None else target.type == "cuda"
     loader = DataLoader(_BatchDataset(spec), batch_size=None, sampler=itertools.count(start_batch),
