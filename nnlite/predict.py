@@ -20,6 +20,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("input_dir", type=Path, help="folder of <case>_<CCCC>.nii.gz images")
     parser.add_argument("output_dir", type=Path, help="folder for <case>.nii.gz label maps")
     parser.add_argument("--config", default="3d_fullres", help="configuration (default 3d_fullres)")
+    parser.add_argument("--best", action="store_true",
+                        help="the configuration or ensemble and post-processing of results/best.json "
+                             "(written by `nnlite best`); replaces --config and --postprocess")
     parser.add_argument("--folds", nargs="+", default=None,
                         help="folds to ensemble: 0 1 2 3 4 or all (default: every trained fold)")
     parser.add_argument("--checkpoint", choices=("final", "best"), default="final")
@@ -48,7 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoint=args.checkpoint, mirror=not args.no_mirroring, step=args.step,
         postprocess=args.postprocess, save_probabilities=args.save_probabilities,
         overwrite=args.overwrite, device=args.device, tile_batch=args.tile_batch)
-    report = predict_folder(args.work, args.input_dir, args.output_dir, options)
+    if args.best:
+        from nnlite.prediction_models import predict_best
+
+        report = predict_best(args.work, args.input_dir, args.output_dir, options)
+    else:
+        report = predict_folder(args.work, args.input_dir, args.output_dir, options)
     print(f"predicted {len(report.predicted)}, skipped {len(report.skipped)} (already done), "
           f"failed {len(report.failed)}; output in {args.output_dir}")
     if report.failed:

@@ -92,8 +92,8 @@ def load_networks(work: Path, options: PredictOptions, device: torch.device
     if options.config not in plans.configurations:
         raise UserError("--config", f"'{options.config}' is not in {work / 'plans.json'}")
     config = plans.configurations[options.config]
-    if config.previous_stage:
-        raise UserError("--config", f"'{options.config}' is a cascade stage: not supported yet")
+    if config.previous_stage:  # predict_folder hands cascade stages to prediction_models
+        raise UserError("--config", f"'{options.config}' is a cascade stage: use predict_folder")
     if options.checkpoint not in CHECKPOINTS:
         raise UserError("--checkpoint", f"must be one of {sorted(CHECKPOINTS)}")
     networks = []
@@ -165,10 +165,19 @@ def _collect(pending: tuple[str, Future] | None, report: PredictReport) -> None:
         _record_failure(report, case, error)
 
 
+def _is_cascade_stage(work: Path, config_name: str) -> bool:
+    config = load_plans(work / "plans.json").configurations.get(config_name)
+    return config is not None and bool(config.previous_stage)
+
+
 def predict_folder(work: str | Path, input_dir: str | Path, output_dir: str | Path,
                    options: PredictOptions = PredictOptions()) -> PredictReport:
     """Predict every case of input_dir into output_dir/<case>.nii.gz (see the module docstring)."""
     work, input_dir, output_dir = Path(work), Path(input_dir), Path(output_dir)
+    if _is_cascade_stage(work, options.config):  # two stages: the previous one runs first
+        from nnlite.prediction_models import predict_models  # noqa: PLC0415 - imports this module
+
+        return predict_models(work, input_dir, output_dir, [options.config], options)
     check_folders(input_dir, output_dir)
     cases = find_input_cases(input_dir)
     device = resolve_device(options.device)
