@@ -1,7 +1,7 @@
 """End-to-end training on (tiny) demo data: artifacts, exact resume after SIGKILL, resume rules.
 
 All slow: they share a 5-case demo work directory (generate → plan → preprocess, once per session)
-and trains for a few iterations with a small patch.
+and each trains for a few iterations with a small patch.
 """
 
 from __future__ import annotations
