@@ -53,6 +53,19 @@ def read_json(path: str | Path) -> Any:
         return json.load(handle)
 
 
+def read_json_checked(path: str | Path) -> Any:
+    """Read a JSON file; missing or malformed is a UserError naming the file."""
+    from nnlite.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(path, "not found")
+    try:
+        return read_json(path)
+    except ValueError as error:
+        raise UserError(path, f"not valid JSON ({error})") from None
+
+
 def remove_tmp_leftovers(folder: str | Path) -> list[Path]:
     """Delete `*.tmp` files a killed run left behind (recursively); returns what was removed."""
     folder = Path(folder)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from nnlite.cropping import crop_to_nonzero
 from nnlite.dataset import CaseFiles, RawDataset, check_case
 from nnlite.errors import UserError
-from nnlite.files import read_json
+from nnlite.files import read_json_checked
 from nnlite.plans import CaseFingerprint, Fingerprint, IntensityStats, load_fingerprint
 from nnlite.schema import from_dict
 
@@ -183,13 +183,7 @@ def load_fingerprint_file(path: str | Path, dataset_json: dict) -> tuple[Fingerp
     """Read nnlite's fingerprint.json or nnU-Net v2's dataset_fingerprint.json (told apart by keys).
 
     Returns the fingerprint and whether it is nnlite's (only those name their cases)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(path, "not found")
-    try:
-        data = read_json(path)
-    except ValueError as error:
-        raise UserError(path, f"not valid JSON ({error})") from None
+    data = read_json_checked(path)
     if isinstance(data, dict) and "spacings" in data:
         return fingerprint_from_nnunet(data, dataset_json, str(path)), False
     return load_fingerprint(path), True

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnlite.errors import UserError
-from nnlite.files import read_json, write_json_atomic
+from nnlite.files import read_json_checked, write_json_atomic
 from nnlite.schema import from_dict, to_jsonable
 
 SCHEMA_VERSION = 1
@@ -208,13 +208,7 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
 
 
 def _load(cls: type, path: str | Path):
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(path, "not found")
-    try:
-        data = read_json(path)
-    except ValueError as error:
-        raise UserError(path, f"not valid JSON ({error})") from None
+    data = read_json_checked(path)
     try:
         return from_dict(cls, data)
     except UserError as error:

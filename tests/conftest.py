@@ -35,3 +35,14 @@ def hippocampus_raw() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def single_torch_thread():
+    """Patch-sized torch ops on a busy 2-core machine: extra threads only add contention."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -25,13 +25,7 @@ from tests.loader_fixtures import toy_plans
 P_VALUE = 1e-3  # statistical tests (fixed seeds, so deterministic) fail below this
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Patch-sized ops on a busy 2-core machine: threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def cfg3d(patch=(16, 16, 16), channels=1, use_mask=False) -> AugmentConfig:

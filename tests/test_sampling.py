@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
@@ -21,12 +20,7 @@ from tests.loader_fixtures import DATA_IDENTIFIER, toy_dataset, toy_plans
 P_VALUE = 1e-3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 # Read off nnunetv2 2.8.1's nnUNetDataLoader._oversample_last_XX_percent (oversample 0.33).
