@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +43,10 @@ from nnlite.plans import Plans
 from nnlite.preprocessing import (CaseProperties, foreground_labels, load_case_properties,
                                   transposed_spacing)
 from nnlite.resampling import resample_seg
+from nnlite.sampling import MAX_OPEN_CASES
+
+if TYPE_CHECKING:  # the augmentation modules import the loader's side; only their types are needed
+    from nnlite.augment import AugmentConfig, AugmentParams
 
 log = logging.getLogger(__name__)
 
@@ -136,25 +140,28 @@ def prepare_previous_stage(work: Path, plans: Plans, config_name: str) -> Path:
                         f"splits.json validates it)")
     out.mkdir(parents=True, exist_ok=True)
     remove_tmp_leftovers(out)
-    written = 0
-    for case in tqdm(cases, desc=f"{lowres} → {config_name}", unit="case", leave=False):
-        fold, path = sources[case]
-        stat = path.stat()
-        info = {"case": case, "configuration": lowres, "fold": fold, "source": str(path.resolve()),
-                "source_mtime_ns": stat.st_mtime_ns, "source_size": stat.st_size}
-        info_path = out / PREV_INFO_FILE.format(case=case)
-        if (out / PREV_FILE.format(case=case)).is_file() and info_path.is_file() \
-                and read_json(info_path) == info:
-            continue
-        seg = np.rint(read_image(path).array).astype(np.int16)
-        props = load_case_properties(data_dir / f"{case}.json")
-        info_path.unlink(missing_ok=True)  # the JSON goes last: it marks a complete file
-        save_npy_atomic(out / PREV_FILE.format(case=case), seg_to_stage_input(seg, props, plans))
-        write_json_atomic(info_path, info)
-        written += 1
+    written = sum(_write_previous_stage(out, data_dir, case, *sources[case], lowres, plans)
+                  for case in tqdm(cases, desc=f"{lowres} → {config_name}", unit="case", leave=False))
     log.info("%s: previous-stage inputs of %d cases in %s (%d rewritten)", config_name, len(cases),
              out, written)
     return out
+
+
+def _write_previous_stage(out: Path, data_dir: Path, case: str, fold: int, source: Path, lowres: str,
+                          plans: Plans) -> bool:
+    """Write `<case>_prev.npy` and its provenance unless they are up to date; True if written."""
+    stat = source.stat()
+    info = {"case": case, "configuration": lowres, "fold": fold, "source": str(source.resolve()),
+            "source_mtime_ns": stat.st_mtime_ns, "source_size": stat.st_size}
+    info_path = out / PREV_INFO_FILE.format(case=case)
+    if (out / PREV_FILE.format(case=case)).is_file() and info_path.is_file() and read_json(info_path) == info:
+        return False
+    seg = np.rint(read_image(source).array).astype(np.int16)
+    props = load_case_properties(data_dir / f"{case}.json")
+    info_path.unlink(missing_ok=True)  # the JSON goes last: it marks a complete file
+    save_npy_atomic(out / PREV_FILE.format(case=case), seg_to_stage_input(seg, props, plans))
+    write_json_atomic(info_path, info)
+    return True
 
 
 def load_previous_stage(folder: Path, case: str) -> np.ndarray:
@@ -181,7 +188,7 @@ class PreviousStageStore:
         """Box [lo, hi) of a case's map as int8 (1, *box); 0 (background) outside the image."""
         if case not in self._open:
             self._open[case] = load_previous_stage(self.folder, case)
-            if len(self._open) > 256:
+            if len(self._open) > MAX_OPEN_CASES:
                 self._open.popitem(last=False)
         prev = self._open[case]
         size = tuple(int(n) for n in np.asarray(hi) - np.asarray(lo))
@@ -201,11 +208,12 @@ def previous_stage_store(work: Path, plans: Plans, config_name: str) -> Previous
     return PreviousStageStore(previous_stage_dir(work, plans, config_name), stage_labels(plans))
 
 
-def previous_stage_patch(store: PreviousStageStore, case: str, start: tuple[int, ...], params,
-                         cfg, rng: np.random.Generator | None) -> torch.Tensor:
+def previous_stage_patch(store: PreviousStageStore, case: str, start: tuple[int, ...],
+                         params: "AugmentParams", cfg: "AugmentConfig",
+                         rng: np.random.Generator | None) -> torch.Tensor:
     """The extra channels of one sample: float32 (L, *patch), warped with the sample's spatial
     parameters (as the reference warps the previous stage with the seg), one-hot, and augmented
-    with `rng` (None: validation, no augmentation). params: AugmentParams; cfg: AugmentConfig."""
+    with `rng` (None: validation, no augmentation)."""
     from nnlite.augment import patch_source_box  # noqa: PLC0415 - the loader imports this module
     from nnlite.augment_spatial import apply_spatial  # noqa: PLC0415
 
