@@ -35,6 +35,7 @@ import argparse
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -49,13 +50,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nnlite.augment import augment_config  # noqa: E402
+from nnlite.augment_device import augment_batch, one_thread_on_cpu  # noqa: E402
 from nnlite.demo import generate_demo_dataset  # noqa: E402
 from nnlite.distributed import Rank  # noqa: E402
-from nnlite.loader import build_loader  # noqa: E402
+from nnlite.loader import BatchSpec, build_loader, make_batch  # noqa: E402
 from nnlite.loss import build_loss, deep_supervision_scales, downsample_seg  # noqa: E402
 from nnlite.plan import main as plan_main  # noqa: E402
 from nnlite.plans import Plans, load_plans  # noqa: E402
 from nnlite.preprocess import main as preprocess_main  # noqa: E402
+from nnlite.sampling import CaseStore, forced_foreground  # noqa: E402
 from nnlite.train_config import load_train_config  # noqa: E402
 from nnlite.training import RunState, build_state, train_step  # noqa: E402
 from nnlite.training_setup import preprocessed_cases, resolve_device  # noqa: E402
@@ -67,6 +71,7 @@ CONFIG = "3d_fullres"
 GRAD_CLIP = 12.0  # nnU-Net's
 SEED = 0
 FEED_SECONDS = 5.0  # at most this long per loader-only feed-rate measurement
+COST_BATCHES = 20  # batches timed for the CPU cost per batch
 
 
 @dataclass
@@ -104,10 +109,10 @@ def prepare(name: str, tmp: Path, work: Path | None, batch_size: int | None) -> 
         if name == "demo":
             generate_demo_dataset(raw, n_cases=DEMO_CASES, seed=SEED)
         workers = str(max(1, min(4, os.cpu_count() or 1)))
-        for step in (plan_main([str(raw), str(work), "--configs", CONFIG, "--workers", workers]),
-                     preprocess_main([str(work), "--configs", CONFIG, "--raw", str(raw), "--workers", workers])):
-            if step != 0:
-                raise RuntimeError(f"preparing {name} failed")
+        planned = plan_main([str(raw), str(work), "--configs", CONFIG, "--workers", workers])
+        if planned != 0 or preprocess_main([str(work), "--configs", CONFIG, "--raw", str(raw),
+                                            "--workers", workers]) != 0:
+            raise RuntimeError(f"preparing {name} failed")
     plans = load_plans(work / "plans.json")
     if batch_size is not None:
         plans = replace(plans, configurations={
@@ -182,6 +187,35 @@ def feed_rate(bench: Bench, path: str, workers: int, device: torch.device) -> fl
         return count / (time.perf_counter() - start)
 
 
+def cpu_costs(bench: Bench, device: torch.device) -> dict[str, tuple[float, float]]:
+    """CPU ms per batch, (in a worker, in the training process), of each path: one thread, in this
+    process, so other load hardly matters. Device path: crop in the worker, augment_batch here."""
+    config = bench.plans.configurations[CONFIG]
+    store = CaseStore(bench.work / "preprocessed" / config.data_identifier, bench.cases)
+    spec = BatchSpec(store, augment_config(config), tuple(forced_foreground(bench.batch_size)), SEED, True,
+                     tuple(deep_supervision_scales(config.network)))
+    costs = {}
+    for path in ("cpu", "device"):
+        path_spec = replace(spec, on_device=path == "device")
+        with one_thread_on_cpu(torch.device("cpu")):
+            for index in range(COST_BATCHES):  # opens the cases' memory maps, warms the page cache
+                make_batch(path_spec, index)
+            start = time.process_time()
+            made = [make_batch(path_spec, index) for index in range(COST_BATCHES)]
+            worker = (time.process_time() - start) / COST_BATCHES
+        if path == "cpu":
+            costs[path] = (worker * 1e3, 0.0)
+            continue
+        made = [m.to(device) for m in made]
+        synchronize(device)
+        start = time.process_time()
+        for batch in made:
+            augment_batch(batch, spec.cfg, spec.ds_scales)
+        synchronize(device)
+        costs[path] = (worker * 1e3, (time.process_time() - start) / COST_BATCHES * 1e3)
+    return costs
+
+
 @dataclass
 class Plan:
     """How many steps each measurement runs (cut by the time budget)."""
@@ -225,7 +259,8 @@ def run_plan(bench: Bench, args: argparse.Namespace, device: torch.device, budge
         print(f"  round {round_ + 1}: {plan.iters} timed steps per measurement after {plan.warmup} warm-up",
               flush=True)
     feeds = {c: feed_rate(bench, *c, device) for c in combos}
-    return {"runs": {k: float(np.median(v)) for k, v in results.items() if v}, "feeds": feeds}
+    return {"runs": {k: float(np.median(v)) for k, v in results.items() if v}, "feeds": feeds,
+            "costs": cpu_costs(bench, device)}
 
 
 def print_table(bench: Bench, medians: dict, reference: dict[int, float]) -> None:
@@ -239,12 +274,17 @@ def print_table(bench: Bench, medians: dict, reference: dict[int, float]) -> Non
           + (f" {'reference it/s':>14} {'nnlite/ref':>10}" if reference else ""))
     for (path, workers), feed in feeds.items():
         rate = runs.get((path, workers))
-        line = f"  {path:>6} {workers:7d} " + (f"{rate:9.3f} {rate / ceiling:10.2f}" if rate else f"{'-':>9} {'-':>10}")
+        line = f"  {path:>6} {workers:7d} "
+        line += f"{rate:9.3f} {rate / ceiling:10.2f}" if rate else f"{'-':>9} {'-':>10}"
         line += f" {feed:9.1f}"
         if workers in reference:
             ref = reference[workers]
             line += f" {ref:14.3f} " + (f"{rate / ref:10.2f}" if rate else f"{'-':>10}")
         print(line, flush=True)
+    print("  CPU time per batch (one thread, in-process, so hardly affected by other load):")
+    for path, (worker, main) in medians["costs"].items():
+        print(f"  {path:>6}: {worker:7.1f} ms in a worker, {main:7.1f} ms in the training process",
+              flush=True)
 
 
 # --- reference ----------------------------------------------------------------------------------
@@ -276,6 +316,25 @@ REFERENCE = textwrap.dedent("""
 """)
 
 
+def run_reference(python: str, spec: dict, env: dict[str, str]) -> dict:
+    """Run REFERENCE in its own session; output goes to a file, not a pipe, because its augmenter's
+    worker processes inherit the handles and may outlive it (they are ended with the session)."""
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen([python, "-c", REFERENCE, json.dumps(spec)], stdout=log,
+                                   stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        code = process.wait()
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        log.seek(0)
+        text = log.read()
+    results = [line for line in text.splitlines() if line.startswith('{"its"')]
+    if code != 0 or not results:
+        raise RuntimeError(f"reference trainer failed:\n{text[-3000:]}")
+    return json.loads(results[-1])
+
+
 def reference_env(tmp: Path, bench: Bench, args: argparse.Namespace) -> dict[str, str]:
     raw_root = tmp / "ref_raw"
     raw_root.mkdir(exist_ok=True)
@@ -283,7 +342,8 @@ def reference_env(tmp: Path, bench: Bench, args: argparse.Namespace) -> dict[str
     if not link.exists():
         link.symlink_to(bench.raw.resolve())
     return {**os.environ, "nnUNet_raw": str(raw_root), "nnUNet_preprocessed": str(tmp / "ref_pre"),
-            "nnUNet_results": str(tmp / "ref_results"), "nnUNet_compile": "t" if args.reference_compile else "f"}
+            "nnUNet_results": str(tmp / "ref_results"),
+            "nnUNet_compile": "t" if args.reference_compile else "f"}
 
 
 def reference_rates(bench: Bench, args: argparse.Namespace, device: torch.device, tmp: Path,
@@ -299,11 +359,7 @@ def reference_rates(bench: Bench, args: argparse.Namespace, device: torch.device
     for workers in args.workers:
         spec = dict(dataset=bench.raw.name, device=str(device), batch_size=bench.batch_size,
                     iters=iters, warmup=args.warmup)
-        result = subprocess.run([args.reference_python, "-c", REFERENCE, json.dumps(spec)], capture_output=True,
-                                text=True, env={**env, "nnUNet_n_proc_DA": str(workers)})
-        if result.returncode != 0:
-            raise RuntimeError(f"reference trainer failed:\n{result.stderr[-3000:]}")
-        out = json.loads(result.stdout.strip().splitlines()[-1])
+        out = run_reference(args.reference_python, spec, {**env, "nnUNet_n_proc_DA": str(workers)})
         print(f"  reference, {workers} workers: {out['its']:.3f} it/s (its plan: patch {out['patch']}, "
               f"batch {out['batch_size']})", flush=True)
         rates[workers] = out["its"]
@@ -314,13 +370,15 @@ def reference_rates(bench: Bench, args: argparse.Namespace, device: torch.device
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--plans", nargs="+", choices=("hippocampus", "demo"), default=["hippocampus", "demo"])
+    parser.add_argument("--plans", nargs="+", choices=("hippocampus", "demo"),
+                        default=["hippocampus", "demo"])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--paths", nargs="+", choices=("cpu", "device"), default=["cpu", "device"])
     parser.add_argument("--workers", type=int, nargs="+", help="default: 2 4 on CUDA, 1 2 on CPU")
     parser.add_argument("--iters", type=int, help="timed steps per measurement (default 50 CUDA, 3 CPU)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 10 CUDA, 0 CPU)")
-    parser.add_argument("--rounds", type=int, help="alternating rounds, medians printed (default 3 CUDA, 1 CPU)")
+    parser.add_argument("--rounds", type=int,
+                        help="alternating rounds, medians printed (default 3 CUDA, 1 CPU)")
     parser.add_argument("--batch-size", type=int, help="hippocampus batch size (default 2; demo: its plan's)")
     parser.add_argument("--minutes", type=float, default=8.5, help="budget for nnlite's measurements")
     parser.add_argument("--hippocampus-work", type=Path, help="nnlite WORK with 3d_fullres preprocessed")
@@ -340,17 +398,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
     budget = Budget(args.minutes)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"CPU, {torch.get_num_threads()} threads")
     print(f"device: {name}; worker counts {args.workers}; budget {args.minutes:.1f} min", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         works = {"hippocampus": args.hippocampus_work, "demo": args.demo_work}
-        benches = [prepare(plan, Path(tmp), works[plan], (args.batch_size or 2) if plan == "hippocampus" else None)
-                   for plan in args.plans]
+        batch_sizes = {"hippocampus": args.batch_size or 2, "demo": None}  # demo: its plan's
+        benches = [prepare(plan, Path(tmp), works[plan], batch_sizes[plan]) for plan in args.plans]
         print(f"prepared in {args.minutes * 60 - budget.left():.0f} s", flush=True)
         for i, bench in enumerate(benches):
             plan = bench.name
             config = bench.plans.configurations[CONFIG]
-            print(f"\n{plan}: {CONFIG} patch {'×'.join(map(str, config.patch_size))}, batch {bench.batch_size}, "
+            print(f"\n{plan}: {CONFIG} patch {'×'.join(map(str, config.patch_size))}, "
+                  f"batch {bench.batch_size}, "
                   f"{bench.plans.num_channels} channel(s), {len(bench.cases)} cases", flush=True)
             medians = run_plan(bench, args, device, budget, len(args.plans) - i)
             reference = (reference_rates(bench, args, device, Path(tmp), args.iters)

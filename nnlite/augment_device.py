@@ -252,14 +252,14 @@ def _row_values(step: Any, channels: int) -> Sequence:
 
 def _noise(rows: torch.Tensor, values: list) -> torch.Tensor:
     """Each sample's field drawn as the CPU path does: randn((C, *S)) from its seeded generator."""
-    fields_ = []
+    noise_fields = []
     channels = max(c for _, _, c in values) + 1  # noise always covers every channel of a sample
     for i in range(0, len(values), channels):
         sigma, seed, _ = values[i]
         generator = torch.Generator(device=rows.device).manual_seed(seed)
-        fields_.append(torch.randn((channels, *rows.shape[1:]), generator=generator,
+        noise_fields.append(torch.randn((channels, *rows.shape[1:]), generator=generator,
                                    device=rows.device, dtype=rows.dtype).mul_(sigma))
-    return rows.add_(torch.cat(fields_))
+    return rows.add_(torch.cat(noise_fields))
 
 
 def _per_row(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
