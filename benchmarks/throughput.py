@@ -21,12 +21,13 @@ training: how far from starving the step it is). Rounds alternate the measuremen
 change in machine load hits all alike; medians are printed. On CUDA the clock is read after
 `torch.cuda.synchronize()`.
 
---minutes bounds nnlite's measurements (default 8.5): iterations are cut to fit, and what does not
-fit is reported as skipped, so that without --reference-python it finishes on a busy 2-core CPU.
-With --reference-python, nnunetv2's nnUNetTrainer plans and preprocesses the same raw dataset itself,
-and its train_step loop runs the same number of iterations at the same batch size and worker count
-(nnUNet_n_proc_DA) on the same device, with no checkpoints and no validation; torch.compile is off
-like nnlite's (--reference-compile turns it on). The ratio nnlite / reference is printed.
+--minutes bounds the run without --reference-python (default 8.5, preparation included):
+iterations are cut to fit, and what does not fit is reported as skipped, so that it finishes on a
+busy 2-core CPU. With --reference-python (no time bound), nnunetv2's nnUNetTrainer plans and
+preprocesses the same raw dataset itself, and in every round, after nnlite's measurements, its
+train_step loop runs the same number of iterations at the same batch size, worker count
+(nnUNet_n_proc_DA) and device, with no checkpoints and no validation; torch.compile is off like
+nnlite's (--reference-compile turns it on). The ratio nnlite / reference is printed.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import textwrap
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -72,6 +73,7 @@ GRAD_CLIP = 12.0  # nnU-Net's
 SEED = 0
 FEED_SECONDS = 5.0  # at most this long per loader-only feed-rate measurement
 COST_BATCHES = 20  # batches timed for the CPU cost per batch
+UNLIMITED_MINUTES = 1e6  # the budget with --reference-python (no time promise then)
 
 
 @dataclass
@@ -234,8 +236,9 @@ def step_plan(args: argparse.Namespace, step_s: float, measurements: int, budget
 
 
 def run_plan(bench: Bench, args: argparse.Namespace, device: torch.device, budget: Budget,
-             plans_left: int) -> dict:
-    """Ceiling, then every path × worker count, in alternating rounds; returns the medians."""
+             plans_left: int, reference: Callable[[int, int], float] | None) -> dict:
+    """Ceiling, every path × worker count (and the reference per worker count), in alternating
+    rounds; returns the medians."""
     config = load_train_config("default", [f"configuration={CONFIG}", f"seed={SEED}",
                                            f"device={device.type}", "deterministic=false"])
     state = build_state(bench.plans, config, device, None, Rank())
@@ -245,7 +248,7 @@ def run_plan(bench: Bench, args: argparse.Namespace, device: torch.device, budge
     feed_reserve = len(combos) * (FEED_SECONDS + 5)  # the feed rates, measured last
     share = Budget((budget.left() / plans_left - feed_reserve) / 60)
     step_s = first_step_seconds(state, loss_fn, dummy_batches(bench, device))
-    results: dict = {"ceiling": [], **{c: [] for c in combos}}
+    results: dict = {"ceiling": [], **{c: [] for c in combos}, **{w: [] for w in args.workers}}
     for round_ in range(args.rounds):
         plan = step_plan(args, step_s, (len(combos) + 1) * (args.rounds - round_), share)
         if plan is None:
@@ -256,6 +259,8 @@ def run_plan(bench: Bench, args: argparse.Namespace, device: torch.device, budge
         for path, workers in combos:
             with loader(bench, path, workers, device) as batches:
                 results[(path, workers)].append(timed_steps(state, loss_fn, batches, plan.warmup, plan.iters))
+        for workers in args.workers if reference else ():
+            results[workers].append(reference(workers, plan.iters))
         print(f"  round {round_ + 1}: {plan.iters} timed steps per measurement after {plan.warmup} warm-up",
               flush=True)
     feeds = {c: feed_rate(bench, *c, device) for c in combos}
@@ -263,8 +268,9 @@ def run_plan(bench: Bench, args: argparse.Namespace, device: torch.device, budge
             "costs": cpu_costs(bench, device)}
 
 
-def print_table(bench: Bench, medians: dict, reference: dict[int, float]) -> None:
+def print_table(medians: dict) -> None:
     runs, feeds = medians["runs"], medians["feeds"]
+    reference = {k: v for k, v in runs.items() if isinstance(k, int)}  # worker count → it/s
     ceiling = runs.get("ceiling")
     if ceiling is None:
         print("  no end-to-end figure fitted the time budget; loader feed rates only:")
@@ -302,12 +308,17 @@ REFERENCE = textwrap.dedent("""
     trainer.on_epoch_start()
     trainer.on_train_epoch_start()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    batches = trainer.dataloader_train
+    batch = next(batches)  # as nnlite's timed_steps: the first batch untimed, then fetched in the loop
     for _ in range(args["warmup"]):
-        trainer.train_step(next(trainer.dataloader_train))
+        trainer.train_step(batch)
+        batch = next(batches)
     sync()
     start = time.perf_counter()
-    for _ in range(args["iters"]):
-        trainer.train_step(next(trainer.dataloader_train))
+    for i in range(args["iters"]):
+        trainer.train_step(batch)
+        if i + 1 < args["iters"]:
+            batch = next(batches)
     sync()
     rate = args["iters"] / (time.perf_counter() - start)
     print(json.dumps({"its": rate, "patch": list(trainer.configuration_manager.patch_size),
@@ -346,24 +357,26 @@ def reference_env(tmp: Path, bench: Bench, args: argparse.Namespace) -> dict[str
             "nnUNet_compile": "t" if args.reference_compile else "f"}
 
 
-def reference_rates(bench: Bench, args: argparse.Namespace, device: torch.device, tmp: Path,
-                    iters: int) -> dict[int, float]:
-    """nnUNetTrainer iterations/s per worker count on its own preprocessing of the same raw data."""
+def prepare_reference(bench: Bench, args: argparse.Namespace, device: torch.device,
+                      tmp: Path) -> Callable[[int, int], float]:
+    """nnU-Net plans and preprocesses the same raw data; returns measure(workers, iters) → its
+    trainer's iterations/s (a fresh trainer process per call)."""
     env = reference_env(tmp, bench, args)
     tool = Path(args.reference_python).parent / "nnUNetv2_plan_and_preprocess"
     done = subprocess.run([str(tool), "-d", bench.raw.name.split("_")[0][len("Dataset"):], "-c", CONFIG,
                            "-np", "2"], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"reference preprocessing failed:\n{done.stderr[-3000:]}")
-    rates = {}
-    for workers in args.workers:
+
+    def measure(workers: int, iters: int) -> float:
+        # a fresh process: at least one warm-up step (nnlite's network was warmed by its first step)
         spec = dict(dataset=bench.raw.name, device=str(device), batch_size=bench.batch_size,
-                    iters=iters, warmup=args.warmup)
+                    iters=iters, warmup=max(1, args.warmup))
         out = run_reference(args.reference_python, spec, {**env, "nnUNet_n_proc_DA": str(workers)})
         print(f"  reference, {workers} workers: {out['its']:.3f} it/s (its plan: patch {out['patch']}, "
               f"batch {out['batch_size']})", flush=True)
-        rates[workers] = out["its"]
-    return rates
+        return out["its"]
+    return measure
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -397,7 +410,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
-    budget = Budget(args.minutes)
+    budget = Budget(args.minutes if not args.reference_python else UNLIMITED_MINUTES)
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"CPU, {torch.get_num_threads()} threads")
     print(f"device: {name}; worker counts {args.workers}; budget {args.minutes:.1f} min", flush=True)
@@ -412,10 +425,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{plan}: {CONFIG} patch {'×'.join(map(str, config.patch_size))}, "
                   f"batch {bench.batch_size}, "
                   f"{bench.plans.num_channels} channel(s), {len(bench.cases)} cases", flush=True)
-            medians = run_plan(bench, args, device, budget, len(args.plans) - i)
-            reference = (reference_rates(bench, args, device, Path(tmp), args.iters)
-                         if args.reference_python else {})
-            print_table(bench, medians, reference)
+            reference = prepare_reference(bench, args, device, Path(tmp)) if args.reference_python else None
+            print_table(run_plan(bench, args, device, budget, len(args.plans) - i, reference))
     return 0
 
 
