@@ -35,12 +35,7 @@ GEOMETRIES = {  # name: (patch, channels, masked channels, configuration name)
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def only(cfg: AugmentConfig, names: tuple[str, ...]) -> AugmentConfig:
