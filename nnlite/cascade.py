@@ -36,12 +36,13 @@ import torch
 from scipy import ndimage
 from tqdm import tqdm
 
+from nnlite.crossval import fold_sources
 from nnlite.errors import UserError
 from nnlite.files import read_json, remove_tmp_leftovers, save_npy_atomic, write_json_atomic
 from nnlite.io import read_image
 from nnlite.plans import Plans
-from nnlite.preprocessing import (CaseProperties, foreground_labels, load_case_properties,
-                                  transposed_spacing)
+from nnlite.preprocessing import (INT8_MAX_LABEL, CaseProperties, foreground_labels,
+                                  load_case_properties, transposed_spacing)
 from nnlite.resampling import resample_seg
 from nnlite.sampling import MAX_OPEN_CASES
 
@@ -88,7 +89,8 @@ def previous_stage_dir(work: Path, plans: Plans, config_name: str) -> Path:
 
 
 def seg_to_stage_input(seg: np.ndarray, props: CaseProperties, plans: Plans) -> np.ndarray:
-    """A label map (Z, Y, X) in the raw geometry → int8 (1, *props.shape) in the stage's space.
+    """A label map (Z, Y, X) in the raw geometry → int8 (1, *props.shape) in the stage's space
+    (int16 when a label exceeds 127).
 
     The path of preprocessing for labels: transpose, crop to the case's bbox, resample (linear
     interpolation of indicators, separate-z rule) to the preprocessed shape.
@@ -100,7 +102,7 @@ def seg_to_stage_input(seg: np.ndarray, props: CaseProperties, plans: Plans) -> 
     cropped = labels[tuple(slice(a, b) for a, b in props.bbox)][None]
     spacing = transposed_spacing(props.original_spacing, plans)
     out = resample_seg(np.ascontiguousarray(cropped), props.shape, spacing, props.spacing)
-    return out.astype(np.int8)
+    return out.astype(np.int8 if out.max(initial=0) <= INT8_MAX_LABEL else np.int16)
 
 
 def one_hot(prev: np.ndarray | torch.Tensor, labels: Sequence[int]) -> torch.Tensor:
@@ -122,8 +124,6 @@ def with_previous_stage(data: np.ndarray | torch.Tensor, prev: np.ndarray,
 def prepare_previous_stage(work: Path, plans: Plans, config_name: str) -> Path:
     """Write `<case>_prev.npy` for every preprocessed training case from the lowres CV (see the
     module docstring); files whose source prediction did not change are kept. Returns the folder."""
-    from nnlite.crossval import fold_sources  # noqa: PLC0415 - crossval imports evaluation
-
     work = Path(work)
     lowres = previous_stage_name(plans, config_name)
     out = previous_stage_dir(work, plans, config_name)

@@ -49,9 +49,18 @@ class StageModel:
     previous: "StageModel | None" = None
 
 
+Cropped = tuple[np.ndarray, CaseProperties]  # probabilities (K, *shape_after_crop), properties
+
+
 def load_stage_model(work: Path, plans: Plans, config_name: str, options: PredictOptions,
-                     device: torch.device) -> StageModel:
-    """Load a configuration's folds (and, for a cascade, its previous stage with the same folds)."""
+                     device: torch.device, loaded: dict[str, StageModel] | None = None) -> StageModel:
+    """Load a configuration's folds (and, for a cascade, its previous stage with the same folds).
+
+    loaded: models already loaded by configuration (an ensemble member is also a previous stage).
+    """
+    loaded = {} if loaded is None else loaded
+    if config_name in loaded:
+        return loaded[config_name]
     if config_name not in plans.configurations:
         raise UserError("--config", f"'{config_name}' is not in {work / 'plans.json'}")
     if options.checkpoint not in CHECKPOINTS:
@@ -66,35 +75,43 @@ def load_stage_model(work: Path, plans: Plans, config_name: str, options: Predic
         networks.append(network.to(device).eval())
     previous = None
     if config.previous_stage:
-        previous = load_stage_model(work, plans, config.previous_stage, options, device)
-    return StageModel(config_name, networks, previous)
+        previous = load_stage_model(work, plans, config.previous_stage, options, device, loaded)
+    loaded[config_name] = StageModel(config_name, networks, previous)
+    return loaded[config_name]
 
 
 def predict_cropped(model: StageModel, raw: Case, case: str, plans: Plans, options: PredictOptions,
-                    device: torch.device) -> tuple[np.ndarray, CaseProperties]:
-    """Probabilities (K, *shape_after_crop) float32 of a raw case, and its properties."""
+                    device: torch.device, done: dict[str, Cropped]) -> Cropped:
+    """Probabilities (K, *shape_after_crop) float32 of a raw case, and its properties.
+
+    done: this case's results so far by configuration (3d_lowres+3d_cascade_fullres runs lowres once).
+    """
+    if model.config_name in done:
+        return done[model.config_name]
     data, _, props = preprocess_case(raw.data, None, raw.spacing, plans, model.config_name,
                                      case=case, affine=raw.affine)
     if model.previous is not None:
-        cropped, prev_props = predict_cropped(model.previous, raw, case, plans, options, device)
+        cropped, prev_props = predict_cropped(model.previous, raw, case, plans, options, device, done)
         prev_seg = seg_in_original(cropped, prev_props, plans)
         data = with_previous_stage(data, seg_to_stage_input(prev_seg, props, plans), stage_labels(plans))
     probs = predict_preprocessed(model.networks, data, plans.configurations[model.config_name],
                                  mirror=options.mirror, step=options.step,
                                  tile_batch=options.tile_batch, device=device)
-    return probabilities_in_crop(probs, props, plans, model.config_name), props
+    done[model.config_name] = probabilities_in_crop(probs, props, plans, model.config_name), props
+    return done[model.config_name]
 
 
 def predict_case(models: Sequence[StageModel], raw: Case, case: str, plans: Plans,
                  options: PredictOptions, device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
     """Label map (*raw shape) of a case, and its probabilities (K, *raw shape) when asked for."""
+    done: dict[str, Cropped] = {}
     if len(models) == 1:
-        cropped, props = predict_cropped(models[0], raw, case, plans, options, device)
+        cropped, props = predict_cropped(models[0], raw, case, plans, options, device, done)
         probs = probabilities_in_original(cropped, props, plans) if options.save_probabilities else None
         return seg_in_original(cropped, props, plans), probs
     members = []
     for model in models:
-        cropped, props = predict_cropped(model, raw, case, plans, options, device)
+        cropped, props = predict_cropped(model, raw, case, plans, options, device, done)
         members.append(probabilities_in_original(cropped, props, plans))
     probs = average_probabilities(members)
     return seg_from_probabilities(probs), probs.astype(np.float16) if options.save_probabilities else None
@@ -122,7 +139,8 @@ def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Pa
     plans = load_plans(work / "plans.json")
     if postprocessing is None:
         postprocessing = _postprocessing_for(work, configs, options)
-    models = [load_stage_model(work, plans, config, options, device) for config in configs]
+    loaded: dict[str, StageModel] = {}
+    models = [load_stage_model(work, plans, config, options, device, loaded) for config in configs]
     output_dir.mkdir(parents=True, exist_ok=True)
     remove_tmp_leftovers(output_dir)
     report = PredictReport()
