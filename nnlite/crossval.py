@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from nnlite.errors import UserError
 from nnlite.evaluation import evaluate_folder, write_summary
@@ -32,6 +32,7 @@ CROSSVAL_DIR = "crossval"
 SUMMARY_FILE = "summary.json"
 SPLITS_FILE = "splits.json"
 SEG_ENDING = ".nii.gz"
+DEFAULT_FOLDS = ("0", "1", "2", "3", "4")  # the reference's 5-fold cross-validation
 
 
 def load_cv_splits(work: Path) -> list[dict[str, list[str]]]:
@@ -112,3 +113,10 @@ def _link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:
         shutil.copyfile(source, target)
+
+
+def cv_folds(work: Path, default: Sequence[str] = DEFAULT_FOLDS) -> list[str]:
+    """The folds `train --fold cv` runs: every fold of WORK/splits.json (a user's file may hold
+    any number), or the default five when the file is not written yet."""
+    path = Path(work) / SPLITS_FILE
+    return [str(k) for k in range(len(load_cv_splits(work)))] if path.is_file() else list(default)

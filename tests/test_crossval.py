@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from inference_fixtures import tiny_plans
-from nnlite.crossval import crossval_dir, has_probabilities, merge_crossval
+from nnlite.crossval import crossval_dir, cv_folds, has_probabilities, merge_crossval
 from nnlite.dataset import make_splits
 from nnlite.ensembling import (average_probabilities, ensemble_crossval, ensemble_dir,
                                seg_from_probabilities)
@@ -146,3 +146,8 @@ def test_ensembling_needs_the_probabilities(work):
     assert not has_probabilities(work, "2d")
     with pytest.raises(UserError, match="probabilities"):
         ensemble_crossval(work, ["3d_fullres", "2d"])
+
+
+def test_cv_runs_every_fold_of_the_splits_file(work, tmp_path):
+    assert cv_folds(work) == ["0", "1", "2"]  # the fixture's user-made 3-fold splits.json
+    assert cv_folds(tmp_path / "no_splits_yet") == ["0", "1", "2", "3", "4"]
