@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("work", type=Path, nargs="?", help="work directory (plans.json, preprocessed/)")
     parser.add_argument("--config", default=None, help="configuration in plans.json (default 3d_fullres)")
     parser.add_argument("--fold", default=None, metavar="{0..4,all,cv}",
-                        help="fold of splits.json, 'all' (train on every case) or 'cv' (folds 0-4)")
+                        help="fold of splits.json, 'all' (train on every case) or 'cv' (every fold of "
+                             "splits.json in turn, 0-4 by default)")
     parser.add_argument("--epochs", type=int, help="number of epochs (default 1000)")
     parser.add_argument("--iters-per-epoch", type=int, help="training iterations per epoch (default 250)")
     parser.add_argument("--val-iters", type=int, help="validation iterations per epoch (default 50)")
@@ -77,9 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(run_demo(Path(DEMO_ROOT), config, overwrite=args.overwrite))
         return 0
+    from nnlite.crossval import cv_folds
     from nnlite.training import train_folds
 
-    folds = CV_FOLDS if args.fold == "cv" else (args.fold or config.fold,)
+    folds = cv_folds(args.work, CV_FOLDS) if args.fold == "cv" else (args.fold or config.fold,)
     train_folds(args.work, config, folds, resume=args.resume, overwrite=args.overwrite)
     return 0
 
