@@ -174,6 +174,7 @@ def predict_best(work: str | Path, input_dir: str | Path, output_dir: str | Path
     from nnlite.selection import load_best  # noqa: PLC0415 - selection pulls in evaluation
 
     best = load_best(work)
-    log.info("best.json: %s, post-processing steps %s", best["winner"]["name"], best["postprocessing"]["steps"])
+    log.info("best.json: %s, post-processing steps %s", best["winner"]["name"],
+             best["postprocessing"]["steps"])
     return predict_models(work, input_dir, output_dir, best["winner"]["configurations"], options,
                           postprocessing=best["postprocessing"]["steps"])
