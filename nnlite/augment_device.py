@@ -16,7 +16,10 @@ Here the work is split:
 Same parameters in, the same batch out as the CPU path (up to float rounding): noise fields come
 from a `torch.Generator` seeded by the sample's drawn seed, blur pads the smaller kernels of a batch
 with zero taps, low-resolution simulation is the same separable operator written as one matrix per
-axis (nearest-exact down, linear up: exactly what `F.interpolate` does, axis by axis).
+axis (nearest-exact down, linear up: exactly what `F.interpolate` does, axis by axis). On CUDA the
+noise fields are another stream of the same seed (CUDA's generator): same distribution, still
+reproducible. Parameters reach the device through pinned, non-blocking copies; the only host
+syncs left are inside `augment_spatial.warp` (label discovery and the tie check).
 """
 
 from __future__ import annotations
