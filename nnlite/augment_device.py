@@ -19,7 +19,7 @@ with zero taps, low-resolution simulation is the same separable operator written
 axis (nearest-exact down, linear up: exactly what `F.interpolate` does, axis by axis). On CUDA the
 noise fields are another stream of the same seed (CUDA's generator): same distribution, still
 reproducible. Parameters reach the device through pinned, non-blocking copies; the only host
-syncs left are inside `augment_spatial.warp` (label discovery and the tie check).
+syncs left are inside `augment_spatial.warp` (label discovery, the tie check, the grid size tensors).
 """
 
 from __future__ import annotations
