@@ -87,7 +87,7 @@ def test_seeded_run_writes_every_artifact(tiny_work, tmp_path):
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_work, tmp_path):
-    args = ["--epochs", "3", "--iters-per-epoch", "3", *SCHEDULE]
+    args = ["--epochs", "3", "--iters-per-epoch", "20", *SCHEDULE]  # epochs long enough to kill inside
     straight = copy_work(tiny_work, tmp_path / "straight")
     assert train_main([str(straight), *args]) == 0
     killed = copy_work(tiny_work, tmp_path / "killed")
@@ -96,11 +96,12 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_work, tmp_path):
     latest = fold_dir(killed) / checkpoints.LATEST
     deadline = time.time() + 600
     while not latest.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)  # into the second epoch
+        time.sleep(0.02)
+    time.sleep(0.3)  # into the second epoch
     assert process.poll() is None, "the run finished before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+    assert torch.load(latest, weights_only=True)["epoch"] == 1, "not killed during the second epoch"
     assert not (fold_dir(killed) / checkpoints.FINAL).exists()
     with pytest.raises(UserError, match="--resume"):
         train_main([str(killed), *args])  # results exist: refuse without --resume/--overwrite
