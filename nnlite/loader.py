@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from nnlite.augment import (IDENTITY, AugmentConfig, AugmentParams, augment_config, crop_and_augment,
                             read_source, sample_augment_params)
-from nnlite.augment_device import CropBatch, augment_batch, augment_on_device, collate_sources
+from nnlite.augment_device import (CropBatch, augment_batch, augment_on_device, collate_sources,
+                                   one_thread_on_cpu)
 from nnlite.cascade import AUGMENT_STREAM, PreviousStageStore, previous_stage_patch, previous_stage_store
 from nnlite.errors import UserError
 from nnlite.loss import deep_supervision_scales, downsample_seg
@@ -143,20 +144,20 @@ class _BatchDataset(Dataset):
         self.spec = spec
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        # Patch-sized ops gain nothing from intra-op threads and lose a lot when cores are busy
-        # (the reference limits its workers to 1 thread too); workers already run with 1.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return make_batch(self.spec, index)
-        except SampleError as failure:
-            cause = failure.__cause__
-            where = cause.where if isinstance(cause, UserError) else None
-            problem = cause.problem if isinstance(cause, UserError) else f"{type(cause).__name__}: {cause}"
-            trace = "".join(traceback.format_exception(cause))
-            return {"failure": _Failure(failure.case, where, problem, trace)}
-        finally:
-            torch.set_num_threads(threads)
+        # One intra-op thread, as the reference's workers (loader workers already run with one).
+        with one_thread_on_cpu(torch.device("cpu")):
+            try:
+                return make_batch(self.spec, index)
+            except SampleError as failure:
+                return {"failure": _failure_of(failure)}
+
+
+def _failure_of(failure: SampleError) -> _Failure:
+    """What the main process needs to re-raise a worker's failure (tracebacks do not pickle)."""
+    cause = failure.__cause__
+    where = cause.where if isinstance(cause, UserError) else None
+    problem = cause.problem if isinstance(cause, UserError) else f"{type(cause).__name__}: {cause}"
+    return _Failure(failure.case, where, problem, "".join(traceback.format_exception(cause)))
 
 
 class BatchLoader:

@@ -82,6 +82,7 @@ class DiceCELoss(nn.Module):
         self.smooth = smooth
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()  # softmax and CE in fp32 (CPU autocast would keep softmax in bf16)
         target = target.long()
         if self.ignore_label is None and not self.mask_outside:
             target = target.clamp(min=0)  # the fast, unmasked path of the reference

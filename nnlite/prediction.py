@@ -144,7 +144,7 @@ def check_folders(input_dir: Path, output_dir: Path) -> None:
                                     "(predictions are never written into INPUT_DIR)")
 
 
-def _record_failure(report: PredictReport, case: str, error: Exception) -> None:
+def record_failure(report: PredictReport, case: str, error: Exception) -> None:
     if isinstance(error, UserError):
         report.failed[case] = str(error)
     else:  # not the user's fault: keep the type so the bug can be found
@@ -162,7 +162,7 @@ def _collect(pending: tuple[str, Future] | None, report: PredictReport) -> None:
         future.result()
         report.predicted.append(case)
     except Exception as error:  # noqa: BLE001  one case's failure must not stop the others
-        _record_failure(report, case, error)
+        record_failure(report, case, error)
 
 
 def _is_cascade_stage(work: Path, config_name: str) -> bool:
@@ -207,7 +207,7 @@ def predict_folder(work: str | Path, input_dir: str | Path, output_dir: str | Pa
                                              step=options.step, tile_batch=options.tile_batch,
                                              device=device)
             except Exception as error:  # noqa: BLE001  report the case, finish the others
-                _record_failure(report, case, error)
+                record_failure(report, case, error)
                 continue
             _collect(pending, report)
             pending = (case, writer.submit(

@@ -33,7 +33,7 @@ from nnlite.io import Case, read_case, write_seg
 from nnlite.network import build_unet
 from nnlite.plans import Plans, load_plans
 from nnlite.postprocessing import POSTPROCESSING_FILE, apply_postprocessing, load_postprocessing
-from nnlite.prediction import (CHANNEL_FILE, CHECKPOINTS, PredictOptions, PredictReport, _record_failure,
+from nnlite.prediction import (CHANNEL_FILE, CHECKPOINTS, PredictOptions, PredictReport, record_failure,
                                check_folders, find_input_cases, fold_folders, is_done, resolve_device)
 from nnlite.preprocessing import CaseProperties, preprocess_case
 
@@ -156,7 +156,7 @@ def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Pa
                 write_probabilities(npz_path_for(out_path), probs)
             report.predicted.append(case)
         except Exception as error:  # noqa: BLE001  report the case, finish the others
-            _record_failure(report, case, error)
+            record_failure(report, case, error)
     return report
 
 

@@ -23,6 +23,7 @@ LR_STEPS = ("epoch", "iteration")
 _FLOAT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$")
 DEVICES = ("auto", "cpu", "cuda")
 AUGMENT_ON = ("auto", "cpu", "device")  # where training batches are augmented (nnlite.augment_device)
+AMP_MODES = ("auto", "bf16", "fp16", "off")  # autocast dtype of training (training_setup.amp_dtype)
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,13 @@ class TrainingSettings:
     lr_step: str = "epoch"  # "epoch" (nnU-Net) or "iteration" (smoother for short schedules)
     grad_clip: float = 12.0  # max L2 norm over all gradients
     ema_momentum: float = 0.9  # ema = m * ema + (1 - m) * pseudo-Dice
+    amp: str = "auto"  # auto: bf16 (fp16 without it) on CUDA, bf16 on a CPU with bf16 instructions
 
     def __post_init__(self) -> None:
         if self.lr_step not in LR_STEPS:
             raise UserError("training.lr_step", f"must be one of {LR_STEPS}, got {self.lr_step!r}")
+        if self.amp not in AMP_MODES:
+            raise UserError("training.amp", f"must be one of {AMP_MODES}, got {self.amp!r}")
         for name in ("epochs", "iters_per_epoch", "val_iters"):
             if getattr(self, name) < (1 if name != "val_iters" else 0):
                 raise UserError(f"training.{name}", f"must be positive, got {getattr(self, name)}")

@@ -38,7 +38,8 @@ from nnlite.network import build_unet
 from nnlite.plans import Plans, load_plans
 from nnlite.schema import to_jsonable
 from nnlite.train_config import TrainConfig, config_to_dict
-from nnlite.training_setup import Run, build_batches, fold_cases, prepare_run, resolve_device, seed_everything
+from nnlite.training_setup import (Run, amp_dtype, build_batches, fold_cases, prepare_run, resolve_device,
+                                    seed_everything)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class RunState:
     model: nn.Module  # what is called: the network or its DDP wrapper
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
-    amp_dtype: torch.dtype | None  # None: fp32 (CPU)
+    amp_dtype: torch.dtype | None  # autocast dtype; None: fp32
     device: torch.device
     epoch: int  # epochs completed
     metrics: list[dict[str, Any]]
@@ -155,12 +156,11 @@ def build_state(plans: Plans, config: TrainConfig, device: torch.device,
     t = config.training
     optimizer = torch.optim.SGD(network.parameters(), lr=t.initial_lr, momentum=t.momentum,
                                 nesterov=t.nesterov, weight_decay=t.weight_decay)
-    amp_dtype = None
+    dtype = amp_dtype(t.amp, device, plan.network, plan.patch_size)
     if device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick the fastest kernels
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    state = RunState(network, network, optimizer, scaler, amp_dtype, device, 0, [])
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    state = RunState(network, network, optimizer, scaler, dtype, device, 0, [])
     if checkpoint is not None:
         restore_state(state, checkpoint)
     if rank.distributed:

@@ -23,12 +23,15 @@ from nnlite.train import main as train_main
 from nnlite.train import overrides_from_args, build_parser
 from nnlite.train_config import load_train_config, replace_setting
 from nnlite.training import (RunState, confusion_counts, epoch_record, learning_rate, poly_lr,
-                             train_one_epoch, validate)
-from nnlite.training_setup import plan_differences, seed_everything
+                             train_one_epoch, train_step, validate)
+from nnlite.training_setup import amp_dtype, first_cpu_bf16_hazard, plan_differences, seed_everything
 
 PLAN = NetworkPlan(strides=((1, 1, 1), (1, 2, 2), (2, 2, 2)), kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3)),
                    features_per_stage=(4, 8, 16))
 PATCH = (4, 16, 16)
+# Never 2 deep on the first axis (its bottleneck is 4 × 4 × 4): safe for the CPU's bf16 conv3d.
+BF16_PLAN = NetworkPlan(strides=((1, 1, 1), (1, 2, 2), (1, 2, 2)),
+                        kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3)), features_per_stage=(4, 8, 16))
 
 
 # --- learning rate -----------------------------------------------------------------------------
@@ -95,10 +98,10 @@ def test_ema_of_the_pseudo_dice():
 
 # --- the loop on a tiny network with hand-made batches (a stand-in for the loader) ------------------
 
-def fake_batches(seed: int, n: int):
+def fake_batches(seed: int, n: int, plan: NetworkPlan = PLAN):
     """Endless batches of a bright cube (label 1) in noise, with deep-supervision targets."""
     rng = np.random.default_rng(seed)
-    scales = deep_supervision_scales(PLAN)
+    scales = deep_supervision_scales(plan)
     while True:
         seg = np.zeros((2, 1, *PATCH), dtype=np.int64)
         seg[:, :, 1:3, 4:12, 4:12] = 1
@@ -107,12 +110,13 @@ def fake_batches(seed: int, n: int):
                "cases": ["a", "b"]}
 
 
-def tiny_state(seed: int = 0) -> RunState:
+def tiny_state(seed: int = 0, amp: torch.dtype | None = None) -> RunState:
+    """fp32 on PLAN, or autocast to `amp` on BF16_PLAN."""
     seed_everything(seed, deterministic=True)
-    net = build_unet(PLAN, 1, 2)
+    net = build_unet(PLAN if amp is None else BF16_PLAN, 1, 2)
     net.skip_lowest_head = True
     opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
-    return RunState(net, net, opt, None, None, torch.device("cpu"), 0, [])
+    return RunState(net, net, opt, None, amp, torch.device("cpu"), 0, [])
 
 
 def tiny_config():
@@ -120,10 +124,12 @@ def tiny_config():
                                        "training.val_iters=2", "training.initial_lr=0.05"])
 
 
-def test_training_lowers_the_loss_and_pseudo_dice_rises():
-    config, state = tiny_config(), tiny_state()
-    loss_fn = build_loss(PLAN, batch_dice=True)
-    train, val = fake_batches(1, 2), fake_batches(2, 2)
+@pytest.mark.parametrize("amp", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_training_lowers_the_loss_and_pseudo_dice_rises(amp):
+    config, state = tiny_config(), tiny_state(amp=amp)
+    plan = PLAN if amp is None else BF16_PLAN
+    loss_fn = build_loss(plan, batch_dice=True)
+    train, val = fake_batches(1, 2, plan), fake_batches(2, 2, plan)
     bar = tqdm(disable=True)
     losses = [train_one_epoch(state, loss_fn, train, config, epoch, bar) for epoch in range(4)]
     assert losses[-1] < losses[0]
@@ -131,12 +137,14 @@ def test_training_lowers_the_loss_and_pseudo_dice_rises():
     assert len(dice) == 1 and dice[0] > 0.5
 
 
-def test_seeded_epochs_are_bit_reproducible():
-    config, loss_fn = tiny_config(), build_loss(PLAN, batch_dice=True)
+@pytest.mark.parametrize("amp", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_seeded_epochs_are_bit_reproducible(amp):
+    plan = PLAN if amp is None else BF16_PLAN
+    config, loss_fn = tiny_config(), build_loss(plan, batch_dice=True)
     weights = []
     for _ in range(2):
-        state = tiny_state(seed=3)
-        train_one_epoch(state, loss_fn, fake_batches(5, 2), config, 0, tqdm(disable=True))
+        state = tiny_state(seed=3, amp=amp)
+        train_one_epoch(state, loss_fn, fake_batches(5, 2, plan), config, 0, tqdm(disable=True))
         weights.append([p.detach().clone() for p in state.network.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*weights))
 
@@ -146,6 +154,45 @@ def test_learning_rate_is_set_on_the_optimizer():
     state = tiny_state()
     train_one_epoch(state, build_loss(PLAN, True), fake_batches(0, 2), config, 2, tqdm(disable=True))
     assert state.optimizer.param_groups[0]["lr"] == learning_rate(config, 2, 5)
+
+
+def test_bf16_autocast_runs_the_convolutions_in_bf16():
+    """The bf16 state really computes in bf16 (else the test above would not test the AMP path)."""
+    state, seen = tiny_state(amp=torch.bfloat16), []
+    conv = next(m for m in state.network.modules() if isinstance(m, torch.nn.Conv3d))
+    conv.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    batch = next(fake_batches(0, 2, BF16_PLAN))
+    train_step(state, build_loss(BF16_PLAN, True), batch, grad_clip=12.0)
+    assert seen == [torch.bfloat16]
+    assert all(p.dtype == torch.float32 for p in state.network.parameters())  # fp32 master weights
+
+
+@pytest.mark.parametrize("caps, expected", [({"avx512_bf16": True}, torch.bfloat16),
+                                            ({"amx_bf16": True}, torch.bfloat16), ({}, None)])
+def test_amp_auto_on_the_cpu_uses_bf16_only_where_the_cpu_computes_it(monkeypatch, caps, expected):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    cpu = torch.device("cpu")
+    assert amp_dtype("auto", cpu, BF16_PLAN, PATCH) == expected
+    assert amp_dtype("bf16", cpu, BF16_PLAN, PATCH) == torch.bfloat16  # asked for: emulated if need be
+    assert amp_dtype("off", cpu, BF16_PLAN, PATCH) is None
+
+
+def test_cpu_bf16_is_avoided_where_a_stage_is_two_deep(monkeypatch):
+    """PLAN's bottleneck is 2 × 4 × 4 with 3 × 3 × 3 kernels: the shape that breaks CPU bf16 conv3d."""
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    cpu = torch.device("cpu")
+    assert first_cpu_bf16_hazard(PLAN, PATCH) == 2 and first_cpu_bf16_hazard(BF16_PLAN, PATCH) is None
+    assert first_cpu_bf16_hazard(PLAN, (8, 16, 16)) is None  # 8 → 8 → 8 → 4
+    assert amp_dtype("auto", cpu, PLAN, PATCH) is None
+    with pytest.raises(UserError, match="training.amp.*2 voxels deep"):
+        amp_dtype("bf16", cpu, PLAN, PATCH)
+
+
+def test_amp_fp16_on_the_cpu_and_unknown_modes_are_user_errors():
+    with pytest.raises(UserError, match="training.amp"):
+        amp_dtype("fp16", torch.device("cpu"), BF16_PLAN, PATCH)
+    with pytest.raises(UserError, match="training.amp"):
+        load_train_config("debug", ["training.amp=fp8"])
 
 
 # --- resume checks and the command line ---------------------------------------------------------
