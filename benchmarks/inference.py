@@ -2,7 +2,8 @@
 
 Two inputs: real Hippocampus cases (1 channel, 3d_fullres plan of the reference: patch 40×56×40,
 4 stages) and one synthetic BreastDM-sized case (3 channels, 8×369×369, patch 6×384×384, 7 stages
-pooling in-plane only). Each runs with and without mirroring, on the CPU (and CUDA when present),
+pooling in-plane only). Each runs with and without mirroring, on the CPU (bf16 where the CPU has
+bf16 instructions, as `nnlite.predict` does) and on CUDA when present,
 end to end: read, preprocess, sliding window, export, write.
 
     python benchmarks/inference.py [--cases 5] [--skip-demo] [--device cpu] [--checkpoint CKPT]

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from nnlite.plans import ConfigurationPlan
+from nnlite.precision import inference_autocast
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +109,8 @@ def predict_tiles(networks: Sequence[nn.Module], x: torch.Tensor, mirror_axes: S
     flips = [tuple(2 + axis for axis in subset) for subset in mirror_subsets(mirror_axes)]
     inputs = torch.cat([x.flip(dims) if dims else x for dims in flips])
     total = None
-    autocast = torch.autocast(x.device.type, dtype=torch.float16, enabled=x.device.type == "cuda")
     for network in networks:
-        with autocast:
+        with inference_autocast(x.device):
             chunks = [_forward(network, part) for part in inputs.split(tile_batch)]
         out = torch.cat(chunks).float()
         if output == "probs":

@@ -24,6 +24,7 @@ from nnlite.errors import UserError
 from nnlite.files import read_json, remove_tmp_leftovers, write_json_atomic
 from nnlite.network.geometry import stage_shapes
 from nnlite.plans import NetworkPlan, Plans
+from nnlite.precision import cpu_has_native_bf16
 from nnlite.schema import to_jsonable
 from nnlite.train_config import RESUMABLE_CHANGES, TrainConfig, config_differences, config_from_dict, config_to_dict
 
@@ -91,11 +92,6 @@ def amp_dtype(mode: str, device: torch.device, plan: NetworkPlan, patch: Sequenc
         raise UserError("training.amp", problem + "; use training.amp=off")
     log.info("training in fp32: %s", problem)
     return None
-
-
-def cpu_has_native_bf16() -> bool:
-    capabilities = getattr(torch.cpu, "get_capabilities", dict)()
-    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
 
 
 def first_cpu_bf16_hazard(plan: NetworkPlan, patch: Sequence[int]) -> int | None:

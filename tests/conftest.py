@@ -46,3 +46,9 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def fp32_on_cpu(monkeypatch):
+    """Exact-arithmetic tests: CPU prediction in fp32 even where the CPU would use bf16 autocast."""
+    monkeypatch.setattr("nnlite.precision.cpu_has_native_bf16", lambda: False)
