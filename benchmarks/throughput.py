@@ -12,7 +12,8 @@ plan, at the plan's batch size). Without a WORK folder each is planned and prepr
 into a temporary folder first.
 
 Each measurement runs real training steps (`training.train_step`: forward, Dice+CE with deep
-supervision, backward, clipping, SGD; AMP on CUDA) of one network per plan:
+supervision, backward, clipping, SGD; autocast as `training.amp: auto` decides: bf16 on CUDA and on
+CPUs with bf16 instructions) of one network per plan:
 - ceiling: one ready-made batch already on the device (no loading, no augmentation);
 - cpu: the loader with augmentation in N worker processes (`--augment-on cpu`);
 - device: workers only crop, the batch is augmented on the training device (`--augment-on device`).
