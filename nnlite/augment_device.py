@@ -115,13 +115,14 @@ def augment_batch(batch: CropBatch, cfg: AugmentConfig,
         return _augment_batch(batch, cfg, ds_scales)
 
 
-@contextlib.contextmanager
-def one_thread_on_cpu(device: torch.device) -> Iterator[None]:
+def one_thread_on_cpu(device: torch.device) -> contextlib.AbstractContextManager:
     """Patch-sized ops gain nothing from intra-op threads and lose a lot when the cores are busy
     (the loader's workers run with one thread for the same reason)."""
-    if device.type != "cpu":
-        yield
-        return
+    return one_torch_thread() if device.type == "cpu" else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

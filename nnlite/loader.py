@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from nnlite.augment import (IDENTITY, AugmentConfig, AugmentParams, augment_config, crop_and_augment,
                             read_source, sample_augment_params)
 from nnlite.augment_device import (CropBatch, augment_batch, augment_on_device, collate_sources,
-                                   one_thread_on_cpu)
+                                   one_torch_thread)
 from nnlite.cascade import AUGMENT_STREAM, PreviousStageStore, previous_stage_patch, previous_stage_store
 from nnlite.errors import UserError
 from nnlite.loss import deep_supervision_scales, downsample_seg
@@ -145,7 +145,7 @@ class _BatchDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         # One intra-op thread, as the reference's workers (loader workers already run with one).
-        with one_thread_on_cpu(torch.device("cpu")):
+        with one_torch_thread():
             try:
                 return make_batch(self.spec, index)
             except SampleError as failure:

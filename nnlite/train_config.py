@@ -23,7 +23,7 @@ LR_STEPS = ("epoch", "iteration")
 _FLOAT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$")
 DEVICES = ("auto", "cpu", "cuda")
 AUGMENT_ON = ("auto", "cpu", "device")  # where training batches are augmented (nnlite.augment_device)
-AMP_MODES = ("auto", "bf16", "fp16", "off")  # autocast dtype of training (training_setup.amp_dtype)
+AMP_MODES = ("auto", "bf16", "fp16", "off")  # autocast dtype of training (precision.amp_dtype)
 
 
 @dataclass(frozen=True)

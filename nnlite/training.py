@@ -36,10 +36,10 @@ from nnlite.distributed import (Rank, barrier, close_distributed, init_distribut
 from nnlite.loss import build_loss
 from nnlite.network import build_unet
 from nnlite.plans import Plans, load_plans
+from nnlite.precision import amp_dtype
 from nnlite.schema import to_jsonable
 from nnlite.train_config import TrainConfig, config_to_dict
-from nnlite.training_setup import (Run, amp_dtype, build_batches, fold_cases, prepare_run, resolve_device,
-                                    seed_everything)
+from nnlite.training_setup import Run, build_batches, fold_cases, prepare_run, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -51,4 +51,6 @@ def single_torch_thread():
 @pytest.fixture
 def fp32_on_cpu(monkeypatch):
     """Exact-arithmetic tests: CPU prediction in fp32 even where the CPU would use bf16 autocast."""
-    monkeypatch.setattr("nnlite.precision.cpu_has_native_bf16", lambda: False)
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {})

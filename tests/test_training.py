@@ -24,7 +24,8 @@ from nnlite.train import overrides_from_args, build_parser
 from nnlite.train_config import load_train_config, replace_setting
 from nnlite.training import (RunState, confusion_counts, epoch_record, learning_rate, poly_lr,
                              train_one_epoch, train_step, validate)
-from nnlite.training_setup import amp_dtype, first_cpu_bf16_hazard, plan_differences, seed_everything
+from nnlite.precision import amp_dtype, first_cpu_bf16_hazard
+from nnlite.training_setup import plan_differences, seed_everything
 
 PLAN = NetworkPlan(strides=((1, 1, 1), (1, 2, 2), (2, 2, 2)), kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3)),
                    features_per_stage=(4, 8, 16))
@@ -110,10 +111,14 @@ def fake_batches(seed: int, n: int, plan: NetworkPlan = PLAN):
                "cases": ["a", "b"]}
 
 
+def plan_for(amp: torch.dtype | None) -> NetworkPlan:
+    """PLAN in fp32; under autocast BF16_PLAN, which the CPU's bf16 conv3d handles correctly."""
+    return PLAN if amp is None else BF16_PLAN
+
+
 def tiny_state(seed: int = 0, amp: torch.dtype | None = None) -> RunState:
-    """fp32 on PLAN, or autocast to `amp` on BF16_PLAN."""
     seed_everything(seed, deterministic=True)
-    net = build_unet(PLAN if amp is None else BF16_PLAN, 1, 2)
+    net = build_unet(plan_for(amp), 1, 2)
     net.skip_lowest_head = True
     opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
     return RunState(net, net, opt, None, amp, torch.device("cpu"), 0, [])
@@ -127,7 +132,7 @@ def tiny_config():
 @pytest.mark.parametrize("amp", [None, torch.bfloat16], ids=["fp32", "bf16"])
 def test_training_lowers_the_loss_and_pseudo_dice_rises(amp):
     config, state = tiny_config(), tiny_state(amp=amp)
-    plan = PLAN if amp is None else BF16_PLAN
+    plan = plan_for(amp)
     loss_fn = build_loss(plan, batch_dice=True)
     train, val = fake_batches(1, 2, plan), fake_batches(2, 2, plan)
     bar = tqdm(disable=True)
@@ -139,7 +144,7 @@ def test_training_lowers_the_loss_and_pseudo_dice_rises(amp):
 
 @pytest.mark.parametrize("amp", [None, torch.bfloat16], ids=["fp32", "bf16"])
 def test_seeded_epochs_are_bit_reproducible(amp):
-    plan = PLAN if amp is None else BF16_PLAN
+    plan = plan_for(amp)
     config, loss_fn = tiny_config(), build_loss(plan, batch_dice=True)
     weights = []
     for _ in range(2):
