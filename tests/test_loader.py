@@ -129,8 +129,9 @@ def test_ctrl_c_stops_the_loader_and_its_workers(toy):
         loader = build_loader({str(work)!r}, toy_plans(), "3d_fullres", {names!r}, 2, augment=True,
                               seed=0, workers=2)
         next(loader)
-        print("ready", flush=True)
         try:
+            # Inside the try: the signal may arrive while print is still returning.
+            print("ready", flush=True)
             while True:
                 next(loader)
         except KeyboardInterrupt:
