@@ -87,7 +87,8 @@ def test_seeded_run_writes_every_artifact(tiny_work, tmp_path):
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_work, tmp_path):
-    args = ["--epochs", "3", "--iters-per-epoch", "20", *SCHEDULE]  # epochs long enough to kill inside
+    # Epochs of 40 iterations (about 2 s here) leave a wide window to kill inside the second one.
+    args = ["--epochs", "3", "--iters-per-epoch", "40", *SCHEDULE]
     straight = copy_work(tiny_work, tmp_path / "straight")
     assert train_main([str(straight), *args]) == 0
     killed = copy_work(tiny_work, tmp_path / "killed")
