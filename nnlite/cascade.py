@@ -88,12 +88,13 @@ def previous_stage_dir(work: Path, plans: Plans, config_name: str) -> Path:
     return Path(work) / "preprocessed" / f"{lowres}{NEXT_STAGE_SUFFIX}"
 
 
-def seg_to_stage_input(seg: np.ndarray, props: CaseProperties, plans: Plans) -> np.ndarray:
+def seg_to_stage_input(seg: np.ndarray, props: CaseProperties, plans: Plans, config_name: str
+                       ) -> np.ndarray:
     """A label map (Z, Y, X) in the raw geometry → int8 (1, *props.shape) in the stage's space
     (int16 when a label exceeds 127).
 
-    The path of preprocessing for labels: transpose, crop to the case's bbox, resample (linear
-    interpolation of indicators, separate-z rule) to the preprocessed shape.
+    The path of preprocessing for labels: transpose, crop to the case's bbox, resample (indicators
+    interpolated with the stage's `resampling_order_seg`, separate-z rule) to the preprocessed shape.
     """
     labels = np.asarray(seg, dtype=np.int16).transpose(tuple(plans.transpose))
     if tuple(labels.shape) != tuple(props.shape_before_crop):
@@ -101,7 +102,8 @@ def seg_to_stage_input(seg: np.ndarray, props: CaseProperties, plans: Plans) -> 
                         f"transpose), the image {tuple(props.shape_before_crop)}")
     cropped = labels[tuple(slice(a, b) for a, b in props.bbox)][None]
     spacing = transposed_spacing(props.original_spacing, plans)
-    out = resample_seg(np.ascontiguousarray(cropped), props.shape, spacing, props.spacing)
+    order = plans.configurations[config_name].resampling_order_seg
+    out = resample_seg(np.ascontiguousarray(cropped), props.shape, spacing, props.spacing, order)
     return out.astype(np.int8 if out.max(initial=0) <= INT8_MAX_LABEL else np.int16)
 
 
@@ -140,7 +142,7 @@ def prepare_previous_stage(work: Path, plans: Plans, config_name: str) -> Path:
                         f"splits.json validates it)")
     out.mkdir(parents=True, exist_ok=True)
     remove_tmp_leftovers(out)
-    written = sum(_write_previous_stage(out, data_dir, case, *sources[case], lowres, plans)
+    written = sum(_write_previous_stage(out, data_dir, case, *sources[case], lowres, plans, config_name)
                   for case in tqdm(cases, desc=f"{lowres} → {config_name}", unit="case", leave=False))
     log.info("%s: previous-stage inputs of %d cases in %s (%d rewritten)", config_name, len(cases),
              out, written)
@@ -148,7 +150,7 @@ def prepare_previous_stage(work: Path, plans: Plans, config_name: str) -> Path:
 
 
 def _write_previous_stage(out: Path, data_dir: Path, case: str, fold: int, source: Path, lowres: str,
-                          plans: Plans) -> bool:
+                          plans: Plans, config_name: str) -> bool:
     """Write `<case>_prev.npy` and its provenance unless they are up to date; True if written."""
     stat = source.stat()
     info = {"case": case, "configuration": lowres, "fold": fold, "source": str(source.resolve()),
@@ -159,7 +161,7 @@ def _write_previous_stage(out: Path, data_dir: Path, case: str, fold: int, sourc
     seg = np.rint(read_image(source).array).astype(np.int16)
     props = load_case_properties(data_dir / f"{case}.json")
     info_path.unlink(missing_ok=True)  # the JSON goes last: it marks a complete file
-    save_npy_atomic(out / PREV_FILE.format(case=case), seg_to_stage_input(seg, props, plans))
+    save_npy_atomic(out / PREV_FILE.format(case=case), seg_to_stage_input(seg, props, plans, config_name))
     write_json_atomic(info_path, info)
     return True
 

@@ -18,6 +18,7 @@ SCHEMA_VERSION = 1
 
 NORMALIZATION_SCHEMES = ("zscore", "ct", "none", "rescale_0_1")
 ENCODER_TYPES = ("plain", "residual")
+MAX_SPLINE_ORDER = 5  # the highest interpolation order scipy.ndimage.zoom supports
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,13 @@ class ConfigurationPlan:
             raise UserError("plans.json", f"unknown normalization scheme {sorted(unknown)[0]!r}")
         if self.batch_size < 1:
             raise UserError("plans.json", "batch_size must be ≥ 1")
+        for field in ("resampling_order_data", "resampling_order_seg", "resampling_order_probabilities"):
+            if not 0 <= getattr(self, field) <= MAX_SPLINE_ORDER:
+                raise UserError("plans.json", f"{field} must be a spline order 0-{MAX_SPLINE_ORDER}, "
+                                f"not {getattr(self, field)}")
+        if self.resampling_order_z != 0:
+            raise UserError("plans.json", "resampling_order_z must be 0: only nearest neighbour is "
+                            "supported along the coarse axis of anisotropic data")
 
 
 @dataclass(frozen=True)

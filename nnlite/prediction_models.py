@@ -93,7 +93,8 @@ def predict_cropped(model: StageModel, raw: Case, case: str, plans: Plans, optio
     if model.previous is not None:
         cropped, prev_props = predict_cropped(model.previous, raw, case, plans, options, device, done)
         prev_seg = seg_in_original(cropped, prev_props, plans)
-        data = with_previous_stage(data, seg_to_stage_input(prev_seg, props, plans), stage_labels(plans))
+        data = with_previous_stage(data, seg_to_stage_input(prev_seg, props, plans, model.config_name),
+                                   stage_labels(plans))
     probs = predict_preprocessed(model.networks, data, plans.configurations[model.config_name],
                                  mirror=options.mirror, step=options.step,
                                  tile_batch=options.tile_batch, device=device)

@@ -32,7 +32,7 @@ from nnlite.errors import UserError
 from nnlite.files import read_json, remove_tmp_leftovers, save_npy_atomic, write_text_atomic
 from nnlite.normalization import normalize
 from nnlite.plans import Plans, load_plans
-from nnlite.resampling import ORDER_PROBABILITIES, new_shape_for, resample_image, resample_seg
+from nnlite.resampling import new_shape_for, resample_image, resample_seg
 from nnlite.schema import from_dict, to_jsonable
 
 PROPERTIES_VERSION = 1
@@ -141,7 +141,7 @@ def preprocess_case(data: np.ndarray, seg: np.ndarray | None, spacing: Sequence[
                               config.resampling_order_z)
     out_seg, locations = None, {}
     if seg is not None:
-        out_seg = resample_seg(crop.seg, new_shape, spacing_t, new_spacing)
+        out_seg = resample_seg(crop.seg, new_shape, spacing_t, new_spacing, config.resampling_order_seg)
         locations = sample_class_locations(out_seg, foreground_labels(plans))
         out_seg = out_seg.astype(_seg_dtype(out_seg), copy=False)
     props = CaseProperties(
@@ -159,15 +159,16 @@ def resample_to_original(probs: np.ndarray, props: CaseProperties, plans: Plans,
                          config_name: str) -> np.ndarray:
     """Logits/probabilities (K, *props.shape) in network space → float32 (K, *shape_after_crop).
 
-    Linear interpolation (order 1) with the separate-z rule, as nnU-Net's export does.
-    `config_name` is accepted for symmetry; the spacing actually used is recorded in `props`.
+    Interpolation order from the plan (`resampling_order_probabilities`, 1 by default, as nnU-Net's
+    export) with the separate-z rule; the spacing actually used is recorded in `props`.
     """
     if tuple(probs.shape[1:]) != tuple(props.shape):
         raise UserError(props.case or config_name,
                         f"prediction shape {tuple(probs.shape[1:])} is not the preprocessed {props.shape}")
     spacing_t = transposed_spacing(props.original_spacing, plans)
+    order = plans.configurations[config_name].resampling_order_probabilities
     return resample_image(np.asarray(probs, dtype=np.float32), props.shape_after_crop, props.spacing,
-                          spacing_t, order=ORDER_PROBABILITIES)
+                          spacing_t, order=order)
 
 
 def restore_original_geometry(array: np.ndarray, props: CaseProperties, plans: Plans,

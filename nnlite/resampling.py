@@ -11,10 +11,11 @@ dense (n_out, n_in) matrix -- by running the same 1-D `ndimage.zoom` on unit vec
 it along each axis with a float32 matrix product (BLAS). For order 3 this replaces 64 spline taps
 per output voxel in float64 with three matrix products, and agrees with the 3-D zoom to ~1e-6.
 
-Label maps follow batchgenerators' `resize_segmentation` (order 1): every label's 0/1 indicator is
-interpolated linearly, a voxel gets the label with the highest score, exact ties go to the nearest-
-neighbour label when it is one of the tied labels (else the smallest tied label). So no label that
-is absent from the input can appear.
+Label maps follow batchgenerators' `resize_segmentation`: with order k ≥ 1 (nnU-Net's default is
+1) every label's 0/1 indicator is interpolated with order k and clipped to [0, 1], a voxel gets the
+label with the highest score, exact ties go to the nearest-neighbour label when it is one of the
+tied labels (else the smallest tied label); order 0 is plain nearest neighbour. So no label that is
+absent from the input can appear.
 
 Anisotropic data (see `separate_z_axis`) is resampled in-plane with the given order and with
 nearest neighbour along the coarse axis, as nnU-Net's `resample_data_or_seg` does.
@@ -30,8 +31,7 @@ from scipy import ndimage
 
 ANISOTROPY_THRESHOLD = 3.0  # nnU-Net's ANISO_THRESHOLD: max/min spacing above this → separate z
 ORDER_DATA = 3  # cubic spline for images
-ORDER_SEG = 1  # linear interpolation of one-hot label indicators
-ORDER_PROBABILITIES = 1  # linear for logits/probabilities going back to the original geometry
+ORDER_SEG = 1  # linear interpolation of one-hot label indicators (the plans' default)
 ORDER_Z = 0  # nearest neighbour along the coarse axis when resampling separately
 
 
@@ -151,8 +151,10 @@ def resample_image(data: np.ndarray, new_shape: Sequence[int], current_spacing: 
     return out
 
 
-def _resize_labels(seg: np.ndarray, new_shape: tuple[int, ...], axes: list[int]) -> np.ndarray:
-    """Label map → new_shape along `axes`: argmax of linearly interpolated indicators.
+def _resize_labels(seg: np.ndarray, new_shape: tuple[int, ...], axes: list[int],
+                   order: int) -> np.ndarray:
+    """Label map → new_shape along `axes`: argmax of indicators interpolated with `order` (≥ 1) and
+    clipped to [0, 1] like skimage; order 0 is nearest neighbour.
 
     Exact ties go to the nearest-neighbour label when it is among the tied ones; otherwise the
     smallest tied label wins (labels are visited in ascending order, only a strictly higher score
@@ -167,9 +169,12 @@ def _resize_labels(seg: np.ndarray, new_shape: tuple[int, ...], axes: list[int])
     nearest = seg
     for i, axis in enumerate(axes):
         nearest = resize_nearest(nearest, new_shape[i], axis)
+    if order == 0:
+        return nearest
     best = win = nn_score = None
     for index, label in enumerate(labels):
-        score = resize_separable((seg == label).astype(np.float64), new_shape, ORDER_SEG, axes)
+        score = resize_separable((seg == label).astype(np.float64), new_shape, order, axes)
+        np.clip(score, 0.0, 1.0, out=score)  # splines overshoot; order 1 stays in [0, 1] anyway
         if best is None:
             best, win, nn_score = score, np.zeros(score.shape, np.int16), np.zeros_like(score)
         else:
@@ -184,17 +189,20 @@ def _resize_labels(seg: np.ndarray, new_shape: tuple[int, ...], axes: list[int])
 
 
 def resample_seg(seg: np.ndarray, new_shape: Sequence[int], current_spacing: Sequence[float],
-                 new_spacing: Sequence[float]) -> np.ndarray:
-    """Label map (1, *spatial) → (1, *new_shape), same dtype; -1 (outside) is a label like any."""
+                 new_spacing: Sequence[float], order: int = ORDER_SEG) -> np.ndarray:
+    """Label map (1, *spatial) → (1, *new_shape), same dtype; -1 (outside) is a label like any.
+
+    `order` is the in-plane interpolation order of the label indicators (0: nearest neighbour).
+    """
     new_shape = tuple(int(s) for s in new_shape)
     if tuple(seg.shape[1:]) == new_shape:
         return seg
     sep_axis = separate_z_axis(current_spacing, new_spacing)
     labels = seg[0]
     if sep_axis is None:
-        return _resize_labels(labels, new_shape, list(range(labels.ndim)))[None]
+        return _resize_labels(labels, new_shape, list(range(labels.ndim)), order)[None]
     plane = [a for a in range(labels.ndim) if a != sep_axis]
     plane_shape = tuple(new_shape[a] for a in plane)
     if tuple(labels.shape[a] for a in plane) != plane_shape:
-        labels = _resize_labels(labels, plane_shape, plane)
+        labels = _resize_labels(labels, plane_shape, plane, order)
     return resize_nearest(labels, new_shape[sep_axis], sep_axis)[None]

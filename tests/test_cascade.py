@@ -136,7 +136,7 @@ def test_stage_input_follows_the_preprocessing_of_labels(rng):
     seg = np.zeros(shape, np.int16)
     seg[2:8, 3:12, 4:18] = rng.integers(0, 3, (6, 9, 14))
     _, expected, props = preprocess_case(data, seg, spacing, plans, "3d_fullres")
-    got = seg_to_stage_input(seg, props, plans)
+    got = seg_to_stage_input(seg, props, plans, "3d_fullres")
     assert got.shape == (1, *props.shape) and got.dtype == np.int8
     np.testing.assert_array_equal(got, np.maximum(expected, 0))  # -1 (outside) is background here
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from nnlite.cropping import crop_to_nonzero
 from nnlite.errors import UserError
 from nnlite.io import write_image, write_seg
 from nnlite.plans import ConfigurationPlan, IntensityStats, NetworkPlan, Plans, save_plans
@@ -23,6 +25,7 @@ from nnlite.preprocessing import (
     sample_class_locations,
     save_preprocessed,
 )
+from nnlite.resampling import resample_image, resample_seg
 
 STATS = IntensityStats(mean=5.0, std=1.0, median=5.0, min=0.0, max=10.0,
                        percentile_00_5=1.0, percentile_99_5=9.0)
@@ -174,6 +177,33 @@ def test_prediction_goes_back_to_the_raw_geometry(rng, transpose):
     assert restored[0, 0, 0] == 0 and probs[0, 0, 0, 0] == 1.0  # outside the crop: background
     dice = 2 * np.sum((restored == 1) & (seg == 1)) / (np.sum(restored == 1) + np.sum(seg == 1))
     assert dice > 0.95
+
+
+def test_the_plan_resampling_orders_are_used(rng):
+    """resampling_order_seg and resampling_order_probabilities of the plan reach the resampling."""
+    data, seg = _case(rng, shape=(12, 30, 28))
+    plans = _plans(fullres=(1.5, 0.7, 0.7))
+    config = replace(plans.configurations["3d_fullres"], resampling_order_seg=0,
+                     resampling_order_probabilities=0)
+    nearest = replace(plans, configurations={"3d_fullres": config})
+    spacing = (3.0, 1.0, 1.0)
+    _, linear_seg, props = preprocess_case(data, seg, spacing, plans, "3d_fullres")
+    _, nearest_seg, _ = preprocess_case(data, seg, spacing, nearest, "3d_fullres")
+    crop = crop_to_nonzero(data.copy(), seg[None])
+    assert np.array_equal(nearest_seg, resample_seg(crop.seg, props.shape, spacing, props.spacing, 0))
+    assert not np.array_equal(nearest_seg, linear_seg)
+    probs = rng.random((3, *props.shape)).astype(np.float32)
+    back = resample_to_original(probs, props, nearest, "3d_fullres")
+    np.testing.assert_array_equal(back, resample_image(probs, props.shape_after_crop, props.spacing,
+                                                       spacing, order=0))
+    assert not np.array_equal(back, resample_to_original(probs, props, plans, "3d_fullres"))
+
+
+@pytest.mark.parametrize("field, value", [("resampling_order_seg", 6), ("resampling_order_data", -1),
+                                          ("resampling_order_z", 1)])
+def test_unsupported_resampling_orders_are_refused(field, value):
+    with pytest.raises(UserError, match="resampling_order"):
+        _config((1.0, 1.0, 1.0), "x", **{field: value})
 
 
 def test_restore_original_geometry_inverts_crop_and_transpose(rng):

@@ -64,11 +64,11 @@ def test_output_shape_follows_spacing_ratio(shape, old, new):
 
 @SETTINGS
 @given(shape=shapes, new_shape=shapes, old=spacings, new=spacings, seed=st.integers(0, 2**16),
-       present=st.sets(st.integers(-1, 6), min_size=1, max_size=4))
-def test_label_resampling_never_invents_labels(shape, new_shape, old, new, seed, present):
+       present=st.sets(st.integers(-1, 6), min_size=1, max_size=4), order=st.sampled_from([0, 1, 3]))
+def test_label_resampling_never_invents_labels(shape, new_shape, old, new, seed, present, order):
     rng = np.random.default_rng(seed)
     seg = rng.choice(sorted(present), size=(1,) + shape).astype(np.int16)
-    out = resample_seg(seg, new_shape, old, new)
+    out = resample_seg(seg, new_shape, old, new, order)
     assert set(np.unique(out)) <= set(np.unique(seg))
     assert out.dtype == seg.dtype
 
@@ -161,6 +161,24 @@ def test_seg_matches_resize_segmentation():
     noise = rng.integers(0, 4, size=(9, 11, 10)).astype(np.int16)
     expected = utils.resize_segmentation(noise, (13, 7, 17), 1)
     out = resample_seg(noise[None], (13, 7, 17), (1, 1, 1), (1, 1, 1))[0]
+    assert (out != expected).mean() < 2e-3  # only float-rounding near-ties may differ
+
+
+@pytest.mark.parametrize("order", [0, 3])
+def test_seg_orders_other_than_linear_match_resize_segmentation(order):
+    """A plan's resampling_order_seg: 0 is nearest neighbour, 3 is cubic indicators clipped to [0, 1]."""
+    utils = pytest.importorskip("batchgenerators.augmentations.utils")
+    rng = np.random.default_rng(order)
+    blocks = np.kron(rng.integers(-1, 3, size=(3, 4, 4)), np.ones((4, 3, 5))).astype(np.int16)
+    for new_shape in [(24, 6, 10), (6, 24, 40), (7, 13, 29)]:
+        expected = utils.resize_segmentation(blocks, new_shape, order)
+        out = resample_seg(blocks[None], new_shape, (1, 1, 1), (1, 1, 1), order)[0]
+        assert np.array_equal(out, expected), new_shape
+    linear = resample_seg(blocks[None], (7, 13, 29), (1, 1, 1), (1, 1, 1), 1)[0]
+    assert not np.array_equal(out, linear)  # the order is really used
+    noise = rng.integers(0, 4, size=(9, 11, 10)).astype(np.int16)
+    expected = utils.resize_segmentation(noise, (13, 7, 17), order)
+    out = resample_seg(noise[None], (13, 7, 17), (1, 1, 1), (1, 1, 1), order)[0]
     assert (out != expected).mean() < 2e-3  # only float-rounding near-ties may differ
 
 
