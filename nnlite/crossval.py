@@ -92,7 +92,8 @@ def merge_crossval(work: str | Path, config_name: str) -> dict[str, Any]:
             _link_or_copy(path, staging / path.name)
             if npz_path_for(path).is_file():
                 _link_or_copy(npz_path_for(path), npz_path_for(staging / path.name))
-        summary = evaluate_folder(staging, reference_folder(plans), labels=foreground_labels(plans))
+        summary = evaluate_folder(staging, reference_folder(plans), labels=foreground_labels(plans),
+                                 ignore_label=plans.ignore_label)
         summary["folds"] = {case: fold for case, (fold, _) in sorted(sources.items())}
         write_summary(summary, staging / SUMMARY_FILE)
     log.info("%s cross-validation: foreground Dice %.4f on %d cases (%s)", config_name,

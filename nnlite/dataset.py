@@ -27,11 +27,11 @@ from tqdm import tqdm
 
 from nnlite.errors import UserError
 from nnlite.io import NIFTI_ENDINGS, header_spacing, read_case, read_image
+from nnlite.plans import IGNORE_KEY
 
 log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
-IGNORE_KEY = "ignore"  # nnU-Net's optional ignore label; must be max(label) + 1
 CHANNEL_DIGITS = 4  # image files are <case>_<CCCC><ending>
 SPACING_RTOL = 1e-3  # spacings of a case's files must agree this closely (nnU-Net: np.allclose)
 AFFINE_ATOL = 1e-3  # affines (mm) differing by more than this only warn, as in nnU-Net

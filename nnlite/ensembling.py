@@ -80,7 +80,8 @@ def ensemble_crossval(work: str | Path, configs: Sequence[str]) -> dict[str, Any
             seg = seg_from_probabilities(average_probabilities(members))
             affine = read_image(crossval_dir(work, configs[0]) / f"{case}{SEG_ENDING}").affine
             write_seg(staging / f"{case}{SEG_ENDING}", seg, affine)
-        summary = evaluate_folder(staging, reference_folder(plans), labels=foreground_labels(plans))
+        summary = evaluate_folder(staging, reference_folder(plans), labels=foreground_labels(plans),
+                                 ignore_label=plans.ignore_label)
         summary["members"] = list(configs)
         write_summary(summary, staging / SUMMARY_FILE)
     log.info("ensemble %s cross-validation: foreground Dice %.4f on %d cases", ensemble_name(configs),

@@ -12,7 +12,8 @@ docs/contract.md:
 Empty rules (as the reference, evaluation/evaluate_predictions.py): reference and prediction both
 empty → Dice and IoU are NaN (`null` in JSON) and left out of the label's mean; only the reference
 empty → Dice 0; nothing predicted → PPV NaN. `foreground_mean` is the plain mean over labels of
-`mean[label]` (so it is NaN when a label's mean is NaN, as in the reference).
+`mean[label]` (so it is NaN when a label's mean is NaN, as in the reference). With an ignore label,
+voxels the reference marks with it (unannotated) count nowhere, whatever was predicted there.
 """
 
 from __future__ import annotations
@@ -44,11 +45,16 @@ class Counts:
     fn: int
 
 
-def label_counts(pred: np.ndarray, ref: np.ndarray, labels: Iterable[int]) -> dict[int, Counts]:
-    """TP/FP/FN per label of two integer label maps of the same shape."""
+def label_counts(pred: np.ndarray, ref: np.ndarray, labels: Iterable[int],
+                 ignore_label: int | None = None) -> dict[int, Counts]:
+    """TP/FP/FN per label of two integer label maps of the same shape; reference voxels with
+    `ignore_label` are left out."""
+    annotated = None if ignore_label is None else ref != ignore_label
     counts = {}
     for label in labels:
         in_pred = pred == label
+        if annotated is not None:
+            in_pred &= annotated
         in_ref = ref == label
         tp = int(np.count_nonzero(in_pred & in_ref))
         counts[int(label)] = Counts(tp, int(np.count_nonzero(in_pred)) - tp,
@@ -157,12 +163,14 @@ def read_pair(case: str, pred_path: Path, ref_path: Path) -> tuple[np.ndarray, n
     return pred, ref
 
 
-def evaluate_folder(pred_dir: str | Path, ref_dir: str | Path,
-                    labels: Sequence[int] | None = None) -> dict:
+def evaluate_folder(pred_dir: str | Path, ref_dir: str | Path, labels: Sequence[int] | None = None,
+                    ignore_label: int | None = None) -> dict:
     """Score every `<case>.nii.gz` of pred_dir against ref_dir; returns the summary.json dict.
 
     labels: the labels to score; default every nonzero value found in the reference files.
+    ignore_label: reference voxels with this value are unannotated and count nowhere.
     """
+    not_scored = {0, ignore_label}
     values: dict[str, dict[int, Counts]] = {}
     found: set[int] = set()
     for case, pred_path, ref_path in matched_cases(pred_dir, ref_dir):
@@ -170,9 +178,9 @@ def evaluate_folder(pred_dir: str | Path, ref_dir: str | Path,
         present = set(np.unique(ref).tolist())
         found |= present
         wanted = labels if labels is not None else present | set(np.unique(pred).tolist())
-        values[case] = label_counts(pred, ref, [v for v in wanted if v != 0])
+        values[case] = label_counts(pred, ref, [v for v in wanted if v not in not_scored], ignore_label)
     if labels is None:
-        labels = sorted(v for v in found if v != 0)
+        labels = sorted(v for v in found if v not in not_scored)
     return summarize(values, list(labels))
 
 

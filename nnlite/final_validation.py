@@ -22,7 +22,7 @@ from nnlite.evaluation import evaluate_folder, write_summary
 from nnlite.export import export_prediction
 from nnlite.inference import predict_preprocessed
 from nnlite.plans import Plans
-from nnlite.preprocessing import RAW_PATH_KEY, load_case_properties
+from nnlite.preprocessing import RAW_PATH_KEY, foreground_labels, load_case_properties
 from nnlite.train_config import TrainConfig
 from nnlite.training_setup import preprocessed_dir, resolve_device
 
@@ -52,7 +52,8 @@ def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, co
         export_prediction(probs, props, plans, config.configuration, out_dir / f"{case}.nii.gz",
                           save_probabilities=config.validation.save_probabilities)
     network.deep_supervision = True
-    summary = evaluate_folder(out_dir, reference_dir(work, plans), labels=foreground_labels(plans))
+    summary = evaluate_folder(out_dir, reference_dir(work, plans), labels=foreground_labels(plans),
+                              ignore_label=plans.ignore_label)
     summary["pseudo_dice"] = last_pseudo_dice(metrics)
     write_summary(summary, out_dir / SUMMARY_FILE)
     log.info("validation: Dice %.4f on %d cases (last EMA pseudo-Dice %.4f): %s",
@@ -68,10 +69,6 @@ def reference_dir(work: Path, plans: Plans) -> Path:
         return Path(raw) / "labelsTr"
     raise UserError(work / "plans.json", f"extra.{RAW_PATH_KEY} names no dataset with labelsTr/: "
                     "cannot score the validation")
-
-
-def foreground_labels(plans: Plans) -> list[int]:
-    return sorted(value for value in plans.labels.values() if value != 0)
 
 
 def last_pseudo_dice(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:

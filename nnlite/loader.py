@@ -34,7 +34,7 @@ from nnlite.cascade import AUGMENT_STREAM, PreviousStageStore, previous_stage_pa
 from nnlite.errors import UserError
 from nnlite.loss import deep_supervision_scales, downsample_seg
 from nnlite.plans import Plans
-from nnlite.sampling import CaseInfo, CaseStore, foreground_start, forced_foreground, random_start
+from nnlite.sampling import CaseInfo, CaseStore, foreground_start, forced_foreground, unforced_start
 
 PREFETCH_BATCHES = 4  # batches each worker prepares ahead
 LOG = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def plan_batch(cases: Sequence[CaseInfo], cfg: AugmentConfig, forced: Sequence[b
         if force:
             start = foreground_start(child, case.shape, cfg.patch_size, case.class_locations)
         else:
-            start = random_start(child, case.shape, cfg.patch_size)
+            start = unforced_start(child, case.shape, cfg.patch_size, case.class_locations)
         params = sample_augment_params(child, cfg) if augment else IDENTITY
         plans.append(SamplePlan(case.name, start, bool(force), params))
     return plans

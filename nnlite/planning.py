@@ -265,7 +265,8 @@ def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float = DEFAULT_GPU
     median = np.median(np.array(new_shapes, dtype=np.float64), 0)[list(transpose)]
     spacing_t = spacing[list(transpose)]
     n_voxels = float(np.prod(median, dtype=np.float64) * n_training)
-    budget = MemoryBudget(gpu_memory_gb, len(fingerprint.channel_names), len(fingerprint.labels), memory_model)
+    budget = MemoryBudget(gpu_memory_gb, len(fingerprint.channel_names), fingerprint.num_classes,
+                          memory_model)
     configurations = _plan_3d(spacing_t, median, n_voxels, n_training, budget, fingerprint, reasons)
     plan_2d = plan_configuration(spacing_t[1:], median[1:], n_voxels, budget, "2d", fingerprint)
     if plan_2d is None:

@@ -19,6 +19,12 @@ SCHEMA_VERSION = 1
 NORMALIZATION_SCHEMES = ("zscore", "ct", "none", "rescale_0_1")
 ENCODER_TYPES = ("plain", "residual")
 MAX_SPLINE_ORDER = 5  # the highest interpolation order scipy.ndimage.zoom supports
+IGNORE_KEY = "ignore"  # dataset.json name of nnU-Net's ignore label: unannotated voxels, not a class
+
+
+def output_classes(labels: dict[str, int]) -> int:
+    """Network outputs: background plus every foreground label; the ignore label gets none."""
+    return len(labels) - (IGNORE_KEY in labels)
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,10 @@ class Fingerprint:
         _check_version(self.schema_version, "fingerprint")
         if not self.cases:
             raise UserError("fingerprint", "holds no cases")
+
+    @property
+    def num_classes(self) -> int:
+        return output_classes(self.labels)
 
 
 @dataclass(frozen=True)
@@ -189,8 +199,13 @@ class Plans:
 
     @property
     def num_classes(self) -> int:
-        """Network outputs: background plus every foreground label."""
-        return len(self.labels)
+        """Network outputs: background plus every foreground label (not the ignore label)."""
+        return output_classes(self.labels)
+
+    @property
+    def ignore_label(self) -> int | None:
+        """The label of unannotated voxels (dataset.json `"ignore"`), or None."""
+        return self.labels.get(IGNORE_KEY)
 
 
 def _check_version(version: int, where: str) -> None:

@@ -30,6 +30,7 @@ from nnlite.evaluation import (Counts, json_ready, label_counts, list_segs, matc
 from nnlite.files import read_json, write_json_atomic
 from nnlite.io import read_image, write_seg
 from nnlite.plans import Plans, load_plans
+from nnlite.preprocessing import foreground_labels
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,11 @@ def strictly_better(after: float, before: float) -> bool:
 CaseCounts = dict[str, dict[int, Counts]]
 
 
-def score_candidates(pairs: Sequence[tuple[str, Path, Path]], labels: Sequence[int]) -> dict:
+def score_candidates(pairs: Sequence[tuple[str, Path, Path]], labels: Sequence[int],
+                     ignore_label: int | None = None) -> dict:
     """Counts per case of every candidate: "none", "all" (step 1), and per label L the label-L step
-    on top of "none" (key (L, "none")) and of "all" (key (L, "all"))."""
+    on top of "none" (key (L, "none")) and of "all" (key (L, "all")). Components are found on the
+    whole prediction; only the scoring leaves out the reference's `ignore_label` voxels."""
     scores: dict = {"none": {}, "all": {}}
     for label in labels:
         scores[(label, "none")], scores[(label, "all")] = {}, {}
@@ -99,11 +102,11 @@ def score_candidates(pairs: Sequence[tuple[str, Path, Path]], labels: Sequence[i
         pred, ref = read_pair(case, pred_path, ref_path)
         merged = keep_largest_component(pred, labels)
         for base_name, base in (("none", pred), ("all", merged)):
-            scores[base_name][case] = label_counts(base, ref, labels)
+            scores[base_name][case] = label_counts(base, ref, labels, ignore_label)
             if len(labels) > 1:
                 for label in labels:
                     single = keep_largest_component(base, [label])
-                    scores[(label, base_name)][case] = label_counts(single, ref, [label])
+                    scores[(label, base_name)][case] = label_counts(single, ref, [label], ignore_label)
     return scores
 
 
@@ -113,12 +116,13 @@ def _dice(counts: CaseCounts, labels: Sequence[int]) -> tuple[dict[int, float], 
     return per_label, summary["foreground_mean"]["dice"]
 
 
-def decide_postprocessing(pairs: Sequence[tuple[str, Path, Path]], labels: Sequence[int]) -> dict:
+def decide_postprocessing(pairs: Sequence[tuple[str, Path, Path]], labels: Sequence[int],
+                          ignore_label: int | None = None) -> dict:
     """Decide the steps on (case, prediction, reference) files; returns the JSON-ready decision."""
     labels = [int(label) for label in labels]
     if not labels:
         raise UserError("labels", "no foreground label to post-process")
-    scores = score_candidates(pairs, labels)
+    scores = score_candidates(pairs, labels, ignore_label)
     before, fg_before = _dice(scores["none"], labels)
     merged, fg_merged = _dice(scores["all"], labels)
     accept_all = strictly_better(fg_merged, fg_before) and all(
@@ -186,8 +190,7 @@ def determine_postprocessing(work: str | Path, config_name: str = "3d_fullres",
         raise UserError(results, f"no results for configuration '{config_name}'")
     ref_dir = Path(reference) if reference is not None else reference_folder(plans)
     pairs = match_cases(validation_predictions(results), list_segs(ref_dir), results, ref_dir)
-    labels = sorted(value for value in plans.labels.values() if value != 0)
-    decision = decide_postprocessing(pairs, labels)
+    decision = decide_postprocessing(pairs, foreground_labels(plans), plans.ignore_label)
     decision["configuration"] = config_name
     save_postprocessing(decision, results / POSTPROCESSING_FILE)
     write_postprocessed([pred for _, pred, _ in pairs], decision["steps"], results / POSTPROCESSED_DIR)

@@ -33,6 +33,7 @@ from nnlite.files import read_json, remove_tmp_leftovers, save_npy_atomic, write
 from nnlite.normalization import normalize
 from nnlite.plans import Plans, load_plans
 from nnlite.resampling import new_shape_for, resample_image, resample_seg
+from nnlite.sampling import ANNOTATED_KEY
 from nnlite.schema import from_dict, to_jsonable
 
 PROPERTIES_VERSION = 1
@@ -40,7 +41,6 @@ LOCATION_SEED = 1234  # nnU-Net's RandomState seed for foreground location sampl
 MIN_LOCATIONS = 10000  # keep at least this many locations per class (or all of them)
 MIN_LOCATION_FRACTION = 0.01  # ... and at least this fraction of the class's voxels
 INT8_MAX_LABEL = 127  # segs are stored as int8 when every label fits, else int16
-IGNORE_KEY = "ignore"  # dataset.json name of nnU-Net's ignore label (never sampled as a class)
 
 log = logging.getLogger(__name__)
 
@@ -86,29 +86,32 @@ def target_spacing(plans: Plans, config_name: str, spacing_t: Sequence[float]) -
 
 def foreground_labels(plans: Plans) -> list[int]:
     """Labels to sample locations for: every label except background and the ignore label."""
-    return sorted(v for k, v in plans.labels.items() if v != 0 and k != IGNORE_KEY)
+    return sorted(v for v in plans.labels.values() if v not in (0, plans.ignore_label))
 
 
-def sample_class_locations(seg: np.ndarray, labels: Sequence[int],
-                           seed: int = LOCATION_SEED) -> dict[str, list[list[int]]]:
+def sample_class_locations(seg: np.ndarray, labels: Sequence[int], seed: int = LOCATION_SEED,
+                           ignore_label: int | None = None) -> dict[str, list[list[int]]]:
     """seg (1, *spatial) → label → [[z, y, x], …] sampled as nnU-Net does.
 
     Per label with n voxels: max(min(10000, n), ceil(0.01 n)) coordinates without replacement,
     drawn from one RandomState(seed) shared by the labels in ascending order (same draws as the
-    reference). An absent label gets [].
+    reference). An absent label gets []. With an ignore label, the annotated voxels (any label but
+    the ignore label, inside the body) are sampled last, under ANNOTATED_KEY.
     """
     rng = np.random.RandomState(seed)
-    locations: dict[str, list[list[int]]] = {}
-    for label in labels:
-        coords = np.argwhere(seg[0] == label)
-        n = len(coords)
-        if n == 0:
-            locations[str(label)] = []
-            continue
-        count = max(min(MIN_LOCATIONS, n), int(math.ceil(n * MIN_LOCATION_FRACTION)))
-        picked = coords[rng.choice(n, count, replace=False)]
-        locations[str(label)] = picked.tolist()
+    locations = {str(label): _sample_voxels(seg[0] == label, rng) for label in labels}
+    if ignore_label is not None:
+        locations[ANNOTATED_KEY] = _sample_voxels((seg[0] >= 0) & (seg[0] != ignore_label), rng)
     return locations
+
+
+def _sample_voxels(mask: np.ndarray, rng: np.random.RandomState) -> list[list[int]]:
+    coords = np.argwhere(mask)
+    n = len(coords)
+    if n == 0:
+        return []
+    count = max(min(MIN_LOCATIONS, n), int(math.ceil(n * MIN_LOCATION_FRACTION)))
+    return coords[rng.choice(n, count, replace=False)].tolist()
 
 
 def _seg_dtype(seg: np.ndarray) -> type:
@@ -142,7 +145,7 @@ def preprocess_case(data: np.ndarray, seg: np.ndarray | None, spacing: Sequence[
     out_seg, locations = None, {}
     if seg is not None:
         out_seg = resample_seg(crop.seg, new_shape, spacing_t, new_spacing, config.resampling_order_seg)
-        locations = sample_class_locations(out_seg, foreground_labels(plans))
+        locations = sample_class_locations(out_seg, foreground_labels(plans), ignore_label=plans.ignore_label)
         out_seg = out_seg.astype(_seg_dtype(out_seg), copy=False)
     props = CaseProperties(
         case=case, original_spacing=tuple(float(s) for s in spacing),

@@ -26,6 +26,7 @@ from nnlite.errors import UserError
 from nnlite.files import read_json
 
 FOREGROUND_FRACTION = 0.33  # share of each batch forced to contain foreground (the last samples)
+ANNOTATED_KEY = "annotated"  # class_locations key of annotated voxels (datasets with an ignore label)
 MAX_OPEN_CASES = 256  # memory-mapped cases kept open per process (2 file descriptors each)
 
 
@@ -54,12 +55,32 @@ def random_start(rng: np.random.Generator, shape: tuple[int, ...],
 def foreground_start(rng: np.random.Generator, shape: tuple[int, ...], patch: tuple[int, ...],
                      class_locations: dict[str, np.ndarray]) -> tuple[int, ...]:
     """Lower corner of a patch centred on a stored voxel of a class drawn uniformly among the
-    classes present; lower = max(lb, voxel - patch//2), no upper clamp (padding covers it), as the
-    reference. A case without foreground falls back to a random position."""
-    present = [label for label, voxels in class_locations.items() if len(voxels)]
+    classes present (annotated voxels only when no class is), as the reference. A case without
+    either falls back to a random position."""
+    present = [label for label, voxels in class_locations.items()
+               if len(voxels) and label != ANNOTATED_KEY]
+    if not present and len(class_locations.get(ANNOTATED_KEY, ())):
+        present = [ANNOTATED_KEY]
     if not present:
         return random_start(rng, shape, patch)
-    voxels = class_locations[present[int(rng.integers(len(present)))]]
+    return _centred_start(rng, shape, patch, class_locations[present[int(rng.integers(len(present)))]])
+
+
+def unforced_start(rng: np.random.Generator, shape: tuple[int, ...], patch: tuple[int, ...],
+                   class_locations: dict[str, np.ndarray]) -> tuple[int, ...]:
+    """A sample that is not forced to foreground: centred on a stored annotated voxel when the
+    dataset has an ignore label (sparse annotations: a uniform patch might hold no label at all,
+    as the reference), else uniform over the valid positions."""
+    annotated = class_locations.get(ANNOTATED_KEY, ())
+    if len(annotated):
+        return _centred_start(rng, shape, patch, annotated)
+    return random_start(rng, shape, patch)
+
+
+def _centred_start(rng: np.random.Generator, shape: tuple[int, ...], patch: tuple[int, ...],
+                   voxels: np.ndarray) -> tuple[int, ...]:
+    """Centred on one of `voxels` (N, ndim) drawn uniformly: lower = max(lb, voxel - patch//2),
+    no upper clamp (padding covers it), as the reference."""
     voxel = voxels[int(rng.integers(len(voxels)))]
     lb, _ = start_bounds(shape, patch)
     return tuple(max(lo, int(v) - p // 2) for lo, v, p in zip(lb, voxel, patch))

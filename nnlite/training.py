@@ -116,13 +116,15 @@ def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: R
              config.configuration, config.fold, device, len(train_cases), len(val_cases),
              batch_size, state.epoch + 1, config.training.epochs)
     loss_fn = build_loss(plans.configurations[config.configuration].network,
-                         plans.configurations[config.configuration].batch_dice).to(device)
+                         plans.configurations[config.configuration].batch_dice,
+                         ignore_label=plans.ignore_label).to(device)
     with batches, logging_redirect_tqdm(), progress_bar(config, state, rank) as bar:
         for epoch in range(state.epoch, config.training.epochs):
             started = time.perf_counter()
             train_loss = mean_across_ranks(train_one_epoch(state, loss_fn, batches.train, config, epoch, bar),
                                            rank)
-            val_loss, pseudo_dice = validate(state, loss_fn, batches.val, config, plans.num_classes, rank)
+            val_loss, pseudo_dice = validate(state, loss_fn, batches.val, config, plans.num_classes, rank,
+                                             plans.ignore_label)
             record = epoch_record(state, epoch, train_loss, val_loss, pseudo_dice, config, started)
             end_epoch(run, state, record, plans, config, rank)
             bar.set_postfix(loss=f"{train_loss:.3f}", ema=f"{record['ema_pseudo_dice']:.3f}")
@@ -217,11 +219,13 @@ def train_step(state: RunState, loss_fn: nn.Module, batch: dict[str, Any], grad_
 
 @torch.no_grad()
 def validate(state: RunState, loss_fn: nn.Module, batches: Iterator[dict[str, Any]],
-             config: TrainConfig, num_classes: int, rank: Rank) -> tuple[float, list[float]]:
+             config: TrainConfig, num_classes: int, rank: Rank,
+             ignore_label: int | None = None) -> tuple[float, list[float]]:
     """Validation loss and per-class pseudo-Dice on `val_iters` patches.
 
     Pseudo-Dice (reference §6): full-resolution output → argmax; TP/FP/FN summed over all batches
     (and ranks), Dice = 2TP / (2TP + FP + FN) per foreground class (NaN where a class never occurs).
+    Voxels with the ignore label count nowhere.
     """
     state.model.eval()
     counts = torch.zeros(3, num_classes - 1, dtype=torch.float64)  # rows: TP, FP, FN
@@ -232,7 +236,7 @@ def validate(state: RunState, loss_fn: nn.Module, batches: Iterator[dict[str, An
         with autocast(state):
             outputs = state.model(data)
             total += float(loss_fn(outputs, targets))
-        counts += confusion_counts(outputs[0].argmax(1), targets[0][:, 0], num_classes)
+        counts += confusion_counts(outputs[0].argmax(1), targets[0][:, 0], num_classes, ignore_label)
         n += 1
     tp, fp, fn = sum_across_ranks(counts, rank)
     loss_sum, batches_seen = sum_across_ranks(torch.tensor([total, n], dtype=torch.float64), rank)
@@ -241,11 +245,15 @@ def validate(state: RunState, loss_fn: nn.Module, batches: Iterator[dict[str, An
     return loss, dice
 
 
-def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(3, K-1) float64 TP, FP, FN per foreground class of label maps pred, target (B, *S)."""
+def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore_label: int | None = None) -> torch.Tensor:
+    """(3, K-1) float64 TP, FP, FN per foreground class of label maps pred, target (B, *S);
+    voxels whose target is `ignore_label` are left out."""
     rows = []
     for label in range(1, num_classes):
         p, t = pred == label, target == label
+        if ignore_label is not None:
+            p &= target != ignore_label  # predicting an unannotated voxel is no false positive
         rows.append(torch.stack([(p & t).sum(), (p & ~t).sum(), (~p & t).sum()]))
     return torch.stack(rows, dim=1).double().cpu()
 

@@ -16,6 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,6 +24,8 @@ from nnlite import checkpoints
 from nnlite.demo import generate_demo_dataset
 from nnlite.demo_run import DEMO_CONFIGURATION, plan_demo
 from nnlite.errors import UserError
+from nnlite.evaluation import read_seg
+from nnlite.io import read_image, write_seg
 from nnlite.plans import load_plans, save_plans
 from nnlite.preprocessing import run_preprocessing
 from nnlite.train import main as train_main
@@ -38,8 +41,10 @@ SCHEDULE = ["--device", "cpu", "--seed", "0", "--workers", "0", "--train-config"
 def tiny_work(tmp_path_factory) -> Path:
     """A preprocessed 5-case demo work directory with a small patch (a fast stand-in plan)."""
     root = tmp_path_factory.mktemp("demo")
-    raw = generate_demo_dataset(root / "raw", n_cases=5)
-    work = root / "work"
+    return tiny_work_from(generate_demo_dataset(root / "raw", n_cases=5), root / "work")
+
+
+def tiny_work_from(raw: Path, work: Path) -> Path:
     plans = plan_demo(raw, work)
     config = plans.configurations[DEMO_CONFIGURATION]
     save_plans(replace(plans, configurations={DEMO_CONFIGURATION: replace(config, patch_size=TINY_PATCH)}),
@@ -111,6 +116,41 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_work, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     records = (fold_dir(killed) / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in records] == [0, 1, 2]
+
+
+IGNORE = 2  # the demo's labels are background 0 and tumor 1
+
+
+def test_sparse_annotations_with_an_ignore_label(tmp_path):
+    """Every other slice unannotated (dataset.json "ignore": 2): two network outputs, no class 2
+    anywhere, and unannotated voxels count in no metric."""
+    raw = generate_demo_dataset(tmp_path / "raw", n_cases=5)
+    meta = json.loads((raw / "dataset.json").read_text())
+    (raw / "dataset.json").write_text(json.dumps({**meta, "labels": {**meta["labels"], "ignore": IGNORE}}))
+    for path in (raw / "labelsTr").glob("*.nii.gz"):
+        image = read_image(path)
+        seg = image.array.astype(np.uint8)
+        seg[1::2] = IGNORE
+        write_seg(path, seg, image.affine)
+    work = tiny_work_from(raw, tmp_path / "work")
+    assert train_main([str(work), "--epochs", "2", "--iters-per-epoch", "4", *SCHEDULE[:-2],
+                       "--set", "validation.mirroring=false"]) == 0
+    weights = final_weights(work)
+    heads = [key for key in weights if key.endswith(".weight") and weights[key].shape[0] == 2]
+    assert heads and not any(w.shape[0] == 3 for w in weights.values() if w.ndim > 2)
+    records = [json.loads(line) for line in (fold_dir(work) / "metrics.jsonl").read_text().splitlines()]
+    assert all(len(r["pseudo_dice"]) == 1 and np.isfinite(r["train_loss"]) for r in records)
+    summary = json.loads((fold_dir(work) / "validation" / "summary.json").read_text())
+    assert summary["labels"] == [1]
+    for case in summary["per_case"]:
+        pred = read_seg(fold_dir(work) / "validation" / f"{case['case']}.nii.gz")
+        ref = read_seg(raw / "labelsTr" / f"{case['case']}.nii.gz")
+        annotated = ref != IGNORE
+        assert set(np.unique(pred)) <= {0, 1}
+        counts = case["metrics"]["1"]
+        assert counts["fp"] == np.count_nonzero((pred == 1) & (ref == 0))
+        assert counts["tp"] + counts["fn"] == np.count_nonzero(ref == 1)
+        assert counts["tp"] + counts["fp"] == np.count_nonzero((pred == 1) & annotated)
 
 
 def test_resume_rules(tiny_work, tmp_path, caplog):

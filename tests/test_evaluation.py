@@ -108,6 +108,22 @@ def test_explicit_labels_are_used(tmp_path):
     assert summary["labels"] == [2] and set(summary["mean"]) == {"2"}
 
 
+def test_ignore_label_voxels_count_nowhere(tmp_path):
+    """Reference value 3 = unannotated: predictions there are neither FP nor TP, and 3 is no label."""
+    ref = np.array([[[1, 1, 3, 3], [0, 2, 3, 0]]], np.uint8)
+    pred = np.array([[[1, 0, 1, 2], [1, 2, 2, 0]]], np.uint8)
+    counts = label_counts(pred, ref, [1, 2], ignore_label=3)
+    assert counts == {1: Counts(1, 1, 1), 2: Counts(1, 0, 0)}
+    assert label_counts(pred, ref, [1, 2])[2] == Counts(1, 2, 0)  # without: the two at 3 are FP
+    _write(tmp_path / "pred", "a", pred)
+    _write(tmp_path / "ref", "a", ref)
+    output = tmp_path / "summary.json"
+    assert evaluate_main([str(tmp_path / "pred"), str(tmp_path / "ref"), "--ignore-label", "3",
+                          "--output", str(output)]) == 0
+    summary = json.loads(output.read_text())
+    assert summary["labels"] == [1, 2] and summary["mean"]["2"]["dice"] == 1.0
+
+
 def test_prediction_without_reference_names_the_case(tmp_path):
     pred, ref = _folders(tmp_path)
     _write(pred, "orphan", np.zeros((2, 3, 4), np.uint8))

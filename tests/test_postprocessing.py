@@ -57,6 +57,20 @@ def test_spurious_component_removed_and_dice_rises(tmp_path):
     assert decision["foreground_dice_after"] == pytest.approx(1.0)
 
 
+def test_a_component_in_unannotated_voxels_costs_nothing(tmp_path):
+    """The spurious component lies where the reference says "ignore" (2): removing it gains no Dice."""
+    for i in range(3):
+        ref = np.zeros(SHAPE, np.uint8)
+        _blob(ref, 1, A)
+        _blob(ref, 2, F)
+        pred = np.where(ref > 0, 1, 0).astype(np.uint8)
+        _write_pair(tmp_path, f"c{i}", pred, ref)
+    pairs = matched_cases(tmp_path / "pred", tmp_path / "ref")
+    decision = decide_postprocessing(pairs, [1], ignore_label=2)
+    assert decision["steps"] == [] and decision["foreground_dice_before"] == pytest.approx(1.0)
+    assert decide_postprocessing(pairs, [1])["steps"] == [[1]]  # scored as false positives: removed
+
+
 def _rejecting_folders(root: Path) -> None:
     """6 cases gain on label 1 when the spurious blob goes; 1 case loses its detached label 2.
 

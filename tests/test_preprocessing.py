@@ -26,6 +26,7 @@ from nnlite.preprocessing import (
     save_preprocessed,
 )
 from nnlite.resampling import resample_image, resample_seg
+from nnlite.sampling import ANNOTATED_KEY
 
 STATS = IntensityStats(mean=5.0, std=1.0, median=5.0, min=0.0, max=10.0,
                        percentile_00_5=1.0, percentile_99_5=9.0)
@@ -131,6 +132,21 @@ def test_class_locations_follow_the_reference_random_stream():
     second = np.argwhere(seg[0] == 2)[rng.choice(112, 112, replace=False)]
     locations = sample_class_locations(seg, [1, 2])
     assert locations["1"] == first.tolist() and locations["2"] == second.tolist()
+
+
+def test_an_ignore_label_adds_annotated_locations_and_no_class(rng):
+    data, seg = _case(rng)
+    seg[5:, :, :6] = 3  # unannotated
+    plans = _plans()
+    sparse = replace(plans, labels={**plans.labels, "ignore": 3})
+    assert (sparse.num_classes, sparse.ignore_label, plans.num_classes, plans.ignore_label) == (3, 3, 3, None)
+    _, out_seg, props = preprocess_case(data, seg, (2.0, 1.0, 1.0), sparse, "3d_fullres")
+    _, _, dense_props = preprocess_case(data, seg, (2.0, 1.0, 1.0), plans, "3d_fullres")
+    assert set(props.class_locations) == {"1", "2", ANNOTATED_KEY}
+    annotated = {tuple(p) for p in props.class_locations[ANNOTATED_KEY]}
+    expected = {tuple(p) for p in np.argwhere((out_seg[0] >= 0) & (out_seg[0] != 3))}
+    assert annotated == expected  # fewer than 10,000: every annotated voxel, none outside or ignored
+    assert {k: props.class_locations[k] for k in ("1", "2")} == dense_props.class_locations
 
 
 def test_seg_dtype_widens_for_large_labels(rng):

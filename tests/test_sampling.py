@@ -13,7 +13,8 @@ from nnlite.augment import AugmentParams, augment_config, crop_and_augment, patc
 from nnlite.augment_intensity import IntensityParams
 from nnlite.augment_spatial import SpatialParams, sample_matrix
 from nnlite.loader import plan_batch
-from nnlite.sampling import (CaseStore, foreground_start, forced_foreground, random_start, read_region,
+from nnlite.sampling import (ANNOTATED_KEY, CaseStore, foreground_start, forced_foreground, random_start,
+                             read_region, unforced_start,
                              start_bounds)
 from tests.loader_fixtures import DATA_IDENTIFIER, toy_dataset, toy_plans
 
@@ -56,6 +57,18 @@ def test_foreground_start_centres_the_patch_on_a_stored_voxel():
     starts = {foreground_start(rng, (30, 30, 30), (8, 8, 8), {"1": np.zeros((0, 3))})
               for _ in range(50)}
     assert len(starts) > 1  # no foreground: random positions
+
+
+def test_annotated_voxels_centre_unforced_patches_and_stand_in_for_absent_classes():
+    """Datasets with an ignore label store ANNOTATED_KEY locations (the reference's (-1, labels…) key)."""
+    rng = np.random.default_rng(3)
+    annotated = {ANNOTATED_KEY: np.array([[10, 12, 20]]), "1": np.array([[3, 3, 3]])}
+    assert unforced_start(rng, (30, 30, 30), (8, 8, 8), annotated) == (6, 8, 16)
+    assert {foreground_start(rng, (30, 30, 30), (8, 8, 8), annotated) for _ in range(20)} == {(0, 0, 0)}
+    only_annotated = {ANNOTATED_KEY: annotated[ANNOTATED_KEY], "1": np.zeros((0, 3), int)}
+    assert foreground_start(rng, (30, 30, 30), (8, 8, 8), only_annotated) == (6, 8, 16)
+    starts = {unforced_start(rng, (30, 30, 30), (8, 8, 8), {"1": annotated["1"]}) for _ in range(50)}
+    assert len(starts) > 1  # no ignore label: uniform positions
 
 
 def test_classes_are_drawn_uniformly():

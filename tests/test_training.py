@@ -86,6 +86,18 @@ def test_confusion_counts_against_numpy():
         assert list(counts[:, label - 1]) == [(p & t).sum(), (p & ~t).sum(), (~p & t).sum()]
 
 
+def test_confusion_counts_leave_out_the_ignore_label():
+    """Labels 0-2 plus ignore 3: unannotated voxels make no TP, FP or FN, whatever is predicted."""
+    rng = np.random.default_rng(1)
+    pred, target = rng.integers(0, 3, (2, 5, 6)), rng.integers(0, 4, (2, 5, 6))
+    counts = confusion_counts(torch.as_tensor(pred), torch.as_tensor(target), 3, ignore_label=3).numpy()
+    annotated = target != 3
+    for label in (1, 2):
+        p, t = (pred == label) & annotated, target == label
+        assert list(counts[:, label - 1]) == [(p & t).sum(), (p & ~t).sum(), (~p & t).sum()]
+    assert counts[1].sum() < confusion_counts(torch.as_tensor(pred), torch.as_tensor(target), 3)[1].sum()
+
+
 def test_ema_of_the_pseudo_dice():
     config = load_train_config("debug")
     state = RunState(None, None, None, None, None, torch.device("cpu"), 0, [])
