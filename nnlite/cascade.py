@@ -41,8 +41,7 @@ from nnlite.errors import UserError
 from nnlite.files import read_json, remove_tmp_leftovers, save_npy_atomic, write_json_atomic
 from nnlite.io import read_image
 from nnlite.plans import Plans
-from nnlite.preprocessing import (INT8_MAX_LABEL, CaseProperties, foreground_labels,
-                                  load_case_properties, transposed_spacing)
+from nnlite.preprocessing import INT8_MAX_LABEL, CaseProperties, load_case_properties, transposed_spacing
 from nnlite.resampling import resample_seg
 from nnlite.sampling import MAX_OPEN_CASES
 
@@ -71,7 +70,7 @@ def previous_stage_name(plans: Plans, config_name: str) -> str | None:
 
 def stage_labels(plans: Plans) -> list[int]:
     """Labels that get one extra input channel each (foreground, without an ignore label)."""
-    return foreground_labels(plans)
+    return plans.foreground_labels
 
 
 def input_channels(plans: Plans, config_name: str) -> int:

@@ -19,12 +19,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nnlite.errors import UserError
-from nnlite.evaluation import evaluate_folder, write_summary
+from nnlite.evaluation import evaluate_for_plans, write_summary
 from nnlite.export import npz_path_for
 from nnlite.files import read_json, staged_dir
 from nnlite.plans import load_plans
-from nnlite.postprocessing import reference_folder
-from nnlite.preprocessing import foreground_labels
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +90,7 @@ def merge_crossval(work: str | Path, config_name: str) -> dict[str, Any]:
             _link_or_copy(path, staging / path.name)
             if npz_path_for(path).is_file():
                 _link_or_copy(npz_path_for(path), npz_path_for(staging / path.name))
-        summary = evaluate_folder(staging, reference_folder(plans), labels=foreground_labels(plans),
-                                 ignore_label=plans.ignore_label)
+        summary = evaluate_for_plans(staging, plans)
         summary["folds"] = {case: fold for case, (fold, _) in sorted(sources.items())}
         write_summary(summary, staging / SUMMARY_FILE)
     log.info("%s cross-validation: foreground Dice %.4f on %d cases (%s)", config_name,

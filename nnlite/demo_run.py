@@ -18,7 +18,8 @@ from nnlite.demo import generate_demo_dataset
 from nnlite.files import read_json
 from nnlite.planning import plan_dataset
 from nnlite.plans import Plans, load_plans, save_plans
-from nnlite.preprocessing import RAW_PATH_KEY, run_preprocessing
+from nnlite.plans import RAW_PATH_KEY
+from nnlite.preprocessing import run_preprocessing
 from nnlite.train_config import TrainConfig
 from nnlite.training import train_folds
 

@@ -21,13 +21,11 @@ from tqdm import tqdm
 
 from nnlite.crossval import SEG_ENDING, SUMMARY_FILE, crossval_dir
 from nnlite.errors import UserError
-from nnlite.evaluation import evaluate_folder, list_segs, write_summary
+from nnlite.evaluation import evaluate_for_plans, list_segs, write_summary
 from nnlite.export import load_probabilities, npz_path_for
 from nnlite.files import staged_dir
 from nnlite.io import read_image, write_seg
 from nnlite.plans import load_plans
-from nnlite.postprocessing import reference_folder
-from nnlite.preprocessing import foreground_labels
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +78,7 @@ def ensemble_crossval(work: str | Path, configs: Sequence[str]) -> dict[str, Any
             seg = seg_from_probabilities(average_probabilities(members))
             affine = read_image(crossval_dir(work, configs[0]) / f"{case}{SEG_ENDING}").affine
             write_seg(staging / f"{case}{SEG_ENDING}", seg, affine)
-        summary = evaluate_folder(staging, reference_folder(plans), labels=foreground_labels(plans),
-                                 ignore_label=plans.ignore_label)
+        summary = evaluate_for_plans(staging, plans)
         summary["members"] = list(configs)
         write_summary(summary, staging / SUMMARY_FILE)
     log.info("ensemble %s cross-validation: foreground Dice %.4f on %d cases", ensemble_name(configs),

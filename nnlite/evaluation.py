@@ -29,6 +29,7 @@ import numpy as np
 
 from nnlite.errors import UserError
 from nnlite.files import write_json_atomic
+from nnlite.plans import RAW_PATH_KEY, Plans
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,23 @@ def evaluate_folder(pred_dir: str | Path, ref_dir: str | Path, labels: Sequence[
     if labels is None:
         labels = sorted(v for v in found if v not in not_scored)
     return summarize(values, list(labels))
+
+
+def reference_labels(plans: Plans) -> Path:
+    """labelsTr of the raw dataset the plans were made from (plans.extra["raw_path"])."""
+    raw = plans.extra.get(RAW_PATH_KEY)
+    if not raw:
+        raise UserError("plans.json", f"extra.{RAW_PATH_KEY} is missing: no reference labels to score "
+                        "against (re-run nnlite.plan)")
+    folder = Path(raw) / "labelsTr"
+    if not folder.is_dir():
+        raise UserError(folder, "reference labels not found")
+    return folder
+
+
+def evaluate_for_plans(pred_dir: str | Path, plans: Plans) -> dict:
+    """Score pred_dir against the plans' raw labels: the foreground labels, annotated voxels only."""
+    return evaluate_folder(pred_dir, reference_labels(plans), plans.foreground_labels, plans.ignore_label)
 
 
 def json_ready(value):

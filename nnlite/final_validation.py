@@ -17,12 +17,11 @@ from torch import nn
 from tqdm import tqdm
 
 from nnlite.cascade import stage_input
-from nnlite.errors import UserError
-from nnlite.evaluation import evaluate_folder, write_summary
+from nnlite.evaluation import evaluate_for_plans, write_summary
 from nnlite.export import export_prediction
 from nnlite.inference import predict_preprocessed
 from nnlite.plans import Plans
-from nnlite.preprocessing import RAW_PATH_KEY, foreground_labels, load_case_properties
+from nnlite.preprocessing import load_case_properties
 from nnlite.train_config import TrainConfig
 from nnlite.training_setup import preprocessed_dir, resolve_device
 
@@ -52,23 +51,13 @@ def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, co
         export_prediction(probs, props, plans, config.configuration, out_dir / f"{case}.nii.gz",
                           save_probabilities=config.validation.save_probabilities)
     network.deep_supervision = True
-    summary = evaluate_folder(out_dir, reference_dir(work, plans), labels=foreground_labels(plans),
-                              ignore_label=plans.ignore_label)
+    summary = evaluate_for_plans(out_dir, plans)
     summary["pseudo_dice"] = last_pseudo_dice(metrics)
     write_summary(summary, out_dir / SUMMARY_FILE)
     log.info("validation: Dice %.4f on %d cases (last EMA pseudo-Dice %.4f): %s",
              summary["foreground_mean"]["dice"], len(summary["per_case"]),
              metrics[-1]["ema_pseudo_dice"] if metrics else math.nan, out_dir / SUMMARY_FILE)
     return summary
-
-
-def reference_dir(work: Path, plans: Plans) -> Path:
-    """The original label maps: the raw dataset's labelsTr (plans.extra["raw_path"])."""
-    raw = plans.extra.get(RAW_PATH_KEY)
-    if raw and (Path(raw) / "labelsTr").is_dir():
-        return Path(raw) / "labelsTr"
-    raise UserError(work / "plans.json", f"extra.{RAW_PATH_KEY} names no dataset with labelsTr/: "
-                    "cannot score the validation")
 
 
 def last_pseudo_dice(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:

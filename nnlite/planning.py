@@ -25,7 +25,8 @@ from nnlite.errors import UserError
 from nnlite.files import read_json, remove_tmp_leftovers, write_atomic, write_json_atomic
 from nnlite.fingerprint import extract_fingerprint, load_fingerprint_file
 from nnlite.network.geometry import conv_feature_map_elements, training_memory_bytes
-from nnlite.plans import ConfigurationPlan, Fingerprint, NetworkPlan, Plans, save_fingerprint, save_plans
+from nnlite.plans import (RAW_PATH_KEY, ConfigurationPlan, Fingerprint, NetworkPlan, Plans, save_fingerprint,
+                          save_plans)
 from nnlite.topology import Topology, initial_patch, pool_and_conv_props, shrink_step
 
 log = logging.getLogger(__name__)
@@ -368,7 +369,7 @@ def plan_dataset(raw: Path, work: Path, gpu_memory_gb: float = DEFAULT_GPU_MEMOR
     plans = plan_experiment(fingerprint, gpu_memory_gb, configs, dataset_name=Path(raw).resolve().name,
                             memory_model=memory_model)
     # preprocess, postprocess and the final validation find the raw images and labels through this
-    plans = replace(plans, extra={**plans.extra, "raw_path": str(Path(raw).resolve())})
+    plans = replace(plans, extra={**plans.extra, RAW_PATH_KEY: str(Path(raw).resolve())})
     names = [c.case for c in fingerprint.cases]
     _write_outputs(work, (Path(raw) / "dataset.json").read_bytes(), fingerprint, plans, names)
     return plans

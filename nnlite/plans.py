@@ -20,6 +20,7 @@ NORMALIZATION_SCHEMES = ("zscore", "ct", "none", "rescale_0_1")
 ENCODER_TYPES = ("plain", "residual")
 MAX_SPLINE_ORDER = 5  # the highest interpolation order scipy.ndimage.zoom supports
 IGNORE_KEY = "ignore"  # dataset.json name of nnU-Net's ignore label: unannotated voxels, not a class
+RAW_PATH_KEY = "raw_path"  # plans.extra: the raw dataset the plans were made from
 
 
 def output_classes(labels: dict[str, int]) -> int:
@@ -158,10 +159,10 @@ class ConfigurationPlan:
             raise UserError("plans.json", f"unknown normalization scheme {sorted(unknown)[0]!r}")
         if self.batch_size < 1:
             raise UserError("plans.json", "batch_size must be ≥ 1")
-        for field in ("resampling_order_data", "resampling_order_seg", "resampling_order_probabilities"):
-            if not 0 <= getattr(self, field) <= MAX_SPLINE_ORDER:
-                raise UserError("plans.json", f"{field} must be a spline order 0-{MAX_SPLINE_ORDER}, "
-                                f"not {getattr(self, field)}")
+        for name in ("resampling_order_data", "resampling_order_seg", "resampling_order_probabilities"):
+            if not 0 <= getattr(self, name) <= MAX_SPLINE_ORDER:
+                raise UserError("plans.json", f"{name} must be a spline order 0-{MAX_SPLINE_ORDER}, "
+                                f"not {getattr(self, name)}")
         if self.resampling_order_z != 0:
             raise UserError("plans.json", "resampling_order_z must be 0: only nearest neighbour is "
                             "supported along the coarse axis of anisotropic data")
@@ -206,6 +207,11 @@ class Plans:
     def ignore_label(self) -> int | None:
         """The label of unannotated voxels (dataset.json `"ignore"`), or None."""
         return self.labels.get(IGNORE_KEY)
+
+    @property
+    def foreground_labels(self) -> list[int]:
+        """The labels that are scored and sampled: all but background and the ignore label."""
+        return sorted(v for v in self.labels.values() if v not in (0, self.ignore_label))
 
 
 def _check_version(version: int, where: str) -> None:

@@ -26,11 +26,10 @@ from scipy import ndimage
 
 from nnlite.errors import UserError
 from nnlite.evaluation import (Counts, json_ready, label_counts, list_segs, match_cases, read_pair,
-                               summarize)
+                               reference_labels, summarize)
 from nnlite.files import read_json, write_json_atomic
 from nnlite.io import read_image, write_seg
-from nnlite.plans import Plans, load_plans
-from nnlite.preprocessing import foreground_labels
+from nnlite.plans import load_plans
 
 log = logging.getLogger(__name__)
 
@@ -168,17 +167,6 @@ def validation_predictions(results: Path) -> dict[str, Path]:
     return found
 
 
-def reference_folder(plans: Plans) -> Path:
-    """labelsTr of the raw dataset the plans were made from (plans.extra["raw_path"])."""
-    raw = plans.extra.get("raw_path")
-    if not raw:
-        raise UserError("plans.json", "extra.raw_path is missing: pass --reference LABELS_DIR")
-    folder = Path(raw) / "labelsTr"
-    if not folder.is_dir():
-        raise UserError(folder, "reference labels not found: pass --reference LABELS_DIR")
-    return folder
-
-
 def determine_postprocessing(work: str | Path, config_name: str = "3d_fullres",
                              reference: str | Path | None = None) -> dict:
     """Decide post-processing on WORK/results/<config>'s validation predictions; writes and
@@ -188,9 +176,9 @@ def determine_postprocessing(work: str | Path, config_name: str = "3d_fullres",
     results = work / "results" / config_name
     if not results.is_dir():
         raise UserError(results, f"no results for configuration '{config_name}'")
-    ref_dir = Path(reference) if reference is not None else reference_folder(plans)
+    ref_dir = Path(reference) if reference is not None else reference_labels(plans)
     pairs = match_cases(validation_predictions(results), list_segs(ref_dir), results, ref_dir)
-    decision = decide_postprocessing(pairs, foreground_labels(plans), plans.ignore_label)
+    decision = decide_postprocessing(pairs, plans.foreground_labels, plans.ignore_label)
     decision["configuration"] = config_name
     save_postprocessing(decision, results / POSTPROCESSING_FILE)
     write_postprocessed([pred for _, pred, _ in pairs], decision["steps"], results / POSTPROCESSED_DIR)

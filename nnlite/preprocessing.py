@@ -31,7 +31,7 @@ from nnlite.dataset import CaseFiles, RawDataset, check_case, load_dataset
 from nnlite.errors import UserError
 from nnlite.files import read_json, remove_tmp_leftovers, save_npy_atomic, write_text_atomic
 from nnlite.normalization import normalize
-from nnlite.plans import Plans, load_plans
+from nnlite.plans import RAW_PATH_KEY, Plans, load_plans
 from nnlite.resampling import new_shape_for, resample_image, resample_seg
 from nnlite.sampling import ANNOTATED_KEY
 from nnlite.schema import from_dict, to_jsonable
@@ -82,11 +82,6 @@ def target_spacing(plans: Plans, config_name: str, spacing_t: Sequence[float]) -
     if len(target) < len(spacing_t):
         target = (float(spacing_t[0]),) + target
     return target
-
-
-def foreground_labels(plans: Plans) -> list[int]:
-    """Labels to sample locations for: every label except background and the ignore label."""
-    return sorted(v for v in plans.labels.values() if v not in (0, plans.ignore_label))
 
 
 def sample_class_locations(seg: np.ndarray, labels: Sequence[int], seed: int = LOCATION_SEED,
@@ -145,7 +140,7 @@ def preprocess_case(data: np.ndarray, seg: np.ndarray | None, spacing: Sequence[
     out_seg, locations = None, {}
     if seg is not None:
         out_seg = resample_seg(crop.seg, new_shape, spacing_t, new_spacing, config.resampling_order_seg)
-        locations = sample_class_locations(out_seg, foreground_labels(plans), ignore_label=plans.ignore_label)
+        locations = sample_class_locations(out_seg, plans.foreground_labels, ignore_label=plans.ignore_label)
         out_seg = out_seg.astype(_seg_dtype(out_seg), copy=False)
     props = CaseProperties(
         case=case, original_spacing=tuple(float(s) for s in spacing),
@@ -263,7 +258,6 @@ def load_preprocessed(folder: str | Path, case: str, mmap: bool = True
 # The whole dataset: every planned configuration, cases in parallel worker processes
 
 DEFAULT_WORKERS = 4  # nnU-Net's default process count for 3d_fullres (-np)
-RAW_PATH_KEY = "raw_path"  # Plans.extra key the planner writes: absolute path of the raw dataset
 
 
 @dataclass(frozen=True)

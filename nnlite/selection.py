@@ -21,14 +21,13 @@ from typing import Any, Sequence
 from nnlite.crossval import crossval_dir, has_probabilities, merge_crossval
 from nnlite.ensembling import ensemble_crossval, ensemble_dir, ensemble_name
 from nnlite.errors import UserError
-from nnlite.evaluation import json_ready, list_segs, match_cases
+from nnlite.evaluation import json_ready, list_segs, match_cases, reference_labels
 from nnlite.files import read_json, write_json_atomic
 from nnlite.inference import STEP_SIZE
 from nnlite.plans import Plans, load_plans
 from nnlite.postprocessing import (POSTPROCESSED_DIR, POSTPROCESSING_FILE, decide_postprocessing,
-                                   determine_postprocessing, reference_folder, save_postprocessing,
+                                   determine_postprocessing, save_postprocessing,
                                    write_postprocessed)
-from nnlite.preprocessing import foreground_labels
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +114,9 @@ def decide_winner_postprocessing(work: Path, plans: Plans, winner: dict[str, Any
         decision = determine_postprocessing(work, configs[0])
         return {**decision, "file": str(Path(work) / "results" / configs[0] / POSTPROCESSING_FILE)}
     folder = ensemble_dir(work, configs)
-    ref_dir = reference_folder(plans)
+    ref_dir = reference_labels(plans)
     pairs = match_cases(list_segs(folder), list_segs(ref_dir), folder, ref_dir)
-    decision = decide_postprocessing(pairs, foreground_labels(plans), plans.ignore_label)
+    decision = decide_postprocessing(pairs, plans.foreground_labels, plans.ignore_label)
     decision["configuration"] = winner["name"]
     save_postprocessing(decision, folder / POSTPROCESSING_FILE)
     write_postprocessed([pred for _, pred, _ in pairs], decision["steps"], folder / POSTPROCESSED_DIR)

@@ -5,7 +5,6 @@ End-to-end runs on demo data live in tests/test_demo.py (marked slow).
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
