@@ -33,13 +33,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nnlite.checkpoints import save_checkpoint  # noqa: E402
-from nnlite.io import read_image, write_image  # noqa: E402
+from nnlite.common.schema import to_jsonable  # noqa: E402
+from nnlite.data.image_io import read_image, write_image  # noqa: E402
+from nnlite.inference.options import PredictOptions
+from nnlite.inference.predictor import predict_folder  # noqa: E402
 from nnlite.network import build_unet  # noqa: E402
-from nnlite.plans import (  # noqa: E402
-    ConfigurationPlan, IntensityStats, NetworkPlan, Plans, save_plans)
-from nnlite.prediction import PredictOptions, predict_folder  # noqa: E402
-from nnlite.schema import to_jsonable  # noqa: E402
+from nnlite.plans import ConfigurationPlan, IntensityStats, NetworkPlan, Plans, save_plans  # noqa: E402
+from nnlite.training.checkpoints import save_checkpoint  # noqa: E402
 
 HIPPOCAMPUS = ROOT.parent / "shared" / "data" / "Dataset004_Hippocampus"
 CONFIG = "3d_fullres"
@@ -221,9 +221,10 @@ def run_reference(python: str, work: Path, plans: Plans, state: dict, inputs: Pa
 
 def predict_logit_rule(work: Path, inputs: Path, out: Path, device: str) -> None:
     """nnlite's pipeline with the reference's combination rule (logits averaged), for agreement."""
-    from nnlite.export import export_prediction
-    from nnlite.inference import predict_sliding_window
-    from nnlite.prediction import find_input_cases, load_networks, read_and_preprocess
+    from nnlite.inference.export import export_prediction
+    from nnlite.inference.options import find_input_cases
+    from nnlite.inference.predictor import load_networks, read_and_preprocess
+    from nnlite.inference.sliding_window import predict_sliding_window
 
     options = PredictOptions(folds=("0",), device=device)
     plans, networks = load_networks(work, options, torch.device(device))
@@ -281,8 +282,8 @@ def trained_model(path: Path) -> tuple[Plans, dict]:
     """Plans (3d_fullres only) and weights of an nnlite checkpoint."""
     from dataclasses import replace
 
-    from nnlite.checkpoints import load_checkpoint
-    from nnlite.schema import from_dict
+    from nnlite.common.schema import from_dict
+    from nnlite.training.checkpoints import load_checkpoint
 
     checkpoint = load_checkpoint(path)
     plans = from_dict(Plans, checkpoint["plan"])

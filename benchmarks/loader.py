@@ -34,19 +34,19 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nnlite.augment import TRANSFORM_NAMES, augment_config, fired_transforms  # noqa: E402
-from nnlite.augment_intensity import (P_BLUR, P_BRIGHTNESS, P_CONTRAST, P_GAMMA,  # noqa: E402
-                                      P_GAMMA_INVERTED, P_LOWRES, P_NOISE)
-from nnlite.augment_spatial import P_MIRROR, P_ROTATION, P_SCALING  # noqa: E402
-from nnlite.cropping import crop_to_nonzero  # noqa: E402
-from nnlite.dataset import load_dataset  # noqa: E402
-from nnlite.files import write_json_atomic  # noqa: E402
-from nnlite.io import read_case, read_image  # noqa: E402
-from nnlite.loader import build_loader, plan_batch  # noqa: E402
-from nnlite.loss import deep_supervision_scales  # noqa: E402
+from nnlite.common.files import write_json_atomic  # noqa: E402
+from nnlite.data.cropping import crop_to_nonzero  # noqa: E402
+from nnlite.data.dataset import load_dataset  # noqa: E402
+from nnlite.data.image_io import read_case, read_image  # noqa: E402
+from nnlite.loading.augmentation import TRANSFORM_NAMES, augment_config, fired_transforms  # noqa: E402
+from nnlite.loading.intensity_transforms import (P_BLUR, P_BRIGHTNESS, P_CONTRAST, P_GAMMA, P_GAMMA_INVERTED,  # noqa: E402
+                                                 P_LOWRES, P_NOISE)
+from nnlite.loading.loader import build_loader, plan_batch  # noqa: E402
+from nnlite.loading.sampling import CaseStore, forced_foreground  # noqa: E402
+from nnlite.loading.spatial_transforms import P_MIRROR, P_ROTATION, P_SCALING  # noqa: E402
+from nnlite.network.loss import deep_supervision_scales  # noqa: E402
 from nnlite.plans import ConfigurationPlan, IntensityStats, NetworkPlan, Plans, load_plans  # noqa: E402
-from nnlite.preprocessing import sample_class_locations  # noqa: E402
-from nnlite.sampling import CaseStore, forced_foreground  # noqa: E402
+from nnlite.preprocessing.pipeline import sample_class_locations  # noqa: E402
 
 HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset004_Hippocampus"
 PATCH = (40, 56, 40)  # nnU-Net's Hippocampus 3d_fullres patch

@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nnlite.loss import build_loss, deep_supervision_scales, downsample_seg  # noqa: E402
 from nnlite.network import build_unet, geometry  # noqa: E402
+from nnlite.network.loss import build_loss, deep_supervision_scales, downsample_seg  # noqa: E402
 from nnlite.plans import NetworkPlan  # noqa: E402
 
 IN_CHANNELS = 1

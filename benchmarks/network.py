@@ -29,9 +29,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nnlite.loss import build_loss, deep_supervision_scales, downsample_seg  # noqa: E402
 from nnlite.network import build_unet  # noqa: E402
 from nnlite.network.blocks import CONV, CONV_TRANSPOSE  # noqa: E402
+from nnlite.network.loss import build_loss, deep_supervision_scales, downsample_seg  # noqa: E402
 from nnlite.plans import NetworkPlan  # noqa: E402
 
 HIPPOCAMPUS_PLAN = NetworkPlan(

@@ -27,9 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nnlite.fingerprint import fingerprint_from_nnunet  # noqa: E402
-from nnlite.errors import UserError  # noqa: E402
-from nnlite.planning import plan_experiment  # noqa: E402
+from nnlite.common.errors import UserError  # noqa: E402
+from nnlite.planning.fingerprint import fingerprint_from_nnunet  # noqa: E402
+from nnlite.planning.planner import plan_experiment  # noqa: E402
 
 CHANNEL_NAMES = ("CT", "T1", "T2", "FLAIR", "ADC", "noNorm", "rescale_to_0_1")
 

@@ -26,12 +26,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nnlite.dataset import load_dataset  # noqa: E402
-from nnlite.fingerprint import extract_fingerprint  # noqa: E402
-from nnlite.plans import (  # noqa: E402
-    ConfigurationPlan, IntensityStats, NetworkPlan, Plans, save_plans)
-from nnlite.planning import plan_experiment  # noqa: E402
-from nnlite.preprocessing import case_files, run_preprocessing  # noqa: E402
+from nnlite.data.dataset import load_dataset  # noqa: E402
+from nnlite.planning.fingerprint import extract_fingerprint  # noqa: E402
+from nnlite.planning.planner import plan_experiment  # noqa: E402
+from nnlite.plans import ConfigurationPlan, IntensityStats, NetworkPlan, Plans, save_plans  # noqa: E402
+from nnlite.preprocessing.pipeline import case_files
+from nnlite.preprocessing.runner import run_preprocessing  # noqa: E402
 
 HIPPOCAMPUS = ROOT.parent / "shared" / "data" / "Dataset004_Hippocampus"
 CONFIG = "3d_fullres"
@@ -183,7 +183,7 @@ def main() -> int:
         elif "hippocampus" in args.datasets:
             print(f"Hippocampus skipped: {HIPPOCAMPUS} not found")
         if "anisotropic" in args.datasets:
-            from nnlite.demo import generate_demo_dataset
+            from nnlite.data.demo_dataset import generate_demo_dataset
 
             raw = generate_demo_dataset(tmp / "Dataset901_Aniso", n_cases=args.anisotropic_cases, seed=0)
             bench("Anisotropic 3-channel demo", raw, 901, args, tmp / "aniso")

@@ -7,11 +7,11 @@ dummy-data ceiling (and, optionally, nnU-Net's own trainer on the same data).
         [--reference-python /work/refvenv/bin/python [--reference-compile]]
 
 Plans: "hippocampus" = nnlite's 3d_fullres plan of Dataset004_Hippocampus (patch 40×56×40) at batch
-2 (--batch-size), "demo" = the 3-channel anisotropic demo data of `nnlite.demo` (its own 3d_fullres
+2 (--batch-size), "demo" = the 3-channel anisotropic demo data of `nnlite.data.demo_dataset` (its own 3d_fullres
 plan, at the plan's batch size). Without a WORK folder each is planned and preprocessed by nnlite
 into a temporary folder first.
 
-Each measurement runs real training steps (`training.train_step`: forward, Dice+CE with deep
+Each measurement runs real training steps (`trainer.train_step`: forward, Dice+CE with deep
 supervision, backward, clipping, SGD; autocast as `training.amp: auto` decides: bf16 on CUDA and on
 CPUs with bf16 instructions) of one network per plan:
 - ceiling: one ready-made batch already on the device (no loading, no augmentation);
@@ -52,19 +52,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nnlite.augment import augment_config  # noqa: E402
-from nnlite.augment_device import augment_batch, one_thread_on_cpu  # noqa: E402
-from nnlite.demo import generate_demo_dataset  # noqa: E402
-from nnlite.distributed import Rank  # noqa: E402
-from nnlite.loader import BatchSpec, build_loader, make_batch  # noqa: E402
-from nnlite.loss import build_loss, deep_supervision_scales, downsample_seg  # noqa: E402
+from nnlite.data.demo_dataset import generate_demo_dataset  # noqa: E402
+from nnlite.loading.augmentation import augment_config  # noqa: E402
+from nnlite.loading.device_augmentation import augment_batch, one_thread_on_cpu  # noqa: E402
+from nnlite.loading.loader import BatchSpec, build_loader, make_batch  # noqa: E402
+from nnlite.loading.sampling import CaseStore, forced_foreground  # noqa: E402
+from nnlite.network.loss import build_loss, deep_supervision_scales, downsample_seg  # noqa: E402
 from nnlite.plan import main as plan_main  # noqa: E402
 from nnlite.plans import Plans, load_plans  # noqa: E402
 from nnlite.preprocess import main as preprocess_main  # noqa: E402
-from nnlite.sampling import CaseStore, forced_foreground  # noqa: E402
-from nnlite.train_config import load_train_config  # noqa: E402
-from nnlite.training import RunState, build_state, train_step  # noqa: E402
-from nnlite.training_setup import preprocessed_cases, resolve_device  # noqa: E402
+from nnlite.training.config import load_train_config  # noqa: E402
+from nnlite.training.distributed import Rank  # noqa: E402
+from nnlite.training.folds import preprocessed_cases
+from nnlite.training.run_setup import resolve_device  # noqa: E402
+from nnlite.training.trainer import RunState, build_state, train_step  # noqa: E402
 
 HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset004_Hippocampus"
 DEMO_DATASET = "Dataset990_nnliteDemo"  # a name nnU-Net accepts, for --reference-python

@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unknown stage '{args[0]}' (stages: {', '.join(stages)})", file=sys.stderr)
         return 2
     module = importlib.import_module(f"nnlite.{args[0]}")
-    from nnlite.cli import run
+    from nnlite.common.cli import run
 
     return run(module.main, args[1:])
 

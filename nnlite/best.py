@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.cli import run
+from nnlite.common.cli import run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,7 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="configurations to compare (default: every one with trained folds)")
     parser.add_argument("--no-ensembles", action="store_true", help="compare single configurations only")
     args = parser.parse_args(argv)
-    from nnlite.selection import best_path, find_best  # after parsing: `--help` stays fast
+    from nnlite.evaluation.selection import find_best
+    from nnlite.inference.stage_models import best_path  # after parsing: `--help` stays fast
 
     best = find_best(args.work, args.configs, ensembles=not args.no_ensembles)
     for candidate in best["candidates"]:

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.cli import run
-from nnlite.dataset import check_dataset, load_dataset
+from nnlite.common.cli import run
+from nnlite.data.dataset import check_dataset, load_dataset
 
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.cli import run
+from nnlite.common.cli import run
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,12 +37,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
-        from nnlite.demo import generate_demo_dataset
+        from nnlite.data.demo_dataset import generate_demo_dataset
 
         raw = generate_demo_dataset(args.raw, n_cases=args.cases, seed=args.seed)
         print(f"demo: {args.cases} cases written to {raw}")
         return 0
-    from nnlite.breastdm import convert_breastdm
+    from nnlite.data.breastdm import convert_breastdm
 
     report = convert_breastdm(args.src, args.raw, spacing=args.spacing,
                               slice_axis=args.slice_axis, keep_blank=args.keep_blank_slices)

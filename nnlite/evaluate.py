@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.cli import run
-from nnlite.evaluation import evaluate_folder, format_table, write_summary
+from nnlite.common.cli import run
+from nnlite.evaluation.metrics import evaluate_folder, format_table, write_summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,16 +16,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.cli import run
-from nnlite.planning import (
-    CONFIGURATIONS,
-    DEFAULT_GPU_MEMORY_GB,
-    MEMORY_MODELS,
-    plan_dataset,
-    plan_from_fingerprint,
-    resolve_gpu_memory,
-    summarize,
-)
+from nnlite.common.cli import run
+from nnlite.planning.memory_budget import DEFAULT_GPU_MEMORY_GB, MEMORY_MODELS, resolve_gpu_memory
+from nnlite.planning.planner import CONFIGURATIONS
+from nnlite.planning.work_folder import plan_dataset, plan_from_fingerprint, summarize
 
 
 def main(argv: Sequence[str] | None = None) -> int:

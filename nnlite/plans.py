@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nnlite.errors import UserError
-from nnlite.files import read_json_checked, write_json_atomic
-from nnlite.schema import from_dict, to_jsonable
+from nnlite.common.errors import UserError
+from nnlite.common.files import read_json_checked, write_json_atomic
+from nnlite.common.schema import from_dict, to_jsonable
 
 SCHEMA_VERSION = 1
 

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.cli import run
-from nnlite.postprocessing import POSTPROCESSED_DIR, POSTPROCESSING_FILE, determine_postprocessing
+from nnlite.common.cli import run
+from nnlite.evaluation.postprocessing import POSTPROCESSED_DIR, determine_postprocessing
+from nnlite.inference.largest_component import POSTPROCESSING_FILE
 
 
 def main(argv: Sequence[str] | None = None) -> int:

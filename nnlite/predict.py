@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.cli import EXIT_FAILURE, EXIT_OK, EXIT_USER_ERROR, run
-from nnlite.inference import STEP_SIZE
-from nnlite.prediction import PredictOptions, predict_folder
+from nnlite.common.cli import EXIT_FAILURE, EXIT_OK, EXIT_USER_ERROR, run
+from nnlite.inference.options import PredictOptions
+from nnlite.inference.predictor import predict_folder
+from nnlite.inference.sliding_window import STEP_SIZE
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         postprocess=args.postprocess, save_probabilities=args.save_probabilities,
         overwrite=args.overwrite, device=args.device, tile_batch=args.tile_batch)
     if args.best:
-        from nnlite.prediction_models import predict_best
+        from nnlite.inference.stage_models import predict_best
 
         report = predict_best(args.work, args.input_dir, args.output_dir, options)
     else:

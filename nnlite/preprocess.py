@@ -1,7 +1,7 @@
 """`python -m nnlite.preprocess WORK [--configs …] [--workers N] [--overwrite]`.
 
 Crops, normalizes and resamples every training case for the planned configurations into
-WORK/preprocessed/<data_identifier>/ (see nnlite/preprocessing.py for the file layout).
+WORK/preprocessed/<data_identifier>/ (see nnlite/preprocessing/pipeline.py for the file layout).
 Exit 0 when every case was written, 2 when the input is bad or any case failed (the other cases
 are still written; the failures are listed by file name).
 """
@@ -12,8 +12,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from nnlite.cli import EXIT_OK, run
-from nnlite.preprocessing import DEFAULT_WORKERS, run_preprocessing
+from nnlite.common.cli import EXIT_OK, run
+from nnlite.preprocessing.runner import DEFAULT_WORKERS, run_preprocessing
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.cli import run
+from nnlite.common.cli import run
 
 FOLD_CHOICES = ("0", "1", "2", "3", "4", "all", "cv")
 CV_FOLDS = ("0", "1", "2", "3", "4")
@@ -69,17 +69,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.fold is not None and args.fold not in FOLD_CHOICES:
         build_parser().error(f"argument --fold: invalid choice '{args.fold}' (0-4, all or cv)")
-    from nnlite.train_config import load_train_config  # after parsing: `--help` stays fast
+    from nnlite.training.config import load_train_config  # after parsing: `--help` stays fast
 
     default_settings = "default" if args.work is not None else "demo"
     config = load_train_config(args.train_config or default_settings, overrides_from_args(args))
     if args.work is None:
-        from nnlite.demo_run import run_demo
+        from nnlite.training.demo_run import run_demo
 
         print(run_demo(Path(DEMO_ROOT), config, overwrite=args.overwrite))
         return 0
-    from nnlite.crossval import cv_folds
-    from nnlite.training import train_folds
+    from nnlite.training.folds import cv_folds
+    from nnlite.training.trainer import train_folds
 
     folds = cv_folds(args.work, CV_FOLDS) if args.fold == "cv" else (args.fold or config.fold,)
     train_folds(args.work, config, folds, resume=args.resume, overwrite=args.overwrite)

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.cli import run
-from nnlite.visualization import MAX_SLICES, visualize_folder
+from nnlite.common.cli import run
+from nnlite.evaluation.pictures import MAX_SLICES, visualize_folder
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import torch
 
-from nnlite.distributed import close_distributed, init_distributed
-from nnlite.loss import build_loss
+from nnlite.network.loss import build_loss
 from nnlite.plans import load_plans
-from nnlite.train_config import load_train_config
-from nnlite.training import build_state, train_step
-from nnlite.training_setup import build_batches, fold_cases
+from nnlite.training.config import load_train_config
+from nnlite.training.distributed import close_distributed, init_distributed
+from nnlite.training.folds import fold_cases
+from nnlite.training.run_setup import build_batches
+from nnlite.training.trainer import build_state, train_step
 
 STEPS = 3
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
+from nnlite.common.schema import to_jsonable
 from nnlite.plans import ConfigurationPlan, IntensityStats, NetworkPlan, Plans, save_plans
-from nnlite.schema import to_jsonable
 
 CONFIG = "3d_fullres"
 

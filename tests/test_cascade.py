@@ -14,16 +14,17 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from inference_fixtures import tiny_plans
-from nnlite.cascade import (MAX_COMPONENT_FRACTION, augment_one_hot, binary_operator, input_channels,
-                            one_hot, prepare_previous_stage, previous_stage_dir, remove_random_component,
-                            seg_to_stage_input)
-from nnlite.dataset import make_splits
-from nnlite.errors import UserError
-from nnlite.files import write_json_atomic
-from nnlite.io import write_seg
-from nnlite.loader import build_loader
+from nnlite.common.errors import UserError
+from nnlite.common.files import write_json_atomic
+from nnlite.data.dataset import make_splits
+from nnlite.data.image_io import write_seg
+from nnlite.loading.loader import build_loader
+from nnlite.loading.previous_stage import (MAX_COMPONENT_FRACTION, augment_one_hot, binary_operator,
+                                           remove_random_component)
 from nnlite.plans import save_plans
-from nnlite.preprocessing import preprocess_case, save_preprocessed
+from nnlite.preprocessing.cascade import input_channels, one_hot, previous_stage_dir, seg_to_stage_input
+from nnlite.preprocessing.pipeline import preprocess_case, save_preprocessed
+from nnlite.training.lowres_predictions import prepare_previous_stage
 
 SHAPE = (8, 16, 16)  # (Z, Y, X) of every toy case = the patch, so a sample sees the whole case
 SPACING = (2.0, 1.0, 1.0)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from nnlite import checkpoints, progress
-from nnlite.errors import UserError
-from nnlite.train_config import (CONFIG_DIR, TrainConfig, config_differences, config_from_dict,
-                                 config_to_dict, load_train_config)
+from nnlite.common.errors import UserError
+from nnlite.training import checkpoints, progress
+from nnlite.training.config import (CONFIG_DIR, TrainConfig, config_differences, config_from_dict,
+                                    config_to_dict, load_train_config)
 
 REPO = Path(__file__).resolve().parents[1]
 

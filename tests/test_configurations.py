@@ -19,16 +19,15 @@ import numpy as np
 import pytest
 
 from nnlite.best import main as best_main
-from nnlite.cascade import previous_stage_dir
-from nnlite.demo import generate_demo_dataset
-from nnlite.io import read_image
-from nnlite.planning import plan_dataset
+from nnlite.data.demo_dataset import generate_demo_dataset
+from nnlite.data.image_io import read_image
+from nnlite.inference.options import PredictOptions
+from nnlite.inference.stage_models import load_best, predict_models
+from nnlite.planning.work_folder import plan_dataset
 from nnlite.plans import load_plans, save_plans
 from nnlite.predict import main as predict_main
-from nnlite.prediction import PredictOptions
-from nnlite.prediction_models import predict_models
-from nnlite.preprocessing import run_preprocessing
-from nnlite.selection import load_best
+from nnlite.preprocessing.cascade import previous_stage_dir
+from nnlite.preprocessing.runner import run_preprocessing
 from nnlite.train import main as train_main
 
 pytestmark = pytest.mark.slow

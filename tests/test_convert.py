@@ -13,12 +13,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from nnlite.breastdm import IMAGE_FILES, convert_breastdm
-from nnlite.cli import run
+from nnlite.common.cli import run
+from nnlite.common.errors import UserError
 from nnlite.convert import main as convert_main
-from nnlite.dataset import check_dataset, load_dataset
-from nnlite.demo import generate_demo_dataset, make_demo_case
-from nnlite.errors import UserError
+from nnlite.data.breastdm import IMAGE_FILES, convert_breastdm
+from nnlite.data.dataset import check_dataset, load_dataset
+from nnlite.data.demo_dataset import generate_demo_dataset, make_demo_case
 
 REPO = Path(__file__).resolve().parents[1]
 

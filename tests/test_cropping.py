@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nnlite.cropping import OUTSIDE_LABEL, bounding_box, crop_to_nonzero, nonzero_mask, uncrop
+from nnlite.data.cropping import OUTSIDE_LABEL, bounding_box, crop_to_nonzero, nonzero_mask, uncrop
 
 SETTINGS = settings(max_examples=30, deadline=None)
 

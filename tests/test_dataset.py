@@ -1,4 +1,4 @@
-"""nnlite.dataset and `python -m nnlite.check`: dataset.json parsing, case discovery, one generated
+"""nnlite.data.dataset and `python -m nnlite.check`: dataset.json parsing, case discovery, one generated
 bad dataset per integrity error (with the exit-2 error contract), warnings, splits."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nnlite.check import main as check_main
-from nnlite.cli import run
-from nnlite.dataset import check_case, check_dataset, load_dataset, make_splits
-from nnlite.errors import UserError
+from nnlite.common.cli import run
+from nnlite.common.errors import UserError
+from nnlite.data.dataset import check_case, check_dataset, load_dataset, make_splits
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (4, 6, 5)  # (z, y, x)
@@ -26,7 +26,7 @@ PIXDIM_OFFSET = 76  # byte offset of pixdim[0] in a NIfTI-1 header
 
 
 def write_nifti(path: Path, array: np.ndarray, spacing=SPACING, affine=None) -> Path:
-    """Write a (Z, Y, X) array (or 2D/4D for bad inputs) with nibabel directly, not nnlite.io."""
+    """Write a (Z, Y, X) array (or 2D/4D for bad inputs) with nibabel directly, not nnlite.data.image_io."""
     if affine is None:
         affine = np.diag([*reversed(spacing), 1.0])
     voxels = array.transpose(*reversed(range(min(array.ndim, 3))), *range(3, array.ndim))

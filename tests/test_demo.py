@@ -20,15 +20,15 @@ import numpy as np
 import pytest
 import torch
 
-from nnlite import checkpoints
-from nnlite.demo import generate_demo_dataset
-from nnlite.demo_run import DEMO_CONFIGURATION, plan_demo
-from nnlite.errors import UserError
-from nnlite.evaluation import read_seg
-from nnlite.io import read_image, write_seg
+from nnlite.common.errors import UserError
+from nnlite.data.demo_dataset import generate_demo_dataset
+from nnlite.data.image_io import read_image, write_seg
+from nnlite.evaluation.metrics import read_seg
 from nnlite.plans import load_plans, save_plans
-from nnlite.preprocessing import run_preprocessing
+from nnlite.preprocessing.runner import run_preprocessing
 from nnlite.train import main as train_main
+from nnlite.training import checkpoints
+from nnlite.training.demo_run import DEMO_CONFIGURATION, plan_demo
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nnlite import checkpoints
+from nnlite.training import checkpoints
 
 from test_demo import DEMO_CONFIGURATION, copy_work, fold_dir, tiny_work  # noqa: F401 - the fixture
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import nnlite.fingerprint as fingerprint_module
-from nnlite.dataset import load_dataset
-from nnlite.errors import UserError
-from nnlite.fingerprint import extract_fingerprint, fingerprint_from_nnunet, sample_foreground
-from nnlite.io import write_image
-from nnlite.schema import to_jsonable
+import nnlite.planning.fingerprint as fingerprint_module
+from nnlite.common.errors import UserError
+from nnlite.common.schema import to_jsonable
+from nnlite.data.dataset import load_dataset
+from nnlite.data.image_io import write_image
+from nnlite.planning.fingerprint import extract_fingerprint, fingerprint_from_nnunet, sample_foreground
 
 SPACING = (3.0, 0.8, 0.8)  # (z, y, x)
 SHAPE = (10, 16, 12)

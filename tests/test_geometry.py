@@ -7,14 +7,8 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nnlite.network.geometry import (
-    activation_bytes,
-    conv_feature_map_elements,
-    count_parameters,
-    saved_elements,
-    stage_shapes,
-    training_memory_bytes,
-)
+from nnlite.network.geometry import (activation_bytes, conv_feature_map_elements, count_parameters,
+                                     saved_elements, stage_shapes, training_memory_bytes)
 from nnlite.plans import NetworkPlan
 
 # Facts measured on nnU-Net v2.8.1 / dynamic_network_architectures 0.4.4 (reference doc §3.5, §5).

@@ -12,15 +12,15 @@ from hypothesis import strategies as st
 from torch import nn
 
 from inference_fixtures import CONFIG, save_random_model, tiny_plans
-from nnlite.cli import run
-from nnlite.export import export_prediction, load_probabilities
-from nnlite.inference import (gaussian_weights, mirror_subsets, pad_to_tile, predict_sliding_window,
-                              tile_starts)
-from nnlite.io import read_image, write_image
-from nnlite.postprocessing import apply_postprocessing
-from nnlite.precision import inference_autocast
+from nnlite.common.cli import run
+from nnlite.data.image_io import read_image, write_image
+from nnlite.inference.export import export_prediction, load_probabilities
+from nnlite.inference.largest_component import apply_postprocessing
+from nnlite.inference.sliding_window import (gaussian_weights, mirror_subsets, pad_to_tile,
+                                             predict_sliding_window, tile_starts)
 from nnlite.predict import main as predict_main
-from nnlite.preprocessing import preprocess_case
+from nnlite.preprocessing.pipeline import preprocess_case
+from nnlite.training.precision import inference_autocast
 
 
 def add_one_network(channels: int, ndim: int) -> nn.Module:

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from nnlite.augment import augment_config
-from nnlite.errors import UserError
-from nnlite.loader import LoaderError, build_loader, plan_batch
-from nnlite.sampling import CaseStore
+from nnlite.common.errors import UserError
+from nnlite.loading.augmentation import augment_config
+from nnlite.loading.loader import LoaderError, build_loader, plan_batch
+from nnlite.loading.sampling import CaseStore
 from tests.loader_fixtures import DATA_IDENTIFIER, toy_dataset, toy_plans
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +125,7 @@ def test_ctrl_c_stops_the_loader_and_its_workers(toy):
         import sys, os
         sys.path.insert(0, {str(ROOT)!r})
         from tests.loader_fixtures import toy_plans
-        from nnlite.loader import build_loader
+        from nnlite.loading.loader import build_loader
         loader = build_loader({str(work)!r}, toy_plans(), "3d_fullres", {names!r}, 2, augment=True,
                               seed=0, workers=2)
         next(loader)

@@ -9,16 +9,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nnlite.loss import (
-    DICE_SMOOTH,
-    DeepSupervisionLoss,
-    DiceCELoss,
-    build_loss,
-    deep_supervision_scales,
-    deep_supervision_weights,
-    downsample_seg,
-    soft_dice_per_class,
-)
+from nnlite.network.loss import (DICE_SMOOTH, DeepSupervisionLoss, DiceCELoss, build_loss,
+                                 deep_supervision_scales, deep_supervision_weights, downsample_seg,
+                                 soft_dice_per_class)
 from nnlite.plans import NetworkPlan
 
 

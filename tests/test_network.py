@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from nnlite.errors import UserError
-from nnlite.loss import build_loss, deep_supervision_scales, downsample_seg
+from nnlite.common.errors import UserError
 from nnlite.network import build_unet, channels_last_input, compile_network, geometry, to_channels_last
 from nnlite.network.blocks import CONV, CONV_TRANSPOSE, HE_INIT_A, ResidualBlock
+from nnlite.network.loss import build_loss, deep_supervision_scales, downsample_seg
 from nnlite.plans import NetworkPlan
 
 MAX_AXIS_STRIDE = 16  # keeps random 3D patches ≤ 32 voxels per axis so the tests stay fast

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nnlite.errors import UserError
-from nnlite.normalization import ct_normalize, normalize, normalize_channel, rescale_0_1, zscore
+from nnlite.common.errors import UserError
 from nnlite.plans import IntensityStats
+from nnlite.preprocessing.normalization import ct_normalize, normalize, normalize_channel, rescale_0_1, zscore
 
 SETTINGS = settings(max_examples=30, deadline=None)
 CT_STATS = IntensityStats(mean=100.0, std=50.0, median=90.0, min=-3000.0, max=3000.0,

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from inference_fixtures import tiny_plans
-from nnlite.evaluation import matched_cases
-from nnlite.io import read_image, write_seg
+from nnlite.data.image_io import read_image, write_seg
+from nnlite.evaluation.metrics import matched_cases
+from nnlite.evaluation.postprocessing import decide_postprocessing
+from nnlite.inference.largest_component import (apply_postprocessing, keep_largest_component,
+                                                load_postprocessing)
 from nnlite.plans import save_plans
 from nnlite.postprocess import main as postprocess_main
-from nnlite.postprocessing import (apply_postprocessing, decide_postprocessing,
-                                   keep_largest_component, load_postprocessing)
 
 AFFINE = np.eye(4)
 SHAPE = (12, 12, 12)

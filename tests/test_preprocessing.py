@@ -10,23 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnlite.cropping import crop_to_nonzero
-from nnlite.errors import UserError
-from nnlite.io import write_image, write_seg
+from nnlite.common.errors import UserError
+from nnlite.data.cropping import crop_to_nonzero
+from nnlite.data.image_io import write_image, write_seg
 from nnlite.plans import ConfigurationPlan, IntensityStats, NetworkPlan, Plans, save_plans
 from nnlite.preprocess import main as preprocess_main
-from nnlite.preprocessing import (
-    case_files,
-    load_case_properties,
-    load_preprocessed,
-    preprocess_case,
-    resample_to_original,
-    restore_original_geometry,
-    sample_class_locations,
-    save_preprocessed,
-)
-from nnlite.resampling import resample_image, resample_seg
-from nnlite.sampling import ANNOTATED_KEY
+from nnlite.preprocessing.pipeline import (case_files, load_case_properties, load_preprocessed,
+                                           preprocess_case, resample_to_original, restore_original_geometry,
+                                           sample_class_locations, save_preprocessed)
+from nnlite.preprocessing.pipeline import ANNOTATED_KEY
+from nnlite.preprocessing.resampling import resample_image, resample_seg
 
 STATS = IntensityStats(mean=5.0, std=1.0, median=5.0, min=0.0, max=10.0,
                        percentile_00_5=1.0, percentile_99_5=9.0)
@@ -272,7 +265,7 @@ def test_preprocess_command_end_to_end(tmp_path, rng, capsys):
 
 @pytest.mark.slow
 def test_preprocess_command_reports_a_broken_case_and_keeps_the_others(tmp_path, rng):
-    from nnlite.cli import run
+    from nnlite.common.cli import run
 
     raw, work = tmp_path / "raw", tmp_path / "work"
     _write_dataset(raw, 3, rng)
@@ -286,7 +279,7 @@ def test_preprocess_command_reports_a_broken_case_and_keeps_the_others(tmp_path,
 
 
 def test_unknown_configuration_and_missing_raw_path_are_user_errors(tmp_path, capsys):
-    from nnlite.cli import run
+    from nnlite.common.cli import run
 
     save_plans(_plans(), tmp_path / "plans.json")
     assert run(preprocess_main, [str(tmp_path)]) == 2

@@ -9,13 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from nnlite.resampling import (
-    axis_operator,
-    new_shape_for,
-    resample_image,
-    resample_seg,
-    separate_z_axis,
-)
+from nnlite.preprocessing.resampling import (axis_operator, new_shape_for, resample_image, resample_seg,
+                                             separate_z_axis)
 
 SETTINGS = settings(max_examples=30, deadline=None)
 shapes = st.tuples(*[st.integers(2, 12)] * 3)
@@ -191,8 +186,8 @@ def _separate_z_expectation(image: np.ndarray, new_shape, order: int) -> np.ndar
 
 
 def test_separate_z_path_on_anisotropic_demo_case(tmp_path):
-    demo = pytest.importorskip("nnlite.demo")
-    from nnlite.dataset import check_case, load_dataset
+    demo = pytest.importorskip("nnlite.data.demo_dataset")
+    from nnlite.data.dataset import check_case, load_dataset
 
     dataset = load_dataset(demo.generate_demo_dataset(tmp_path / "raw", n_cases=1, seed=0))
     case = check_case(dataset, dataset.cases[0])

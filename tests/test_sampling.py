@@ -9,13 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from nnlite.augment import AugmentParams, augment_config, crop_and_augment, patch_source_box
-from nnlite.augment_intensity import IntensityParams
-from nnlite.augment_spatial import SpatialParams, sample_matrix
-from nnlite.loader import plan_batch
-from nnlite.sampling import (ANNOTATED_KEY, CaseStore, foreground_start, forced_foreground, random_start,
-                             read_region, unforced_start,
-                             start_bounds)
+from nnlite.loading.augmentation import AugmentParams, augment_config, crop_and_augment, patch_source_box
+from nnlite.loading.intensity_transforms import IntensityParams
+from nnlite.loading.loader import plan_batch
+from nnlite.loading.sampling import (CaseStore, forced_foreground, foreground_start, random_start,
+                                     read_region, start_bounds, unforced_start)
+from nnlite.loading.spatial_transforms import SpatialParams, sample_matrix
+from nnlite.preprocessing.pipeline import ANNOTATED_KEY
 from tests.loader_fixtures import DATA_IDENTIFIER, toy_dataset, toy_plans
 
 P_VALUE = 1e-3
@@ -150,9 +150,9 @@ def test_forced_patches_contain_foreground(tmp_path, augment):
 @pytest.mark.slow
 def test_forced_patches_contain_foreground_on_the_demo_data(tmp_path):
     """The demo dataset through the real planner and preprocessing: 1000 forced, augmented draws."""
-    from nnlite.demo import generate_demo_dataset
-    from nnlite.planning import plan_dataset
-    from nnlite.preprocessing import run_preprocessing
+    from nnlite.data.demo_dataset import generate_demo_dataset
+    from nnlite.planning.work_folder import plan_dataset
+    from nnlite.preprocessing.runner import run_preprocessing
 
     raw = generate_demo_dataset(tmp_path / "raw", n_cases=5, seed=0)
     plans = plan_dataset(raw, tmp_path / "work", 8.0, ["3d_fullres"], 1)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from nnlite.errors import UserError
+from nnlite.common.errors import UserError
 from nnlite.plans import NetworkPlan
 
 # --- memory model constants (bytes) ---------------------------------------------------------------

@@ -20,15 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nnlite.errors import UserError
-from nnlite.network.blocks import (
-    CONV,
-    CONV_TRANSPOSE,
-    ConvStack,
-    ConvUnit,
-    ResidualStack,
-    init_he,
-)
+from nnlite.common.errors import UserError
+from nnlite.network.blocks import CONV, CONV_TRANSPOSE, ConvStack, ConvUnit, ResidualStack, init_he
 from nnlite.plans import NetworkPlan
 
 

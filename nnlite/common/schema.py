@@ -1,0 +1,89 @@
+"""Map JSON/YAML dicts onto (frozen) dataclasses and back, rejecting unknown keys by name.
+
+Used for nnlite's own files only (plans.json, fingerprint.json, case properties, configs/*.yaml);
+a user's dataset.json keeps its extra keys and is parsed in `dataset.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar
+
+from nnlite.common.errors import UserError
+
+T = TypeVar("T")
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses → dicts, tuples → lists, recursively (JSON-native output)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): to_jsonable(item) for key, item in value.items()}
+    return value
+
+
+def from_dict(cls: type[T], data: Any, where: str = "") -> T:
+    """Build dataclass `cls` from a dict; unknown or missing keys raise UserError naming the key."""
+    if not isinstance(data, dict):
+        raise UserError(where or cls.__name__, f"expected a mapping for {cls.__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UserError(where or cls.__name__, f"unknown key '{unknown[0]}' for {cls.__name__}")
+    kwargs = {}
+    for name, field in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], f"{where}.{name}" if where else name)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise UserError(where or cls.__name__, f"missing key '{name}' for {cls.__name__}")
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _convert(non_none[0], value, where)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], item, where) for item in _as_list(value, where))
+        return tuple(_convert(a, item, where) for a, item in zip(args, _as_list(value, where)))
+    if origin is list:
+        return [_convert(args[0], item, where) for item in _as_list(value, where)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(where, "expected a mapping")
+        return {_dict_key(args[0], k, where): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and not isinstance(value, hint):
+        raise UserError(where, f"expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _dict_key(hint: Any, key: Any, where: str) -> Any:
+    if hint is int and isinstance(key, str):  # JSON object keys are always strings
+        try:
+            return int(key)
+        except ValueError:
+            raise UserError(where, f"expected an integer key, got {key!r}") from None
+    return _convert(hint, key, where)
+
+
+def _as_list(value: Any, where: str) -> list:
+    if not isinstance(value, (list, tuple)):
+        raise UserError(where, f"expected a list, got {value!r}")
+    return list(value)

@@ -1,0 +1,70 @@
+"""Cross-validation results: the validation folders of every fold merged into one.
+
+Fold k of `WORK/splits.json` validates the cases of its "val" list, with a model that never saw
+them. Merging takes, from each `results/<config>/fold_<k>/validation/`, exactly the cases of that
+fold's "val" list (a stray file of another case is ignored, so a case is never scored with a
+model that trained on it), and fails when a case is validated by two folds or a fold has not
+validated one of its cases. The result, `results/<config>/crossval/`, holds every training case's
+label map (and its `.npz` probabilities when the folds saved them, for ensembling) and a
+`summary.json` scored against the raw labels, as the reference's
+`crossval_results_folds_0_1_2_3_4/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from nnlite.common.files import staged_dir
+from nnlite.evaluation.metrics import evaluate_for_plans, write_summary
+from nnlite.inference.export import npz_path_for
+from nnlite.plans import load_plans
+from nnlite.training.folds import SEG_ENDING, fold_sources
+
+log = logging.getLogger(__name__)
+
+CROSSVAL_DIR = "crossval"
+SUMMARY_FILE = "summary.json"
+
+
+def crossval_dir(work: Path, config_name: str) -> Path:
+    return Path(work) / "results" / config_name / CROSSVAL_DIR
+
+
+def merge_crossval(work: str | Path, config_name: str) -> dict[str, Any]:
+    """(Re)build results/<config>/crossval/ from the folds; returns its summary (also on disk)."""
+    work = Path(work)
+    plans = load_plans(work / "plans.json")
+    sources = fold_sources(work, config_name)
+    target = crossval_dir(work, config_name)
+    if target.exists():
+        shutil.rmtree(target)  # rebuilt from the folds every time: it never goes stale
+    with staged_dir(target) as staging:
+        for case, (_, path) in sorted(sources.items()):
+            _link_or_copy(path, staging / path.name)
+            if npz_path_for(path).is_file():
+                _link_or_copy(npz_path_for(path), npz_path_for(staging / path.name))
+        summary = evaluate_for_plans(staging, plans)
+        summary["folds"] = {case: fold for case, (fold, _) in sorted(sources.items())}
+        write_summary(summary, staging / SUMMARY_FILE)
+    log.info("%s cross-validation: foreground Dice %.4f on %d cases (%s)", config_name,
+             summary["foreground_mean"]["dice"], len(sources), target / SUMMARY_FILE)
+    return summary
+
+
+def has_probabilities(work: Path, config_name: str) -> bool:
+    """Does results/<config>/crossval/ hold a `.npz` for every label map?"""
+    folder = crossval_dir(work, config_name)
+    segs = sorted(folder.glob(f"*{SEG_ENDING}"))
+    return bool(segs) and all(npz_path_for(path).is_file() for path in segs)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link (no copy of large probability files) where the file system allows one."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)

@@ -1,0 +1,87 @@
+"""Ensembles of configurations: the mean of their softmax probabilities, then argmax.
+
+As the reference's `nnUNetv2_ensemble` (§8), members are combined by averaging PROBABILITIES in
+the original geometry. The cross-validation ensemble reads each member's saved validation
+probabilities (`results/<config>/crossval/<case>.npz`, float16) and `predict --best` computes the
+same float16 arrays from the raw images, and both go through `average_probabilities` and
+`seg_from_probabilities`, so a chosen ensemble's predictions are reproduced exactly.
+
+Files: `WORK/results/ensembles/<a>+<b>/<case>.nii.gz` and `summary.json` (the contract's layout).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+from tqdm import tqdm
+
+from nnlite.common.errors import UserError
+from nnlite.common.files import staged_dir
+from nnlite.data.image_io import read_image, write_seg
+from nnlite.evaluation.cross_validation import SUMMARY_FILE, crossval_dir
+from nnlite.evaluation.metrics import evaluate_for_plans, list_segs, write_summary
+from nnlite.inference.export import (average_probabilities, load_probabilities, npz_path_for,
+                                     seg_from_probabilities)
+from nnlite.plans import load_plans
+from nnlite.training.folds import SEG_ENDING
+
+log = logging.getLogger(__name__)
+
+ENSEMBLES_DIR = "ensembles"
+NAME_SEPARATOR = "+"
+
+
+def ensemble_name(configs: Sequence[str]) -> str:
+    return NAME_SEPARATOR.join(configs)
+
+
+def ensemble_dir(work: Path, configs: Sequence[str]) -> Path:
+    return Path(work) / "results" / ENSEMBLES_DIR / ensemble_name(configs)
+
+
+def ensemble_crossval(work: str | Path, configs: Sequence[str]) -> dict[str, Any]:
+    """Average the members' cross-validation probabilities case by case into
+    results/ensembles/<a>+<b>/ (label maps + summary.json); returns the summary.
+
+    Every member must have merged cross-validation results with probabilities for the same cases
+    (`cross_validation.merge_crossval`; training saves them with validation.save_probabilities).
+    """
+    work = Path(work)
+    plans = load_plans(work / "plans.json")
+    cases = _common_cases(work, configs)
+    target = ensemble_dir(work, configs)
+    if target.exists():
+        shutil.rmtree(target)
+    with staged_dir(target) as staging:
+        for case in tqdm(cases, desc=f"ensemble {ensemble_name(configs)}", unit="case", leave=False):
+            members = [load_probabilities(crossval_dir(work, c) / f"{case}.npz") for c in configs]
+            seg = seg_from_probabilities(average_probabilities(members))
+            affine = read_image(crossval_dir(work, configs[0]) / f"{case}{SEG_ENDING}").affine
+            write_seg(staging / f"{case}{SEG_ENDING}", seg, affine)
+        summary = evaluate_for_plans(staging, plans)
+        summary["members"] = list(configs)
+        write_summary(summary, staging / SUMMARY_FILE)
+    log.info("ensemble %s cross-validation: foreground Dice %.4f on %d cases", ensemble_name(configs),
+             summary["foreground_mean"]["dice"], len(cases))
+    return summary
+
+
+def _common_cases(work: Path, configs: Sequence[str]) -> list[str]:
+    """The cases of the members' crossval folders; they must agree and each have a `.npz`."""
+    if len(configs) < 2:
+        raise UserError("ensemble", "needs at least two configurations")
+    cases = None
+    for config in configs:
+        segs = list_segs(crossval_dir(work, config))
+        for case, path in segs.items():
+            if not npz_path_for(path).is_file():
+                raise UserError(npz_path_for(path), "missing: ensembling needs the validation "
+                                "probabilities (train with validation.save_probabilities=true)")
+        if cases is not None and set(segs) != cases:
+            raise UserError(crossval_dir(work, config), f"holds other cases than {configs[0]}'s "
+                            "cross-validation")
+        cases = set(segs)
+    return sorted(cases)

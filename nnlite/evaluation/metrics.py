@@ -1,0 +1,233 @@
+"""Overlap metrics of label maps: Dice, IoU, PPV (and TP/FP/FN) per case and label, and their means.
+
+Everything is computed from per-case confusion counts (TP, FP, FN per label), so post-processing can
+score candidate label maps without writing them. The layout of `summary.json` is fixed by
+docs/contract.md:
+
+    {"labels": [1, 2],
+     "mean": {"1": {"dice", "iou", "ppv"}, ...},
+     "foreground_mean": {"dice", "iou", "ppv"},
+     "per_case": [{"case": name, "metrics": {"1": {"dice", "iou", "ppv", "tp", "fp", "fn"}, ...}}]}
+
+Empty rules (as the reference, evaluation/evaluate_predictions.py): reference and prediction both
+empty → Dice and IoU are NaN (`null` in JSON) and left out of the label's mean; only the reference
+empty → Dice 0; nothing predicted → PPV NaN. `foreground_mean` is the plain mean over labels of
+`mean[label]` (so it is NaN when a label's mean is NaN, as in the reference). With an ignore label,
+voxels the reference marks with it (unannotated) count nowhere, whatever was predicted there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import nibabel as nib
+import numpy as np
+
+from nnlite.common.errors import UserError
+from nnlite.common.files import write_json_atomic
+from nnlite.plans import RAW_PATH_KEY, Plans
+
+log = logging.getLogger(__name__)
+
+SEG_ENDINGS = (".nii.gz", ".nii")
+MEAN_METRICS = ("dice", "iou", "ppv")  # averaged over cases; tp/fp/fn stay per case
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Confusion counts of one label in one case."""
+
+    tp: int
+    fp: int
+    fn: int
+
+
+def label_counts(pred: np.ndarray, ref: np.ndarray, labels: Iterable[int],
+                 ignore_label: int | None = None) -> dict[int, Counts]:
+    """TP/FP/FN per label of two integer label maps of the same shape; reference voxels with
+    `ignore_label` are left out."""
+    annotated = None if ignore_label is None else ref != ignore_label
+    counts = {}
+    for label in labels:
+        in_pred = pred == label
+        if annotated is not None:
+            in_pred &= annotated
+        in_ref = ref == label
+        tp = int(np.count_nonzero(in_pred & in_ref))
+        counts[int(label)] = Counts(tp, int(np.count_nonzero(in_pred)) - tp,
+                                    int(np.count_nonzero(in_ref)) - tp)
+    return counts
+
+
+def metrics_from_counts(counts: Counts) -> dict[str, float | int]:
+    """Dice, IoU, PPV (NaN by the empty rules above) plus the raw counts."""
+    tp, fp, fn = counts.tp, counts.fp, counts.fn
+    union = tp + fp + fn
+    return {
+        "dice": 2 * tp / (2 * tp + fp + fn) if union else math.nan,
+        "iou": tp / union if union else math.nan,
+        "ppv": tp / (tp + fp) if tp + fp else math.nan,
+        "tp": tp, "fp": fp, "fn": fn,
+    }
+
+
+def summarize(case_counts: dict[str, dict[int, Counts]], labels: Sequence[int]) -> dict:
+    """Build the summary.json dict from per-case counts (cases in the given order)."""
+    per_case = []
+    for case, counts in case_counts.items():
+        metrics = {str(label): metrics_from_counts(counts.get(label, Counts(0, 0, 0)))
+                   for label in labels}
+        per_case.append({"case": case, "metrics": metrics})
+    mean = {}
+    for label in labels:
+        mean[str(label)] = {
+            metric: _nanmean([entry["metrics"][str(label)][metric] for entry in per_case])
+            for metric in MEAN_METRICS
+        }
+    foreground = {
+        metric: (float(np.mean([mean[str(label)][metric] for label in labels])) if labels
+                 else math.nan)
+        for metric in MEAN_METRICS
+    }
+    return {"labels": [int(label) for label in labels], "mean": mean,
+            "foreground_mean": foreground, "per_case": per_case}
+
+
+def _nanmean(values: list[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return float(np.mean(kept)) if kept else math.nan
+
+
+def read_seg(path: Path) -> np.ndarray:
+    """A label map as an int array in NIfTI voxel order (both sides of a comparison use the same)."""
+    try:
+        image = nib.load(str(path))
+        voxels = np.asanyarray(image.dataobj)
+    except Exception as error:  # nibabel raises many types for damaged files
+        raise UserError(path, f"unreadable label map ({type(error).__name__}: {error})") from None
+    if voxels.dtype.kind == "f":
+        voxels = np.rint(voxels)
+    return voxels.astype(np.int64)
+
+
+def case_name(path: Path) -> str | None:
+    """`case` for `case.nii.gz` / `case.nii`; None for other files."""
+    for ending in SEG_ENDINGS:
+        if path.name.endswith(ending):
+            return path.name[: -len(ending)]
+    return None
+
+
+def list_segs(folder: str | Path) -> dict[str, Path]:
+    """Case name → label-map file of a folder (sorted by case)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(folder, "folder not found")
+    found = {}
+    for path in sorted(folder.iterdir()):
+        name = case_name(path)
+        if name is not None and path.is_file():
+            found[name] = path
+    return found
+
+
+def matched_cases(pred_dir: str | Path, ref_dir: str | Path) -> list[tuple[str, Path, Path]]:
+    """(case, prediction, reference) for every prediction of pred_dir; see `match_cases`."""
+    return match_cases(list_segs(pred_dir), list_segs(ref_dir), pred_dir, ref_dir)
+
+
+def match_cases(preds: dict[str, Path], refs: dict[str, Path], pred_where: str | Path,
+                ref_where: str | Path) -> list[tuple[str, Path, Path]]:
+    """Pair predictions with references; a prediction without reference is an error.
+
+    References without a prediction are left out (as the reference's `chill` mode), so a fold's
+    validation folder can be scored against the whole labelsTr.
+    """
+    if not preds:
+        raise UserError(pred_where, "holds no predictions (<case>.nii.gz)")
+    missing = [case for case in preds if case not in refs]
+    if missing:
+        raise UserError(missing[0], f"has a prediction in {pred_where} but no reference in {ref_where}")
+    if len(refs) > len(preds):
+        log.info("evaluating %d of %d reference cases (the predicted ones)", len(preds), len(refs))
+    return [(case, preds[case], refs[case]) for case in preds]
+
+
+def read_pair(case: str, pred_path: Path, ref_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    pred, ref = read_seg(pred_path), read_seg(ref_path)
+    if pred.shape != ref.shape:
+        raise UserError(case, f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    return pred, ref
+
+
+def evaluate_folder(pred_dir: str | Path, ref_dir: str | Path, labels: Sequence[int] | None = None,
+                    ignore_label: int | None = None) -> dict:
+    """Score every `<case>.nii.gz` of pred_dir against ref_dir; returns the summary.json dict.
+
+    labels: the labels to score; default every nonzero value found in the reference files.
+    ignore_label: reference voxels with this value are unannotated and count nowhere.
+    """
+    not_scored = {0, ignore_label}
+    values: dict[str, dict[int, Counts]] = {}
+    found: set[int] = set()
+    for case, pred_path, ref_path in matched_cases(pred_dir, ref_dir):
+        pred, ref = read_pair(case, pred_path, ref_path)
+        present = set(np.unique(ref).tolist())
+        found |= present
+        wanted = labels if labels is not None else present | set(np.unique(pred).tolist())
+        values[case] = label_counts(pred, ref, [v for v in wanted if v not in not_scored], ignore_label)
+    if labels is None:
+        labels = sorted(v for v in found if v not in not_scored)
+    return summarize(values, list(labels))
+
+
+def reference_labels(plans: Plans) -> Path:
+    """labelsTr of the raw dataset the plans were made from (plans.extra["raw_path"])."""
+    raw = plans.extra.get(RAW_PATH_KEY)
+    if not raw:
+        raise UserError("plans.json", f"extra.{RAW_PATH_KEY} is missing: no reference labels to score "
+                        "against (re-run nnlite.plan)")
+    folder = Path(raw) / "labelsTr"
+    if not folder.is_dir():
+        raise UserError(folder, "reference labels not found")
+    return folder
+
+
+def evaluate_for_plans(pred_dir: str | Path, plans: Plans) -> dict:
+    """Score pred_dir against the plans' raw labels: the foreground labels, annotated voxels only."""
+    return evaluate_folder(pred_dir, reference_labels(plans), plans.foreground_labels, plans.ignore_label)
+
+
+def json_ready(value):
+    """NaN → None (JSON null), recursively."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_ready(item) for item in value]
+    return value
+
+
+def write_summary(summary: dict, path: str | Path) -> Path:
+    """Write summary.json atomically with NaN as null (strict JSON)."""
+    return write_json_atomic(path, json_ready(summary))
+
+
+def format_table(summary: dict) -> str:
+    """A short text table: mean Dice/IoU/PPV per label and the foreground mean."""
+    lines = [f"{'label':>10} {'dice':>8} {'iou':>8} {'ppv':>8}"]
+    rows = [(label, summary["mean"][label]) for label in map(str, summary["labels"])]
+    rows.append(("foreground", summary["foreground_mean"]))
+    for name, values in rows:
+        lines.append(f"{name:>10} " + " ".join(_fmt(values[m]) for m in MEAN_METRICS))
+    lines.append(f"{len(summary['per_case'])} cases")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return f"{'nan':>8}" if value is None or math.isnan(value) else f"{value:8.4f}"

@@ -1,0 +1,126 @@
+"""From network-space probabilities to files in the original geometry.
+
+Path back (reference: export_prediction.py): resample the probabilities to the cropped original
+shape (preprocessing's inverse, order 1 with the separate-z rule), argmax, put the label map back
+into the uncropped volume (background outside the crop), transpose back to the raw axis order and
+write `<case>.nii.gz` with the input's affine (uint8 when the labels fit).
+Optional `<case>.npz` (key "probabilities", float16 (K, Z, Y, X) in the original geometry, no
+pickle): outside the crop the background probability is 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from nnlite.common.errors import UserError
+from nnlite.common.files import write_atomic
+from nnlite.data.image_io import write_seg
+from nnlite.inference.largest_component import apply_postprocessing
+from nnlite.plans import Plans
+from nnlite.preprocessing.pipeline import CaseProperties, resample_to_original, restore_original_geometry
+
+log = logging.getLogger(__name__)
+
+PROBABILITIES_KEY = "probabilities"  # array name inside <case>.npz (as the reference)
+
+
+def probabilities_in_crop(probs: np.ndarray | torch.Tensor, props: CaseProperties, plans: Plans,
+                          config_name: str) -> np.ndarray:
+    """(K, *network space) → (K, *shape_after_crop) float32 in the preprocessed axis order."""
+    if isinstance(probs, torch.Tensor):
+        probs = probs.detach().cpu().numpy()
+    return np.asarray(resample_to_original(probs.astype(np.float32, copy=False), props, plans,
+                                           config_name), dtype=np.float32)
+
+
+def seg_in_original(cropped_probs: np.ndarray, props: CaseProperties, plans: Plans) -> np.ndarray:
+    """Argmax of (K, *cropped) → uint8/int16 label map (*raw shape) in the raw axis order."""
+    dtype = np.uint8 if cropped_probs.shape[0] <= 256 else np.int16
+    seg = np.argmax(cropped_probs, axis=0).astype(dtype)
+    return restore_original_geometry(seg, props, plans, 0)
+
+
+def probabilities_in_original(cropped_probs: np.ndarray, props: CaseProperties,
+                              plans: Plans) -> np.ndarray:
+    """(K, *cropped) → (K, *raw shape) float16; outside the crop: background 1, others 0."""
+    fill = [1.0] + [0.0] * (cropped_probs.shape[0] - 1)
+    return restore_original_geometry(cropped_probs.astype(np.float16), props, plans, fill)
+
+
+def write_probabilities(path: str | Path, probs: np.ndarray) -> Path:
+    """Write `<case>.npz` with key "probabilities" atomically (uncompressed: it is read often)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # np.savez would append ".npz" to a str/Path name
+            np.savez(handle, **{PROBABILITIES_KEY: probs})
+
+    return write_atomic(path, write)
+
+
+def load_probabilities(path: str | Path) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as archive:
+        return archive[PROBABILITIES_KEY]
+
+
+def export_prediction(probs: np.ndarray | torch.Tensor, props: CaseProperties, plans: Plans,
+                      config_name: str, out_path: str | Path, save_probabilities: bool = False,
+                      *, affine: np.ndarray | None = None,
+                      postprocessing: Sequence[Sequence[int]] = ()) -> Path:
+    """Write the label map of probs (K, *network space) as `out_path` (<case>.nii.gz).
+
+    affine: the input's affine (default: the one stored in props). postprocessing: the accepted
+    keep-largest-component steps (applied to the label map only, never to the probabilities).
+    With save_probabilities, `<case>.npz` is written next to it.
+    """
+    out_path = Path(out_path)
+    cropped = probabilities_in_crop(probs, props, plans, config_name)
+    seg = seg_in_original(cropped, props, plans)
+    if postprocessing:
+        seg = apply_postprocessing(seg, postprocessing)
+    write_seg(out_path, seg, output_affine(props, affine))
+    if save_probabilities:
+        write_probabilities(npz_path_for(out_path), probabilities_in_original(cropped, props, plans))
+    return out_path
+
+
+def output_affine(props: CaseProperties, affine: np.ndarray | None) -> np.ndarray:
+    """The input's affine: given, else stored in props, else (older files) one from the spacing."""
+    if affine is not None:
+        return np.asarray(affine, dtype=np.float64)
+    if props.affine:
+        return np.asarray(props.affine, dtype=np.float64)
+    log.warning("%s: no affine stored; writing an axis-aligned one from the spacing", props.case)
+    z, y, x = props.original_spacing[-3:]
+    return np.diag([x, y, z, 1.0])
+
+
+def npz_path_for(seg_path: str | Path) -> Path:
+    """`<dir>/<case>.npz` for `<dir>/<case>.nii.gz`."""
+    seg_path = Path(seg_path)
+    name = seg_path.name
+    for ending in (".nii.gz", ".nii"):
+        if name.endswith(ending):
+            name = name[: -len(ending)]
+    return seg_path.with_name(name + ".npz")
+
+
+def average_probabilities(members: Sequence[np.ndarray]) -> np.ndarray:
+    """Mean of (K, *S) probability arrays, summed in float32 in the given order."""
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    total = np.zeros(members[0].shape, dtype=np.float32)
+    for probs in members:
+        if probs.shape != total.shape:
+            raise UserError("ensemble", f"member shapes differ: {probs.shape} vs {total.shape}")
+        total += probs
+    return total / np.float32(len(members))
+
+
+def seg_from_probabilities(probs: np.ndarray) -> np.ndarray:
+    """Argmax over the class axis of (K, *S) → label map (*S), uint8 when the labels fit."""
+    dtype = np.uint8 if probs.shape[0] <= 256 else np.int16
+    return np.argmax(probs, axis=0).astype(dtype)

@@ -1,0 +1,108 @@
+"""What a prediction run is given and what it reports, and how it finds its cases and models.
+
+Shared by the folder predictor (`predictor.py`) and the cascade/ensemble predictor
+(`stage_models.py`): the user's options, the input folder's `<case>_<CCCC>` channel files, the
+output folder's finished cases, the trained fold folders and the per-case failure report.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from nnlite.common.errors import UserError
+from nnlite.inference.export import npz_path_for
+from nnlite.inference.sliding_window import STEP_SIZE
+from nnlite.training.checkpoints import BEST, FINAL
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = {"final": FINAL, "best": BEST}
+DEFAULT_FOLDS = ("0", "1", "2", "3", "4")  # every cross-validation fold that has been trained
+CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})\.nii(\.gz)?$")
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """What `python -m nnlite.predict` lets the user choose."""
+
+    config: str = "3d_fullres"
+    folds: tuple[str, ...] | None = None  # None: every trained fold among 0–4 (else fold "all")
+    checkpoint: str = "final"  # "final" or "best"
+    mirror: bool = True
+    step: float = STEP_SIZE
+    postprocess: bool = False
+    save_probabilities: bool = False
+    overwrite: bool = False
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    tile_batch: int | None = None
+
+
+@dataclass
+class PredictReport:
+    predicted: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # case → problem
+    crashed: list[str] = field(default_factory=list)  # failed cases that were not input errors
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device", "cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def fold_folders(results: Path, folds: Sequence[str] | None) -> list[Path]:
+    """The fold folders to ensemble; explicit folds must exist."""
+    if folds is not None:
+        folders = [results / f"fold_{fold}" for fold in folds]
+        for folder in folders:
+            if not folder.is_dir():
+                raise UserError(folder, "no such trained fold")
+        return folders
+    folders = [results / f"fold_{fold}" for fold in DEFAULT_FOLDS if (results / f"fold_{fold}").is_dir()]
+    folders = folders or [f for f in [results / "fold_all"] if f.is_dir()]
+    if not folders:
+        raise UserError(results, "no trained fold (fold_0 … fold_4 or fold_all)")
+    return folders
+
+
+def find_input_cases(input_dir: Path) -> dict[str, list[Path]]:
+    """Case → its channel files `<case>_<CCCC>.nii.gz`, sorted by channel."""
+    if not input_dir.is_dir():
+        raise UserError(input_dir, "input folder not found")
+    cases: dict[str, list[tuple[int, Path]]] = {}
+    for path in sorted(input_dir.iterdir()):
+        match = CHANNEL_FILE.match(path.name)
+        if match and path.is_file():
+            cases.setdefault(match["case"], []).append((int(match["channel"]), path))
+    if not cases:
+        raise UserError(input_dir, "holds no <case>_<CCCC>.nii.gz files")
+    return {case: [p for _, p in sorted(files)] for case, files in cases.items()}
+
+
+def is_done(output_dir: Path, case: str, options: PredictOptions) -> bool:
+    seg_path = output_dir / f"{case}.nii.gz"
+    return seg_path.is_file() and (not options.save_probabilities or npz_path_for(seg_path).is_file())
+
+
+def check_folders(input_dir: Path, output_dir: Path) -> None:
+    if output_dir.resolve() == input_dir.resolve():
+        raise UserError(output_dir, "is the input folder; choose another OUTPUT_DIR "
+                                    "(predictions are never written into INPUT_DIR)")
+
+
+def record_failure(report: PredictReport, case: str, error: Exception) -> None:
+    if isinstance(error, UserError):
+        report.failed[case] = str(error)
+    else:  # not the user's fault: keep the type so the bug can be found
+        report.failed[case] = f"{type(error).__name__}: {error}"
+        report.crashed.append(case)
+    log.error("%s failed: %s", case, report.failed[case])

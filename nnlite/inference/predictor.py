@@ -1,0 +1,131 @@
+"""Predict a folder of raw cases with trained models: `python -m nnlite.predict`'s library side.
+
+Per case: read → preprocess (a background thread, one case ahead) → sliding window over every
+fold's network (probabilities averaged) → export in another background thread (resample back,
+argmax, optional post-processing, write). A case that fails (unreadable file, wrong number of
+channels) is reported by name and the others still finish; the caller turns failures into exit 2.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from nnlite.common.errors import UserError
+from nnlite.common.files import remove_tmp_leftovers
+from nnlite.data.image_io import read_case
+from nnlite.inference.export import export_prediction
+from nnlite.inference.largest_component import POSTPROCESSING_FILE, load_postprocessing
+from nnlite.inference.options import (CHANNEL_FILE, CHECKPOINTS, PredictOptions, PredictReport, check_folders,
+                                      find_input_cases, fold_folders, is_done, record_failure, resolve_device)
+from nnlite.inference.sliding_window import predict_preprocessed
+from nnlite.inference.stage_models import predict_models
+from nnlite.network import build_unet
+from nnlite.plans import Plans, load_plans
+from nnlite.preprocessing.pipeline import CaseProperties, preprocess_case
+from nnlite.training.checkpoints import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def load_networks(work: Path, options: PredictOptions, device: torch.device
+                  ) -> tuple[Plans, list[nn.Module]]:
+    """plans.json and one network per fold, weights from checkpoint_<final|best>.pt, eval mode."""
+    plans = load_plans(work / "plans.json")
+    if options.config not in plans.configurations:
+        raise UserError("--config", f"'{options.config}' is not in {work / 'plans.json'}")
+    config = plans.configurations[options.config]
+    if config.previous_stage:  # predict_folder hands cascade stages to prediction_models
+        raise UserError("--config", f"'{options.config}' is a cascade stage: use predict_folder")
+    if options.checkpoint not in CHECKPOINTS:
+        raise UserError("--checkpoint", f"must be one of {sorted(CHECKPOINTS)}")
+    networks = []
+    for folder in fold_folders(work / "results" / options.config, options.folds):
+        checkpoint = load_checkpoint(folder / CHECKPOINTS[options.checkpoint])
+        network = build_unet(config.network, plans.num_channels, plans.num_classes)
+        network.load_state_dict(checkpoint["network"])
+        network.deep_supervision = False
+        networks.append(network.to(device).eval())
+    return plans, networks
+
+
+def read_and_preprocess(case: str, paths: list[Path], plans: Plans, config_name: str
+                        ) -> tuple[np.ndarray, CaseProperties, np.ndarray]:
+    """Read a case's channels and preprocess them → (data, properties, affine)."""
+    channels = [CHANNEL_FILE.match(p.name)["channel"] for p in paths]
+    wanted = [f"{c:04d}" for c in range(plans.num_channels)]
+    if channels != wanted:
+        raise UserError(case, f"has channel files {channels}, the model needs {wanted}")
+    raw = read_case(paths)
+    data, _, props = preprocess_case(raw.data, None, raw.spacing, plans, config_name,
+                                     case=case, affine=raw.affine)
+    return data, props, raw.affine
+
+
+def _collect(pending: tuple[str, Future] | None, report: PredictReport) -> None:
+    """Wait for the previous case's export (keeps one case's probabilities in flight at most)."""
+    if pending is None:
+        return
+    case, future = pending
+    try:
+        future.result()
+        report.predicted.append(case)
+    except Exception as error:  # noqa: BLE001  one case's failure must not stop the others
+        record_failure(report, case, error)
+
+
+def _is_cascade_stage(work: Path, config_name: str) -> bool:
+    config = load_plans(work / "plans.json").configurations.get(config_name)
+    return config is not None and bool(config.previous_stage)
+
+
+def predict_folder(work: str | Path, input_dir: str | Path, output_dir: str | Path,
+                   options: PredictOptions = PredictOptions()) -> PredictReport:
+    """Predict every case of input_dir into output_dir/<case>.nii.gz (see the module docstring)."""
+    work, input_dir, output_dir = Path(work), Path(input_dir), Path(output_dir)
+    if _is_cascade_stage(work, options.config):  # two stages: the previous one runs first
+        return predict_models(work, input_dir, output_dir, [options.config], options)
+    check_folders(input_dir, output_dir)
+    cases = find_input_cases(input_dir)
+    device = resolve_device(options.device)
+    plans, networks = load_networks(work, options, device)
+    steps = []
+    if options.postprocess:
+        steps = load_postprocessing(work / "results" / options.config / POSTPROCESSING_FILE)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    remove_tmp_leftovers(output_dir)
+    report = PredictReport()
+    todo = [case for case in cases if options.overwrite or not is_done(output_dir, case, options)]
+    report.skipped = [case for case in cases if case not in todo]
+    if report.skipped:
+        log.info("skipping %d already predicted cases (--overwrite redoes them)", len(report.skipped))
+    config = plans.configurations[options.config]
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        def load(i: int) -> Future:
+            return reader.submit(read_and_preprocess, todo[i], cases[todo[i]], plans, options.config)
+
+        upcoming = load(0) if todo else None
+        pending = None
+        for i, case in enumerate(tqdm(todo, desc="predict", unit="case")):
+            current, upcoming = upcoming, load(i + 1) if i + 1 < len(todo) else None
+            try:
+                data, props, affine = current.result()
+                probs = predict_preprocessed(networks, data, config, mirror=options.mirror,
+                                             step=options.step, tile_batch=options.tile_batch,
+                                             device=device)
+            except Exception as error:  # noqa: BLE001  report the case, finish the others
+                record_failure(report, case, error)
+                continue
+            _collect(pending, report)
+            pending = (case, writer.submit(
+                export_prediction, probs, props, plans, options.config,
+                output_dir / f"{case}.nii.gz", options.save_probabilities, affine=affine,
+                postprocessing=steps))
+        _collect(pending, report)
+    return report

@@ -1,0 +1,203 @@
+"""Prediction with cascade stages and with ensembles of configurations (`predict --best`).
+
+A `StageModel` is one configuration's trained folds; a cascade stage also holds the model of its
+previous stage. Per case: read the raw channels once; for each member configuration preprocess
+them, run the previous stage first when there is one (its label map in the original geometry goes
+through `cascade.seg_to_stage_input`, exactly as the training inputs were made), and predict.
+One member: its probabilities are exported as a single configuration's (`export`). Several: their
+float16 probabilities in the original geometry are averaged (`export.average_probabilities`),
+exactly as the cross-validation ensemble was scored. Post-processing steps apply last.
+
+`results/best.json` (written by `evaluation/selection.py`) is read here: `predict --best` follows it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from nnlite.common.errors import UserError
+from nnlite.common.files import read_json, remove_tmp_leftovers
+from nnlite.data.image_io import Case, read_case, write_seg
+from nnlite.inference.export import (average_probabilities, npz_path_for, probabilities_in_crop,
+                                     probabilities_in_original, seg_from_probabilities, seg_in_original,
+                                     write_probabilities)
+from nnlite.inference.largest_component import POSTPROCESSING_FILE, apply_postprocessing, load_postprocessing
+from nnlite.inference.options import (CHANNEL_FILE, CHECKPOINTS, PredictOptions, PredictReport, check_folders,
+                                      find_input_cases, fold_folders, is_done, record_failure, resolve_device)
+from nnlite.inference.sliding_window import predict_preprocessed
+from nnlite.network import build_unet
+from nnlite.plans import Plans, load_plans
+from nnlite.preprocessing.cascade import input_channels, seg_to_stage_input, stage_labels, with_previous_stage
+from nnlite.preprocessing.pipeline import CaseProperties, preprocess_case
+from nnlite.training.checkpoints import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageModel:
+    """The networks (one per fold) of a configuration; `previous`: the stage before a cascade."""
+
+    config_name: str
+    networks: list[nn.Module]
+    previous: "StageModel | None" = None
+
+
+Cropped = tuple[np.ndarray, CaseProperties]  # probabilities (K, *shape_after_crop), properties
+
+
+def load_stage_model(work: Path, plans: Plans, config_name: str, options: PredictOptions,
+                     device: torch.device, loaded: dict[str, StageModel] | None = None) -> StageModel:
+    """Load a configuration's folds (and, for a cascade, its previous stage with the same folds).
+
+    loaded: models already loaded by configuration (an ensemble member is also a previous stage).
+    """
+    loaded = {} if loaded is None else loaded
+    if config_name in loaded:
+        return loaded[config_name]
+    if config_name not in plans.configurations:
+        raise UserError("--config", f"'{config_name}' is not in {work / 'plans.json'}")
+    if options.checkpoint not in CHECKPOINTS:
+        raise UserError("--checkpoint", f"must be one of {sorted(CHECKPOINTS)}")
+    config = plans.configurations[config_name]
+    networks = []
+    for folder in fold_folders(work / "results" / config_name, options.folds):
+        checkpoint = load_checkpoint(folder / CHECKPOINTS[options.checkpoint])
+        network = build_unet(config.network, input_channels(plans, config_name), plans.num_classes)
+        network.load_state_dict(checkpoint["network"])
+        network.deep_supervision = False
+        networks.append(network.to(device).eval())
+    previous = None
+    if config.previous_stage:
+        previous = load_stage_model(work, plans, config.previous_stage, options, device, loaded)
+    loaded[config_name] = StageModel(config_name, networks, previous)
+    return loaded[config_name]
+
+
+def predict_cropped(model: StageModel, raw: Case, case: str, plans: Plans, options: PredictOptions,
+                    device: torch.device, done: dict[str, Cropped]) -> Cropped:
+    """Probabilities (K, *shape_after_crop) float32 of a raw case, and its properties.
+
+    done: this case's results so far by configuration (3d_lowres+3d_cascade_fullres runs lowres once).
+    """
+    if model.config_name in done:
+        return done[model.config_name]
+    data, _, props = preprocess_case(raw.data, None, raw.spacing, plans, model.config_name,
+                                     case=case, affine=raw.affine)
+    if model.previous is not None:
+        cropped, prev_props = predict_cropped(model.previous, raw, case, plans, options, device, done)
+        prev_seg = seg_in_original(cropped, prev_props, plans)
+        data = with_previous_stage(data, seg_to_stage_input(prev_seg, props, plans, model.config_name),
+                                   stage_labels(plans))
+    probs = predict_preprocessed(model.networks, data, plans.configurations[model.config_name],
+                                 mirror=options.mirror, step=options.step,
+                                 tile_batch=options.tile_batch, device=device)
+    done[model.config_name] = probabilities_in_crop(probs, props, plans, model.config_name), props
+    return done[model.config_name]
+
+
+def predict_case(models: Sequence[StageModel], raw: Case, case: str, plans: Plans,
+                 options: PredictOptions, device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
+    """Label map (*raw shape) of a case, and its probabilities (K, *raw shape) when asked for."""
+    done: dict[str, Cropped] = {}
+    if len(models) == 1:
+        cropped, props = predict_cropped(models[0], raw, case, plans, options, device, done)
+        probs = probabilities_in_original(cropped, props, plans) if options.save_probabilities else None
+        return seg_in_original(cropped, props, plans), probs
+    members = []
+    for model in models:
+        cropped, props = predict_cropped(model, raw, case, plans, options, device, done)
+        members.append(probabilities_in_original(cropped, props, plans))
+    probs = average_probabilities(members)
+    return seg_from_probabilities(probs), probs.astype(np.float16) if options.save_probabilities else None
+
+
+def read_raw(case: str, paths: list[Path], plans: Plans) -> Case:
+    """Read a case's channel files, checking that they are the channels the model needs."""
+    channels = [CHANNEL_FILE.match(p.name)["channel"] for p in paths]
+    wanted = [f"{c:04d}" for c in range(plans.num_channels)]
+    if channels != wanted:
+        raise UserError(case, f"has channel files {channels}, the model needs {wanted}")
+    return read_case(paths)
+
+
+def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Path,
+                   configs: Sequence[str], options: PredictOptions,
+                   postprocessing: Sequence[Sequence[int]] | None = None) -> PredictReport:
+    """Predict every case of input_dir with the ensemble of `configs` (one or more; cascade stages
+    run their previous stage first). postprocessing: the steps to apply; None → with
+    `options.postprocess`, results/<config>/postprocessing.json of a single configuration."""
+    work, input_dir, output_dir = Path(work), Path(input_dir), Path(output_dir)
+    check_folders(input_dir, output_dir)
+    cases = find_input_cases(input_dir)
+    device = resolve_device(options.device)
+    plans = load_plans(work / "plans.json")
+    if postprocessing is None:
+        postprocessing = _postprocessing_for(work, configs, options)
+    loaded: dict[str, StageModel] = {}
+    models = [load_stage_model(work, plans, config, options, device, loaded) for config in configs]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    remove_tmp_leftovers(output_dir)
+    report = PredictReport()
+    todo = [case for case in cases if options.overwrite or not is_done(output_dir, case, options)]
+    report.skipped = [case for case in cases if case not in todo]
+    for case in tqdm(todo, desc="predict", unit="case"):
+        try:
+            raw = read_raw(case, cases[case], plans)
+            seg, probs = predict_case(models, raw, case, plans, options, device)
+            out_path = output_dir / f"{case}.nii.gz"
+            write_seg(out_path, apply_postprocessing(seg, postprocessing), raw.affine)
+            if probs is not None:
+                write_probabilities(npz_path_for(out_path), probs)
+            report.predicted.append(case)
+        except Exception as error:  # noqa: BLE001  report the case, finish the others
+            record_failure(report, case, error)
+    return report
+
+
+def _postprocessing_for(work: Path, configs: Sequence[str], options: PredictOptions) -> list[list[int]]:
+    if not options.postprocess:
+        return []
+    if len(configs) != 1:
+        raise UserError("--postprocess", "an ensemble's post-processing comes from best.json (--best)")
+    return load_postprocessing(work / "results" / configs[0] / POSTPROCESSING_FILE)
+
+
+def predict_best(work: str | Path, input_dir: str | Path, output_dir: str | Path,
+                 options: PredictOptions) -> PredictReport:
+    """Predict with the configuration or ensemble and the post-processing of results/best.json."""
+    best = load_best(work)
+    log.info("best.json: %s, post-processing steps %s", best["winner"]["name"],
+             best["postprocessing"]["steps"])
+    return predict_models(work, input_dir, output_dir, best["winner"]["configurations"], options,
+                          postprocessing=best["postprocessing"]["steps"])
+
+
+BEST_FILE = "best.json"
+
+
+def best_path(work: Path) -> Path:
+    return Path(work) / "results" / BEST_FILE
+
+
+def load_best(work: str | Path) -> dict[str, Any]:
+    """results/best.json; missing or malformed is a UserError naming it."""
+    path = best_path(Path(work))
+    if not path.is_file():
+        raise UserError(path, "not found: run `python -m nnlite.best WORK` first")
+    best = read_json(path)
+    try:
+        configs = [str(c) for c in best["winner"]["configurations"]]
+        steps = [[int(label) for label in step] for step in best["postprocessing"]["steps"]]
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserError(path, f"not a best-configuration file ({error})") from None
+    return {**best, "winner": {**best["winner"], "configurations": configs},
+            "postprocessing": {**best["postprocessing"], "steps": steps}}

@@ -1,0 +1,89 @@
+"""The GPU-memory budget a configuration must fit, and the model that judges it.
+
+nnlite predicts the bytes one training step needs (`network.geometry.training_memory_bytes`:
+activations, gradients, weights and optimizer state by arithmetic) and compares them with the
+budget; `model="nnunet"` switches to the reference's element-count proxy scaled by a hand-tuned
+constant, for comparison with nnU-Net's plans.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from nnlite.common.errors import UserError
+from nnlite.network.geometry import conv_feature_map_elements, training_memory_bytes
+from nnlite.plans import NetworkPlan
+
+
+MIN_BATCH = 2  # UNet_min_batch_size: the patch shrinks until this batch fits
+DEFAULT_GPU_MEMORY_GB = 8.0  # the reference's budget: plans are portable between machines
+GIB = 2**30
+
+
+# nnU-Net's proxy model: conv-output elements (batch 1) that "fill 8 GB" at its reference batch size
+NNUNET_REFERENCE_ELEMENTS = {3: 560_000_000, 2: 85_000_000}
+NNUNET_REFERENCE_BATCH = {3: 2, 2: 12}
+NNUNET_REFERENCE_GB = 8
+MEMORY_MODELS = ("bytes", "nnunet")
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """What one configuration may use, and the model that judges it."""
+
+    gpu_memory_gb: float
+    in_channels: int
+    num_classes: int
+    model: str = "bytes"  # "bytes" (nnlite) or "nnunet" (the reference's proxy)
+
+    def _proxy(self, net: NetworkPlan, patch: Sequence[int]) -> tuple[float, float, int]:
+        """(estimate, reference, reference batch) of nnU-Net's proxy model."""
+        reference = NNUNET_REFERENCE_ELEMENTS[net.ndim] * self.gpu_memory_gb / NNUNET_REFERENCE_GB
+        estimate = conv_feature_map_elements(net, patch, self.in_channels, self.num_classes)
+        return float(estimate), reference, NNUNET_REFERENCE_BATCH[net.ndim]
+
+    def predicted_bytes(self, net: NetworkPlan, patch: Sequence[int], batch: int) -> int:
+        return training_memory_bytes(net, patch, self.in_channels, self.num_classes, batch, amp=True)
+
+    def fits(self, net: NetworkPlan, patch: Sequence[int], batch: int = MIN_BATCH) -> bool:
+        if self.model == "nnunet":
+            estimate, reference, ref_batch = self._proxy(net, patch)
+            return estimate / ref_batch * batch <= reference
+        return self.predicted_bytes(net, patch, batch) <= self.gpu_memory_gb * GIB
+
+    def max_batch(self, net: NetworkPlan, patch: Sequence[int]) -> int:
+        """Largest batch the budget allows (nnunet: round(reference / estimate × reference batch))."""
+        if self.model == "nnunet":
+            estimate, reference, ref_batch = self._proxy(net, patch)
+            return round(reference / estimate * ref_batch)
+        fixed = self.predicted_bytes(net, patch, 0)
+        per_sample = self.predicted_bytes(net, patch, 1) - fixed
+        batch = max(int((self.gpu_memory_gb * GIB - fixed) // per_sample), 0)
+        while batch > 0 and not self.fits(net, patch, batch):
+            batch -= 1
+        while self.fits(net, patch, batch + 1):
+            batch += 1
+        return batch
+
+
+def resolve_gpu_memory(value: str | float) -> float:
+    """'auto' → total memory of the present CUDA device in GiB; otherwise a positive number."""
+    if str(value).strip().lower() != "auto":
+        try:
+            gb = float(value)
+        except ValueError:
+            raise UserError("--gpu-memory-gb", f"expected a number of GB or 'auto', got {value!r}") from None
+        check_gpu_memory(gb)
+        return gb
+    import torch  # only 'auto' needs it
+
+    if not torch.cuda.is_available():
+        raise UserError("--gpu-memory-gb", "'auto' needs a CUDA device and none is present; give a number of GB")
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GIB
+
+
+def check_gpu_memory(gpu_memory_gb: float) -> None:
+    if not (math.isfinite(gpu_memory_gb) and gpu_memory_gb > 0):
+        raise UserError("--gpu-memory-gb", f"must be a positive number of GB, got {gpu_memory_gb}")

@@ -1,0 +1,148 @@
+"""Preprocess the whole dataset: every planned configuration, cases in parallel worker processes.
+
+Fills `WORK/preprocessed/<data_identifier>/` for each planned configuration (3d_cascade_fullres
+shares 3d_fullres's folder) with `pipeline.preprocess_case`'s files; cases already complete are
+kept unless `overwrite`, `.tmp` leftovers of an interrupted run are removed first.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from nnlite.common.errors import UserError
+from nnlite.common.files import remove_tmp_leftovers
+from nnlite.data.dataset import CaseFiles, RawDataset, check_case, load_dataset
+from nnlite.plans import RAW_PATH_KEY, Plans, load_plans
+from nnlite.preprocessing.pipeline import is_preprocessed, preprocess_case, save_preprocessed
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORKERS = 4  # nnU-Net's default process count for 3d_fullres (-np)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One case and the (configuration, output folder) pairs still to write for it."""
+
+    case: CaseFiles
+    targets: tuple[tuple[str, Path], ...]
+
+
+# What every job of a run shares; set once per worker process (the initializer), not pickled
+# with each job: unpickling the dataset's 200+ Paths per job used to cost more than the job.
+_SHARED: dict[str, object] = {}
+
+
+def folders_to_fill(work: Path, plans: Plans, configs: Sequence[str] | None) -> dict[str, Path]:
+    """config name → WORK/preprocessed/<data_identifier>, one config per identifier.
+
+    3d_cascade_fullres shares 3d_fullres's data_identifier, so its data is made only once.
+    """
+    names = list(plans.configurations) if not configs else list(configs)
+    unknown = [n for n in names if n not in plans.configurations]
+    if unknown:
+        raise UserError("--configs", f"'{unknown[0]}' is not planned (planned: "
+                                     f"{', '.join(plans.configurations)})")
+    chosen: dict[str, Path] = {}
+    for name in names:
+        folder = work / "preprocessed" / plans.configurations[name].data_identifier
+        if folder not in chosen.values():
+            chosen[name] = folder
+    return chosen
+
+
+def _init_worker(dataset: RawDataset, plans: Plans, subprocess: bool = True) -> None:
+    """Worker initializer: shared inputs, one BLAS thread per process (N workers use N cores)."""
+    _SHARED.update(dataset=dataset, plans=plans)
+    if not subprocess:
+        return
+    gc.freeze()  # the inherited objects never become garbage: keep them out of every GC pass
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: without it BLAS may oversubscribe, results are the same
+        return
+    threadpool_limits(1)
+
+
+def _run_job(job: _Job) -> tuple[str, tuple[str, str] | None]:
+    """Preprocess one case for its targets; returns (case, None) or (case, (where, problem))."""
+    try:
+        checked = check_case(_SHARED["dataset"], job.case)
+        plans = _SHARED["plans"]
+        for config_name, folder in job.targets:
+            data, seg, props = preprocess_case(checked.data, checked.seg, checked.spacing, plans,
+                                               config_name, case=job.case.name, affine=checked.affine)
+            save_preprocessed(folder, data, seg, props)
+            del data, seg  # a worker holds one case at a time
+        return job.case.name, None
+    except UserError as error:
+        return job.case.name, (error.where, error.problem)
+    except Exception as error:  # one broken case must not cost the others their output
+        return job.case.name, (str(job.case.images[0]), f"{type(error).__name__}: {error}")
+
+
+def _jobs(dataset: RawDataset, folders: dict[str, Path], overwrite: bool) -> list[_Job]:
+    jobs = []
+    for case in dataset.cases:
+        targets = tuple((name, folder) for name, folder in folders.items()
+                        if overwrite or not is_preprocessed(folder, case.name, case.label is not None))
+        if targets:
+            jobs.append(_Job(case, targets))
+    return jobs
+
+
+def _run_all(jobs: list[_Job], dataset: RawDataset, plans: Plans, workers: int
+             ) -> Iterator[tuple[str, tuple[str, str] | None]]:
+    if workers <= 1 or len(jobs) <= 1:
+        _init_worker(dataset, plans, subprocess=False)
+        yield from map(_run_job, jobs)
+        return
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_init_worker,
+                             initargs=(dataset, plans)) as pool:
+        futures = [pool.submit(_run_job, job) for job in jobs]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def run_preprocessing(work: str | Path, configs: Sequence[str] | None = None,
+                      workers: int = DEFAULT_WORKERS, overwrite: bool = False,
+                      raw: str | Path | None = None) -> int:
+    """Preprocess every case of the raw dataset for the planned configurations; returns cases done.
+
+    The raw dataset is `plans.extra["raw_path"]` unless `raw` is given. Finished cases are skipped
+    unless `overwrite`. A failing case is logged by file name; the others are still written, and a
+    UserError naming the first failure is raised at the end.
+    """
+    work = Path(work)
+    plans = load_plans(work / "plans.json")
+    folders = folders_to_fill(work, plans, configs)
+    raw = raw if raw is not None else plans.extra.get(RAW_PATH_KEY)
+    if not raw:
+        raise UserError(work / "plans.json",
+                        f"extra.{RAW_PATH_KEY} is missing (re-run nnlite.plan, or pass --raw)")
+    dataset = load_dataset(raw)
+    for folder in folders.values():
+        remove_tmp_leftovers(folder)
+    jobs = _jobs(dataset, folders, overwrite)
+    log.info("preprocessing %d of %d cases for %s (%d workers)", len(jobs), len(dataset.cases),
+             ", ".join(folders), workers)
+    failures = []
+    with logging_redirect_tqdm(), tqdm(total=len(jobs), desc="preprocess", unit="case") as bar:
+        for name, failure in _run_all(jobs, dataset, plans, workers):
+            if failure is not None:
+                failures.append(failure)
+                log.error("failed: %s: %s", *failure)
+            bar.update()
+    if failures:
+        where, problem = failures[0]
+        raise UserError(where, f"{problem} ({len(failures)} of {len(jobs)} cases failed; "
+                               f"the other cases were written)")
+    return len(jobs)

@@ -1,0 +1,10 @@
+"""Stage 6, training: preprocessed cases, `plans.json` and YAML settings in, a fold's results out.
+
+`config` reads the settings into frozen dataclasses; `folds` knows splits.json and each fold's
+cases and folders; `run_setup` resolves device, seed and resume/overwrite and builds the loaders;
+`trainer` is the loop (SGD Nesterov, poly LR, Dice + CE with deep supervision), readable top to
+bottom, with `precision` (autocast per device), `distributed` (DDP under torchrun), `checkpoints`
+(atomic, `weights_only`) and `progress` (metrics.jsonl, progress.png). `lowres_predictions`
+prepares a cascade stage's inputs; `demo_run` is the built-in demo from dataset to Dice. Writes
+`WORK/results/<config>/fold_<k>/`. After training the trainer calls the fold's final validation,
+which lives in `evaluation/fold_validation.py` (the one documented crossing of this stage)."""

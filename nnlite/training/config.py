@@ -1,0 +1,211 @@
+"""Training settings: frozen dataclasses loaded from `configs/<name>.yaml` plus `--set KEY=VALUE`.
+
+Variation is data, not subclasses: `--set training.initial_lr=3e-3` or a YAML file. The resolved
+settings are written next to the results (`config.json`) and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from nnlite.common.errors import UserError
+from nnlite.common.schema import from_dict, to_jsonable
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # nnlite/configs/ (package data)
+LR_STEPS = ("epoch", "iteration")
+# YAML 1.1 reads `3e-3` (no dot) as a string; this pattern makes it the float a person means.
+_FLOAT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$")
+DEVICES = ("auto", "cpu", "cuda")
+AUGMENT_ON = ("auto", "cpu", "device")  # where training batches are augmented (nnlite.loading.device_augmentation)
+AMP_MODES = ("auto", "bf16", "fp16", "off")  # autocast dtype of training (precision.amp_dtype)
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Optimisation and schedule (nnU-Net's nnUNetTrainer defaults in configs/default.yaml)."""
+
+    epochs: int = 1000  # nnU-Net: num_epochs
+    iters_per_epoch: int = 250  # nnU-Net: num_iterations_per_epoch
+    val_iters: int = 50  # nnU-Net: num_val_iterations_per_epoch
+    batch_size: int | None = None  # None: the plan's batch size
+    initial_lr: float = 1e-2
+    momentum: float = 0.99
+    nesterov: bool = True
+    weight_decay: float = 3e-5
+    poly_exponent: float = 0.9  # lr = initial_lr * (1 - step / total) ** poly_exponent
+    lr_step: str = "epoch"  # "epoch" (nnU-Net) or "iteration" (smoother for short schedules)
+    grad_clip: float = 12.0  # max L2 norm over all gradients
+    ema_momentum: float = 0.9  # ema = m * ema + (1 - m) * pseudo-Dice
+    amp: str = "auto"  # auto: bf16 (fp16 without it) on CUDA, bf16 on a CPU with bf16 instructions
+
+    def __post_init__(self) -> None:
+        if self.lr_step not in LR_STEPS:
+            raise UserError("training.lr_step", f"must be one of {LR_STEPS}, got {self.lr_step!r}")
+        if self.amp not in AMP_MODES:
+            raise UserError("training.amp", f"must be one of {AMP_MODES}, got {self.amp!r}")
+        for name in ("epochs", "iters_per_epoch", "val_iters"):
+            if getattr(self, name) < (1 if name != "val_iters" else 0):
+                raise UserError(f"training.{name}", f"must be positive, got {getattr(self, name)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UserError("training.batch_size", f"must be ≥ 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Patch sampling and augmentation."""
+
+    oversample_foreground: float = 0.33  # share of each batch forced to contain foreground
+    augment: bool = True
+    workers: int = 2  # loader worker processes (0: load in the training process)
+    augment_on: str = "auto"  # cpu: loader workers; device: batched on the device; auto: device on CUDA
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.oversample_foreground <= 1.0:
+            raise UserError("data.oversample_foreground", "must lie in [0, 1]")
+        if self.workers < 0:
+            raise UserError("data.workers", "must be ≥ 0")
+        if self.augment_on not in AUGMENT_ON:
+            raise UserError("data.augment_on", f"must be one of {AUGMENT_ON}, got {self.augment_on!r}")
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    every: int = 1  # epochs between checkpoint_latest.pt saves (nnU-Net: 50)
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise UserError("checkpoint.every", "must be ≥ 1")
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    """The final validation: full sliding-window prediction of the fold's validation cases."""
+
+    enabled: bool = True
+    step: float = 0.5  # tile step as a fraction of the patch
+    mirroring: bool = True
+    save_probabilities: bool = True  # validation/<case>.npz, for ensembling
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; saved in `config.json` and in each checkpoint."""
+
+    configuration: str = "3d_fullres"
+    fold: str = "0"  # "0".."4" (splits.json) or "all"
+    seed: int | None = None  # None: drawn at start and saved, so a resume stays exact
+    device: str = "auto"
+    deterministic: bool = True  # torch.use_deterministic_algorithms on CPU (bit-exact resume)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise UserError("device", f"must be one of {DEVICES}, got {self.device!r}")
+
+
+# Settings that may change when a run is resumed: they do not change what is computed
+# (epochs: extending a finished run is the point of `--resume --epochs N`).
+RESUMABLE_CHANGES = ("training.epochs", "data.workers", "data.augment_on", "device", "validation.enabled")
+
+
+def load_train_config(source: str | Path = "default", overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML file (a path, or a name in nnlite/configs/) and apply `KEY=VALUE` overrides."""
+    path = Path(source)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{source}.yaml"
+    if not path.is_file():
+        raise UserError(path, "training config not found")
+    try:
+        data = _parse_yaml(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UserError(path, f"not valid YAML ({error})") from None
+    for override in overrides:
+        _apply_override(data, override)
+    return config_from_dict(data, where=str(path))
+
+
+def config_from_dict(data: dict[str, Any], where: str = "TrainConfig") -> TrainConfig:
+    """Build a TrainConfig from a (partial) dict; unknown keys are errors naming the key."""
+    data = dict(data)
+    if "fold" in data:
+        data["fold"] = str(data["fold"])
+    return from_dict(TrainConfig, data, where)
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    return to_jsonable(config)
+
+
+def replace_setting(config: TrainConfig, key: str, value: Any) -> TrainConfig:
+    """Return a copy with dotted `key` set to `value` (validated like a YAML entry)."""
+    data = config_to_dict(config)
+    _set_dotted(data, key, value)
+    return config_from_dict(data)
+
+
+def config_differences(old: TrainConfig, new: TrainConfig, ignore: Sequence[str] = ()) -> list[str]:
+    """Human-readable `key: old → new` lines for every setting that differs."""
+    flat_old, flat_new = _flatten(config_to_dict(old)), _flatten(config_to_dict(new))
+    return [f"{key}: {flat_old.get(key)!r} → {flat_new.get(key)!r}"
+            for key in sorted(set(flat_old) | set(flat_new))
+            if key not in ignore and flat_old.get(key) != flat_new.get(key)]
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set {override}", "expected KEY=VALUE")
+    try:
+        value = _parse_yaml(text)
+    except yaml.YAMLError:
+        value = text
+    _set_dotted(data, key.strip(), value)
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cls: Any = TrainConfig
+    node = data
+    for depth, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        if part not in fields:
+            raise UserError(f"--set {key}", f"unknown setting '{'.'.join(parts[:depth + 1])}'")
+        if depth == len(parts) - 1:
+            break
+        cls = fields[part].default_factory  # every section has a dataclass default factory
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {key}", f"'{part}' is not a section")
+    if dataclasses.is_dataclass(fields[parts[-1]].default_factory):
+        raise UserError(f"--set {key}", "is a section; set one of its keys")
+    node[parts[-1]] = value
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

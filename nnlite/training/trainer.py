@@ -1,0 +1,332 @@
+"""Training of one fold, readable top to bottom: `train()` → `train_one_epoch`, `validate`, checkpoints.
+
+nnU-Net's trainer (reference §6) with its defaults in configs/default.yaml: SGD (momentum 0.99,
+Nesterov, weight decay 3e-5), poly learning rate from 1e-2 (per epoch by default, per iteration
+as an option), gradient clipping at 12, deep supervision, AMP on CUDA. Differences that matter:
+
+- every random draw derives from the seed (network init from `torch.manual_seed(seed)`, batch i of
+  the loader from `(seed, i)`), so a seeded CPU run is bit-reproducible and `--resume` continues
+  exactly where the checkpoint left off, without saving worker state;
+- checkpoint_latest is written every epoch (configurable), atomically, with the RNG states, the
+  metrics, the resolved settings and the plan; it always loads with `weights_only=True`;
+- bf16 autocast where the GPU supports it (no grad scaler needed), fp16 + GradScaler otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from nnlite.common.schema import to_jsonable
+from nnlite.network import build_unet
+from nnlite.network.loss import build_loss
+from nnlite.plans import Plans, load_plans
+from nnlite.preprocessing.cascade import input_channels
+from nnlite.training import checkpoints, progress
+from nnlite.training.config import TrainConfig, config_to_dict
+from nnlite.training.distributed import (Rank, barrier, close_distributed, init_distributed,
+                                         mean_across_ranks, sum_across_ranks)
+from nnlite.training.folds import fold_cases
+from nnlite.training.lowres_predictions import prepare_if_cascade
+from nnlite.training.precision import amp_dtype
+from nnlite.training.run_setup import Run, build_batches, prepare_run, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunState:
+    """What changes while training (and what a checkpoint restores)."""
+
+    network: nn.Module  # the bare network (un-DDP'd): its state_dict goes into checkpoints
+    model: nn.Module  # what is called: the network or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    amp_dtype: torch.dtype | None  # autocast dtype; None: fp32
+    device: torch.device
+    epoch: int  # epochs completed
+    metrics: list[dict[str, Any]]
+
+
+def poly_lr(initial_lr: float, step: int, total_steps: int, exponent: float) -> float:
+    """nnU-Net's PolyLR: initial_lr · (1 − step / total)^exponent (no warmup)."""
+    return initial_lr * (1 - min(step, total_steps) / total_steps) ** exponent
+
+
+def learning_rate(config: TrainConfig, epoch: int, iteration: int) -> float:
+    """The LR for `iteration` of `epoch`: one poly step per epoch (nnU-Net) or per iteration."""
+    t = config.training
+    if t.lr_step == "epoch":
+        return poly_lr(t.initial_lr, epoch, t.epochs, t.poly_exponent)
+    step = epoch * t.iters_per_epoch + iteration
+    return poly_lr(t.initial_lr, step, t.epochs * t.iters_per_epoch, t.poly_exponent)
+
+
+def train_folds(work: Path, config: TrainConfig, folds: Sequence[str], *, resume: bool = False,
+                overwrite: bool = False) -> list[Path]:
+    """Train each fold in turn; under torchrun every rank runs this and joins the process group."""
+    wants_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    rank = init_distributed("cuda" if wants_cuda else "cpu")
+    try:
+        return [train(work, replace(config, fold=str(fold)), resume=resume, overwrite=overwrite, rank=rank)
+                for fold in folds]
+    finally:
+        close_distributed()
+
+
+def train(work: Path, config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+          rank: Rank = Rank()) -> Path:
+    """Train `config.fold` of `config.configuration` in `work`; returns the fold's result folder."""
+    plans = load_plans(work / "plans.json")
+    if rank.is_main:  # a cascade stage: the lowres cross-validation becomes extra input channels
+        prepare_if_cascade(work, plans, config.configuration)
+    barrier(rank)
+    device = resolve_device(config.device)
+    run = prepare_run(work, plans, config, resume=resume, overwrite=overwrite, rank=rank)
+    try:
+        train_fold(work, plans, run, device, rank)
+    finally:
+        run.close()
+    return run.folder
+
+
+def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: Rank) -> None:
+    """The epochs left in `run`, checkpoint_final, then the final validation."""
+    config = run.config
+    train_cases, val_cases = fold_cases(work, plans, config)
+    state = build_state(plans, config, device, run.checkpoint, rank)
+    if run.finished:
+        if config.validation.enabled and rank.is_main and not validation_done(run.folder):
+            validate_fold_cases(work, run, state, plans, val_cases)
+        return
+    batch_size = config.training.batch_size or plans.configurations[config.configuration].batch_size
+    batches = build_batches(work, plans, config, train_cases, val_cases, batch_size, state.epoch, rank,
+                            device)
+    log.info("training %s fold %s on %s: %d training / %d validation cases, batch %d, epochs %d-%d",
+             config.configuration, config.fold, device, len(train_cases), len(val_cases),
+             batch_size, state.epoch + 1, config.training.epochs)
+    loss_fn = build_loss(plans.configurations[config.configuration].network,
+                         plans.configurations[config.configuration].batch_dice,
+                         ignore_label=plans.ignore_label).to(device)
+    with batches, logging_redirect_tqdm(), progress_bar(config, state, rank) as bar:
+        for epoch in range(state.epoch, config.training.epochs):
+            started = time.perf_counter()
+            train_loss = mean_across_ranks(train_one_epoch(state, loss_fn, batches.train, config, epoch, bar),
+                                           rank)
+            val_loss, pseudo_dice = validate(state, loss_fn, batches.val, config, plans.num_classes, rank,
+                                             plans.ignore_label)
+            record = epoch_record(state, epoch, train_loss, val_loss, pseudo_dice, config, started)
+            end_epoch(run, state, record, plans, config, rank)
+            bar.set_postfix(loss=f"{train_loss:.3f}", ema=f"{record['ema_pseudo_dice']:.3f}")
+    finish(run, state, plans, config, rank)
+    if config.validation.enabled and rank.is_main:
+        validate_fold_cases(work, run, state, plans, val_cases)
+    barrier(rank)
+
+
+def validation_done(folder: Path) -> bool:
+    from nnlite.evaluation.fold_validation import SUMMARY_FILE, VALIDATION_DIR
+
+    return (folder / VALIDATION_DIR / SUMMARY_FILE).is_file()
+
+
+def validate_fold_cases(work: Path, run: Run, state: RunState, plans: Plans, val_cases: list[str]) -> None:
+    from nnlite.evaluation.fold_validation import validate_fold  # the predictor is only needed here
+
+    validate_fold(work, run.folder, state.network, plans, run.config, val_cases, state.metrics)
+
+
+def build_state(plans: Plans, config: TrainConfig, device: torch.device,
+                checkpoint: dict[str, Any] | None, rank: Rank) -> RunState:
+    """Network, SGD, grad scaler and AMP type; restored from `checkpoint` when resuming."""
+    seed_everything(config.seed, config.deterministic and device.type == "cpu")
+    plan = plans.configurations[config.configuration]
+    network = build_unet(plan.network, input_channels(plans, config.configuration), plans.num_classes,
+                         deep_supervision=True)
+    network.skip_lowest_head = True  # its loss weight is 0 (reference §6): do not compute it
+    network.to(device)
+    t = config.training
+    optimizer = torch.optim.SGD(network.parameters(), lr=t.initial_lr, momentum=t.momentum,
+                                nesterov=t.nesterov, weight_decay=t.weight_decay)
+    dtype = amp_dtype(t.amp, device, plan.network, plan.patch_size)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick the fastest kernels
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    state = RunState(network, network, optimizer, scaler, dtype, device, 0, [])
+    if checkpoint is not None:
+        restore_state(state, checkpoint)
+    if rank.distributed:
+        # the lowest head is never computed, so its weights get no gradient: DDP must know
+        state.model = nn.parallel.DistributedDataParallel(
+            network, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)
+    return state
+
+
+def restore_state(state: RunState, checkpoint: dict[str, Any]) -> None:
+    """Load weights, optimizer, scaler, epoch, metrics and RNG states from a checkpoint."""
+    state.network.load_state_dict(checkpoint["network"])
+    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    if state.scaler is not None and "grad_scaler" in checkpoint:
+        state.scaler.load_state_dict(checkpoint["grad_scaler"])
+    state.epoch = int(checkpoint["epoch"])
+    state.metrics = list(checkpoint["metrics"])
+    checkpoints.restore_rng(checkpoint["rng"])
+
+
+def train_one_epoch(state: RunState, loss_fn: nn.Module, batches: Iterator[dict[str, Any]],
+                    config: TrainConfig, epoch: int, bar: tqdm) -> float:
+    """`iters_per_epoch` SGD steps; returns this rank's mean training loss."""
+    state.model.train()
+    total = torch.zeros((), dtype=torch.float64, device=state.device)
+    for iteration, batch in enumerate(itertools.islice(batches, config.training.iters_per_epoch)):
+        for group in state.optimizer.param_groups:
+            group["lr"] = learning_rate(config, epoch, iteration)
+        total += train_step(state, loss_fn, batch, config.training.grad_clip)
+        bar.update(1)
+    return float(total.cpu()) / config.training.iters_per_epoch
+
+
+def train_step(state: RunState, loss_fn: nn.Module, batch: dict[str, Any], grad_clip: float) -> torch.Tensor:
+    """One forward/backward/step on batch {"data": (B, C, *P), "target": [(B, 1, *P_i) per DS level]}."""
+    data = batch["data"].to(state.device, non_blocking=True)
+    targets = [t.to(state.device, non_blocking=True).long() for t in batch["target"]]
+    state.optimizer.zero_grad(set_to_none=True)
+    with autocast(state):
+        loss = loss_fn(state.model(data), targets)
+    if state.scaler is not None:
+        state.scaler.scale(loss).backward()
+        state.scaler.unscale_(state.optimizer)  # clip the true gradients, not the scaled ones
+        nn.utils.clip_grad_norm_(state.network.parameters(), grad_clip)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+    else:
+        loss.backward()
+        nn.utils.clip_grad_norm_(state.network.parameters(), grad_clip)
+        state.optimizer.step()
+    return loss.detach().double()
+
+
+@torch.no_grad()
+def validate(state: RunState, loss_fn: nn.Module, batches: Iterator[dict[str, Any]],
+             config: TrainConfig, num_classes: int, rank: Rank,
+             ignore_label: int | None = None) -> tuple[float, list[float]]:
+    """Validation loss and per-class pseudo-Dice on `val_iters` patches.
+
+    Pseudo-Dice (reference §6): full-resolution output → argmax; TP/FP/FN summed over all batches
+    (and ranks), Dice = 2TP / (2TP + FP + FN) per foreground class (NaN where a class never occurs).
+    Voxels with the ignore label count nowhere.
+    """
+    state.model.eval()
+    counts = torch.zeros(3, num_classes - 1, dtype=torch.float64)  # rows: TP, FP, FN
+    total, n = 0.0, 0
+    for batch in itertools.islice(batches, config.training.val_iters):
+        data = batch["data"].to(state.device)
+        targets = [t.to(state.device).long() for t in batch["target"]]
+        with autocast(state):
+            outputs = state.model(data)
+            total += float(loss_fn(outputs, targets))
+        counts += confusion_counts(outputs[0].argmax(1), targets[0][:, 0], num_classes, ignore_label)
+        n += 1
+    tp, fp, fn = sum_across_ranks(counts, rank)
+    loss_sum, batches_seen = sum_across_ranks(torch.tensor([total, n], dtype=torch.float64), rank)
+    loss = float(loss_sum / batches_seen) if batches_seen else math.nan
+    dice = (2 * tp / (2 * tp + fp + fn)).tolist()  # 0/0 → NaN: class absent from every patch
+    return loss, dice
+
+
+def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore_label: int | None = None) -> torch.Tensor:
+    """(3, K-1) float64 TP, FP, FN per foreground class of label maps pred, target (B, *S);
+    voxels whose target is `ignore_label` are left out."""
+    rows = []
+    for label in range(1, num_classes):
+        p, t = pred == label, target == label
+        if ignore_label is not None:
+            p &= target != ignore_label  # predicting an unannotated voxel is no false positive
+        rows.append(torch.stack([(p & t).sum(), (p & ~t).sum(), (~p & t).sum()]))
+    return torch.stack(rows, dim=1).double().cpu()
+
+
+def epoch_record(state: RunState, epoch: int, train_loss: float, val_loss: float,
+                 pseudo_dice: list[float], config: TrainConfig, started: float) -> dict[str, Any]:
+    """The metrics of one epoch, with the EMA of the mean pseudo-Dice (first value used as is)."""
+    valid = [d for d in pseudo_dice if not math.isnan(d)]
+    mean_dice = float(np.mean(valid)) if valid else math.nan
+    previous = state.metrics[-1]["ema_pseudo_dice"] if state.metrics else math.nan
+    m = config.training.ema_momentum
+    ema = mean_dice if math.isnan(previous) else m * previous + (1 - m) * mean_dice
+    if math.isnan(ema):
+        ema = previous
+    return {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "pseudo_dice": pseudo_dice,
+            "mean_pseudo_dice": mean_dice, "ema_pseudo_dice": ema,
+            "lr": learning_rate(config, epoch, 0), "epoch_time": time.perf_counter() - started}
+
+
+def end_epoch(run: Run, state: RunState, record: dict[str, Any], plans: Plans,
+              config: TrainConfig, rank: Rank) -> None:
+    """Log the epoch, redraw progress.png, write checkpoint_latest (and _best on a new best EMA)."""
+    best_before = max((r["ema_pseudo_dice"] for r in state.metrics
+                       if not math.isnan(r["ema_pseudo_dice"])), default=-math.inf)
+    state.metrics.append(record)
+    state.epoch = record["epoch"] + 1
+    if not rank.is_main:
+        return
+    log.info(progress.format_epoch(record, config.training.epochs))
+    progress.append_metrics(run.folder, record)
+    progress.plot_progress(state.metrics, run.folder / progress.PROGRESS_FILE)
+    is_best = record["ema_pseudo_dice"] > best_before
+    last = state.epoch == config.training.epochs
+    if state.epoch % config.checkpoint.every == 0 or last or is_best:
+        latest = run.folder / checkpoints.LATEST
+        checkpoints.save_checkpoint(latest, make_checkpoint(state, plans, config))
+        if is_best:
+            log.info("new best EMA pseudo-Dice %.4f: checkpoint_best.pt", record["ema_pseudo_dice"])
+            checkpoints.copy_checkpoint(latest, run.folder / checkpoints.BEST)
+
+
+def make_checkpoint(state: RunState, plans: Plans, config: TrainConfig) -> dict[str, Any]:
+    """The contract's checkpoint dict (weights_only-loadable: tensors, lists, dicts, numbers)."""
+    checkpoint = {
+        "network": state.network.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "epoch": state.epoch,
+        "metrics": [dict(r) for r in state.metrics],
+        "rng": checkpoints.capture_rng(),
+        "plan": to_jsonable(plans),
+        "config": config_to_dict(config),
+    }
+    if state.scaler is not None:
+        checkpoint["grad_scaler"] = state.scaler.state_dict()
+    return checkpoint
+
+
+def finish(run: Run, state: RunState, plans: Plans, config: TrainConfig, rank: Rank) -> None:
+    """checkpoint_final.pt (checkpoint_latest stays: it is the same state, and resume reads it)."""
+    if rank.is_main:
+        checkpoints.save_checkpoint(run.folder / checkpoints.FINAL, make_checkpoint(state, plans, config))
+        log.info("training finished after %d epochs: %s", state.epoch, run.folder)
+
+
+def autocast(state: RunState) -> contextlib.AbstractContextManager:
+    if state.amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(state.device.type, dtype=state.amp_dtype)
+
+
+def progress_bar(config: TrainConfig, state: RunState, rank: Rank) -> tqdm:
+    t = config.training
+    return tqdm(total=t.epochs * t.iters_per_epoch, initial=state.epoch * t.iters_per_epoch,
+                desc=f"fold {config.fold}", unit="it", disable=not rank.is_main, dynamic_ncols=True)
