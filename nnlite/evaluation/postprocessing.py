@@ -11,7 +11,8 @@ The reference's rule (postprocessing/remove_connected_components.py):
 A per-label step only changes that label's voxels (they become background), so it changes no other
 label's counts: one pass over the cases scores every candidate. The decision is stored as JSON
 (`results/<config>/postprocessing.json`, `"steps"`: a list of label lists, each meaning "keep the
-largest component of the union of these labels"); no pickled functions.
+largest component of the union of these labels"); no pickled functions. Prediction applies the
+stored steps with `inference/largest_component.py`.
 """
 
 from __future__ import annotations
