@@ -54,3 +54,19 @@ def fp32_on_cpu(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {})
+
+
+@pytest.fixture
+def mirror_axes_seen(monkeypatch) -> list[tuple[int, ...]]:
+    """Records the mirror axes of every sliding-window forward (the real one still runs)."""
+    seen: list[tuple[int, ...]] = []
+    from nnlite.inference import sliding_window
+
+    real = sliding_window.predict_tiles
+
+    def spy(networks, x, mirror_axes, output, tile_batch):
+        seen.append(tuple(mirror_axes))
+        return real(networks, x, mirror_axes, output, tile_batch)
+
+    monkeypatch.setattr(sliding_window, "predict_tiles", spy)
+    return seen

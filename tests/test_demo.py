@@ -91,6 +91,13 @@ def test_seeded_run_writes_every_artifact(tiny_work, tmp_path):
     assert not list(folder.rglob("*.tmp"))
 
 
+def test_final_validation_mirrors_every_axis_when_configured(tiny_work, tmp_path, mirror_axes_seen):
+    work = copy_work(tiny_work, tmp_path / "work")
+    assert train_main([str(work), "--epochs", "1", "--iters-per-epoch", "1", "--val-iters", "1",
+                       *SCHEDULE[:-2], "--set", "validation.mirroring=true"]) == 0
+    assert mirror_axes_seen and set(mirror_axes_seen) == {(0, 1, 2)}
+
+
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_work, tmp_path):
     # Epochs of 40 iterations (about 2 s here) leave a wide window to kill inside the second one.
     args = ["--epochs", "3", "--iters-per-epoch", "40", *SCHEDULE]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from nnlite.common.cli import run
 from nnlite.data.image_io import read_image, write_image
 from nnlite.inference.export import export_prediction, load_probabilities
 from nnlite.inference.largest_component import apply_postprocessing
-from nnlite.inference.sliding_window import (gaussian_weights, mirror_subsets, pad_to_tile,
+from nnlite.inference.sliding_window import (gaussian_weights, mirror_subsets, pad_to_tile, predict_preprocessed,
                                              predict_sliding_window, tile_starts)
 from nnlite.predict import main as predict_main
 from nnlite.preprocessing.pipeline import preprocess_case
@@ -275,3 +276,90 @@ def test_cuda_falls_back_to_cpu_accumulators(monkeypatch, caplog):
         fallback = predict_sliding_window(net, data, (8, 8, 8), device="cuda")
     assert "accumulating on the CPU" in caplog.text
     torch.testing.assert_close(normal, fallback)
+
+
+# --- rules checked against independent expectations (each fails for its mutation) -----------------
+
+class PositionNetwork(nn.Module):
+    """Output = input + a fixed map over the tile (logits (N, 1, *tile)): a tile's output depends on
+    where a voxel sits in the tile, so the stitching weights show in the result."""
+
+    def __init__(self, tile: tuple[int, ...], seed: int = 0) -> None:
+        super().__init__()
+        self.offset = torch.from_numpy(np.random.default_rng(seed).normal(size=tile).astype(np.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.offset
+
+
+def hand_gaussian(tile: tuple[int, ...]) -> np.ndarray:
+    """exp(-d²/2σ²) per axis with σ = tile/8, centred on index tile//2 (the reference's map)."""
+    weights = np.ones(())
+    for size in tile:
+        d = np.arange(size) - size // 2
+        weights = np.multiply.outer(weights, np.exp(-0.5 * (d / (size / 8)) ** 2))
+    return weights
+
+
+def test_tiles_are_averaged_with_gaussian_weights(fp32_on_cpu):
+    """Each voxel = Σ_tiles g(v − start)·out_tile(v) / Σ_tiles g(v − start), computed by hand."""
+    shape, tile = (10, 13, 9), (6, 8, 6)
+    data = torch.randn(1, *shape)
+    net = PositionNetwork(tile)
+    out = predict_sliding_window(net, data, tile, mirror_axes=(), output="logits")[0].numpy()
+    sums, weights = np.zeros(shape), np.zeros(shape)
+    g = hand_gaussian(tile)
+    starts = [tile_starts(s, t) for s, t in zip(shape, tile)]
+    for z in starts[0]:
+        for y in starts[1]:
+            for x in starts[2]:
+                region = (slice(z, z + tile[0]), slice(y, y + tile[1]), slice(x, x + tile[2]))
+                tile_out = data[0].numpy()[region] + net.offset.numpy()
+                sums[region] += g * tile_out
+                weights[region] += g
+    np.testing.assert_allclose(out, sums / weights, rtol=1e-4, atol=1e-5)
+
+
+def hand_mirrored_probs(net: nn.Module, volume: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+    """Mean over every subset of `axes` (dims of volume (C, *S)) of softmax(net(flip(x))) flipped back."""
+    subsets = [s for r in range(len(axes) + 1) for s in itertools.combinations(axes, r)]
+    total = 0
+    with torch.no_grad():
+        for dims in subsets:
+            flipped = volume.flip(dims) if dims else volume
+            probs = torch.softmax(net(flipped[None])[0], dim=0)
+            total = total + (probs.flip(dims) if dims else probs)
+    return total / len(subsets)
+
+
+def test_predict_preprocessed_mirrors_every_axis(fp32_on_cpu):
+    """The predict/validation entry (`predict_preprocessed`, mirror=True) averages all 8 flips of a
+    network that is not mirror-symmetric; mirror=False is the plain prediction."""
+    plan = tiny_plans().configurations[CONFIG]
+    net = _conv_net(1, 3, 3, seed=4)
+    data = torch.randn(1, *plan.patch_size)  # one tile: the mirrors are all there is to average
+    mirrored = predict_preprocessed([net], data, plan, mirror=True)
+    torch.testing.assert_close(mirrored, hand_mirrored_probs(net, data, (1, 2, 3)), rtol=1e-5, atol=1e-6)
+    plain = predict_preprocessed([net], data, plan, mirror=False)
+    torch.testing.assert_close(plain, hand_mirrored_probs(net, data, ()), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(mirrored, plain, atol=1e-3)  # the network is not symmetric
+
+
+def test_2d_network_on_a_3d_volume_mirrors_y_and_x(fp32_on_cpu):
+    """The 2d configuration: each slice (Y, X) is mirrored along Y and X (never along the slice axis)."""
+    net = _conv_net(1, 2, 2, seed=5)
+    data = torch.randn(1, 3, 6, 7)
+    out = predict_sliding_window(net, data, (6, 7))
+    expected = torch.stack([hand_mirrored_probs(net, data[:, z], (1, 2)) for z in range(3)], dim=1)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_predict_command_mirrors_by_default(tmp_path, trained, rng, mirror_axes_seen):
+    inputs = tmp_path / "in"
+    _input_folder(inputs, rng, cases=("a",))
+    base = [str(trained), str(inputs), "--device", "cpu", "--folds", "0"]
+    assert predict_main(base[:2] + [str(tmp_path / "out")] + base[2:]) == 0
+    assert mirror_axes_seen and set(mirror_axes_seen) == {(0, 1, 2)}
+    mirror_axes_seen.clear()
+    assert predict_main(base[:2] + [str(tmp_path / "plain")] + base[2:] + ["--no-mirroring"]) == 0
+    assert mirror_axes_seen and set(mirror_axes_seen) == {()}
