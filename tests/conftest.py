@@ -2,22 +2,59 @@
 
 from __future__ import annotations
 
+import os
+import random
+import secrets
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from hypothesis import core as hypothesis_core
+from hypothesis import settings
 
 HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset004_Hippocampus"
 
+# Property tests on a shared, busy 2-core machine: no per-example deadline, and a failure prints
+# the blob that reproduces it. The seed is printed in the header; rerun with --hypothesis-seed=N.
+settings.register_profile("nnlite", deadline=None, print_blob=True)
+settings.load_profile("nnlite")
+HYPOTHESIS_SEED_ENV = "NNLITE_HYPOTHESIS_SEED"
+
+
+def pytest_configure(config):
+    if config.getoption("hypothesis_seed", None) is None:
+        seed = int(os.environ.get(HYPOTHESIS_SEED_ENV) or secrets.randbelow(2**32))
+        hypothesis_core.global_force_seed = seed  # what --hypothesis-seed=N sets
+    config.stash[SEED_KEY] = hypothesis_core.global_force_seed
+
+
+SEED_KEY = pytest.StashKey[int]()
+
+
+def pytest_report_header(config):
+    seed = config.stash.get(SEED_KEY, None)
+    return f"hypothesis: profile 'nnlite' (no deadline), seed {seed} (rerun: --hypothesis-seed={seed})"
+
+
+@pytest.fixture(autouse=True)
+def restore_global_torch_state():
+    """Tests that seed the global RNGs, switch on deterministic algorithms or change the thread
+    count get them back afterwards, so no test depends on the ones that ran before it."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    threads = torch.get_num_threads()
+    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    yield
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.set_num_threads(threads)
+    torch.set_rng_state(states[0])
+    np.random.set_state(states[1])
+    random.setstate(states[2])
+
 
 def pytest_collection_modifyitems(config, items):
-    try:
-        import torch
-
-        has_cuda = torch.cuda.is_available()
-    except ImportError:
-        has_cuda = False
-    if not has_cuda:
+    if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA device")
         for item in items:
             if "gpu" in item.keywords:
@@ -39,20 +76,14 @@ def rng() -> np.random.Generator:
 
 @pytest.fixture
 def single_torch_thread():
-    """Patch-sized torch ops on a busy 2-core machine: extra threads only add contention."""
-    import torch
-
-    threads = torch.get_num_threads()
+    """Patch-sized torch ops on a busy 2-core machine: extra threads only add contention (the
+    autouse fixture restores the count)."""
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
 def fp32_on_cpu(monkeypatch):
     """Exact-arithmetic tests: CPU prediction in fp32 even where the CPU would use bf16 autocast."""
-    import torch
-
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {})
 
 

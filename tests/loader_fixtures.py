@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnlite.loading.sampling import CaseStore
 from nnlite.plans import ConfigurationPlan, IntensityStats, NetworkPlan, Plans
 
 DATA_IDENTIFIER = "toy_3d"
@@ -61,3 +62,12 @@ def toy_dataset(work: Path, n_cases: int = 4, seed: int = 0, **kwargs) -> list[s
     for name in names:
         write_case(work / "preprocessed" / DATA_IDENTIFIER, name, *blob_case(rng, **kwargs))
     return names
+
+
+class ExplodingStore(CaseStore):
+    """A case store whose reads crash with a bug (not a user error). The loader pickles its store
+    into the workers by reference to this class, so the crash happens inside a worker under any
+    start method (fork, spawn or forkserver), without patching anything in the workers."""
+
+    def arrays(self, name: str):
+        raise ZeroDivisionError("boom in the worker")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -109,9 +110,12 @@ def test_prepare_keeps_unchanged_files_and_redoes_changed_ones(tmp_path):
     plans = cascade_plans()
     folder = prepare_previous_stage(work, plans, "3d_cascade_fullres")
     case = splits[1]["val"][0]
-    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    marker = np.full((1, 1, 1, 1), 7, np.int8)  # only a rewrite can remove it
+    np.save(folder / f"{case}_prev.npy", marker)
+    source = work / "results" / "3d_lowres" / "fold_1" / "validation" / f"{case}.nii.gz"
+    os.utime(source, ns=(1, 1))  # a new timestamp alone is no change
     prepare_previous_stage(work, plans, "3d_cascade_fullres")
-    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+    np.testing.assert_array_equal(np.load(folder / f"{case}_prev.npy"), marker)
     new = fold_pattern(1)
     new[7] = 1
     write_seg(work / "results" / "3d_lowres" / "fold_1" / "validation" / f"{case}.nii.gz", new,

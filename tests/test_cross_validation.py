@@ -15,7 +15,6 @@ from nnlite.data.dataset import make_splits
 from nnlite.data.image_io import read_image, write_seg
 from nnlite.evaluation.cross_validation import crossval_dir, has_probabilities, merge_crossval
 from nnlite.evaluation.ensembles import ensemble_crossval, ensemble_dir
-from nnlite.evaluation.metrics import evaluate_folder
 from nnlite.inference.export import (average_probabilities, load_probabilities, seg_from_probabilities,
                                      write_probabilities)
 from nnlite.plans import save_plans
@@ -62,6 +61,20 @@ def work(tmp_path, rng) -> Path:
     return work
 
 
+def hand_foreground_dice(probs: dict[str, np.ndarray], labels_dir: Path, labels: tuple[int, ...]) -> float:
+    """Mean over labels of the mean over cases of 2TP / (2TP + FP + FN), written out with numpy."""
+    per_label = []
+    for label in labels:
+        dices = []
+        for case, p in probs.items():
+            pred = p.astype(np.float32).argmax(0) == label
+            ref = read_image(labels_dir / f"{case}.nii.gz").array == label
+            tp, fp, fn = (pred & ref).sum(), (pred & ~ref).sum(), (~pred & ref).sum()
+            dices.append(2 * tp / (2 * tp + fp + fn))
+        per_label.append(np.mean(dices))
+    return float(np.mean(per_label))
+
+
 def splits_of(work: Path) -> list[dict]:
     return json.loads((work / "splits.json").read_text())
 
@@ -77,10 +90,10 @@ def test_merge_takes_each_case_from_its_validating_fold_only(work):
                                       seg_from_probabilities(probs))
         np.testing.assert_array_equal(load_probabilities(merged / f"{case}.npz"), probs)
         assert summary["folds"][case] == next(k for k, s in enumerate(splits) if case in s["val"])
-    expected = evaluate_folder(merged, work.parent / "raw" / "labelsTr", labels=[1, 2])
-    assert summary["foreground_mean"] == pytest.approx(expected["foreground_mean"])
+    expected = hand_foreground_dice(written, work.parent / "raw" / "labelsTr", labels=(1, 2))
+    assert summary["foreground_mean"]["dice"] == pytest.approx(expected)
     on_disk = json.loads((merged / "summary.json").read_text())
-    assert on_disk["foreground_mean"]["dice"] == pytest.approx(expected["foreground_mean"]["dice"])
+    assert on_disk["foreground_mean"]["dice"] == pytest.approx(expected)
     assert has_probabilities(work, "3d_fullres")
 
 

@@ -99,7 +99,9 @@ def test_final_validation_mirrors_every_axis_when_configured(tiny_work, tmp_path
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_work, tmp_path):
-    # Epochs of 40 iterations (about 2 s here) leave a wide window to kill inside the second one.
+    # The event: checkpoint_latest appears (written atomically) when the first epoch ends, so the
+    # run is then inside the second one; epochs of 40 iterations (about 2 s here) leave a wide
+    # window to kill it there, and the checkpoint's epoch below proves where it was killed.
     args = ["--epochs", "3", "--iters-per-epoch", "40", *SCHEDULE]
     straight = copy_work(tiny_work, tmp_path / "straight")
     assert train_main([str(straight), *args]) == 0
@@ -107,10 +109,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_work, tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "nnlite.train", str(killed), *args],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     latest = fold_dir(killed) / checkpoints.LATEST
-    deadline = time.time() + 600
-    while not latest.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)  # into the second epoch
+    deadline = time.monotonic() + 600
+    while not latest.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert process.poll() is None, "the run finished before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()

@@ -92,6 +92,23 @@ def test_reference_probabilities_match_the_cpu_pipeline_through_the_loader(tmp_p
 
 # --- labels, identity, seeds --------------------------------------------------------------------
 
+def test_masked_channels_are_zero_exactly_outside_the_mask(tmp_path):
+    """No transform fires: every sample is a plain crop, so the mask is the crop's seg ≥ 0; the
+    masked channel is 0 exactly where the seg was −1 and the crop's values everywhere else."""
+    spec = spec_for(tmp_path, "dummy2d_masked", batch=6)
+    spec = replace(spec, cfg=only(spec.cfg, ()), on_device=True)
+    assert spec.cfg.masked_channels
+    for index in range(3):
+        crops = make_batch(spec, index)
+        assert crops.crops.shape[0] == 6  # all plain crops
+        outside = crops.crop_segs[:, 0] < 0
+        assert outside.any() and (~outside).any()
+        data = augment_batch(crops, spec.cfg, spec.ds_scales)["data"]
+        for channel in spec.cfg.masked_channels:
+            assert (data[:, channel][outside] == 0).all()
+            torch.testing.assert_close(data[:, channel][~outside], crops.crops[:, channel][~outside])
+
+
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_labels_stay_valid(tmp_path, geometry):
     spec = spec_for(tmp_path, geometry, batch=8)
@@ -100,8 +117,6 @@ def test_labels_stay_valid(tmp_path, geometry):
         batch = augment_batch(make_batch(spec, index), spec.cfg, spec.ds_scales)
         for target in batch["target"]:
             assert set(torch.unique(target).tolist()) <= {0, 1, 2}
-        if spec.cfg.masked_channels:  # outside the mask (label -1 before the mapping) is zeroed
-            assert (batch["data"] == 0).any()
 
 
 def zero_strength(channels: int) -> IntensityParams:

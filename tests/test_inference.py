@@ -211,7 +211,7 @@ def trained(tmp_path) -> Path:
     return work
 
 
-def test_predict_writes_input_geometry_and_skips_done_cases(tmp_path, trained, rng):
+def test_predict_writes_input_geometry_and_skips_done_cases(tmp_path, trained, rng, capsys):
     inputs, outputs = tmp_path / "in", tmp_path / "out"
     _input_folder(inputs, rng)
     before = sorted(p.name for p in inputs.iterdir())
@@ -226,12 +226,15 @@ def test_predict_writes_input_geometry_and_skips_done_cases(tmp_path, trained, r
         assert probs.shape == (3, *image.array.shape)
         assert (probs.argmax(0) == seg.array).mean() > 0.99  # float16 rounding may flip ties
     assert sorted(p.name for p in inputs.iterdir()) == before  # nothing written into INPUT_DIR
-    stamp = (outputs / "a.nii.gz").stat().st_mtime_ns
     (outputs / "b.nii.gz").unlink()
+    (outputs / "a.nii.gz").write_bytes(b"a finished case is not read again")
+    capsys.readouterr()
     assert predict_main(args) == 0
-    assert (outputs / "a.nii.gz").stat().st_mtime_ns == stamp and (outputs / "b.nii.gz").is_file()
+    assert "predicted 1, skipped 2" in capsys.readouterr().out and (outputs / "b.nii.gz").is_file()
+    assert (outputs / "a.nii.gz").read_bytes() == b"a finished case is not read again"
     assert predict_main(args + ["--overwrite"]) == 0
-    assert (outputs / "a.nii.gz").stat().st_mtime_ns != stamp
+    assert "predicted 3, skipped 0" in capsys.readouterr().out
+    assert read_image(outputs / "a.nii.gz").array.shape == read_image(inputs / "a_0000.nii.gz").array.shape
 
 
 def test_failing_cases_are_named_and_the_others_finish(tmp_path, trained, rng, capsys):

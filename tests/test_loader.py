@@ -4,6 +4,7 @@ name the case, 2D configurations, clean shutdown."""
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import subprocess
 import sys
@@ -17,9 +18,10 @@ import torch
 
 from nnlite.common.errors import UserError
 from nnlite.loading.augmentation import augment_config
+from nnlite.loading import loader as loader_module
 from nnlite.loading.loader import LoaderError, build_loader, plan_batch
 from nnlite.loading.sampling import CaseStore
-from tests.loader_fixtures import DATA_IDENTIFIER, toy_dataset, toy_plans
+from tests.loader_fixtures import DATA_IDENTIFIER, ExplodingStore, toy_dataset, toy_plans
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,17 +99,13 @@ def test_worker_user_error_names_the_case(toy):
 
 def test_worker_crash_surfaces_the_case_and_traceback(toy, monkeypatch):
     work, names = toy
-
-    def explode(self, name):
-        raise ZeroDivisionError("boom in the worker")
-
-    monkeypatch.setattr(CaseStore, "arrays", explode)  # forked workers inherit the patch
+    monkeypatch.setattr(loader_module, "CaseStore", ExplodingStore)  # in this process only
     loader = build_loader(work, toy_plans(), "3d_fullres", [names[2]], 2, augment=True, seed=0, workers=1)
     with pytest.raises(LoaderError) as info:
         take(loader, 1)
     message = str(info.value)
     assert names[2] in message and "ZeroDivisionError: boom in the worker" in message
-    assert "Traceback" in message and "explode" in message
+    assert "Traceback" in message and "loader_fixtures.py" in message
 
 
 def test_missing_case_or_wrong_channels_is_a_user_error(toy):
@@ -122,7 +120,7 @@ def test_missing_case_or_wrong_channels_is_a_user_error(toy):
 def test_ctrl_c_stops_the_loader_and_its_workers(toy):
     work, names = toy
     script = textwrap.dedent(f"""
-        import sys, os
+        import multiprocessing, sys
         sys.path.insert(0, {str(ROOT)!r})
         from tests.loader_fixtures import toy_plans
         from nnlite.loading.loader import build_loader
@@ -131,7 +129,8 @@ def test_ctrl_c_stops_the_loader_and_its_workers(toy):
         next(loader)
         try:
             # Inside the try: the signal may arrive while print is still returning.
-            print("ready", flush=True)
+            workers = [p.pid for p in multiprocessing.active_children()]
+            print("ready", *workers, flush=True)
             while True:
                 next(loader)
         except KeyboardInterrupt:
@@ -139,20 +138,27 @@ def test_ctrl_c_stops_the_loader_and_its_workers(toy):
             print("interrupted", flush=True)
     """)
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert process.stdout.readline().strip() == "ready"
-    children = _children(process.pid)
-    assert len(children) >= 2
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=30) == 0 and "interrupted" in process.stdout.read()
-    deadline = time.time() + 10
-    while any(_alive(pid) for pid in children) and time.time() < deadline:
+    try:
+        ready, *workers = read_line(process, timeout=120).split()
+        assert ready == "ready" and len(workers) >= 2
+        process.send_signal(signal.SIGINT)
+        assert read_line(process, timeout=60) == "interrupted"
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+    deadline = time.monotonic() + 30  # workers exit on their own once the loader closed them
+    while any(_alive(int(pid)) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(pid) for pid in children)
+    assert not any(_alive(int(pid)) for pid in workers)
 
 
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
+def read_line(process: subprocess.Popen, timeout: float) -> str:
+    """The child's next stdout line, or a failure after `timeout` seconds (never a hang)."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            pytest.fail(f"no line from the child within {timeout} s")
+    return process.stdout.readline().strip()
 
 
 def _alive(pid: int) -> bool:

@@ -1,4 +1,5 @@
-"""Pictures: a valid PNG of the expected size per case; slice choice follows the foreground."""
+"""Pictures: a PNG of the expected size per case with each label's colour in the label panels;
+slice choice follows the foreground."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import struct
 
 import numpy as np
 import pytest
+from matplotlib import pyplot as plt
 
 from nnlite.common.cli import run
 from nnlite.data.image_io import write_image, write_seg
@@ -47,6 +49,12 @@ def test_png_written_with_signature_and_size(tmp_path, rng):
     rows, cols = 3, 2 + 3  # slices 0, 2, 3 hold foreground; 2 channels + ref, pred, post
     assert width == pytest.approx(cols * PANEL_INCHES * DPI, abs=2)
     assert height == pytest.approx(rows * PANEL_INCHES * DPI, abs=2)
+    pixels = plt.imread(out / "case1.png")[..., :3]  # (H, W, RGB) in [0, 1]
+    blue = pixels[..., 2] - pixels[..., 0] > 0.2  # label 1's colour (tab10 blue) over gray
+    orange = pixels[..., 0] - pixels[..., 2] > 0.2  # label 2's colour (tab10 orange)
+    assert blue.sum() > 100 and orange.sum() > 20
+    image_columns = 2 * width // cols  # the two channel panels show no label colour
+    assert not (blue | orange)[:, :image_columns - 2].any()
 
 
 def test_missing_reference_names_the_case(tmp_path, rng, capsys):

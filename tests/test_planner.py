@@ -264,7 +264,8 @@ def test_plan_errors_exit_2(tmp_path, capsys):
 
 
 def test_gpu_memory_auto_without_cuda_is_a_user_error(tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
+
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     fp_file = write_nnunet_fingerprint(tmp_path / "pre")

@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from batchgenerators.augmentations import utils as bg_utils  # the reference's label resizing
 from scipy import ndimage
+from skimage import transform as skimage_transform  # the reference's image resizing
 
+from nnlite.data.dataset import check_case, load_dataset
+from nnlite.data.demo_dataset import generate_demo_dataset
 from nnlite.preprocessing.resampling import (axis_operator, new_shape_for, resample_image, resample_seg,
                                              separate_z_axis)
 
@@ -47,11 +51,13 @@ def test_one_axis_operator_to_same_length_is_identity(n, order):
 @SETTINGS
 @given(shape=shapes, old=spacings, new=spacings)
 def test_output_shape_follows_spacing_ratio(shape, old, new):
-    expected = tuple(int(round(s * o / n)) for s, o, n in zip(shape, old, new))
+    """Each axis keeps its physical extent to within half a voxel: |n·new − s·old| ≤ new / 2."""
+    expected = new_shape_for(shape, old, new)
     if min(expected) < 1:
         return
+    for n, s, o, t in zip(expected, shape, old, new):
+        assert abs(n * t - s * o) <= t / 2 + 1e-9
     data = np.random.default_rng(0).normal(size=(1,) + shape).astype(np.float32)
-    assert new_shape_for(shape, old, new) == expected
     assert resample_image(data, expected, old, new).shape == (1,) + expected
     seg = (data > 0).astype(np.int8)
     assert resample_seg(seg, expected, old, new).shape == (1,) + expected
@@ -125,7 +131,6 @@ def test_probabilities_match_scipy_zoom_order1():
 
 
 def test_image_matches_skimage_resize():
-    skimage_transform = pytest.importorskip("skimage.transform")
     image = np.random.default_rng(1).normal(size=(11, 23, 17)).astype(np.float32)
     expected = skimage_transform.resize(image.astype(float), (19, 15, 30), 3, mode="edge",
                                         anti_aliasing=False)
@@ -147,14 +152,13 @@ def test_block_label_resampled_by_known_factor():
 
 
 def test_seg_matches_resize_segmentation():
-    utils = pytest.importorskip("batchgenerators.augmentations.utils")
     rng = np.random.default_rng(2)
     blocks = np.kron(rng.integers(-1, 3, size=(3, 4, 4)), np.ones((4, 3, 5))).astype(np.int16)
     for new_shape in [(24, 6, 10), (6, 24, 40), (7, 13, 29), (12, 12, 20)]:
-        expected = utils.resize_segmentation(blocks, new_shape, 1)
+        expected = bg_utils.resize_segmentation(blocks, new_shape, 1)
         assert np.array_equal(resample_seg(blocks[None], new_shape, (1, 1, 1), (1, 1, 1))[0], expected)
     noise = rng.integers(0, 4, size=(9, 11, 10)).astype(np.int16)
-    expected = utils.resize_segmentation(noise, (13, 7, 17), 1)
+    expected = bg_utils.resize_segmentation(noise, (13, 7, 17), 1)
     out = resample_seg(noise[None], (13, 7, 17), (1, 1, 1), (1, 1, 1))[0]
     assert (out != expected).mean() < 2e-3  # only float-rounding near-ties may differ
 
@@ -162,17 +166,16 @@ def test_seg_matches_resize_segmentation():
 @pytest.mark.parametrize("order", [0, 3])
 def test_seg_orders_other_than_linear_match_resize_segmentation(order):
     """A plan's resampling_order_seg: 0 is nearest neighbour, 3 is cubic indicators clipped to [0, 1]."""
-    utils = pytest.importorskip("batchgenerators.augmentations.utils")
     rng = np.random.default_rng(order)
     blocks = np.kron(rng.integers(-1, 3, size=(3, 4, 4)), np.ones((4, 3, 5))).astype(np.int16)
     for new_shape in [(24, 6, 10), (6, 24, 40), (7, 13, 29)]:
-        expected = utils.resize_segmentation(blocks, new_shape, order)
+        expected = bg_utils.resize_segmentation(blocks, new_shape, order)
         out = resample_seg(blocks[None], new_shape, (1, 1, 1), (1, 1, 1), order)[0]
         assert np.array_equal(out, expected), new_shape
     linear = resample_seg(blocks[None], (7, 13, 29), (1, 1, 1), (1, 1, 1), 1)[0]
     assert not np.array_equal(out, linear)  # the order is really used
     noise = rng.integers(0, 4, size=(9, 11, 10)).astype(np.int16)
-    expected = utils.resize_segmentation(noise, (13, 7, 17), order)
+    expected = bg_utils.resize_segmentation(noise, (13, 7, 17), order)
     out = resample_seg(noise[None], (13, 7, 17), (1, 1, 1), (1, 1, 1), order)[0]
     assert (out != expected).mean() < 2e-3  # only float-rounding near-ties may differ
 
@@ -186,10 +189,7 @@ def _separate_z_expectation(image: np.ndarray, new_shape, order: int) -> np.ndar
 
 
 def test_separate_z_path_on_anisotropic_demo_case(tmp_path):
-    demo = pytest.importorskip("nnlite.data.demo_dataset")
-    from nnlite.data.dataset import check_case, load_dataset
-
-    dataset = load_dataset(demo.generate_demo_dataset(tmp_path / "raw", n_cases=1, seed=0))
+    dataset = load_dataset(generate_demo_dataset(tmp_path / "raw", n_cases=1, seed=0))
     case = check_case(dataset, dataset.cases[0])
     spacing = case.spacing
     target = (spacing[0] / 2.2, spacing[1] * 1.3, spacing[2] * 0.9)
@@ -200,8 +200,7 @@ def test_separate_z_path_on_anisotropic_demo_case(tmp_path):
     assert np.abs(out - expected).max() <= 1e-5 * np.abs(expected).max()
     seg = case.seg[None].astype(np.int16)
     out_seg = resample_seg(seg, new_shape, spacing, target)[0]
-    utils = pytest.importorskip("batchgenerators.augmentations.utils")
-    planes = np.stack([utils.resize_segmentation(s, new_shape[1:], 1) for s in case.seg])
+    planes = np.stack([bg_utils.resize_segmentation(s, new_shape[1:], 1) for s in case.seg])
     z = ndimage.zoom(np.arange(planes.shape[0], dtype=float), new_shape[0] / planes.shape[0], order=0,
                      mode="nearest", grid_mode=True).astype(int)
     assert np.array_equal(out_seg, planes[z])

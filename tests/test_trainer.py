@@ -5,13 +5,18 @@ End-to-end runs on demo data live in tests/test_demo.py (marked slow).
 
 from __future__ import annotations
 
+import copy
+import math
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 from tqdm import tqdm
+
+from tests.loader_fixtures import toy_dataset, toy_plans
 
 from nnlite.common.errors import UserError
 from nnlite.network import build_unet
@@ -21,9 +26,10 @@ from nnlite.train import build_parser, main as train_main, overrides_from_args
 from nnlite.training.config import load_train_config, replace_setting
 from nnlite.training.distributed import Rank, forced_foreground, split_batch
 from nnlite.training.precision import amp_dtype, first_cpu_bf16_hazard
-from nnlite.training.run_setup import plan_differences, seed_everything
+from nnlite.training import checkpoints
+from nnlite.training.run_setup import build_batches, plan_differences, seed_everything
 from nnlite.training.trainer import (RunState, confusion_counts, epoch_record, learning_rate, poly_lr,
-                                     train_one_epoch, train_step, validate)
+                                     restore_state, train_one_epoch, train_step, validate)
 
 PLAN = NetworkPlan(strides=((1, 1, 1), (1, 2, 2), (2, 2, 2)), kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3)),
                    features_per_stage=(4, 8, 16))
@@ -237,3 +243,77 @@ def test_usage_errors_exit_2(argv):
 def test_missing_plans_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="plans.json"):
         train_main([str(tmp_path), "--device", "cpu"])
+
+
+# --- rules the trainer applies, through its own code paths --------------------------------------
+
+def test_trainers_loader_forces_foreground_with_round_not_int(tmp_path):
+    """Batch 4, oversampling 0.33: round(4·0.67) = 3, so only sample 3 is forced (int() would force
+    samples 2 and 3). Seen through the batches `build_batches` makes for the trainer: sample 3
+    always holds foreground, sample 2 (random placement, small blobs) not always."""
+    cases = toy_dataset(tmp_path, n_cases=4, radius=1.5)
+    plans = toy_plans(patch=(8, 8, 8), batch_size=4)
+    config = load_train_config("debug", ["data.augment=false", "data.oversample_foreground=0.33"])
+    config = replace_setting(config, "configuration", "3d_fullres")
+    with build_batches(tmp_path, plans, config, cases, cases, 4, 0, Rank(), torch.device("cpu")) as batches:
+        has_foreground = np.array([[bool((t > 0).any()) for t in next(batches.train)["target"][0]]
+                                   for _ in range(12)])
+    assert has_foreground[:, 3].all()
+    assert not has_foreground[:, 2].all()
+
+
+def test_gradient_clipping_bounds_the_gradient_norm():
+    clip = 1e-3
+    state, unclipped = tiny_state(seed=1), tiny_state(seed=1)
+    for group in state.optimizer.param_groups + unclipped.optimizer.param_groups:
+        group["lr"] = 0.0
+    loss_fn, batch = build_loss(PLAN, batch_dice=True), next(fake_batches(0, 2))
+    train_step(state, loss_fn, batch, clip)
+    train_step(unclipped, loss_fn, batch, math.inf)
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in state.network.parameters()
+                                                 if p.grad is not None]))
+    free = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in unclipped.network.parameters()
+                                                 if p.grad is not None]))
+    assert free > 10 * clip  # the test means something: clipping had work to do
+    assert norm == pytest.approx(clip, rel=1e-4)
+
+
+class GlobalDropout(nn.Module):
+    """A user's change to the network that draws from torch's global RNG while training."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor):
+        return self.network(nn.functional.dropout(x, 0.3, training=self.training))
+
+
+def dropout_state(seed: int) -> RunState:
+    state = tiny_state(seed=seed)
+    state.model = GlobalDropout(state.network)
+    return state
+
+
+def test_resume_restores_the_global_rng_so_modified_networks_resume_exactly():
+    """Nothing in nnlite's own training draws from the global RNG, but a modified network may
+    (dropout here); resuming must then continue its random stream exactly: the checkpoint's RNG
+    state is restored. Without the restore the second epoch's dropout masks differ."""
+    config, loss_fn = tiny_config(), build_loss(PLAN, batch_dice=True)
+    bar = tqdm(disable=True)
+    straight = dropout_state(seed=2)
+    batches = fake_batches(7, 2)
+    train_one_epoch(straight, loss_fn, batches, config, 0, bar)
+    checkpoint = {"network": {k: v.clone() for k, v in straight.network.state_dict().items()},
+                  "optimizer": copy.deepcopy(straight.optimizer.state_dict()), "epoch": 1, "metrics": [],
+                  "rng": checkpoints.capture_rng()}
+    train_one_epoch(straight, loss_fn, batches, config, 1, bar)
+
+    resumed = dropout_state(seed=2)  # a fresh process: seeded, then the checkpoint restored
+    restore_state(resumed, checkpoint)
+    replay = fake_batches(7, 2)
+    for _ in range(config.training.iters_per_epoch):
+        next(replay)  # the loader resumes at batch epoch · iterations
+    train_one_epoch(resumed, loss_fn, replay, config, 1, bar)
+    for a, b in zip(straight.network.parameters(), resumed.network.parameters()):
+        assert torch.equal(a, b)

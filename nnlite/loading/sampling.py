@@ -30,10 +30,13 @@ FOREGROUND_FRACTION = 0.33  # share of each batch forced to contain foreground (
 MAX_OPEN_CASES = 256  # memory-mapped cases kept open per process (2 file descriptors each)
 
 
-def forced_foreground(batch_size: int, fraction: float = FOREGROUND_FRACTION) -> list[bool]:
-    """Sample j is forced iff j ≥ round(B·(1 - fraction)) (B=2 → [1], 5 → [3, 4], 12 → [8..11])."""
+def forced_foreground(batch_size: int, fraction: float = FOREGROUND_FRACTION,
+                      samples: range | None = None) -> list[bool]:
+    """Sample j of a batch of B is forced iff j ≥ round(B·(1 - fraction)) (B=2 → [1], 4 → [3],
+    5 → [3, 4], 12 → [8..11]); the flags of `samples` (default every j < B). The one copy of the
+    rule: the loader's default and every rank's share of a distributed batch use it."""
     threshold = round(batch_size * (1 - fraction))
-    return [j >= threshold for j in range(batch_size)]
+    return [j >= threshold for j in (range(batch_size) if samples is None else samples)]
 
 
 def start_bounds(shape: tuple[int, ...], patch: tuple[int, ...]) -> tuple[list[int], list[int]]:

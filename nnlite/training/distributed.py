@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from nnlite.loading import sampling
+
 
 @dataclass(frozen=True)
 class Rank:
@@ -67,8 +69,7 @@ def split_batch(global_batch: int, rank: Rank) -> tuple[int, int]:
 def forced_foreground(global_batch: int, oversample: float, rank: Rank) -> list[bool]:
     """Per local sample: is it forced to contain foreground? (global rule, see module docstring)."""
     size, first = split_batch(global_batch, rank)
-    threshold = round(global_batch * (1 - oversample))
-    return [first + j >= threshold for j in range(size)]
+    return sampling.forced_foreground(global_batch, oversample, range(first, first + size))
 
 
 def sum_across_ranks(tensor: torch.Tensor, rank: Rank) -> torch.Tensor:

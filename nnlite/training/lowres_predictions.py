@@ -8,11 +8,15 @@ model that did not train on it. Each prediction (a label map in the original geo
 `preprocessing.cascade.seg_to_stage_input` and stored as
 
     WORK/preprocessed/<lowres>_predicted_next_stage/<case>_prev.npy   int8 (1, Z, Y, X)
-    WORK/preprocessed/<lowres>_predicted_next_stage/<case>_prev.json  provenance (fold, source file)
+    WORK/preprocessed/<lowres>_predicted_next_stage/<case>_prev.json  provenance (fold, source file
+                                                                      and its SHA-256)
+
+A case is redone exactly when its source prediction's content (or fold, or path) changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -62,9 +66,10 @@ def prepare_previous_stage(work: Path, plans: Plans, config_name: str) -> Path:
 def _write_previous_stage(out: Path, data_dir: Path, case: str, fold: int, source: Path, lowres: str,
                           plans: Plans, config_name: str) -> bool:
     """Write `<case>_prev.npy` and its provenance unless they are up to date; True if written."""
-    stat = source.stat()
+    # keyed on the prediction's content, not its modification time (coarse or copied clocks
+    # would keep a stale input); hashing a label map costs far less than resampling it
     info = {"case": case, "configuration": lowres, "fold": fold, "source": str(source.resolve()),
-            "source_mtime_ns": stat.st_mtime_ns, "source_size": stat.st_size}
+            "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
     info_path = out / PREV_INFO_FILE.format(case=case)
     if (out / PREV_FILE.format(case=case)).is_file() and info_path.is_file() and read_json(info_path) == info:
         return False
