@@ -16,7 +16,7 @@ from nnlite.common.schema import from_dict, to_jsonable
 from nnlite.network.geometry import training_memory_bytes
 from nnlite.plan import main as plan_main
 from nnlite.planning.memory_budget import GIB
-from nnlite.planning.planner import plan_experiment
+from nnlite.planning.planner import plan_experiment, target_spacing
 from nnlite.planning.topology import MIN_FEATURE_MAP, pool_and_conv_props
 from nnlite.plans import CaseFingerprint, Fingerprint, IntensityStats, load_plans
 
@@ -301,3 +301,14 @@ def test_plan_records_raw_path_for_later_stages(tmp_path):
     assert plan_main([str(raw), str(tmp_path / "work"), "--workers", "1"]) == 0
     plans = load_plans(tmp_path / "work" / "plans.json")
     assert plans.extra["raw_path"] == str(raw.resolve())
+
+
+@pytest.mark.parametrize("z_spacing, expected_z", [(2.5, 2.5), (2.9, 2.9), (3.5, 1.2)])
+def test_the_anisotropy_rule_needs_more_than_three_times_the_spacing(z_spacing, expected_z):
+    """Thick slices get the 10th percentile of their spacings only beyond 3× the in-plane spacing
+    (with the size condition met: 20 slices × 3 < 200 voxels in-plane); 2.5× and 2.9× keep the median."""
+    z = np.array([z_spacing] * 6 + [1.2] * 4)
+    spacings = np.stack([z, np.ones(10), np.ones(10)], axis=1)
+    shapes = np.tile([20.0, 200.0, 200.0], (10, 1))
+    target, _ = target_spacing(spacings, shapes)
+    np.testing.assert_allclose(target, [expected_z, 1.0, 1.0])
