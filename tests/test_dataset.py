@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from nnlite.check import main as check_main
 from nnlite.common.cli import run
 from nnlite.common.errors import UserError
-from nnlite.data.dataset import check_case, check_dataset, load_dataset, make_splits
+from nnlite.data.dataset import check_case, check_dataset, load_dataset
+from nnlite.planning.splits import make_splits
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (4, 6, 5)  # (z, y, x)

@@ -66,6 +66,28 @@ def read_json_checked(path: str | Path) -> Any:
         raise UserError(path, f"not valid JSON ({error})") from None
 
 
+def ensure_writable_dir(folder: str | Path, role: str = "folder") -> Path:
+    """Create `folder` (and its parents) if needed and prove it writable; a UserError otherwise.
+
+    Checked before any expensive work, so a WORK that is a file, sits under a file or cannot be
+    written to fails in a second with one line instead of after the whole dataset was read.
+    """
+    from nnlite.common.errors import UserError
+
+    folder = Path(folder)
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(folder, f"cannot be used as the {role}: {blocker} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".nnlite-write-test{TMP_SUFFIX}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(folder, f"cannot write to the {role} ({error.strerror or error})") from None
+    return folder
+
+
 def remove_tmp_leftovers(folder: str | Path) -> list[Path]:
     """Delete `*.tmp` files a killed run left behind (recursively); returns what was removed."""
     folder = Path(folder)

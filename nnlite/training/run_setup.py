@@ -44,12 +44,14 @@ class Run:
     config: TrainConfig  # resolved: seed filled in
     checkpoint: dict[str, Any] | None = None  # resume from this
     finished: bool = False  # nothing left to train
+    fresh: bool = True  # the folder held no checkpoint when this call started
     log_handler: logging.Handler | None = field(default=None, repr=False)
 
     def close(self) -> None:
         if self.log_handler is not None:
             logging.getLogger("nnlite").removeHandler(self.log_handler)
             self.log_handler.close()
+            self.log_handler = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,12 +75,22 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def prepare_run(work: Path, plans: Plans, config: TrainConfig, *, resume: bool, overwrite: bool,
-                rank: Rank) -> Run:
-    """Create / check the fold's result folder and pick the checkpoint to resume from."""
+def check_configuration(work: Path, plans: Plans, config: TrainConfig) -> None:
     if config.configuration not in plans.configurations:
         raise UserError(work / "plans.json", f"has no configuration '{config.configuration}' "
                         f"(planned: {', '.join(plans.configurations)})")
+
+
+def discard_unstarted(run: Run) -> None:
+    """Remove the fold folder of a fresh run that failed before its first checkpoint."""
+    if run.fresh and not any(run.folder.glob("checkpoint_*.pt")):
+        shutil.rmtree(run.folder, ignore_errors=True)
+
+
+def prepare_run(work: Path, plans: Plans, config: TrainConfig, *, resume: bool, overwrite: bool,
+                rank: Rank) -> Run:
+    """Create / check the fold's result folder and pick the checkpoint to resume from."""
+    check_configuration(work, plans, config)
     folder = result_folder(work, config)
     has_results = folder.is_dir() and any(folder.glob("checkpoint_*.pt"))
     if has_results and not (resume or overwrite):
@@ -97,6 +109,7 @@ def prepare_run(work: Path, plans: Plans, config: TrainConfig, *, resume: bool, 
         run = Run(folder, config)
     else:
         run = resumed_run(folder, plans, config, checkpoint, rank)
+    run.fresh = overwrite or not has_results
     if rank.is_main:
         start_logs(run, resumed=checkpoint is not None)
     return run
