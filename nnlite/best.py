@@ -7,16 +7,15 @@ and writes results/best.json with the `predict` command that reproduces it.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.common.cli import run
+from nnlite.common.cli import ArgumentParser, run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="nnlite best",
         description="Compare trained configurations and their pairwise ensembles by cross-validation.")
     parser.add_argument("work", type=Path, help="work directory (plans.json, splits.json, results/)")

@@ -3,17 +3,16 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.common.cli import run
+from nnlite.common.cli import ArgumentParser, run
 from nnlite.evaluation.metrics import evaluate_folder, format_table, write_summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="nnlite evaluate",
         description="Dice, IoU and PPV of predicted label maps against reference label maps.")
     parser.add_argument("pred_dir", type=Path, help="folder of <case>.nii.gz predictions")

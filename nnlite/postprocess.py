@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.common.cli import run
+from nnlite.common.cli import ArgumentParser, run
 from nnlite.evaluation.postprocessing import POSTPROCESSED_DIR, determine_postprocessing
 from nnlite.inference.largest_component import POSTPROCESSING_FILE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="nnlite postprocess",
         description="Decide keep-largest-component post-processing on cross-validation results.")
     parser.add_argument("work", type=Path, help="work directory (plans.json, results/)")

@@ -7,14 +7,14 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.common.cli import EXIT_FAILURE, EXIT_OK, EXIT_USER_ERROR, run
+from nnlite.common.cli import EXIT_FAILURE, EXIT_OK, EXIT_USER_ERROR, ArgumentParser, run
 from nnlite.inference.options import PredictOptions
 from nnlite.inference.predictor import predict_folder
 from nnlite.inference.sliding_window import STEP_SIZE
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="nnlite predict",
         description="Segment every <case>_<CCCC>.nii.gz of INPUT_DIR with trained models.")
     parser.add_argument("work", type=Path, help="work directory (plans.json, results/)")
@@ -25,7 +25,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="the configuration or ensemble and post-processing of results/best.json "
                              "(written by `nnlite best`); replaces --config and --postprocess")
     parser.add_argument("--folds", nargs="+", default=None,
-                        help="folds to ensemble: 0 1 2 3 4 or all (default: every trained fold)")
+                        help="folds to ensemble, e.g. 0 1 2 3 4, or all (default: every trained fold)")
     parser.add_argument("--checkpoint", choices=("final", "best"), default="final")
     parser.add_argument("--no-mirroring", action="store_true", help="no mirroring test-time augmentation")
     parser.add_argument("--step", type=float, default=STEP_SIZE, help="tile step / tile size (0.5)")

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.common.cli import run
+from nnlite.common.cli import ArgumentParser, run
 from nnlite.evaluation.pictures import MAX_SLICES, visualize_folder
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="nnlite visualize",
         description="Per case a PNG: input channels, reference, prediction (and post-processed "
                     "prediction) side by side on the slices that hold foreground.")

@@ -16,8 +16,7 @@ import pytest
 
 from nnlite.common.errors import UserError
 from nnlite.data.demo_dataset import generate_demo_dataset
-from nnlite.planning import fingerprint as fingerprint_module
-from nnlite.planning.work_folder import fingerprint_hash, plan_dataset
+from nnlite.planning.work_folder import fingerprint_hash
 from nnlite.plans import FINGERPRINT_HASH_KEY, load_fingerprint, load_plans, save_plans
 from nnlite.preprocessing.records import record_path
 from nnlite.preprocessing.runner import run_preprocessing
@@ -25,15 +24,7 @@ from nnlite.train import main as train_main
 from nnlite.training.config import TrainConfig
 from nnlite.training.folds import fold_cases
 from tests.command_line import assert_one_line_error, run_command
-
-CONFIG = "3d_fullres"
-CASES = ["demo_001", "demo_002", "demo_003"]  # the demo's names for 3 cases
-FEW_SAMPLES = 1e4  # foreground voxels sampled per channel over the dataset (nnU-Net: 1e8)
-
-
-@pytest.fixture(autouse=True)
-def few_fingerprint_samples(monkeypatch):
-    monkeypatch.setattr(fingerprint_module, "FOREGROUND_SAMPLES_TOTAL", FEW_SAMPLES)
+from tests.work_fixtures import CASES, CONFIG, plan_small, small_work
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +38,12 @@ def raws(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def preprocessed(raws, tmp_path_factory) -> Path:
-    """a, planned and preprocessed for 3d_fullres (copy it before changing it)."""
-    work = tmp_path_factory.mktemp("preprocessed") / "work"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(fingerprint_module, "FOREGROUND_SAMPLES_TOTAL", FEW_SAMPLES)
-        plan(raws["a"], work)
-    run_preprocessing(work, workers=1)
-    return work
+def preprocessed(tmp_path_factory) -> Path:
+    """The demo's first 3 cases (as raws["a"]), planned and preprocessed (copy before changing)."""
+    return small_work(tmp_path_factory.mktemp("preprocessed"))
 
 
-def plan(raw: Path, work: Path, **options):
-    return plan_dataset(raw, work, 8.0, [CONFIG], 1, **options)
+plan = plan_small
 
 
 def copy(work: Path, tmp_path: Path) -> Path:
@@ -97,11 +82,10 @@ def test_planning_another_dataset_into_a_used_work_is_refused_before_reading_it(
 
 def test_the_same_case_names_with_other_data_are_another_dataset(raws, preprocessed, tmp_path):
     work = copy(preprocessed, tmp_path)
-    splits = (work / "splits.json").read_bytes()
+    before = {p.name: p.read_bytes() for p in work.glob("*.json")}
     with pytest.raises(UserError, match="another"):
         plan(raws["same_names"], work)
-    assert (work / "splits.json").read_bytes() == splits
-    assert load_plans(work / "plans.json").extra["raw_path"] == str(raws["a"].resolve())
+    assert {p.name: p.read_bytes() for p in work.glob("*.json")} == before
 
 
 def test_overwrite_starts_the_work_folder_clean(raws, preprocessed, tmp_path):
@@ -119,8 +103,8 @@ def test_replanning_the_same_dataset_keeps_the_splits(raws, tmp_path):
     mine = [{"train": ["demo_001", "demo_002"], "val": ["demo_003", "demo_004"]},
             {"train": ["demo_003", "demo_004"], "val": ["demo_001", "demo_002"]}]
     (work / "splits.json").write_text(json.dumps(mine))
-    plans = plan_dataset(raws["four"], work, 4.0, [CONFIG], 1)
-    assert json.loads((work / "splits.json").read_text()) == mine and plans.gpu_memory_gb == 4.0
+    plan(raws["four"], work, folds=2)  # --folds agrees with the kept file
+    assert json.loads((work / "splits.json").read_text()) == mine
 
 
 # ---------------------------------------------------------------------------------------------

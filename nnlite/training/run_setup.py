@@ -44,7 +44,6 @@ class Run:
     config: TrainConfig  # resolved: seed filled in
     checkpoint: dict[str, Any] | None = None  # resume from this
     finished: bool = False  # nothing left to train
-    fresh: bool = True  # the folder held no checkpoint when this call started
     log_handler: logging.Handler | None = field(default=None, repr=False)
 
     def close(self) -> None:
@@ -82,8 +81,8 @@ def check_configuration(work: Path, plans: Plans, config: TrainConfig) -> None:
 
 
 def discard_unstarted(run: Run) -> None:
-    """Remove the fold folder of a fresh run that failed before its first checkpoint."""
-    if run.fresh and not any(run.folder.glob("checkpoint_*.pt")):
+    """Remove the fold folder of a run that failed before any checkpoint was in it."""
+    if not any(run.folder.glob("checkpoint_*.pt")):
         shutil.rmtree(run.folder, ignore_errors=True)
 
 
@@ -109,7 +108,6 @@ def prepare_run(work: Path, plans: Plans, config: TrainConfig, *, resume: bool, 
         run = Run(folder, config)
     else:
         run = resumed_run(folder, plans, config, checkpoint, rank)
-    run.fresh = overwrite or not has_results
     if rank.is_main:
         start_logs(run, resumed=checkpoint is not None)
     return run
