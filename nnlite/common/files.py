@@ -103,13 +103,15 @@ def remove_tmp_leftovers(folder: str | Path) -> list[Path]:
 def start_staging_dir(final: str | Path) -> Path:
     """A fresh `<final>.tmp/` folder to fill before `publish_staging_dir` renames it to `final`.
 
-    `final` must not exist or be an empty folder; a leftover staging folder of a killed run is removed.
+    `final` must not exist or be an empty folder, in a folder that can be written to; a leftover
+    staging folder of a killed run is removed.
     """
+    from nnlite.common.errors import UserError
+
     final = Path(final)
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        from nnlite.common.errors import UserError
-
         raise UserError(final, "already exists and is not empty")
+    ensure_writable_dir(final.absolute().parent, "parent folder")
     staging = tmp_path_for(final)
     if staging.exists():
         shutil.rmtree(staging)
@@ -128,11 +130,12 @@ def publish_staging_dir(staging: Path, final: str | Path) -> Path:
 
 @contextmanager
 def staged_dir(final: str | Path) -> Iterator[Path]:
-    """Fill the yielded `<final>.tmp/` folder; it becomes `final` on success and is deleted on error."""
+    """Fill the yielded `<final>.tmp/` folder; it becomes `final` on success and is deleted on error
+    (also when the final rename fails)."""
     staging = start_staging_dir(final)
     try:
         yield staging
+        publish_staging_dir(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    publish_staging_dir(staging, final)
