@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from nnlite.common.cli import ArgumentParser, run
-from nnlite.evaluation.evaluate_inputs import absent_labels, labels_to_score, summary_path
+from nnlite.evaluation.scoring_inputs import absent_labels, labels_to_score, summary_path
 from nnlite.evaluation.metrics import evaluate_folder, format_table, write_summary
 
 
