@@ -45,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     report = convert_breastdm(args.src, args.raw, spacing=args.spacing,
                               slice_axis=args.slice_axis, keep_blank=args.keep_blank_slices)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(report.summary())
     return 0
 

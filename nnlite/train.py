@@ -30,7 +30,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--iters-per-epoch", type=int, help="training iterations per epoch (default 250)")
     parser.add_argument("--val-iters", type=int, help="validation iterations per epoch (default 50)")
     parser.add_argument("--batch-size", type=int, help="global batch size (default: the plan's)")
-    parser.add_argument("--workers", type=int, help="loader worker processes (default 2)")
+    parser.add_argument("--workers", type=int,
+                        help="loader worker processes (default: the CPU count, at most 8; 0: none)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
     parser.add_argument("--augment-on", choices=("auto", "cpu", "device"),
                         help="augment in the loader workers (cpu) or batched on the training device "

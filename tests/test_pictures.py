@@ -56,3 +56,14 @@ def test_missing_reference_names_the_case(tmp_path, rng, capsys):
     ref.mkdir()
     assert run(visualize_main, [str(images), str(ref), str(pred), str(tmp_path / "o")]) == 2
     assert "error: lonely:" in capsys.readouterr().err
+
+
+def test_the_case_list_is_checked_before_any_picture_is_written(tmp_path, rng, capsys):
+    images, ref, pred = tmp_path / "img", tmp_path / "ref", tmp_path / "pred"
+    write_image(images / "a_0000.nii.gz", rng.normal(size=(3, 8, 8)).astype(np.float32), AFFINE)
+    write_seg(ref / "a.nii.gz", np.zeros((3, 8, 8), np.uint8), AFFINE)
+    write_seg(pred / "a.nii.gz", np.zeros((3, 8, 8), np.uint8), AFFINE)
+    out = tmp_path / "o"
+    assert run(visualize_main, [str(images), str(ref), str(pred), str(out), "--cases", "a", "missing"]) == 2
+    assert capsys.readouterr().err.startswith("error: missing: no image")
+    assert not out.exists()

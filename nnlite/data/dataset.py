@@ -337,30 +337,43 @@ def _check_label_values(dataset: RawDataset, path: Path, array: np.ndarray) -> n
 # whole dataset
 
 
-def _check_one(args: tuple[RawDataset, CaseFiles]) -> tuple[list[str], tuple[str, str] | None]:
-    """Worker: warnings of one case, or the error as (where, problem) (data stays in the worker)."""
+def _check_one(args: tuple[RawDataset, CaseFiles]) -> tuple[list[str], set[int], tuple[str, str] | None]:
+    """Worker: warnings and label values of one case, or the error as (where, problem) (data stays
+    in the worker)."""
     try:
-        return check_case(*args).warnings, None
+        checked = check_case(*args)
     except UserError as error:
-        return [], (error.where, error.problem)
+        return [], set(), (error.where, error.problem)
+    values = set() if checked.seg is None else set(np.unique(checked.seg).tolist())
+    return checked.warnings, values, None
+
+
+def absent_label_warnings(dataset: RawDataset, found: set[int]) -> list[str]:
+    """A declared label (not background or the ignore label) that no case holds."""
+    return [f"dataset.json: label '{name}' ({value}) is declared but occurs in no case"
+            for name, value in dataset.labels.items()
+            if value != 0 and name != IGNORE_KEY and value not in found]
 
 
 def check_dataset(dataset: RawDataset, workers: int = 1) -> DatasetReport:
     """Run check_case on every case (in `workers` processes); the first failing case raises."""
     jobs = [(dataset, case) for case in dataset.cases]
     warnings: list[str] = []
+    found: set[int] = set()
     pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
     try:
         results = pool.map(_check_one, jobs, chunksize=4) if pool else map(_check_one, jobs)
         with tqdm(results, total=len(jobs), desc="checking", unit="case", leave=False,
                   disable=None) as bar:
-            for case_warnings, error in bar:
+            for case_warnings, values, error in bar:
                 if error is not None:
                     raise UserError(*error)
                 warnings.extend(case_warnings)
+                found |= values
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+    warnings += absent_label_warnings(dataset, found)
     for warning in warnings:
         log.warning("warning: %s", warning)  # the entry point prints only the summary
     return DatasetReport(len(jobs), warnings)

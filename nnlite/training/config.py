@@ -64,13 +64,14 @@ class DataSettings:
 
     oversample_foreground: float = 0.33  # share of each batch forced to contain foreground
     augment: bool = True
-    workers: int = 2  # loader worker processes (0: load in the training process)
+    workers: int | None = None  # loader processes (None: the CPU count, at most 8; 0: in the training process)
     augment_on: str = "auto"  # cpu: loader workers; device: batched on the device; auto: device on CUDA
 
     def __post_init__(self) -> None:
         _check_range("data.oversample_foreground", self.oversample_foreground,
                      0.0 <= self.oversample_foreground <= 1.0, "in [0, 1]")
-        _check_range("data.workers", self.workers, self.workers >= 0, "≥ 0")
+        if self.workers is not None:
+            _check_range("data.workers", self.workers, self.workers >= 0, "≥ 0")
         _check_choice("data.augment_on", self.augment_on, AUGMENT_ON)
 
 
