@@ -140,3 +140,16 @@ def test_preprocess_raw_with_other_cases_is_refused_up_front(preprocessed, tmp_p
     more = generate_demo_dataset(tmp_path / "more", n_cases=4)
     result = run_command("preprocess", preprocessed, "--raw", more)
     assert_one_line_error(result, str(more), "has case 'demo_004' that was not planned")
+
+
+@pytest.mark.parametrize("cpus, expected", [(3, 3), (64, 8), (None, 1)])
+def test_every_workers_flag_defaults_to_the_cpu_count_capped(monkeypatch, capsys, cpus, expected):
+    from nnlite.training.config import load_train_config
+    from nnlite.training.run_setup import loader_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: cpus)
+    for stage in ("check", "plan", "preprocess"):
+        with pytest.raises(SystemExit):
+            nnlite_main([stage, "--help"])
+        assert f"(default: the CPU count, at most 8: {expected})" in " ".join(capsys.readouterr().out.split())
+    assert loader_workers(load_train_config("default")) == expected
