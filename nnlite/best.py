@@ -18,8 +18,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(
         prog="nnlite best",
         description="Compare trained configurations and their pairwise ensembles by cross-validation.")
-    parser.add_argument("work", type=Path, help="work directory (plans.json, splits.json, results/)")
-    parser.add_argument("--configs", nargs="+", default=None,
+    parser.add_argument("work", type=Path, metavar="WORK", help="work directory (plans.json, splits.json, results/)")
+    parser.add_argument("--configs", nargs="+", default=None, metavar="NAME",
                         help="configurations to compare (default: every one with trained folds)")
     parser.add_argument("--no-ensembles", action="store_true", help="compare single configurations only")
     args = parser.parse_args(argv)

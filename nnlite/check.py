@@ -14,8 +14,8 @@ from nnlite.data.dataset import check_dataset, load_dataset
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="nnlite check", description=__doc__.splitlines()[0])
-    parser.add_argument("raw", type=Path, help="raw dataset folder (dataset.json, imagesTr, labelsTr)")
-    parser.add_argument("--workers", type=int, default=default_workers(),
+    parser.add_argument("raw", type=Path, metavar="RAW", help="raw dataset folder (dataset.json, imagesTr, labelsTr)")
+    parser.add_argument("--workers", type=int, metavar="N", default=default_workers(),
                         help=f"processes reading cases (default: the CPU count, at most 8: "
                              f"{default_workers()})")
     args = parser.parse_args(argv)

@@ -17,17 +17,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(
         prog="nnlite evaluate",
         description="Dice, IoU and PPV of predicted label maps against reference label maps.")
-    parser.add_argument("pred_dir", type=Path, help="folder of <case>.nii.gz predictions")
-    parser.add_argument("ref_dir", type=Path, help="folder of <case>.nii.gz reference label maps")
+    parser.add_argument("pred_dir", type=Path, metavar="PRED_DIR", help="folder of <case>.nii.gz predictions")
+    parser.add_argument("ref_dir", type=Path, metavar="REF_DIR", help="folder of <case>.nii.gz reference label maps")
     labels = parser.add_mutually_exclusive_group()
-    labels.add_argument("--labels", type=int, nargs="+", default=None,
+    labels.add_argument("--labels", type=int, nargs="+", default=None, metavar="N",
                         help="foreground labels to score (default: every nonzero value in the references)")
-    labels.add_argument("--dataset-json", type=Path, default=None,
+    labels.add_argument("--dataset-json", type=Path, default=None, metavar="PATH",
                         help="score the labels this dataset.json declares (and use its ignore label)")
-    parser.add_argument("--ignore-label", type=int, default=None,
+    parser.add_argument("--ignore-label", type=int, default=None, metavar="N",
                         help="reference value of unannotated voxels, scored nowhere (dataset.json's "
                              "'ignore')")
-    parser.add_argument("--output", type=Path, default=None,
+    parser.add_argument("--output", type=Path, default=None, metavar="SUMMARY_JSON",
                         help="summary.json path (default: PRED_DIR/summary.json; never inside REF_DIR)")
     args = parser.parse_args(argv)
     label_set = labels_to_score(args.labels, args.dataset_json, args.ignore_label)

@@ -33,9 +33,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--memory-model", choices=MEMORY_MODELS, default="bytes",
                         help="'bytes': nnlite's byte estimate (default); 'nnunet': the reference's proxy, "
                              "reproducing nnU-Net v2's patch and batch exactly")
-    parser.add_argument("--workers", type=int, default=default_workers(),
+    parser.add_argument("--workers", type=int, metavar="N", default=default_workers(),
                         help=f"fingerprint processes (default: the CPU count, at most 8: {default_workers()})")
-    parser.add_argument("--folds", type=int, default=None,
+    parser.add_argument("--folds", type=int, metavar="K", default=None,
                         help="cross-validation folds in splits.json (default: 5, or one per case below 5)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start WORK afresh when it was planned from another dataset (removes its "

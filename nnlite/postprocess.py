@@ -15,9 +15,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(
         prog="nnlite postprocess",
         description="Decide keep-largest-component post-processing on cross-validation results.")
-    parser.add_argument("work", type=Path, help="work directory (plans.json, results/)")
+    parser.add_argument("work", type=Path, metavar="WORK", help="work directory (plans.json, results/)")
     parser.add_argument("--config", default="3d_fullres", help="configuration (default 3d_fullres)")
-    parser.add_argument("--reference", type=Path, default=None,
+    parser.add_argument("--reference", type=Path, default=None, metavar="LABELS_DIR",
                         help="reference label maps (default: <raw_path from plans>/labelsTr)")
     args = parser.parse_args(argv)
     decision = determine_postprocessing(args.work, args.config, args.reference)

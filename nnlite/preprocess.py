@@ -18,12 +18,12 @@ from nnlite.preprocessing.runner import run_preprocessing
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="nnlite preprocess", description=__doc__.splitlines()[0])
-    parser.add_argument("work", help="work directory holding plans.json")
-    parser.add_argument("--configs", nargs="+", help="configurations to preprocess (default: all planned)")
-    parser.add_argument("--workers", type=int, default=default_workers(),
+    parser.add_argument("work", metavar="WORK", help="work directory holding plans.json")
+    parser.add_argument("--configs", nargs="+", metavar="NAME", help="configurations to preprocess (default: all planned)")
+    parser.add_argument("--workers", type=int, metavar="N", default=default_workers(),
                         help=f"worker processes (default: the CPU count, at most 8: {default_workers()})")
     parser.add_argument("--overwrite", action="store_true", help="redo cases that are already done")
-    parser.add_argument("--raw", help="raw dataset folder (default: the one recorded in plans.json)")
+    parser.add_argument("--raw", metavar="RAW", help="raw dataset folder (default: the one recorded in plans.json)")
     args = parser.parse_args(argv)
     done = run_preprocessing(args.work, args.configs, max(1, args.workers), args.overwrite, args.raw)
     print(f"preprocess: {done} cases written to {args.work}/preprocessed")

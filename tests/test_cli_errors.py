@@ -59,11 +59,15 @@ def test_no_stage_is_one_error_line(capsys):
     assert err[0].startswith("error: nnlite: no stage given") and len(err) == 2
 
 
-def test_help_synopses_name_each_argument_once(capsys):
+@pytest.mark.parametrize("stage, positionals", [
+    ("plan", "nnlite plan RAW WORK [options]"), ("check", "RAW"), ("preprocess", "WORK"), ("train", "[WORK]"),
+    ("predict", "WORK INPUT_DIR OUTPUT_DIR"), ("postprocess", "WORK"), ("evaluate", "PRED_DIR REF_DIR"),
+    ("visualize", "IMAGES_DIR REF_DIR PRED_DIR OUT_DIR"), ("best", "WORK")])
+def test_help_synopses_name_the_arguments_as_the_docs_do(capsys, stage, positionals):
     with pytest.raises(SystemExit):
-        plan_main(["--help"])
-    out = capsys.readouterr().out
-    assert "RAW WORK [RAW WORK ...]" not in out and "nnlite plan RAW WORK [options]" in out
+        nnlite_main([stage, "--help"])
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    assert positionals in " ".join(usage.split()) and "[RAW WORK ...]" not in usage
 
 
 def test_a_work_folder_that_is_a_file_is_refused_before_anything_else(raw, tmp_path):
@@ -153,3 +157,13 @@ def test_every_workers_flag_defaults_to_the_cpu_count_capped(monkeypatch, capsys
             nnlite_main([stage, "--help"])
         assert f"(default: the CPU count, at most 8: {expected})" in " ".join(capsys.readouterr().out.split())
     assert loader_workers(load_train_config("default")) == expected
+
+
+def test_train_with_an_unusable_results_folder_is_one_error_line(preprocessed, tmp_path, capsys):
+    from nnlite.train import main as train_main
+
+    work = Path(shutil.copytree(preprocessed, tmp_path / "work"))
+    (work / "results").write_text("not a folder")
+    assert run(train_main, [str(work), "--device", "cpu", "--train-config", "debug"]) == 2
+    err = stderr_lines(capsys)
+    assert len(err) == 1 and err[0].startswith(f"error: {work / 'results'}: cannot be used as the results folder")

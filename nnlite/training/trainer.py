@@ -29,6 +29,7 @@ from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from nnlite.common.files import ensure_writable_dir
 from nnlite.common.schema import to_jsonable
 from nnlite.network import build_unet
 from nnlite.network.loss import build_loss
@@ -98,6 +99,7 @@ def train(work: Path, config: TrainConfig, *, resume: bool = False, overwrite: b
     check_configuration(work, plans, config)
     cases = fold_cases(work, plans, config)
     if rank.is_main:  # a cascade stage: the lowres cross-validation becomes extra input channels
+        ensure_writable_dir(work / "results", "results folder")
         prepare_if_cascade(work, plans, config.configuration)
     barrier(rank)
     device = resolve_device(config.device)
