@@ -214,3 +214,16 @@ def test_any_fold_that_splits_json_holds_can_be_trained(preprocessed, tmp_path):
                                                                              ["demo_001"])
     with pytest.raises(UserError, match="0–6 or all"):
         fold_cases(work, load_plans(work / "plans.json"), fold("7"))
+
+
+def test_train_takes_any_fold_number_on_the_command_line(preprocessed, tmp_path, monkeypatch):
+    from nnlite.training import trainer
+
+    work = copy(preprocessed, tmp_path)
+    seven = [{"train": [c for c in CASES if c != CASES[k % 3]], "val": [CASES[k % 3]]} for k in range(7)]
+    (work / "splits.json").write_text(json.dumps(seven))
+    asked = []
+    monkeypatch.setattr(trainer, "train_folds", lambda work, config, folds, **kw: asked.append(list(folds)))
+    assert train_main([str(work), "--fold", "6", "--device", "cpu"]) == 0
+    assert train_main([str(work), "--fold", "cv", "--device", "cpu"]) == 0
+    assert asked == [["6"], [str(k) for k in range(7)]]
