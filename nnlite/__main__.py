@@ -18,11 +18,13 @@ def available_stages() -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     stages = available_stages()
-    if not args or args[0] in ("-h", "--help"):
+    if args and args[0] in ("-h", "--help"):
         print("usage: nnlite <stage> [args …]\nstages: " + ", ".join(stages))
-        return 0 if args else 2
-    if args[0] not in stages:
-        print(f"error: unknown stage '{args[0]}' (stages: {', '.join(stages)})", file=sys.stderr)
+        return 0
+    if not args or args[0] not in stages:
+        problem = f"unknown stage '{args[0]}'" if args else "no stage given"
+        print(f"error: nnlite: {problem} (stages: {', '.join(stages)})", file=sys.stderr)
+        print("hint: nnlite <stage> --help", file=sys.stderr)
         return 2
     module = importlib.import_module(f"nnlite.{args[0]}")
     from nnlite.common.cli import run

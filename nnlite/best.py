@@ -7,20 +7,19 @@ and writes results/best.json with the `predict` command that reproduces it.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.common.cli import run
+from nnlite.common.cli import ArgumentParser, run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="nnlite best",
         description="Compare trained configurations and their pairwise ensembles by cross-validation.")
-    parser.add_argument("work", type=Path, help="work directory (plans.json, splits.json, results/)")
-    parser.add_argument("--configs", nargs="+", default=None,
+    parser.add_argument("work", type=Path, metavar="WORK", help="work directory (plans.json, splits.json, results/)")
+    parser.add_argument("--configs", nargs="+", default=None, metavar="NAME",
                         help="configurations to compare (default: every one with trained folds)")
     parser.add_argument("--no-ensembles", action="store_true", help="compare single configurations only")
     args = parser.parse_args(argv)

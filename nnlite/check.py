@@ -5,23 +5,19 @@ Exit 0 with a short summary and any warnings, or exit 2 with one line `error: <f
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.common.cli import run
+from nnlite.common.cli import ArgumentParser, default_workers, run
 from nnlite.data.dataset import check_dataset, load_dataset
 
-DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nnlite check", description=__doc__.splitlines()[0])
-    parser.add_argument("raw", type=Path, help="raw dataset folder (dataset.json, imagesTr, labelsTr)")
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
-                        help=f"processes reading cases (default {DEFAULT_WORKERS})")
+    parser = ArgumentParser(prog="nnlite check", description=__doc__.splitlines()[0])
+    parser.add_argument("raw", type=Path, metavar="RAW", help="raw dataset folder (dataset.json, imagesTr, labelsTr)")
+    parser.add_argument("--workers", type=int, metavar="N", default=default_workers(),
+                        help=f"processes reading cases (default: the CPU count, at most 8: "
+                             f"{default_workers()})")
     args = parser.parse_args(argv)
     dataset = load_dataset(args.raw)
     report = check_dataset(dataset, workers=max(1, args.workers))

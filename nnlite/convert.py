@@ -6,16 +6,15 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.common.cli import run
+from nnlite.common.cli import ArgumentParser, run
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnlite convert", description=__doc__.splitlines()[0])
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="nnlite convert", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     breastdm = commands.add_parser("breastdm", help="BreastDM .npy folders → raw NIfTI dataset")
     breastdm.add_argument("src", type=Path, help="BreastDM root holding images/ and labels/")
@@ -46,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     report = convert_breastdm(args.src, args.raw, spacing=args.spacing,
                               slice_axis=args.slice_axis, keep_blank=args.keep_blank_slices)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(report.summary())
     return 0
 

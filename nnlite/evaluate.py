@@ -1,33 +1,41 @@
-"""`python -m nnlite.evaluate PRED_DIR REF_DIR [--labels 1 2 …] [--ignore-label N]
-[--output summary.json]`."""
+"""`python -m nnlite.evaluate PRED_DIR REF_DIR [--labels 1 2 … | --dataset-json PATH]
+[--ignore-label N] [--output summary.json]`."""
 
 from __future__ import annotations
 
-import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.common.cli import run
+from nnlite.common.cli import ArgumentParser, run
+from nnlite.evaluation.scoring_inputs import absent_labels, labels_to_score, summary_path
 from nnlite.evaluation.metrics import evaluate_folder, format_table, write_summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="nnlite evaluate",
         description="Dice, IoU and PPV of predicted label maps against reference label maps.")
-    parser.add_argument("pred_dir", type=Path, help="folder of <case>.nii.gz predictions")
-    parser.add_argument("ref_dir", type=Path, help="folder of <case>.nii.gz reference label maps")
-    parser.add_argument("--labels", type=int, nargs="+", default=None,
-                        help="labels to score (default: every nonzero value in the references)")
-    parser.add_argument("--ignore-label", type=int, default=None,
+    parser.add_argument("pred_dir", type=Path, metavar="PRED_DIR", help="folder of <case>.nii.gz predictions")
+    parser.add_argument("ref_dir", type=Path, metavar="REF_DIR", help="folder of <case>.nii.gz reference label maps")
+    labels = parser.add_mutually_exclusive_group()
+    labels.add_argument("--labels", type=int, nargs="+", default=None, metavar="N",
+                        help="foreground labels to score (default: every nonzero value in the references)")
+    labels.add_argument("--dataset-json", type=Path, default=None, metavar="PATH",
+                        help="score the labels this dataset.json declares (and use its ignore label)")
+    parser.add_argument("--ignore-label", type=int, default=None, metavar="N",
                         help="reference value of unannotated voxels, scored nowhere (dataset.json's "
                              "'ignore')")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="summary.json path (default: PRED_DIR/summary.json)")
+    parser.add_argument("--output", type=Path, default=None, metavar="SUMMARY_JSON",
+                        help="summary.json path (default: PRED_DIR/summary.json; never inside REF_DIR)")
     args = parser.parse_args(argv)
-    summary = evaluate_folder(args.pred_dir, args.ref_dir, args.labels, args.ignore_label)
-    output = args.output or args.pred_dir / "summary.json"
+    label_set = labels_to_score(args.labels, args.dataset_json, args.ignore_label)
+    output = summary_path(args.output, args.pred_dir, args.ref_dir)
+    summary = evaluate_folder(args.pred_dir, args.ref_dir, label_set.labels, label_set.ignore_label)
+    for label in absent_labels(summary):
+        logging.getLogger(__name__).warning("warning: label %d occurs in no reference: its Dice is "
+                                            "null or 0", label)
     write_summary(summary, output)
     print(format_table(summary))
     print(f"summary: {output}")

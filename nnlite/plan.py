@@ -1,29 +1,30 @@
 """`python -m nnlite.plan`: fingerprint a raw dataset (or read a fingerprint) and plan the experiment.
 
     python -m nnlite.plan RAW WORK [--gpu-memory-gb GB|auto] [--configs 2d 3d_fullres 3d_lowres] [--workers N]
-                                   [--memory-model bytes|nnunet]
+                                   [--memory-model bytes|nnunet] [--folds K] [--overwrite]
     python -m nnlite.plan --fingerprint FINGERPRINT.json WORK [--gpu-memory-gb GB|auto] [--configs ...]
-                                   [--memory-model bytes|nnunet]
+                                   [--memory-model bytes|nnunet] [--folds K] [--overwrite]
 
-Writes WORK/dataset.json, fingerprint.json, plans.json and splits.json; prints one line per configuration.
+Writes WORK/dataset.json, fingerprint.json, splits.json and plans.json; prints one line per configuration.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.common.cli import run
+from nnlite.common.cli import ArgumentParser, default_workers, run
 from nnlite.planning.memory_budget import DEFAULT_GPU_MEMORY_GB, MEMORY_MODELS, resolve_gpu_memory
 from nnlite.planning.planner import CONFIGURATIONS
 from nnlite.planning.work_folder import plan_dataset, plan_from_fingerprint, summarize
 
+USAGE = ("nnlite plan RAW WORK [options]\n"
+         "       nnlite plan --fingerprint FINGERPRINT.json WORK [options]")
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nnlite plan", description=__doc__.split("\n")[0])
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="nnlite plan", usage=USAGE, description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", metavar="RAW WORK", help="RAW WORK, or only WORK with --fingerprint")
     parser.add_argument("--fingerprint", type=Path, help="plan from this fingerprint.json / dataset_fingerprint.json")
     parser.add_argument("--gpu-memory-gb", default=str(DEFAULT_GPU_MEMORY_GB),
@@ -32,18 +33,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--memory-model", choices=MEMORY_MODELS, default="bytes",
                         help="'bytes': nnlite's byte estimate (default); 'nnunet': the reference's proxy, "
                              "reproducing nnU-Net v2's patch and batch exactly")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="fingerprint processes")
+    parser.add_argument("--workers", type=int, metavar="N", default=default_workers(),
+                        help=f"fingerprint processes (default: the CPU count, at most 8: {default_workers()})")
+    parser.add_argument("--folds", type=int, metavar="K", default=None,
+                        help="cross-validation folds in splits.json (default: 5, or one per case below 5)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start WORK afresh when it was planned from another dataset (removes its "
+                             "plans, splits, preprocessed data and results)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     expected = 1 if args.fingerprint else 2
     if len(args.paths) != expected:
         parser.error("expected RAW WORK" if expected == 2 else "with --fingerprint give only WORK")
     gb = resolve_gpu_memory(args.gpu_memory_gb)
-    if args.fingerprint:
-        plans = plan_from_fingerprint(args.fingerprint, Path(args.paths[0]), gb, args.configs, args.memory_model)
-    else:
-        plans = plan_dataset(Path(args.paths[0]), Path(args.paths[1]), gb, args.configs, max(args.workers, 1),
-                             args.memory_model)
     work = Path(args.paths[-1])
+    options = dict(folds=args.folds, overwrite=args.overwrite)
+    if args.fingerprint:
+        plans = plan_from_fingerprint(args.fingerprint, work, gb, args.configs, args.memory_model, **options)
+    else:
+        plans = plan_dataset(Path(args.paths[0]), work, gb, args.configs, max(args.workers, 1),
+                             args.memory_model, **options)
     print(f"planned {plans.dataset_name} for {gb:g} GB; wrote {work / 'plans.json'}")
     for line in summarize(plans):
         print(line)

@@ -21,6 +21,7 @@ ENCODER_TYPES = ("plain", "residual")
 MAX_SPLINE_ORDER = 5  # the highest interpolation order scipy.ndimage.zoom supports
 IGNORE_KEY = "ignore"  # dataset.json name of nnU-Net's ignore label: unannotated voxels, not a class
 RAW_PATH_KEY = "raw_path"  # plans.extra: the raw dataset the plans were made from
+FINGERPRINT_HASH_KEY = "fingerprint_sha256"  # plans.extra: hash of the fingerprint planned from
 
 
 def output_classes(labels: dict[str, int]) -> int:

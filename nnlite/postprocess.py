@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.common.cli import run
+from nnlite.common.cli import ArgumentParser, run
 from nnlite.evaluation.postprocessing import POSTPROCESSED_DIR, determine_postprocessing
 from nnlite.inference.largest_component import POSTPROCESSING_FILE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="nnlite postprocess",
         description="Decide keep-largest-component post-processing on cross-validation results.")
-    parser.add_argument("work", type=Path, help="work directory (plans.json, results/)")
+    parser.add_argument("work", type=Path, metavar="WORK", help="work directory (plans.json, results/)")
     parser.add_argument("--config", default="3d_fullres", help="configuration (default 3d_fullres)")
-    parser.add_argument("--reference", type=Path, default=None,
+    parser.add_argument("--reference", type=Path, default=None, metavar="LABELS_DIR",
                         help="reference label maps (default: <raw_path from plans>/labelsTr)")
     args = parser.parse_args(argv)
     decision = determine_postprocessing(args.work, args.config, args.reference)

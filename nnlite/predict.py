@@ -7,25 +7,25 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.common.cli import EXIT_FAILURE, EXIT_OK, EXIT_USER_ERROR, run
+from nnlite.common.cli import EXIT_FAILURE, EXIT_OK, EXIT_USER_ERROR, ArgumentParser, run
 from nnlite.inference.options import PredictOptions
 from nnlite.inference.predictor import predict_folder
 from nnlite.inference.sliding_window import STEP_SIZE
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="nnlite predict",
         description="Segment every <case>_<CCCC>.nii.gz of INPUT_DIR with trained models.")
-    parser.add_argument("work", type=Path, help="work directory (plans.json, results/)")
-    parser.add_argument("input_dir", type=Path, help="folder of <case>_<CCCC>.nii.gz images")
-    parser.add_argument("output_dir", type=Path, help="folder for <case>.nii.gz label maps")
+    parser.add_argument("work", type=Path, metavar="WORK", help="work directory (plans.json, results/)")
+    parser.add_argument("input_dir", type=Path, metavar="INPUT_DIR", help="folder of <case>_<CCCC>.nii.gz images")
+    parser.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="folder for <case>.nii.gz label maps")
     parser.add_argument("--config", default="3d_fullres", help="configuration (default 3d_fullres)")
     parser.add_argument("--best", action="store_true",
                         help="the configuration or ensemble and post-processing of results/best.json "
                              "(written by `nnlite best`); replaces --config and --postprocess")
-    parser.add_argument("--folds", nargs="+", default=None,
-                        help="folds to ensemble: 0 1 2 3 4 or all (default: every trained fold)")
+    parser.add_argument("--folds", nargs="+", default=None, metavar="K",
+                        help="folds to ensemble, e.g. 0 1 2 3 4, or all (default: every trained fold)")
     parser.add_argument("--checkpoint", choices=("final", "best"), default="final")
     parser.add_argument("--no-mirroring", action="store_true", help="no mirroring test-time augmentation")
     parser.add_argument("--step", type=float, default=STEP_SIZE, help="tile step / tile size (0.5)")

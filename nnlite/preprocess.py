@@ -1,28 +1,29 @@
-"""`python -m nnlite.preprocess WORK [--configs …] [--workers N] [--overwrite]`.
+"""`python -m nnlite.preprocess WORK [--configs …] [--workers N] [--overwrite] [--raw RAW]`.
 
 Crops, normalizes and resamples every training case for the planned configurations into
 WORK/preprocessed/<data_identifier>/ (see nnlite/preprocessing/pipeline.py for the file layout).
 Exit 0 when every case was written, 2 when the input is bad or any case failed (the other cases
-are still written; the failures are listed by file name).
+are still written; the failures are listed by file name). A configuration whose plan changed since
+its data was made is redone, saying so.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Sequence
 
-from nnlite.common.cli import EXIT_OK, run
-from nnlite.preprocessing.runner import DEFAULT_WORKERS, run_preprocessing
+from nnlite.common.cli import EXIT_OK, ArgumentParser, default_workers, run
+from nnlite.preprocessing.runner import run_preprocessing
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nnlite preprocess", description=__doc__.splitlines()[0])
-    parser.add_argument("work", help="work directory holding plans.json")
-    parser.add_argument("--configs", nargs="+", help="configurations to preprocess (default: all planned)")
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="worker processes")
+    parser = ArgumentParser(prog="nnlite preprocess", description=__doc__.splitlines()[0])
+    parser.add_argument("work", metavar="WORK", help="work directory holding plans.json")
+    parser.add_argument("--configs", nargs="+", metavar="NAME", help="configurations to preprocess (default: all planned)")
+    parser.add_argument("--workers", type=int, metavar="N", default=default_workers(),
+                        help=f"worker processes (default: the CPU count, at most 8: {default_workers()})")
     parser.add_argument("--overwrite", action="store_true", help="redo cases that are already done")
-    parser.add_argument("--raw", help="raw dataset folder (default: the one recorded in plans.json)")
+    parser.add_argument("--raw", metavar="RAW", help="raw dataset folder (default: the one recorded in plans.json)")
     args = parser.parse_args(argv)
     done = run_preprocessing(args.work, args.configs, max(1, args.workers), args.overwrite, args.raw)
     print(f"preprocess: {done} cases written to {args.work}/preprocessed")

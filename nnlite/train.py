@@ -11,32 +11,32 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.common.cli import run
+from nnlite.common.cli import ArgumentParser, run
 
-FOLD_CHOICES = ("0", "1", "2", "3", "4", "all", "cv")
-CV_FOLDS = ("0", "1", "2", "3", "4")
+CV_FOLDS = ("0", "1", "2", "3", "4")  # `--fold cv` before splits.json exists
 DEMO_ROOT = "nnlite-demo"  # the demo's folder, in the current directory
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="nnlite train",
         description="Train a U-Net on a preprocessed work directory (no WORK: the built-in demo).")
-    parser.add_argument("work", type=Path, nargs="?", help="work directory (plans.json, preprocessed/)")
-    parser.add_argument("--config", default=None, help="configuration in plans.json (default 3d_fullres)")
-    parser.add_argument("--fold", default=None, metavar="{0..4,all,cv}",
-                        help="fold of splits.json, 'all' (train on every case) or 'cv' (every fold of "
-                             "splits.json in turn, 0-4 by default)")
-    parser.add_argument("--epochs", type=int, help="number of epochs (default 1000)")
-    parser.add_argument("--iters-per-epoch", type=int, help="training iterations per epoch (default 250)")
-    parser.add_argument("--val-iters", type=int, help="validation iterations per epoch (default 50)")
-    parser.add_argument("--batch-size", type=int, help="global batch size (default: the plan's)")
-    parser.add_argument("--workers", type=int, help="loader worker processes (default 2)")
+    parser.add_argument("work", type=Path, nargs="?", metavar="WORK", help="work directory (plans.json, preprocessed/)")
+    parser.add_argument("--config", default=None, metavar="NAME", help="configuration in plans.json (default 3d_fullres)")
+    parser.add_argument("--fold", default=None, metavar="N|all|cv",
+                        help="fold N of splits.json (0, 1, …: any fold the file holds), 'all' (train on "
+                             "every case) or 'cv' (every fold of splits.json in turn)")
+    parser.add_argument("--epochs", type=int, metavar="N", help="number of epochs (default 1000)")
+    parser.add_argument("--iters-per-epoch", type=int, metavar="N", help="training iterations per epoch (default 250)")
+    parser.add_argument("--val-iters", type=int, metavar="N", help="validation iterations per epoch (default 50)")
+    parser.add_argument("--batch-size", type=int, metavar="N", help="global batch size (default: the plan's)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="loader worker processes (default: the CPU count, at most 8; 0: none)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
     parser.add_argument("--augment-on", choices=("auto", "cpu", "device"),
                         help="augment in the loader workers (cpu) or batched on the training device "
                              "(device); default auto = device on CUDA")
-    parser.add_argument("--seed", type=int, help="seed every random draw (CPU runs are bit-reproducible)")
+    parser.add_argument("--seed", type=int, metavar="N", help="seed every random draw (CPU runs are bit-reproducible)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     mode.add_argument("--overwrite", action="store_true", help="delete the fold's results and start again")
@@ -67,8 +67,8 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.fold is not None and args.fold not in FOLD_CHOICES:
-        build_parser().error(f"argument --fold: invalid choice '{args.fold}' (0-4, all or cv)")
+    if args.fold is not None and not (args.fold in ("all", "cv") or args.fold.isdigit()):
+        build_parser().error(f"argument --fold: expected a fold number, all or cv, got '{args.fold}'")
     from nnlite.training.config import load_train_config  # after parsing: `--help` stays fast
 
     default_settings = "default" if args.work is not None else "demo"

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.common.cli import run
+from nnlite.common.cli import ArgumentParser, run
 from nnlite.evaluation.pictures import MAX_SLICES, visualize_folder
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="nnlite visualize",
         description="Per case a PNG: input channels, reference, prediction (and post-processed "
                     "prediction) side by side on the slices that hold foreground.")
-    parser.add_argument("images_dir", type=Path, help="folder of <case>_<CCCC>.nii.gz images")
-    parser.add_argument("ref_dir", type=Path, help="folder of reference <case>.nii.gz label maps")
-    parser.add_argument("pred_dir", type=Path, help="folder of predicted <case>.nii.gz label maps")
-    parser.add_argument("out_dir", type=Path, help="folder for <case>.png")
+    parser.add_argument("images_dir", type=Path, metavar="IMAGES_DIR", help="folder of <case>_<CCCC>.nii.gz images")
+    parser.add_argument("ref_dir", type=Path, metavar="REF_DIR", help="folder of reference <case>.nii.gz label maps")
+    parser.add_argument("pred_dir", type=Path, metavar="PRED_DIR", help="folder of predicted <case>.nii.gz label maps")
+    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder for <case>.png")
     parser.add_argument("--postprocessed", type=Path, default=None,
                         help="folder of post-processed predictions (an extra column)")
-    parser.add_argument("--cases", nargs="+", default=None,
+    parser.add_argument("--cases", nargs="+", default=None, metavar="CASE",
                         help="cases to draw (default: every case in PRED_DIR)")
     parser.add_argument("--max-slices", type=int, default=MAX_SLICES,
                         help=f"rows per picture (default {MAX_SLICES})")

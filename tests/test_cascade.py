@@ -17,7 +17,7 @@ from scipy import ndimage
 from inference_fixtures import tiny_plans
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_json_atomic
-from nnlite.data.dataset import make_splits
+from nnlite.planning.splits import make_splits
 from nnlite.data.image_io import write_seg
 from nnlite.loading.loader import build_loader
 from nnlite.loading.previous_stage import (MAX_COMPONENT_FRACTION, augment_one_hot, binary_operator,

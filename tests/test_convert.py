@@ -214,3 +214,14 @@ def test_demo_command(tmp_path):
                            cwd=REPO, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "Traceback" not in again.stderr
     assert again.stderr.strip().splitlines() == [f"error: {tmp_path / 'd'}: already exists and is not empty"]
+
+
+def test_converter_warnings_go_to_stderr(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    images, mask = padded_patient(rng, 0)
+    save_patient(tmp_path / "src" / "images" / "P1", tmp_path / "src" / "labels" / "P1" / "SUB2.npy",
+                 images, mask)
+    assert run(convert_main, ["breastdm", str(tmp_path / "src"), str(tmp_path / "raw")]) == 0
+    out, err = capsys.readouterr()
+    assert "warning:" not in out
+    assert any(line.startswith("warning: no --spacing given") for line in err.splitlines())

@@ -11,7 +11,7 @@ import pytest
 from inference_fixtures import tiny_plans
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_json_atomic
-from nnlite.data.dataset import make_splits
+from nnlite.planning.splits import make_splits
 from nnlite.data.image_io import read_image, write_seg
 from nnlite.evaluation.cross_validation import crossval_dir, has_probabilities, merge_crossval
 from nnlite.evaluation.ensembles import ensemble_crossval, ensemble_dir

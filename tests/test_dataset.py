@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from nnlite.check import main as check_main
 from nnlite.common.cli import run
 from nnlite.common.errors import UserError
-from nnlite.data.dataset import check_case, check_dataset, load_dataset, make_splits
+from nnlite.data.dataset import check_case, check_dataset, load_dataset
+from nnlite.planning.splits import make_splits
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (4, 6, 5)  # (z, y, x)
@@ -285,3 +286,13 @@ def test_splits_partition_the_cases(n, seed):
 def test_too_few_cases_for_splits():
     with pytest.raises(UserError):
         make_splits(["a", "b"])
+
+
+def test_a_declared_label_that_no_case_holds_is_a_warning(tmp_path):
+    raw = make_raw(tmp_path / "raw", n_cases=2)
+    for case in range(2):
+        seg = np.zeros(SHAPE, np.uint8)
+        seg[1:3, 2:4, 1:3] = 1
+        write_nifti(label(raw, case), seg)  # label 2 ("b") nowhere
+    report = check_dataset(load_dataset(raw))
+    assert report.warnings == ["dataset.json: label 'b' (2) is declared but occurs in no case"]

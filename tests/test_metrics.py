@@ -104,8 +104,14 @@ def test_evaluate_folder_summary_layout_and_null(tmp_path):
 
 def test_explicit_labels_are_used(tmp_path):
     pred, ref = _folders(tmp_path)
-    summary = evaluate_folder(pred, ref, labels=[2])
-    assert summary["labels"] == [2] and set(summary["mean"]) == {"2"}
+    summary = evaluate_folder(pred, ref, labels=[1, 2, 3])
+    assert summary["labels"] == [1, 2, 3] and set(summary["mean"]) == {"1", "2", "3"}
+
+
+def test_a_predicted_label_outside_the_scored_ones_is_an_error(tmp_path):
+    pred, ref = _folders(tmp_path)
+    with pytest.raises(UserError, match="^a: the prediction holds label 1, which is not among"):
+        evaluate_folder(pred, ref, labels=[2])
 
 
 def test_ignore_label_voxels_count_nowhere(tmp_path):

@@ -64,3 +64,18 @@ def test_missing_reference_names_the_case(tmp_path, rng, capsys):
     ref.mkdir()
     assert run(visualize_main, [str(images), str(ref), str(pred), str(tmp_path / "o")]) == 2
     assert "error: lonely:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("missing, problem", [("image", "no image"), ("prediction", "no label map")])
+def test_the_case_list_is_checked_before_any_picture_is_written(tmp_path, rng, capsys, missing, problem):
+    images, ref, pred = tmp_path / "img", tmp_path / "ref", tmp_path / "pred"
+    for case in ("a", "b"):
+        if not (case == "b" and missing == "image"):
+            write_image(images / f"{case}_0000.nii.gz", rng.normal(size=(3, 8, 8)).astype(np.float32), AFFINE)
+        write_seg(ref / f"{case}.nii.gz", np.zeros((3, 8, 8), np.uint8), AFFINE)
+        if not (case == "b" and missing == "prediction"):
+            write_seg(pred / f"{case}.nii.gz", np.zeros((3, 8, 8), np.uint8), AFFINE)
+    out = tmp_path / "o"
+    assert run(visualize_main, [str(images), str(ref), str(pred), str(out), "--cases", "a", "b"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: b: {problem}")
+    assert not out.exists()

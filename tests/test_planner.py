@@ -277,7 +277,8 @@ def test_user_splits_are_kept(tmp_path):
     fp_file = write_nnunet_fingerprint(tmp_path / "pre")
     work = tmp_path / "work"
     plan_main(["--fingerprint", str(fp_file), str(work)])
-    mine = [{"train": ["case_0000"], "val": ["case_0001"]}]
+    cases = [c["case"] for c in json.loads((work / "fingerprint.json").read_text())["cases"]]
+    mine = [{"train": cases[1:], "val": cases[:1]}, {"train": cases[:1], "val": cases[1:]}]
     (work / "splits.json").write_text(json.dumps(mine))
     plan_main(["--fingerprint", str(work / "fingerprint.json"), str(work)])
     assert json.loads((work / "splits.json").read_text()) == mine

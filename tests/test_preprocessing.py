@@ -247,8 +247,10 @@ def test_preprocess_command_end_to_end(tmp_path, rng, capsys):
     _write_dataset(raw, 3, rng)
     save_plans(_plans(raw=raw.resolve(), fullres=(1.5, 0.8, 0.8)), work / "plans.json")
     assert preprocess_main([str(work), "--workers", "2"]) == 0
-    folders = sorted(p.name for p in (work / "preprocessed").iterdir())
+    folders = sorted(p.name for p in (work / "preprocessed").iterdir() if p.is_dir())
     assert folders == ["nnlite_2d", "nnlite_3d_fullres"]  # the cascade reuses 3d_fullres
+    records = sorted(p.name for p in (work / "preprocessed").iterdir() if p.is_file())
+    assert records == ["nnlite_2d.json", "nnlite_3d_fullres.json"]  # beside each folder
     for folder in folders:
         for i in range(3):
             data_path, seg_path, json_path = case_files(work / "preprocessed" / folder, f"case_{i:03d}")

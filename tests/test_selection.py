@@ -15,7 +15,7 @@ from nnlite.best import main as best_main
 from nnlite.common.cli import run
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_json_atomic
-from nnlite.data.dataset import make_splits
+from nnlite.planning.splits import make_splits
 from nnlite.data.image_io import write_seg
 from nnlite.evaluation.postprocessing import POSTPROCESSED_DIR
 from nnlite.evaluation.selection import predict_command, rank

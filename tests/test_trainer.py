@@ -233,7 +233,7 @@ def test_flags_become_settings():
     assert (config.training.epochs, config.seed, config.device, config.configuration) == (3, 1, "cpu", "2d")
 
 
-@pytest.mark.parametrize("argv", [["W", "--fold", "7"], ["W", "--resume", "--overwrite"], ["W", "--epochs", "x"]])
+@pytest.mark.parametrize("argv", [["W", "--fold", "x"], ["W", "--resume", "--overwrite"], ["W", "--epochs", "x"]])
 def test_usage_errors_exit_2(argv):
     with pytest.raises(SystemExit) as exit_:
         train_main(argv)

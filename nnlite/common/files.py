@@ -66,6 +66,28 @@ def read_json_checked(path: str | Path) -> Any:
         raise UserError(path, f"not valid JSON ({error})") from None
 
 
+def ensure_writable_dir(folder: str | Path, role: str = "folder") -> Path:
+    """Create `folder` (and its parents) if needed and prove it writable; a UserError otherwise.
+
+    Checked before any expensive work, so a WORK that is a file, sits under a file or cannot be
+    written to fails in a second with one line instead of after the whole dataset was read.
+    """
+    from nnlite.common.errors import UserError
+
+    folder = Path(folder)
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(folder, f"cannot be used as the {role}: {blocker} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".nnlite-write-test{TMP_SUFFIX}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(folder, f"cannot write to the {role} ({error.strerror or error})") from None
+    return folder
+
+
 def remove_tmp_leftovers(folder: str | Path) -> list[Path]:
     """Delete `*.tmp` files a killed run left behind (recursively); returns what was removed."""
     folder = Path(folder)
@@ -81,13 +103,15 @@ def remove_tmp_leftovers(folder: str | Path) -> list[Path]:
 def start_staging_dir(final: str | Path) -> Path:
     """A fresh `<final>.tmp/` folder to fill before `publish_staging_dir` renames it to `final`.
 
-    `final` must not exist or be an empty folder; a leftover staging folder of a killed run is removed.
+    `final` must not exist or be an empty folder, in a folder that can be written to; a leftover
+    staging folder of a killed run is removed.
     """
+    from nnlite.common.errors import UserError
+
     final = Path(final)
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        from nnlite.common.errors import UserError
-
         raise UserError(final, "already exists and is not empty")
+    ensure_writable_dir(final.absolute().parent, "parent folder")
     staging = tmp_path_for(final)
     if staging.exists():
         shutil.rmtree(staging)
@@ -106,11 +130,12 @@ def publish_staging_dir(staging: Path, final: str | Path) -> Path:
 
 @contextmanager
 def staged_dir(final: str | Path) -> Iterator[Path]:
-    """Fill the yielded `<final>.tmp/` folder; it becomes `final` on success and is deleted on error."""
+    """Fill the yielded `<final>.tmp/` folder; it becomes `final` on success and is deleted on error
+    (also when the final rename fails)."""
     staging = start_staging_dir(final)
     try:
         yield staging
+        publish_staging_dir(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    publish_staging_dir(staging, final)

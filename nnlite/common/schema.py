@@ -67,11 +67,27 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise UserError(where, "expected a mapping")
         return {_dict_key(args[0], k, where): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, str, bool) and not isinstance(value, hint):
-        raise UserError(where, f"expected {hint.__name__}, got {value!r}")
+    if hint in SCALAR_NAMES:
+        return _convert_scalar(hint, value, where)
     return value
+
+
+# What a person is told a setting expects: "expected a number, got 'abc'"
+SCALAR_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a text"}
+
+
+def _convert_scalar(hint: type, value: Any, where: str) -> Any:
+    """int, float, bool or str; a bool is never a number and a number never a bool."""
+    is_bool = isinstance(value, bool)
+    if (hint is bool and is_bool) or (hint is str and isinstance(value, str)):
+        return value
+    if hint is int and not is_bool and isinstance(value, int):
+        return value
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if hint is float and not is_bool and isinstance(value, (int, float)):
+        return float(value)
+    raise UserError(where, f"expected {SCALAR_NAMES[hint]}, got {value!r}")
 
 
 def _dict_key(hint: Any, key: Any, where: str) -> Any:

@@ -67,8 +67,7 @@ class ConversionReport:
         lines = [f"breastdm: converted {len(self.converted)} patients into {self.raw}, "
                  f"skipped {len(self.skipped)}, removed {self.blank_slices_removed} blank slices"]
         lines += [f"  skipped {patient}: {reason}" for patient, reason in self.skipped.items()]
-        lines += [f"  warning: {warning}" for warning in self.warnings]
-        return "\n".join(lines)
+        return "\n".join(lines)  # the warnings go to stderr, as every command's
 
 
 def convert_breastdm(src: str | Path, raw: str | Path, spacing: Sequence[float] | None = None,

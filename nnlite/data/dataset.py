@@ -1,4 +1,4 @@
-"""The raw dataset: `dataset.json` schema, case discovery, integrity checks, cross-validation splits.
+"""The raw dataset: `dataset.json` schema, case discovery, integrity checks.
 
 A raw dataset is nnU-Net's layout: `dataset.json`, `imagesTr/<case>_<CCCC><ending>` (one file per
 channel) and `labelsTr/<case><ending>`. Instead of the folders, dataset.json may list the files under
@@ -19,7 +19,7 @@ import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -35,8 +35,6 @@ REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 CHANNEL_DIGITS = 4  # image files are <case>_<CCCC><ending>
 SPACING_RTOL = 1e-3  # spacings of a case's files must agree this closely (nnU-Net: np.allclose)
 AFFINE_ATOL = 1e-3  # affines (mm) differing by more than this only warn, as in nnU-Net
-SPLIT_SEED = 12345  # nnU-Net's KFold(shuffle=True, random_state=12345)
-N_FOLDS = 5
 
 
 @dataclass(frozen=True)
@@ -339,57 +337,43 @@ def _check_label_values(dataset: RawDataset, path: Path, array: np.ndarray) -> n
 # whole dataset
 
 
-def _check_one(args: tuple[RawDataset, CaseFiles]) -> tuple[list[str], tuple[str, str] | None]:
-    """Worker: warnings of one case, or the error as (where, problem) (data stays in the worker)."""
+def _check_one(args: tuple[RawDataset, CaseFiles]) -> tuple[list[str], set[int], tuple[str, str] | None]:
+    """Worker: warnings and label values of one case, or the error as (where, problem) (data stays
+    in the worker)."""
     try:
-        return check_case(*args).warnings, None
+        checked = check_case(*args)
     except UserError as error:
-        return [], (error.where, error.problem)
+        return [], set(), (error.where, error.problem)
+    values = set() if checked.seg is None else set(np.unique(checked.seg).tolist())
+    return checked.warnings, values, None
+
+
+def absent_label_warnings(dataset: RawDataset, found: set[int]) -> list[str]:
+    """A declared label (not background or the ignore label) that no case holds."""
+    return [f"dataset.json: label '{name}' ({value}) is declared but occurs in no case"
+            for name, value in dataset.labels.items()
+            if value != 0 and name != IGNORE_KEY and value not in found]
 
 
 def check_dataset(dataset: RawDataset, workers: int = 1) -> DatasetReport:
     """Run check_case on every case (in `workers` processes); the first failing case raises."""
     jobs = [(dataset, case) for case in dataset.cases]
     warnings: list[str] = []
+    found: set[int] = set()
     pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
     try:
         results = pool.map(_check_one, jobs, chunksize=4) if pool else map(_check_one, jobs)
         with tqdm(results, total=len(jobs), desc="checking", unit="case", leave=False,
                   disable=None) as bar:
-            for case_warnings, error in bar:
+            for case_warnings, values, error in bar:
                 if error is not None:
                     raise UserError(*error)
                 warnings.extend(case_warnings)
+                found |= values
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+    warnings += absent_label_warnings(dataset, found)
     for warning in warnings:
         log.warning("warning: %s", warning)  # the entry point prints only the summary
     return DatasetReport(len(jobs), warnings)
-
-
-# ---------------------------------------------------------------------------------------------
-# cross-validation splits
-
-
-def make_splits(case_names: Sequence[str], n_folds: int = N_FOLDS,
-                seed: int = SPLIT_SEED) -> list[dict[str, list[str]]]:
-    """nnU-Net's 5-fold split: sklearn KFold(n_folds, shuffle=True, random_state=seed) on sorted names.
-
-    Shuffle the indices with RandomState(seed); folds are consecutive chunks, the first
-    n % n_folds folds one larger. Both lists are in sorted order, as sklearn returns them.
-    """
-    names = sorted(case_names)
-    if len(names) < n_folds:
-        raise UserError("splits", f"{len(names)} cases cannot be split into {n_folds} folds")
-    order = np.arange(len(names))
-    np.random.RandomState(seed).shuffle(order)
-    sizes = np.full(n_folds, len(names) // n_folds)
-    sizes[: len(names) % n_folds] += 1
-    splits, start = [], 0
-    for size in sizes:
-        val = np.sort(order[start : start + size])  # sklearn returns both as sorted masks
-        train = np.setdiff1d(np.arange(len(names)), val)
-        splits.append({"train": [names[i] for i in train], "val": [names[i] for i in val]})
-        start += size
-    return splits

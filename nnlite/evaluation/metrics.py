@@ -14,6 +14,11 @@ empty → Dice and IoU are NaN (`null` in JSON) and left out of the label's mean
 empty → Dice 0; nothing predicted → PPV NaN. `foreground_mean` is the plain mean over labels of
 `mean[label]` (so it is NaN when a label's mean is NaN, as in the reference). With an ignore label,
 voxels the reference marks with it (unannotated) count nowhere, whatever was predicted there.
+
+Strict inputs: a label map holds integers (float storage is fine, 0.5 is not); a predicted value
+that is neither background nor a scored label is an error naming the case and the value; a case
+with both `<case>.nii` and `<case>.nii.gz` is ambiguous; a prediction whose affine (spacing,
+origin, direction) differs from its reference's is scored with a warning naming the case.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_json_atomic
+from nnlite.data.dataset import AFFINE_ATOL
 from nnlite.plans import RAW_PATH_KEY, Plans
 
 log = logging.getLogger(__name__)
@@ -102,16 +108,24 @@ def _nanmean(values: list[float]) -> float:
     return float(np.mean(kept)) if kept else math.nan
 
 
-def read_seg(path: Path) -> np.ndarray:
-    """A label map as an int array in NIfTI voxel order (both sides of a comparison use the same)."""
+def read_label_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A label map as an int array in NIfTI voxel order, and its affine; non-integers are refused."""
     try:
         image = nib.load(str(path))
         voxels = np.asanyarray(image.dataobj)
     except Exception as error:  # nibabel raises many types for damaged files
         raise UserError(path, f"unreadable label map ({type(error).__name__}: {error})") from None
     if voxels.dtype.kind == "f":
-        voxels = np.rint(voxels)
-    return voxels.astype(np.int64)
+        fractional = voxels[voxels != np.round(voxels)]
+        if fractional.size:
+            raise UserError(path, f"holds non-integer values (e.g. {float(fractional.flat[0]):g}): not a "
+                            "label map")
+    return voxels.astype(np.int64), np.asarray(image.affine)
+
+
+def read_seg(path: Path) -> np.ndarray:
+    """A label map as an int array in NIfTI voxel order (both sides of a comparison use the same)."""
+    return read_label_map(path)[0]
 
 
 def case_name(path: Path) -> str | None:
@@ -127,10 +141,13 @@ def list_segs(folder: str | Path) -> dict[str, Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(folder, "folder not found")
-    found = {}
+    found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         name = case_name(path)
         if name is not None and path.is_file():
+            if name in found:
+                raise UserError(folder, f"case '{name}' has two files ({found[name].name}, {path.name}); "
+                                "keep one")
             found[name] = path
     return found
 
@@ -158,9 +175,13 @@ def match_cases(preds: dict[str, Path], refs: dict[str, Path], pred_where: str |
 
 
 def read_pair(case: str, pred_path: Path, ref_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    pred, ref = read_seg(pred_path), read_seg(ref_path)
+    """Prediction and reference of a case: same shape, else an error; another affine warns."""
+    (pred, pred_affine), (ref, ref_affine) = read_label_map(pred_path), read_label_map(ref_path)
     if pred.shape != ref.shape:
         raise UserError(case, f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    if not np.allclose(pred_affine, ref_affine, atol=AFFINE_ATOL):
+        log.warning("warning: %s: the prediction's affine (spacing, origin or direction) differs from "
+                    "the reference's; scored voxel by voxel", case)
     return pred, ref
 
 
@@ -170,19 +191,35 @@ def evaluate_folder(pred_dir: str | Path, ref_dir: str | Path, labels: Sequence[
 
     labels: the labels to score; default every nonzero value found in the reference files.
     ignore_label: reference voxels with this value are unannotated and count nowhere.
+    A predicted value outside background and the labels is a UserError naming the case.
     """
     not_scored = {0, ignore_label}
     values: dict[str, dict[int, Counts]] = {}
+    predicted: dict[str, set[int]] = {}
     found: set[int] = set()
     for case, pred_path, ref_path in matched_cases(pred_dir, ref_dir):
         pred, ref = read_pair(case, pred_path, ref_path)
         present = set(np.unique(ref).tolist())
         found |= present
-        wanted = labels if labels is not None else present | set(np.unique(pred).tolist())
+        predicted[case] = set(np.unique(pred).tolist())
+        if labels is not None:
+            check_predicted_values(case, predicted[case], labels)
+        wanted = labels if labels is not None else present | predicted[case]
         values[case] = label_counts(pred, ref, [v for v in wanted if v not in not_scored], ignore_label)
     if labels is None:
         labels = sorted(v for v in found if v not in not_scored)
+        for case, values_of_case in predicted.items():
+            check_predicted_values(case, values_of_case, labels, "the references")
     return summarize(values, list(labels))
+
+
+def check_predicted_values(case: str, predicted: set[int], labels: Sequence[int],
+                           source: str = "the labels scored") -> None:
+    """Every predicted value is background or one of `labels`."""
+    unknown = sorted(predicted - {0, *labels})
+    if unknown:
+        raise UserError(case, f"the prediction holds label {unknown[0]}, which is not among {source} "
+                        f"({', '.join(map(str, labels)) or 'none'})")
 
 
 def reference_labels(plans: Plans) -> Path:

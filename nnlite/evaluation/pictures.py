@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
 from nnlite.common.errors import UserError  # noqa: E402
-from nnlite.common.files import write_atomic  # noqa: E402
+from nnlite.common.files import ensure_writable_dir, write_atomic  # noqa: E402
 from nnlite.data.image_io import read_case, read_image  # noqa: E402
 from nnlite.evaluation.metrics import list_segs  # noqa: E402
 
@@ -98,7 +98,8 @@ def _seg(folder: Path, segs: dict[str, Path], case: str, shape: tuple[int, ...])
 def visualize_folder(images_dir: str | Path, ref_dir: str | Path, pred_dir: str | Path,
                      out_dir: str | Path, postprocessed_dir: str | Path | None = None,
                      cases: Sequence[str] | None = None, max_slices: int = MAX_SLICES) -> list[Path]:
-    """One `<case>.png` in out_dir per predicted case (or per case of `cases`)."""
+    """One `<case>.png` in out_dir per predicted case (or per case of `cases`); every case is
+    checked to have its image and label maps before the first picture is drawn."""
     from nnlite.inference.options import find_input_cases
 
     images = find_input_cases(Path(images_dir))
@@ -107,10 +108,15 @@ def visualize_folder(images_dir: str | Path, ref_dir: str | Path, pred_dir: str 
         folders["post-processed"] = Path(postprocessed_dir)
     listed = {name: list_segs(folder) for name, folder in folders.items()}
     wanted = list(cases) if cases else list(listed["prediction"])
-    written = []
     for case in wanted:
         if case not in images:
             raise UserError(case, f"no image <case>_<CCCC>.nii.gz in {images_dir}")
+        missing = next((name for name in folders if case not in listed[name]), None)
+        if missing is not None:
+            raise UserError(case, f"no label map <case>.nii.gz in {folders[missing]}")
+    ensure_writable_dir(out_dir, "output folder")
+    written = []
+    for case in wanted:
         image = read_case(images[case])
         shape = image.data.shape[1:]
         panels = {name: _seg(folders[name], listed[name], case, shape) for name in folders}

@@ -23,7 +23,7 @@ from nnlite.training.checkpoints import BEST, FINAL
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = {"final": FINAL, "best": BEST}
-DEFAULT_FOLDS = ("0", "1", "2", "3", "4")  # every cross-validation fold that has been trained
+NUMBERED_FOLD = re.compile(r"^fold_(\d+)$")  # a cross-validation fold's result folder
 CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})\.nii(\.gz)?$")
 
 
@@ -32,7 +32,7 @@ class PredictOptions:
     """What `python -m nnlite.predict` lets the user choose."""
 
     config: str = "3d_fullres"
-    folds: tuple[str, ...] | None = None  # None: every trained fold among 0–4 (else fold "all")
+    folds: tuple[str, ...] | None = None  # None: every numbered fold folder (else fold "all")
     checkpoint: str = "final"  # "final" or "best"
     mirror: bool = True
     step: float = STEP_SIZE
@@ -59,18 +59,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def fold_folders(results: Path, folds: Sequence[str] | None) -> list[Path]:
-    """The fold folders to ensemble; explicit folds must exist."""
+def fold_folders(results: Path, folds: Sequence[str] | None, checkpoint_file: str) -> list[Path]:
+    """The fold folders to ensemble (default: every numbered fold, else fold_all); each must hold
+    `checkpoint_file`, or the fold has no finished training."""
     if folds is not None:
         folders = [results / f"fold_{fold}" for fold in folds]
         for folder in folders:
             if not folder.is_dir():
                 raise UserError(folder, "no such trained fold")
-        return folders
-    folders = [results / f"fold_{fold}" for fold in DEFAULT_FOLDS if (results / f"fold_{fold}").is_dir()]
-    folders = folders or [f for f in [results / "fold_all"] if f.is_dir()]
+    else:
+        numbered = sorted((int(m[1]), p) for p in results.glob("fold_*")
+                          if (m := NUMBERED_FOLD.match(p.name)) and p.is_dir())
+        folders = [p for _, p in numbered] or [f for f in [results / "fold_all"] if f.is_dir()]
     if not folders:
-        raise UserError(results, "no trained fold (fold_0 … fold_4 or fold_all)")
+        raise UserError(results, "no trained fold (fold_0, fold_1, … or fold_all)")
+    for folder in folders:
+        if not (folder / checkpoint_file).is_file():
+            raise UserError(folder, f"fold {folder.name[len('fold_'):]} of {results.name} has no finished "
+                            f"training ({checkpoint_file} is missing)",
+                            hint="train it to the end (python -m nnlite.train … --resume), or choose "
+                                 "other --folds")
     return folders
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from nnlite.common.errors import UserError
-from nnlite.common.files import remove_tmp_leftovers
+from nnlite.common.files import ensure_writable_dir, remove_tmp_leftovers
 from nnlite.data.image_io import read_case
 from nnlite.inference.export import export_prediction
 from nnlite.inference.largest_component import POSTPROCESSING_FILE, load_postprocessing
@@ -46,7 +46,8 @@ def load_networks(work: Path, options: PredictOptions, device: torch.device
     if options.checkpoint not in CHECKPOINTS:
         raise UserError("--checkpoint", f"must be one of {sorted(CHECKPOINTS)}")
     networks = []
-    for folder in fold_folders(work / "results" / options.config, options.folds):
+    for folder in fold_folders(work / "results" / options.config, options.folds,
+                               CHECKPOINTS[options.checkpoint]):
         checkpoint = load_checkpoint(folder / CHECKPOINTS[options.checkpoint])
         network = build_unet(config.network, plans.num_channels, plans.num_classes)
         network.load_state_dict(checkpoint["network"])
@@ -98,7 +99,7 @@ def predict_folder(work: str | Path, input_dir: str | Path, output_dir: str | Pa
     steps = []
     if options.postprocess:
         steps = load_postprocessing(work / "results" / options.config / POSTPROCESSING_FILE)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(output_dir, "output folder")
     remove_tmp_leftovers(output_dir)
     report = PredictReport()
     todo = [case for case in cases if options.overwrite or not is_done(output_dir, case, options)]

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from nnlite.common.errors import UserError
-from nnlite.common.files import read_json, remove_tmp_leftovers
+from nnlite.common.files import ensure_writable_dir, read_json, remove_tmp_leftovers
 from nnlite.data.image_io import Case, read_case, write_seg
 from nnlite.inference.export import (average_probabilities, npz_path_for, probabilities_in_crop,
                                      probabilities_in_original, seg_from_probabilities, seg_in_original,
@@ -69,7 +69,8 @@ def load_stage_model(work: Path, plans: Plans, config_name: str, options: Predic
         raise UserError("--checkpoint", f"must be one of {sorted(CHECKPOINTS)}")
     config = plans.configurations[config_name]
     networks = []
-    for folder in fold_folders(work / "results" / config_name, options.folds):
+    for folder in fold_folders(work / "results" / config_name, options.folds,
+                               CHECKPOINTS[options.checkpoint]):
         checkpoint = load_checkpoint(folder / CHECKPOINTS[options.checkpoint])
         network = build_unet(config.network, input_channels(plans, config_name), plans.num_classes)
         network.load_state_dict(checkpoint["network"])
@@ -144,7 +145,7 @@ def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Pa
         postprocessing = _postprocessing_for(work, configs, options)
     loaded: dict[str, StageModel] = {}
     models = [load_stage_model(work, plans, config, options, device, loaded) for config in configs]
-    output_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(output_dir, "output folder")
     remove_tmp_leftovers(output_dir)
     report = PredictReport()
     todo = [case for case in cases if options.overwrite or not is_done(output_dir, case, options)]

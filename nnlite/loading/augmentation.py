@@ -95,7 +95,7 @@ def patch_source_box(start: tuple[int, ...], params: SpatialParams,
 
 def read_source(data: np.ndarray, seg: np.ndarray, start: tuple[int, ...], params: AugmentParams,
                 cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The input box a sample's spatial transform reads: image float32 (C, *box), seg int8
+    """The input box a sample's spatial transform reads: image float32 (C, *box), seg int16
     (1, *box), and the patch centre in box coordinates (the crop half of `crop_and_augment`; the
     device pipeline, `device_augmentation`, applies the rest to a whole batch)."""
     lo, hi, centre = patch_source_box(start, params.spatial, cfg)
@@ -110,7 +110,7 @@ def crop_and_augment(data: np.ndarray, seg: np.ndarray, start: tuple[int, ...],
                      params: AugmentParams, cfg: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """One training sample from a case's arrays data (C, Z, Y, X) and seg (1, Z, Y, X).
 
-    Returns image float32 (C, *patch) and seg int8 (1, *patch) with OUTSIDE already mapped to 0
+    Returns image float32 (C, *patch) and seg int16 (1, *patch) with OUTSIDE already mapped to 0
     (patch without the unit axis for 2D configurations).
     """
     region, labels, centre = read_source(data, seg, start, params, cfg)

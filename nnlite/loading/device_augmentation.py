@@ -40,6 +40,8 @@ from nnlite.loading.intensity_transforms import EPS, IntensityParams, gaussian_k
 from nnlite.loading.spatial_transforms import sample_matrix, warp, warp_planar
 from nnlite.network.loss import downsample_seg
 
+SEG_PATCH_DTYPE = torch.int16  # as sampling.SEG_PATCH_DTYPE: labels above 127 survive
+
 AUGMENT_ON = ("auto", "cpu", "device")  # where training batches are augmented
 Source = tuple[np.ndarray, np.ndarray, np.ndarray]  # image (C, *box), seg (1, *box), patch centre
 
@@ -62,9 +64,9 @@ class CropBatch:
     """
 
     crops: torch.Tensor  # (n_crop, C, *patch) float32, unwarped samples in batch order
-    crop_segs: torch.Tensor  # (n_crop, 1, *patch) int8
+    crop_segs: torch.Tensor  # (n_crop, 1, *patch) int16
     sources: torch.Tensor  # (n_warp, C, *box) float32, warped samples in batch order
-    source_segs: torch.Tensor  # (n_warp, 1, *box) int8
+    source_segs: torch.Tensor  # (n_warp, 1, *box) int16
     centres: torch.Tensor  # (n_warp, 3) float64: the patch centre in box coordinates
     params: tuple[AugmentParams, ...]  # every sample's, batch order
     cases: tuple[str, ...]
@@ -92,12 +94,12 @@ def collate_sources(sources: Sequence[Source], params: Sequence[AugmentParams], 
     patch = cfg.patch_size
     crops = torch.from_numpy(np.stack([s[0] for s in plain])) if plain else torch.zeros(0, channels, *patch)
     crop_segs = (torch.from_numpy(np.stack([s[1] for s in plain])) if plain
-                 else torch.zeros(0, 1, *patch, dtype=torch.int8))
+                 else torch.zeros(0, 1, *patch, dtype=SEG_PATCH_DTYPE))
     box = np.max([s[0].shape[1:] for s in warped], axis=0) if warped else np.asarray(patch)
     # any fill works (the warp never reads it): a label already present adds no indicator channel
     fill = OUTSIDE_LABEL if cfg.masked_channels else 0
     images = torch.zeros(len(warped), channels, *box)
-    segs = torch.full((len(warped), 1, *box), fill, dtype=torch.int8)
+    segs = torch.full((len(warped), 1, *box), fill, dtype=SEG_PATCH_DTYPE)
     for i, (image, seg, _) in enumerate(warped):
         region = (i, slice(None)) + tuple(slice(0, n) for n in image.shape[1:])
         images[region] = torch.from_numpy(image)
@@ -154,7 +156,7 @@ def spatial_batch(batch: CropBatch, cfg: AugmentConfig) -> tuple[torch.Tensor, t
     plain = [j for j, s in enumerate(spatial) if not s.needs_warp]
     device = batch.crops.device
     image = torch.empty(len(spatial), batch.crops.shape[1], *cfg.patch_size, device=device)
-    seg = torch.empty(len(spatial), 1, *cfg.patch_size, dtype=torch.int8, device=device)
+    seg = torch.empty(len(spatial), 1, *cfg.patch_size, dtype=SEG_PATCH_DTYPE, device=device)
     if plain:
         crops, crop_segs = flip_samples(batch.crops, batch.crop_segs, [spatial[j].flip_axes for j in plain])
         index = host_tensor(plain, torch.long, device)

@@ -23,7 +23,7 @@ import torch
 from scipy import ndimage
 
 from nnlite.loading.augmentation import AugmentConfig, AugmentParams, patch_source_box
-from nnlite.loading.sampling import MAX_OPEN_CASES
+from nnlite.loading.sampling import MAX_OPEN_CASES, SEG_PATCH_DTYPE
 from nnlite.loading.spatial_transforms import apply_spatial
 from nnlite.plans import Plans
 from nnlite.preprocessing.cascade import (load_previous_stage, one_hot, previous_stage_dir,
@@ -52,14 +52,14 @@ class PreviousStageStore:
         return {"folder": self.folder, "labels": self.labels, "_open": OrderedDict()}
 
     def region(self, case: str, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """Box [lo, hi) of a case's map as int8 (1, *box); 0 (background) outside the image."""
+        """Box [lo, hi) of a case's map as int16 (1, *box); 0 (background) outside the image."""
         if case not in self._open:
             self._open[case] = load_previous_stage(self.folder, case)
             if len(self._open) > MAX_OPEN_CASES:
                 self._open.popitem(last=False)
         prev = self._open[case]
         size = tuple(int(n) for n in np.asarray(hi) - np.asarray(lo))
-        box = np.zeros((1, *size), dtype=np.int8)
+        box = np.zeros((1, *size), dtype=SEG_PATCH_DTYPE)
         src_lo, src_hi = np.maximum(lo, 0), np.minimum(hi, prev.shape[1:])
         if np.all(src_hi > src_lo):
             src = (slice(None),) + tuple(slice(int(a), int(b)) for a, b in zip(src_lo, src_hi))
@@ -87,7 +87,7 @@ def previous_stage_patch(store: PreviousStageStore, case: str, start: tuple[int,
     values = torch.unique(region)
     if params.spatial.needs_warp and len(values) == 1:
         # one label everywhere: the warp cannot change it (and a 0-channel grid_sample would fail)
-        warped = torch.full((1, *cfg.patch_size), int(values[0]), dtype=torch.int8)
+        warped = torch.full((1, *cfg.patch_size), int(values[0]), dtype=torch.int16)
     else:
         _, warped = apply_spatial(empty, region, params.spatial, cfg.patch_size, cfg.spatial.planar,
                                   tuple(centre - lo))

@@ -26,6 +26,8 @@ from nnlite.common.files import read_json
 from nnlite.data.cropping import OUTSIDE_LABEL
 from nnlite.preprocessing.pipeline import ANNOTATED_KEY
 
+SEG_PATCH_DTYPE = np.int16  # label patches hold any stored label (int16 above 127), as nnU-Net's crops
+
 FOREGROUND_FRACTION = 0.33  # share of each batch forced to contain foreground (the last samples)
 MAX_OPEN_CASES = 256  # memory-mapped cases kept open per process (2 file descriptors each)
 
@@ -92,11 +94,11 @@ def _centred_start(rng: np.random.Generator, shape: tuple[int, ...], patch: tupl
 def read_region(data: np.ndarray, seg: np.ndarray, lo: np.ndarray,
                 hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Copy box [lo, hi) of data (C, *S) and seg (1, *S) (memory-mapped: only the box is read);
-    outside the image: data 0, seg OUTSIDE_LABEL. Returns float32 (C, *box), int8 (1, *box)."""
+    outside the image: data 0, seg OUTSIDE_LABEL. Returns float32 (C, *box), int16 (1, *box)."""
     shape = np.asarray(data.shape[1:])
     size = tuple(int(n) for n in np.asarray(hi) - np.asarray(lo))
     image = np.zeros((data.shape[0], *size), dtype=np.float32)
-    labels = np.full((1, *size), OUTSIDE_LABEL, dtype=np.int8)
+    labels = np.full((1, *size), OUTSIDE_LABEL, dtype=SEG_PATCH_DTYPE)
     src_lo, src_hi = np.maximum(lo, 0), np.minimum(hi, shape)
     if np.all(src_hi > src_lo):
         src = (slice(None),) + tuple(slice(int(a), int(b)) for a, b in zip(src_lo, src_hi))

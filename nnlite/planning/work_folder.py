@@ -1,91 +1,191 @@
 """The `plan` stage, files in and files out: RAW (or a fingerprint file) → WORK.
 
-Writes `WORK/dataset.json` (a copy), `fingerprint.json`, `plans.json` and `splits.json` (5 seeded
-folds; a user's file is kept and checked), each atomically and only once everything is decided.
+Writes `WORK/dataset.json` (a copy), `fingerprint.json`, `splits.json` (min(5, n) seeded folds, or
+`--folds K`; a user's file is kept and checked against the cases) and `plans.json` last, each
+atomically and only once everything is decided. `plans.json` records where the dataset is and a
+hash of its fingerprint. A WORK that was planned from another dataset is refused (its splits,
+preprocessed arrays and results belong to that dataset) unless `overwrite` starts it clean.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 from nnlite.common.errors import UserError
-from nnlite.common.files import read_json, remove_tmp_leftovers, write_atomic, write_json_atomic
-from nnlite.data.dataset import load_dataset, make_splits
+from nnlite.common.files import (ensure_writable_dir, read_json_checked, remove_tmp_leftovers,
+                                 write_atomic, write_json_atomic)
+from nnlite.common.schema import to_jsonable
+from nnlite.data.dataset import load_dataset
 from nnlite.planning.fingerprint import extract_fingerprint, load_fingerprint_file
 from nnlite.planning.memory_budget import DEFAULT_GPU_MEMORY_GB, GIB
 from nnlite.planning.planner import check_arguments, plan_experiment
-from nnlite.plans import RAW_PATH_KEY, Fingerprint, Plans, save_fingerprint, save_plans
+from nnlite.planning.splits import (N_FOLDS, Splits, check_splits_cases, check_splits_shape, fold_count,
+                                    make_splits)
+from nnlite.plans import (FINGERPRINT_HASH_KEY, RAW_PATH_KEY, Fingerprint, Plans, load_fingerprint,
+                          save_fingerprint, save_plans)
 
 log = logging.getLogger(__name__)
 
+# What `plan --overwrite` removes: everything a plan and the stages after it made in WORK.
+WORK_OUTPUTS = ("plans.json", "splits.json", "fingerprint.json", "dataset.json", "preprocessed", "results")
+NEW_WORK_HINT = "plan into a new WORK folder, or add --overwrite to start this one afresh"
+
 
 def plan_dataset(raw: Path, work: Path, gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB,
-                 configs: Sequence[str] | None = None, workers: int = 1, memory_model: str = "bytes") -> Plans:
-    """RAW → WORK/dataset.json, fingerprint.json, plans.json, splits.json (all written at the end)."""
+                 configs: Sequence[str] | None = None, workers: int = 1, memory_model: str = "bytes",
+                 *, folds: int | None = None, overwrite: bool = False) -> Plans:
+    """RAW → WORK/dataset.json, fingerprint.json, splits.json, plans.json (all written at the end)."""
     check_arguments(gpu_memory_gb, configs, memory_model)  # before the (long) fingerprint
     dataset = load_dataset(raw)
+    n_folds = fold_count(len(dataset.cases), folds)
+    ensure_writable_dir(work, "work folder")
+    previous = None if overwrite else previous_fingerprint(work)
+    if previous is not None:
+        refuse_other_cases(work, [c.case for c in previous.cases], [c.name for c in dataset.cases])
     fingerprint = extract_fingerprint(dataset, workers)
+    if previous is not None:
+        refuse_other_fingerprint(work, previous, fingerprint)
     plans = plan_experiment(fingerprint, gpu_memory_gb, configs, dataset_name=Path(raw).resolve().name,
                             memory_model=memory_model)
     # preprocess, postprocess and the final validation find the raw images and labels through this
-    plans = replace(plans, extra={**plans.extra, RAW_PATH_KEY: str(Path(raw).resolve())})
+    plans = _with_origin(plans, fingerprint, raw=str(Path(raw).resolve()))
     names = [c.case for c in fingerprint.cases]
-    _write_outputs(work, (Path(raw) / "dataset.json").read_bytes(), fingerprint, plans, names)
+    _write_outputs(work, (Path(raw) / "dataset.json").read_bytes(), fingerprint, plans, names,
+                   n_folds, folds is not None, overwrite)
     return plans
 
 
 def plan_from_fingerprint(fingerprint_file: Path, work: Path, gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB,
-                          configs: Sequence[str] | None = None, memory_model: str = "bytes") -> Plans:
+                          configs: Sequence[str] | None = None, memory_model: str = "bytes",
+                          *, folds: int | None = None, overwrite: bool = False) -> Plans:
     """nnlite's fingerprint.json or nnU-Net's dataset_fingerprint.json (+ a dataset.json next to it
     or in WORK) → WORK/plans.json, fingerprint.json, dataset.json and, with real case names, splits.json."""
+    check_arguments(gpu_memory_gb, configs, memory_model)
     fingerprint_file, work = Path(fingerprint_file), Path(work)
     candidates = [fingerprint_file.parent / "dataset.json", work / "dataset.json"]
     dataset_json = next((p for p in candidates if p.is_file()), None)
     if dataset_json is None:
         raise UserError(fingerprint_file, f"needs a dataset.json next to it or in {work}")
-    try:
-        meta = read_json(dataset_json)
-    except ValueError as error:
-        raise UserError(dataset_json, f"not valid JSON ({error})") from None
+    meta = read_json_checked(dataset_json)
     fingerprint, is_nnlite = load_fingerprint_file(fingerprint_file, meta)
+    names = [c.case for c in fingerprint.cases] if is_nnlite else None
+    n_folds = fold_count(len(fingerprint.cases), folds)
+    ensure_writable_dir(work, "work folder")
+    previous = None if overwrite else previous_fingerprint(work)
+    if previous is not None:
+        refuse_other_fingerprint(work, previous, fingerprint)
     name = str(meta.get("name", fingerprint_file.resolve().parent.name))
     plans = plan_experiment(fingerprint, gpu_memory_gb, configs, dataset_name=name, memory_model=memory_model)
-    names = [c.case for c in fingerprint.cases] if is_nnlite else None
-    _write_outputs(work, dataset_json.read_bytes(), fingerprint, plans, names)
+    plans = _with_origin(plans, fingerprint)
+    _write_outputs(work, dataset_json.read_bytes(), fingerprint, plans, names, n_folds,
+                   folds is not None, overwrite)
     return plans
 
 
+def fingerprint_hash(fingerprint: Fingerprint) -> str:
+    """sha256 of the fingerprint's canonical JSON: same data, same hash."""
+    text = json.dumps(to_jsonable(fingerprint), sort_keys=True, allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _with_origin(plans: Plans, fingerprint: Fingerprint, raw: str | None = None) -> Plans:
+    """plans.extra records the fingerprint's hash (and the raw folder) the plan was made from."""
+    extra = {**plans.extra, FINGERPRINT_HASH_KEY: fingerprint_hash(fingerprint)}
+    if raw is not None:
+        extra[RAW_PATH_KEY] = raw
+    return replace(plans, extra=extra)
+
+
+def previous_fingerprint(work: Path) -> Fingerprint | None:
+    """The fingerprint WORK was planned from, or None for a fresh WORK."""
+    path = Path(work) / "fingerprint.json"
+    if not path.is_file():
+        return None
+    try:
+        return load_fingerprint(path)
+    except UserError as error:
+        raise UserError(path, f"cannot tell which dataset WORK was planned from ({error.problem})",
+                        hint=NEW_WORK_HINT) from None
+
+
+def refuse_other_cases(work: Path, old: Sequence[str], new: Sequence[str]) -> None:
+    """Before fingerprinting: a WORK planned from other cases is refused, naming a difference."""
+    gone, added = sorted(set(old) - set(new)), sorted(set(new) - set(old))
+    if gone or added:
+        difference = f"case '{gone[0]}' is not in the dataset" if gone else f"case '{added[0]}' is new"
+        raise UserError(work, f"was planned from another dataset ({difference}; {len(old)} cases "
+                        f"then, {len(new)} now)", hint=NEW_WORK_HINT)
+
+
+def refuse_other_fingerprint(work: Path, old: Fingerprint, new: Fingerprint) -> None:
+    """After fingerprinting: the same case names with other data is another dataset too."""
+    if fingerprint_hash(old) != fingerprint_hash(new):
+        refuse_other_cases(work, [c.case for c in old.cases], [c.case for c in new.cases])
+        changed = next((n.case for o, n in zip(old.cases, new.cases) if o != n), None)
+        what = f"case '{changed}' changed" if changed else "intensities, channels or labels changed"
+        raise UserError(work, f"was planned from another version of this dataset ({what})",
+                        hint=NEW_WORK_HINT)
+
+
 def _write_outputs(work: Path, dataset_json: bytes, fingerprint: Fingerprint, plans: Plans,
-                   case_names: Sequence[str] | None) -> None:
-    """Write everything atomically; a user's splits.json is kept (and checked)."""
+                   case_names: Sequence[str] | None, n_folds: int, folds_given: bool,
+                   overwrite: bool) -> None:
+    """Decide the splits, then write everything atomically, plans.json last."""
     work = Path(work)
+    splits = None if overwrite else kept_splits(work, case_names, n_folds if folds_given else None)
+    if overwrite:
+        clear_work(work)
     remove_tmp_leftovers(work)
     target = work / "dataset.json"
     if not target.is_file() or target.read_bytes() != dataset_json:
         write_atomic(target, lambda tmp: tmp.write_bytes(dataset_json))
     save_fingerprint(fingerprint, work / "fingerprint.json")
+    if splits is None:
+        write_new_splits(work, case_names, n_folds)
     save_plans(plans, work / "plans.json")
-    splits = work / "splits.json"
-    if splits.is_file():
-        _check_splits(splits)
-        log.info("keeping the existing %s", splits)
-    elif case_names:
-        write_json_atomic(splits, make_splits(case_names))
-    else:
+
+
+def kept_splits(work: Path, case_names: Sequence[str] | None, n_folds: int | None) -> Splits | None:
+    """An existing splits.json, checked against the cases (and `--folds`), or None."""
+    path = work / "splits.json"
+    if not path.is_file():
+        return None
+    splits = check_splits_shape(path, read_json_checked(path))
+    if case_names:
+        check_splits_cases(path, splits, case_names)
+    if n_folds is not None and len(splits) != n_folds:
+        raise UserError(path, f"holds {len(splits)} folds, not the {n_folds} of --folds",
+                        hint="delete splits.json to split the cases again")
+    log.info("keeping the existing %s (%d folds)", path, len(splits))
+    return splits
+
+
+def write_new_splits(work: Path, case_names: Sequence[str] | None, n_folds: int) -> None:
+    if not case_names:
         log.info("no splits.json: an nnU-Net fingerprint does not name its cases")
+    elif n_folds == 0:
+        log.info("a single case: no cross-validation folds; train it with --fold all")
+    else:
+        if len(case_names) < N_FOLDS:
+            log.info("%d cases: %d folds instead of %d", len(case_names), n_folds, N_FOLDS)
+        write_json_atomic(work / "splits.json", make_splits(case_names, n_folds))
 
 
-def _check_splits(path: Path) -> None:
-    try:
-        splits = read_json(path)
-    except ValueError as error:
-        raise UserError(path, f"not valid JSON ({error})") from None
-    if not isinstance(splits, list) or not splits or not all(
-            isinstance(s, dict) and {"train", "val"} <= set(s) for s in splits):
-        raise UserError(path, "must be a list of {\"train\": [...], \"val\": [...]} folds")
+def clear_work(work: Path) -> None:
+    """Remove what an earlier plan and the later stages wrote into WORK (`plan --overwrite`)."""
+    for name in WORK_OUTPUTS:
+        path = work / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    log.info("started %s afresh", work)
 
 
 def summarize(plans: Plans) -> list[str]:

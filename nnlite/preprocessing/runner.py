@@ -2,13 +2,17 @@
 
 Fills `WORK/preprocessed/<data_identifier>/` for each planned configuration (3d_cascade_fullres
 shares 3d_fullres's folder) with `pipeline.preprocess_case`'s files; cases already complete are
-kept unless `overwrite`, `.tmp` leftovers of an interrupted run are removed first.
+kept unless `overwrite`, `.tmp` leftovers of an interrupted run are removed first. A folder made
+with another plan or other cases (its record beside it, see `records`) is emptied and redone.
+Everything that needs no voxel is checked first: the folders are writable, and the raw dataset has
+the plan's channels, labels and cases.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +22,16 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nnlite.common.errors import UserError
-from nnlite.common.files import remove_tmp_leftovers
+from nnlite.common.cli import default_workers
+from nnlite.common.files import ensure_writable_dir, remove_tmp_leftovers
 from nnlite.data.dataset import CaseFiles, RawDataset, check_case, load_dataset
-from nnlite.plans import RAW_PATH_KEY, Plans, load_plans
+from nnlite.plans import RAW_PATH_KEY, Plans, load_fingerprint, load_plans
 from nnlite.preprocessing.pipeline import is_preprocessed, preprocess_case, save_preprocessed
+from nnlite.preprocessing.records import make_record, mismatch, read_record, write_record
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WORKERS = 4  # nnU-Net's default process count for 3d_fullres (-np)
+REPLAN_HINT = "pass the raw dataset the plan was made from with --raw, or plan this one into a new WORK"
 
 
 @dataclass(frozen=True)
@@ -112,8 +118,45 @@ def _run_all(jobs: list[_Job], dataset: RawDataset, plans: Plans, workers: int
             yield future.result()
 
 
+def check_raw_matches_plan(dataset: RawDataset, plans: Plans, work: Path) -> None:
+    """The raw dataset has the plan's channels, labels and (per fingerprint.json) cases."""
+    where = dataset.root / "dataset.json"
+    if list(dataset.channel_names.values()) != list(plans.channel_names.values()):
+        raise UserError(where, f"has channels {list(dataset.channel_names.values())}; plans.json "
+                        f"was made for {list(plans.channel_names.values())}", hint=REPLAN_HINT)
+    if dataset.labels != plans.labels:
+        raise UserError(where, f"has labels {dataset.labels}; plans.json was made for {plans.labels}",
+                        hint=REPLAN_HINT)
+    fingerprint = work / "fingerprint.json"
+    if not fingerprint.is_file():
+        return
+    planned = {c.case for c in load_fingerprint(fingerprint).cases}
+    present = {c.name for c in dataset.cases}
+    if present != planned:
+        gone, added = sorted(planned - present), sorted(present - planned)
+        problem = (f"lacks case '{gone[0]}' of the plan" if gone else f"has case '{added[0]}' that "
+                   f"was not planned")
+        raise UserError(dataset.root, f"{problem} ({len(present)} cases, {len(planned)} planned)",
+                        hint=REPLAN_HINT)
+
+
+def start_folders(plans: Plans, folders: dict[str, Path], cases: list[str]) -> None:
+    """Empty every folder made with another plan or other cases (saying so); record the plan."""
+    for name, folder in folders.items():
+        wanted = make_record(plans, name, cases)
+        saved = read_record(folder)
+        problem = mismatch(saved, wanted)
+        if problem is not None and (saved is not None or (folder.is_dir() and any(folder.iterdir()))):
+            log.info("%s: redoing %s: %s", name, folder, problem)
+            shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_tmp_leftovers(folder)
+        if problem is not None:
+            write_record(folder, wanted)
+
+
 def run_preprocessing(work: str | Path, configs: Sequence[str] | None = None,
-                      workers: int = DEFAULT_WORKERS, overwrite: bool = False,
+                      workers: int | None = None, overwrite: bool = False,
                       raw: str | Path | None = None) -> int:
     """Preprocess every case of the raw dataset for the planned configurations; returns cases done.
 
@@ -122,6 +165,7 @@ def run_preprocessing(work: str | Path, configs: Sequence[str] | None = None,
     UserError naming the first failure is raised at the end.
     """
     work = Path(work)
+    workers = workers or default_workers()
     plans = load_plans(work / "plans.json")
     folders = folders_to_fill(work, plans, configs)
     raw = raw if raw is not None else plans.extra.get(RAW_PATH_KEY)
@@ -129,8 +173,9 @@ def run_preprocessing(work: str | Path, configs: Sequence[str] | None = None,
         raise UserError(work / "plans.json",
                         f"extra.{RAW_PATH_KEY} is missing (re-run nnlite.plan, or pass --raw)")
     dataset = load_dataset(raw)
-    for folder in folders.values():
-        remove_tmp_leftovers(folder)
+    check_raw_matches_plan(dataset, plans, work)
+    ensure_writable_dir(work / "preprocessed", "preprocessed folder")
+    start_folders(plans, folders, [case.name for case in dataset.cases])
     jobs = _jobs(dataset, folders, overwrite)
     log.info("preprocessing %d of %d cases for %s (%d workers)", len(jobs), len(dataset.cases),
              ", ".join(folders), workers)

@@ -45,15 +45,17 @@ class TrainingSettings:
     amp: str = "auto"  # auto: bf16 (fp16 without it) on CUDA, bf16 on a CPU with bf16 instructions
 
     def __post_init__(self) -> None:
-        if self.lr_step not in LR_STEPS:
-            raise UserError("training.lr_step", f"must be one of {LR_STEPS}, got {self.lr_step!r}")
-        if self.amp not in AMP_MODES:
-            raise UserError("training.amp", f"must be one of {AMP_MODES}, got {self.amp!r}")
-        for name in ("epochs", "iters_per_epoch", "val_iters"):
-            if getattr(self, name) < (1 if name != "val_iters" else 0):
-                raise UserError(f"training.{name}", f"must be positive, got {getattr(self, name)}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise UserError("training.batch_size", f"must be ≥ 1, got {self.batch_size}")
+        _check_choice("training.lr_step", self.lr_step, LR_STEPS)
+        _check_choice("training.amp", self.amp, AMP_MODES)
+        for name, lowest in (("epochs", 1), ("iters_per_epoch", 1), ("val_iters", 0)):
+            _check_range(f"training.{name}", getattr(self, name), lowest <= getattr(self, name), f"≥ {lowest}")
+        if self.batch_size is not None:
+            _check_range("training.batch_size", self.batch_size, self.batch_size >= 1, "≥ 1")
+        for name in ("initial_lr", "poly_exponent", "grad_clip"):
+            _check_range(f"training.{name}", getattr(self, name), getattr(self, name) > 0, "> 0")
+        for name in ("momentum", "ema_momentum"):
+            _check_range(f"training.{name}", getattr(self, name), 0 <= getattr(self, name) < 1, "in [0, 1)")
+        _check_range("training.weight_decay", self.weight_decay, self.weight_decay >= 0, "≥ 0")
 
 
 @dataclass(frozen=True)
@@ -62,16 +64,15 @@ class DataSettings:
 
     oversample_foreground: float = 0.33  # share of each batch forced to contain foreground
     augment: bool = True
-    workers: int = 2  # loader worker processes (0: load in the training process)
+    workers: int | None = None  # loader processes (None: the CPU count, at most 8; 0: in the training process)
     augment_on: str = "auto"  # cpu: loader workers; device: batched on the device; auto: device on CUDA
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.oversample_foreground <= 1.0:
-            raise UserError("data.oversample_foreground", "must lie in [0, 1]")
-        if self.workers < 0:
-            raise UserError("data.workers", "must be ≥ 0")
-        if self.augment_on not in AUGMENT_ON:
-            raise UserError("data.augment_on", f"must be one of {AUGMENT_ON}, got {self.augment_on!r}")
+        _check_range("data.oversample_foreground", self.oversample_foreground,
+                     0.0 <= self.oversample_foreground <= 1.0, "in [0, 1]")
+        if self.workers is not None:
+            _check_range("data.workers", self.workers, self.workers >= 0, "≥ 0")
+        _check_choice("data.augment_on", self.augment_on, AUGMENT_ON)
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,7 @@ class CheckpointSettings:
     every: int = 1  # epochs between checkpoint_latest.pt saves (nnU-Net: 50)
 
     def __post_init__(self) -> None:
-        if self.every < 1:
-            raise UserError("checkpoint.every", "must be ≥ 1")
+        _check_range("checkpoint.every", self.every, self.every >= 1, "≥ 1")
 
 
 @dataclass(frozen=True)
@@ -92,13 +92,16 @@ class ValidationSettings:
     mirroring: bool = True
     save_probabilities: bool = True  # validation/<case>.npz, for ensembling
 
+    def __post_init__(self) -> None:
+        _check_range("validation.step", self.step, 0 < self.step <= 1, "in (0, 1]")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run; saved in `config.json` and in each checkpoint."""
 
     configuration: str = "3d_fullres"
-    fold: str = "0"  # "0".."4" (splits.json) or "all"
+    fold: str = "0"  # a fold of splits.json ("0", "1", …) or "all"
     seed: int | None = None  # None: drawn at start and saved, so a resume stays exact
     device: str = "auto"
     deterministic: bool = True  # torch.use_deterministic_algorithms on CPU (bit-exact resume)
@@ -108,8 +111,22 @@ class TrainConfig:
     validation: ValidationSettings = field(default_factory=ValidationSettings)
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise UserError("device", f"must be one of {DEVICES}, got {self.device!r}")
+        _check_choice("device", self.device, DEVICES)
+        if not (self.fold == "all" or self.fold.isdigit()):
+            raise UserError("fold", f"expected a fold number of splits.json or 'all', got {self.fold!r}")
+        if self.seed is not None:
+            _check_range("seed", self.seed, 0 <= self.seed, "≥ 0")
+
+
+def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise UserError(key, f"expected one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_range(key: str, value: float, ok: bool, expected: str) -> None:
+    """`ok` is False for NaN as for any value outside the range."""
+    if not ok:
+        raise UserError(key, f"expected a value {expected}, got {value!r}")
 
 
 # Settings that may change when a run is resumed: they do not change what is computed
@@ -128,9 +145,13 @@ def load_train_config(source: str | Path = "default", overrides: Sequence[str] =
         data = _parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise UserError(path, f"not valid YAML ({error})") from None
-    for override in overrides:
-        _apply_override(data, override)
-    return config_from_dict(data, where=str(path))
+    given = {_apply_override(data, override): override for override in overrides}
+    try:
+        return config_from_dict(data, where="")
+    except UserError as error:  # name where the bad value came from: --set KEY=VALUE or the file
+        if error.where in given:
+            raise UserError(f"--set {given[error.where]}", error.problem) from None
+        raise UserError(path, f"{error.where}: {error.problem}") from None
 
 
 def config_from_dict(data: dict[str, Any], where: str = "TrainConfig") -> TrainConfig:
@@ -160,7 +181,8 @@ def config_differences(old: TrainConfig, new: TrainConfig, ignore: Sequence[str]
             if key not in ignore and flat_old.get(key) != flat_new.get(key)]
 
 
-def _apply_override(data: dict[str, Any], override: str) -> None:
+def _apply_override(data: dict[str, Any], override: str) -> str:
+    """Set one `KEY=VALUE` (the value read as YAML) in `data`; returns the key."""
     key, sep, text = override.partition("=")
     if not sep or not key:
         raise UserError(f"--set {override}", "expected KEY=VALUE")
@@ -169,6 +191,7 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
     except yaml.YAMLError:
         value = text
     _set_dotted(data, key.strip(), value)
+    return key.strip()
 
 
 class _Loader(yaml.SafeLoader):

@@ -1,7 +1,9 @@
 """The folds of a work directory: splits.json, each fold's cases and its result folders.
 
 `WORK/splits.json` lists the cross-validation folds ({"train": [...], "val": [...]} each; made with
-the reference's seed when absent, a user's file is respected). Fold k trains in
+the reference's seed when absent, a user's file is respected but must name exactly the cases that
+were preprocessed). Training reads the cases from the preprocessed folder's record, which must
+match plans.json (`nnlite.preprocessing.records`). Fold k trains in
 `WORK/results/<config>/fold_<k>/` and predicts the cases of its "val" list into `validation/`;
 `fold_sources` maps every case to the one fold that validated it, for the cross-validation merge
 and for the cascade's training inputs.
@@ -14,9 +16,11 @@ from pathlib import Path
 from typing import Sequence
 
 from nnlite.common.errors import UserError
-from nnlite.common.files import read_json, write_json_atomic
-from nnlite.data.dataset import make_splits
+from nnlite.common.files import read_json_checked, write_json_atomic
+from nnlite.planning.splits import check_splits_cases, check_splits_shape, fold_count, make_splits
 from nnlite.plans import Plans
+from nnlite.preprocessing.pipeline import is_preprocessed
+from nnlite.preprocessing.records import check_matches_plan
 from nnlite.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -27,15 +31,18 @@ DEFAULT_FOLDS = ("0", "1", "2", "3", "4")  # the reference's 5-fold cross-valida
 
 
 def load_splits(work: Path, cases: list[str]) -> list[dict[str, list[str]]]:
-    """WORK/splits.json (a user's file is respected); made with the reference's seed when absent."""
+    """WORK/splits.json (a user's file is respected), checked against `cases`; made with the
+    reference's seed when absent (min(5, n) folds; a single case has none)."""
     path = work / SPLITS_FILE
     if not path.is_file():
-        write_json_atomic(path, make_splits(cases))
-        log.info("wrote %s (5 folds)", path)
-    splits = read_json(path)
-    if not isinstance(splits, list) or not all(isinstance(s, dict) and {"train", "val"} <= set(s)
-                                               for s in splits):
-        raise UserError(path, "expected a list of {\"train\": [...], \"val\": [...]} folds")
+        n_folds = fold_count(len(cases))
+        if n_folds == 0:
+            raise UserError("--fold", f"{work} holds a single case: there is no cross-validation",
+                            hint="train it with --fold all")
+        write_json_atomic(path, make_splits(cases, n_folds))
+        log.info("wrote %s (%d folds)", path, n_folds)
+    splits = check_splits_shape(path, read_json_checked(path))
+    check_splits_cases(path, splits, cases)
     return splits
 
 
@@ -44,10 +51,7 @@ def load_cv_splits(work: Path) -> list[dict[str, list[str]]]:
     path = Path(work) / SPLITS_FILE
     if not path.is_file():
         raise UserError(path, "not found: plan and train the folds first")
-    splits = read_json(path)
-    if not isinstance(splits, list) or not all(isinstance(s, dict) and "val" in s for s in splits):
-        raise UserError(path, "expected a list of {\"train\": [...], \"val\": [...]} folds")
-    return splits
+    return check_splits_shape(path, read_json_checked(path))
 
 
 def cv_folds(work: Path, default: Sequence[str] = DEFAULT_FOLDS) -> list[str]:
@@ -58,31 +62,31 @@ def cv_folds(work: Path, default: Sequence[str] = DEFAULT_FOLDS) -> list[str]:
 
 
 def fold_cases(work: Path, plans: Plans, config: TrainConfig) -> tuple[list[str], list[str]]:
-    """(training cases, validation cases) of the fold; "all" trains and validates on every case."""
-    cases = preprocessed_cases(work, plans, config)
+    """(training cases, validation cases) of the fold; "all" trains and validates on every case.
+
+    Checked before training writes anything: the preprocessed data matches the plan, splits.json
+    names exactly its cases, the fold exists and each of its cases is preprocessed.
+    """
+    folder = preprocessed_dir(work, plans, config)
+    cases = check_matches_plan(folder, plans, config.configuration, work)
     if config.fold == "all":
-        return cases, cases
-    splits = load_splits(work, cases)
-    if not config.fold.isdigit() or int(config.fold) >= len(splits):
-        raise UserError("--fold", f"'{config.fold}' is not a fold of {work / SPLITS_FILE} "
-                        f"(0–{len(splits) - 1} or all)")
-    split = splits[int(config.fold)]
-    missing = sorted(set(split["train"] + split["val"]) - set(cases))
+        train, val = cases, cases
+    else:
+        splits = load_splits(work, cases)
+        if not config.fold.isdigit() or int(config.fold) >= len(splits):
+            raise UserError("--fold", f"'{config.fold}' is not a fold of {work / SPLITS_FILE} "
+                            f"(0–{len(splits) - 1} or all)")
+        train, val = splits[int(config.fold)]["train"], splits[int(config.fold)]["val"]
+    missing = [case for case in dict.fromkeys(train + val) if not is_preprocessed(folder, case)]
     if missing:
-        raise UserError(work / SPLITS_FILE, f"case '{missing[0]}' is not preprocessed")
-    return list(split["train"]), list(split["val"])
+        raise UserError(folder / missing[0], "is not preprocessed (preprocess reported it failed, or "
+                        "did not finish)", hint=f"python -m nnlite.preprocess {work} --configs "
+                        f"{config.configuration}")
+    return list(train), list(val)
 
 
 def preprocessed_dir(work: Path, plans: Plans, config: TrainConfig) -> Path:
     return work / "preprocessed" / plans.configurations[config.configuration].data_identifier
-
-
-def preprocessed_cases(work: Path, plans: Plans, config: TrainConfig) -> list[str]:
-    folder = preprocessed_dir(work, plans, config)
-    cases = sorted(p.name[: -len("_seg.npy")] for p in folder.glob("*_seg.npy"))
-    if not cases:
-        raise UserError(folder, "no preprocessed training cases; run `python -m nnlite.preprocess` first")
-    return cases
 
 
 def result_folder(work: Path, config: TrainConfig) -> Path:

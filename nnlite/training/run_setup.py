@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from nnlite.common.cli import default_workers
 from nnlite.common.errors import UserError
 from nnlite.common.files import remove_tmp_leftovers, write_json_atomic
 from nnlite.common.schema import to_jsonable
@@ -50,6 +51,7 @@ class Run:
         if self.log_handler is not None:
             logging.getLogger("nnlite").removeHandler(self.log_handler)
             self.log_handler.close()
+            self.log_handler = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,12 +75,22 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def prepare_run(work: Path, plans: Plans, config: TrainConfig, *, resume: bool, overwrite: bool,
-                rank: Rank) -> Run:
-    """Create / check the fold's result folder and pick the checkpoint to resume from."""
+def check_configuration(work: Path, plans: Plans, config: TrainConfig) -> None:
     if config.configuration not in plans.configurations:
         raise UserError(work / "plans.json", f"has no configuration '{config.configuration}' "
                         f"(planned: {', '.join(plans.configurations)})")
+
+
+def discard_unstarted(run: Run) -> None:
+    """Remove the fold folder of a run that failed before any checkpoint was in it."""
+    if not any(run.folder.glob("checkpoint_*.pt")):
+        shutil.rmtree(run.folder, ignore_errors=True)
+
+
+def prepare_run(work: Path, plans: Plans, config: TrainConfig, *, resume: bool, overwrite: bool,
+                rank: Rank) -> Run:
+    """Create / check the fold's result folder and pick the checkpoint to resume from."""
+    check_configuration(work, plans, config)
     folder = result_folder(work, config)
     has_results = folder.is_dir() and any(folder.glob("checkpoint_*.pt"))
     if has_results and not (resume or overwrite):
@@ -175,6 +187,11 @@ class Batches:
         self.close()
 
 
+def loader_workers(config: TrainConfig) -> int:
+    """data.workers, or by default every command's --workers default (the CPU count, capped)."""
+    return default_workers() if config.data.workers is None else config.data.workers
+
+
 def build_batches(work: Path, plans: Plans, config: TrainConfig, train_cases: list[str],
                   val_cases: list[str], batch_size: int, epoch: int, rank: Rank,
                   device: torch.device) -> Batches:
@@ -190,7 +207,7 @@ def build_batches(work: Path, plans: Plans, config: TrainConfig, train_cases: li
     forced = forced_foreground(batch_size, config.data.oversample_foreground, rank)
     seed = config.seed + rank.rank * RANK_SEED_STRIDE
     common = dict(work=work, plans=plans, config_name=config.configuration, batch_size=local_batch,
-                  forced=forced, workers=config.data.workers, device=device)
+                  forced=forced, workers=loader_workers(config), device=device)
     train = build_loader(case_names=train_cases, augment=config.data.augment, seed=seed,
                          start_batch=epoch * t.iters_per_epoch, augment_on=config.data.augment_on, **common)
     val = build_loader(case_names=val_cases, augment=False, seed=seed + VAL_SEED_OFFSET,

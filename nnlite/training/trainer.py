@@ -29,6 +29,7 @@ from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from nnlite.common.files import ensure_writable_dir
 from nnlite.common.schema import to_jsonable
 from nnlite.network import build_unet
 from nnlite.network.loss import build_loss
@@ -41,7 +42,8 @@ from nnlite.training.distributed import (Rank, barrier, close_distributed, init_
 from nnlite.training.folds import fold_cases
 from nnlite.training.lowres_predictions import prepare_if_cascade
 from nnlite.training.precision import amp_dtype
-from nnlite.training.run_setup import Run, build_batches, prepare_run, resolve_device, seed_everything
+from nnlite.training.run_setup import (Run, build_batches, check_configuration, discard_unstarted, prepare_run,
+                                       resolve_device, seed_everything)
 
 log = logging.getLogger(__name__)
 
@@ -88,24 +90,37 @@ def train_folds(work: Path, config: TrainConfig, folds: Sequence[str], *, resume
 
 def train(work: Path, config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
           rank: Rank = Rank()) -> Path:
-    """Train `config.fold` of `config.configuration` in `work`; returns the fold's result folder."""
+    """Train `config.fold` of `config.configuration` in `work`; returns the fold's result folder.
+
+    Everything that needs no training is checked before the fold folder is made; a run that fails
+    before its first checkpoint removes the folder it made.
+    """
     plans = load_plans(work / "plans.json")
+    check_configuration(work, plans, config)
+    cases = fold_cases(work, plans, config)
     if rank.is_main:  # a cascade stage: the lowres cross-validation becomes extra input channels
+        ensure_writable_dir(work / "results", "results folder")
         prepare_if_cascade(work, plans, config.configuration)
     barrier(rank)
     device = resolve_device(config.device)
     run = prepare_run(work, plans, config, resume=resume, overwrite=overwrite, rank=rank)
     try:
-        train_fold(work, plans, run, device, rank)
+        train_fold(work, plans, run, device, rank, cases)
+    except BaseException:
+        run.close()
+        if rank.is_main:
+            discard_unstarted(run)
+        raise
     finally:
         run.close()
     return run.folder
 
 
-def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: Rank) -> None:
+def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: Rank,
+               cases: tuple[list[str], list[str]]) -> None:
     """The epochs left in `run`, checkpoint_final, then the final validation."""
     config = run.config
-    train_cases, val_cases = fold_cases(work, plans, config)
+    train_cases, val_cases = cases
     state = build_state(plans, config, device, run.checkpoint, rank)
     if run.finished:
         if config.validation.enabled and rank.is_main and not validation_done(run.folder):

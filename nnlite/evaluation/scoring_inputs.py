@@ -1,0 +1,72 @@
+"""What `nnlite evaluate` is given, checked before any label map is read.
+
+The labels to score come from `--labels` (foreground values only), else from `--dataset-json`
+(its `labels`, less background and the ignore label, which it also supplies), else from the
+values present in the references. The summary may go to PRED_DIR (the default) or anywhere
+else outside REF_DIR, to a file name, never onto a folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from nnlite.common.errors import UserError
+from nnlite.common.files import ensure_writable_dir, read_json_checked
+from nnlite.plans import IGNORE_KEY
+
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """The labels to score (None: those of the references) and the ignore label."""
+
+    labels: list[int] | None
+    ignore_label: int | None
+
+
+def labels_to_score(labels: Sequence[int] | None, dataset_json: Path | None,
+                    ignore_label: int | None) -> LabelSet:
+    """--labels, else --dataset-json, else None (the references decide)."""
+    if labels is not None:
+        bad = [v for v in labels if v <= 0]
+        if bad:
+            raise UserError("--labels", f"{bad[0]} is not a foreground label (background is 0; labels "
+                            "are positive)")
+        if ignore_label is not None and ignore_label in labels:
+            raise UserError("--labels", f"{ignore_label} is the --ignore-label; it cannot be scored")
+        return LabelSet(sorted(set(labels)), ignore_label)
+    if dataset_json is None:
+        return LabelSet(None, ignore_label)
+    declared = read_json_checked(dataset_json).get("labels") if dataset_json.is_file() else None
+    if not isinstance(declared, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                 for v in declared.values()):
+        raise UserError(dataset_json, "needs \"labels\": {name: integer value} (region labels are not "
+                        "supported by evaluate)")
+    ignore = declared.get(IGNORE_KEY) if ignore_label is None else ignore_label
+    foreground = sorted(v for name, v in declared.items() if v != 0 and name != IGNORE_KEY and v != ignore)
+    if not foreground:
+        raise UserError(dataset_json, "declares no foreground label")
+    return LabelSet(foreground, ignore)
+
+
+def summary_path(output: Path | None, pred_dir: Path, ref_dir: Path) -> Path:
+    """Where summary.json goes: a file name outside REF_DIR in a writable folder."""
+    path = output if output is not None else pred_dir / SUMMARY_FILE
+    where = "--output" if output is not None else str(path)
+    if path.is_dir():
+        raise UserError(where, f"{path} is a folder; give a file name such as {path / SUMMARY_FILE}")
+    if path.resolve().is_relative_to(ref_dir.resolve()):
+        raise UserError(where, f"would write into the reference folder {ref_dir}; give --output "
+                        "outside it")
+    ensure_writable_dir(path.parent, "output folder")
+    return path
+
+
+def absent_labels(summary: dict) -> list[int]:
+    """Scored labels that no reference holds (a typo in --labels, or a rare class)."""
+    return [label for label in summary["labels"]
+            if all(case["metrics"][str(label)]["tp"] + case["metrics"][str(label)]["fn"] == 0
+                   for case in summary["per_case"])]

@@ -1,0 +1,93 @@
+"""Cross-validation folds: how many, how the cases are split, and whether a splits.json fits.
+
+nnU-Net splits the sorted case names with sklearn's KFold(5, shuffle=True, random_state=12345).
+nnlite does the same without sklearn, and with fewer cases than folds makes one fold per case
+(`fold_count`); a single case has no cross-validation at all (train it with `--fold all`).
+A user's splits.json is respected, but it must name exactly the dataset's cases.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from nnlite.common.errors import UserError
+
+SPLIT_SEED = 12345  # nnU-Net's KFold(shuffle=True, random_state=12345)
+N_FOLDS = 5  # nnU-Net's 5-fold cross-validation
+MIN_FOLDS = 2  # fewer than two folds is no cross-validation
+
+Splits = list[dict[str, list[str]]]
+
+
+def fold_count(n_cases: int, requested: int | None = None) -> int:
+    """Folds for `n_cases`: `requested`, else min(N_FOLDS, n_cases); 0 for a single case."""
+    if requested is None:
+        return min(N_FOLDS, n_cases) if n_cases >= MIN_FOLDS else 0
+    if requested < MIN_FOLDS:
+        raise UserError("--folds", f"must be at least {MIN_FOLDS}, got {requested}")
+    if requested > n_cases:
+        raise UserError("--folds", f"{requested} folds need at least {requested} cases; the "
+                        f"dataset has {n_cases}")
+    return requested
+
+
+def make_splits(case_names: Sequence[str], n_folds: int = N_FOLDS, seed: int = SPLIT_SEED) -> Splits:
+    """nnU-Net's k-fold split: sklearn KFold(n_folds, shuffle=True, random_state=seed) on sorted names.
+
+    Shuffle the indices with RandomState(seed); folds are consecutive chunks, the first
+    n % n_folds folds one larger. Both lists are in sorted order, as sklearn returns them.
+    """
+    names = sorted(case_names)
+    if len(names) < n_folds:
+        raise UserError("splits", f"{len(names)} cases cannot be split into {n_folds} folds")
+    order = np.arange(len(names))
+    np.random.RandomState(seed).shuffle(order)
+    sizes = np.full(n_folds, len(names) // n_folds)
+    sizes[: len(names) % n_folds] += 1
+    splits, start = [], 0
+    for size in sizes:
+        val = np.sort(order[start : start + size])  # sklearn returns both as sorted masks
+        train = np.setdiff1d(np.arange(len(names)), val)
+        splits.append({"train": [names[i] for i in train], "val": [names[i] for i in val]})
+        start += size
+    return splits
+
+
+def check_splits_shape(path: Path, splits: Any) -> Splits:
+    """A list of {"train": [names], "val": [names]} folds, or a UserError naming the file."""
+    if not isinstance(splits, list) or not splits or not all(
+            isinstance(s, dict) and {"train", "val"} <= set(s)
+            and all(isinstance(s[k], list) and all(isinstance(n, str) for n in s[k]) for k in ("train", "val"))
+            for s in splits):
+        raise UserError(path, "must be a list of {\"train\": [case, …], \"val\": [case, …]} folds")
+    return splits
+
+
+def check_splits_cases(path: Path, splits: Splits, cases: Sequence[str]) -> None:
+    """Every name is a case of the dataset, every case is in some fold, no fold trains on its
+    validation cases; otherwise a UserError naming the cases."""
+    known = set(cases)
+    named = {name for split in splits for name in split["train"] + split["val"]}
+    unknown = sorted(named - known)
+    if unknown:
+        raise UserError(path, f"names {_few(unknown)} that the dataset does not have",
+                        hint="fix or delete splits.json (plan writes a new one)")
+    missing = sorted(known - named)
+    if missing:
+        raise UserError(path, f"misses the dataset's {_few(missing)}",
+                        hint="fix or delete splits.json (plan writes a new one)")
+    for fold, split in enumerate(splits):
+        both = sorted(set(split["train"]) & set(split["val"]))
+        if both:
+            raise UserError(path, f"fold {fold} trains and validates on {_few(both)}")
+
+
+def _few(names: list[str], shown: int = 3) -> str:
+    """'case' or 'cases a, b, c (and 4 more)'."""
+    if len(names) == 1:
+        return f"case '{names[0]}'"
+    more = f" (and {len(names) - shown} more)" if len(names) > shown else ""
+    return "cases " + ", ".join(f"'{n}'" for n in names[:shown]) + more
