@@ -120,7 +120,11 @@ def test_missing_case_or_wrong_channels_is_a_user_error(toy):
 def test_ctrl_c_stops_the_loader_and_its_workers(toy):
     work, names = toy
     script = textwrap.dedent(f"""
-        import multiprocessing, sys
+        import faulthandler, multiprocessing, signal, sys
+        # Ctrl-C raises KeyboardInterrupt even if this process inherited an ignored SIGINT, and
+        # SIGUSR1 dumps every thread's stack (the test asks for it when the child does not answer).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        faulthandler.register(signal.SIGUSR1)
         sys.path.insert(0, {str(ROOT)!r})
         from tests.loader_fixtures import toy_plans
         from nnlite.loading.loader import build_loader
@@ -137,7 +141,8 @@ def test_ctrl_c_stops_the_loader_and_its_workers(toy):
             loader.close()
             print("interrupted", flush=True)
     """)
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     try:
         ready, *workers = read_line(process, timeout=120).split()
         assert ready == "ready" and len(workers) >= 2
@@ -153,11 +158,16 @@ def test_ctrl_c_stops_the_loader_and_its_workers(toy):
 
 
 def read_line(process: subprocess.Popen, timeout: float) -> str:
-    """The child's next stdout line, or a failure after `timeout` seconds (never a hang)."""
+    """The child's next stdout line, or a failure after `timeout` seconds (never a hang) that
+    shows where the child was stuck."""
     with selectors.DefaultSelector() as selector:
         selector.register(process.stdout, selectors.EVENT_READ)
         if not selector.select(timeout):
-            pytest.fail(f"no line from the child within {timeout} s")
+            process.send_signal(signal.SIGUSR1)
+            time.sleep(1)  # let faulthandler write the stacks before the child is killed
+            process.kill()
+            pytest.fail(f"no line from the child within {timeout} s; its stacks:\n"
+                        f"{process.stderr.read()[-4000:]}")
     return process.stdout.readline().strip()
 
 
