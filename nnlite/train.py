@@ -13,7 +13,6 @@ from typing import Sequence
 
 from nnlite.common.cli import ArgumentParser, run
 
-CV_FOLDS = ("0", "1", "2", "3", "4")  # `--fold cv` before splits.json exists
 DEMO_ROOT = "nnlite-demo"  # the demo's folder, in the current directory
 
 
@@ -81,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from nnlite.training.folds import cv_folds
     from nnlite.training.trainer import train_folds
 
-    folds = cv_folds(args.work, CV_FOLDS) if args.fold == "cv" else (args.fold or config.fold,)
+    folds = cv_folds(args.work) if args.fold == "cv" else (args.fold or config.fold,)
     train_folds(args.work, config, folds, resume=args.resume, overwrite=args.overwrite)
     return 0
 

@@ -11,15 +11,18 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import core as hypothesis_core
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset004_Hippocampus"
 
-# Property tests on a shared, busy 2-core machine: no per-example deadline, and a failure prints
-# the blob that reproduces it. The seed is printed in the header; rerun with --hypothesis-seed=N.
-settings.register_profile("nnlite", deadline=None, print_blob=True)
+# Property tests on a shared, busy 2-core machine: nothing timed (no per-example deadline, no
+# "data generation too slow" health check), and a failure prints the blob that reproduces it.
+# The seed is printed in the header; rerun with --hypothesis-seed=N.
+settings.register_profile("nnlite", deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("nnlite")
 HYPOTHESIS_SEED_ENV = "NNLITE_HYPOTHESIS_SEED"
+SEED_KEY = pytest.StashKey[int]()
 
 
 def pytest_configure(config):
@@ -27,9 +30,6 @@ def pytest_configure(config):
         seed = int(os.environ.get(HYPOTHESIS_SEED_ENV) or secrets.randbelow(2**32))
         hypothesis_core.global_force_seed = seed  # what --hypothesis-seed=N sets
     config.stash[SEED_KEY] = hypothesis_core.global_force_seed
-
-
-SEED_KEY = pytest.StashKey[int]()
 
 
 def pytest_report_header(config):

@@ -23,10 +23,10 @@ from nnlite.network import build_unet
 from nnlite.network.loss import build_loss, deep_supervision_scales, downsample_seg
 from nnlite.plans import NetworkPlan
 from nnlite.train import build_parser, main as train_main, overrides_from_args
+from nnlite.training import checkpoints
 from nnlite.training.config import load_train_config, replace_setting
 from nnlite.training.distributed import Rank, forced_foreground, split_batch
 from nnlite.training.precision import amp_dtype, first_cpu_bf16_hazard
-from nnlite.training import checkpoints
 from nnlite.training.run_setup import build_batches, plan_differences, seed_everything
 from nnlite.training.trainer import (RunState, confusion_counts, epoch_record, learning_rate, poly_lr,
                                      restore_state, train_one_epoch, train_step, validate)

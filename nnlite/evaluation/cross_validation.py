@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nnlite.common.files import staged_dir
-from nnlite.evaluation.metrics import evaluate_for_plans, write_summary
+from nnlite.evaluation.metrics import SUMMARY_FILE, evaluate_for_plans, write_summary
 from nnlite.inference.export import npz_path_for
 from nnlite.plans import load_plans
 from nnlite.training.folds import SEG_ENDING, fold_sources
@@ -27,7 +27,6 @@ from nnlite.training.folds import SEG_ENDING, fold_sources
 log = logging.getLogger(__name__)
 
 CROSSVAL_DIR = "crossval"
-SUMMARY_FILE = "summary.json"
 
 
 def crossval_dir(work: Path, config_name: str) -> Path:

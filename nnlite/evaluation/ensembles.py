@@ -21,8 +21,8 @@ from tqdm import tqdm
 from nnlite.common.errors import UserError
 from nnlite.common.files import staged_dir
 from nnlite.data.image_io import read_image, write_seg
-from nnlite.evaluation.cross_validation import SUMMARY_FILE, crossval_dir
-from nnlite.evaluation.metrics import evaluate_for_plans, list_segs, write_summary
+from nnlite.evaluation.cross_validation import crossval_dir
+from nnlite.evaluation.metrics import SUMMARY_FILE, evaluate_for_plans, list_segs, write_summary
 from nnlite.inference.export import (average_probabilities, load_probabilities, npz_path_for,
                                      seg_from_probabilities)
 from nnlite.plans import load_plans

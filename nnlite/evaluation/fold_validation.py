@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
-from nnlite.evaluation.metrics import evaluate_for_plans, write_summary
+from nnlite.evaluation.metrics import SUMMARY_FILE, evaluate_for_plans, write_summary
 from nnlite.inference.export import export_prediction
 from nnlite.inference.sliding_window import predict_preprocessed
 from nnlite.plans import Plans
@@ -24,12 +24,11 @@ from nnlite.preprocessing.cascade import stage_input
 from nnlite.preprocessing.pipeline import load_case_properties
 from nnlite.training.config import TrainConfig
 from nnlite.training.folds import preprocessed_dir
-from nnlite.training.run_setup import resolve_device
+from nnlite.training.precision import resolve_device
 
 log = logging.getLogger(__name__)
 
 VALIDATION_DIR = "validation"
-SUMMARY_FILE = "summary.json"
 
 
 def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, config: TrainConfig,
@@ -59,6 +58,11 @@ def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, co
              summary["foreground_mean"]["dice"], len(summary["per_case"]),
              metrics[-1]["ema_pseudo_dice"] if metrics else math.nan, out_dir / SUMMARY_FILE)
     return summary
+
+
+def is_validated(folder: Path) -> bool:
+    """Has the fold in `folder` written its validation summary?"""
+    return (folder / VALIDATION_DIR / SUMMARY_FILE).is_file()
 
 
 def last_pseudo_dice(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:

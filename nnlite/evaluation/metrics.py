@@ -40,6 +40,7 @@ from nnlite.plans import RAW_PATH_KEY, Plans
 log = logging.getLogger(__name__)
 
 SEG_ENDINGS = (".nii.gz", ".nii")
+SUMMARY_FILE = "summary.json"  # evaluate's default output, and every folder's scores
 MEAN_METRICS = ("dice", "iou", "ppv")  # averaged over cases; tp/fp/fn stay per case
 
 

@@ -14,9 +14,9 @@ from typing import Sequence
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir, read_json_checked
+from nnlite.evaluation.metrics import SUMMARY_FILE
 from nnlite.plans import IGNORE_KEY
 
-SUMMARY_FILE = "summary.json"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import torch
 
 from nnlite.common.errors import UserError
 from nnlite.inference.export import npz_path_for
@@ -50,13 +49,6 @@ class PredictReport:
     failed: dict[str, str] = field(default_factory=dict)  # case → problem
     crashed: list[str] = field(default_factory=list)  # failed cases that were not input errors
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device", "cuda requested but no CUDA device is available")
-    return torch.device(name)
 
 
 def fold_folders(results: Path, folds: Sequence[str] | None, checkpoint_file: str) -> list[Path]:

@@ -23,13 +23,14 @@ from nnlite.data.image_io import read_case
 from nnlite.inference.export import export_prediction
 from nnlite.inference.largest_component import POSTPROCESSING_FILE, load_postprocessing
 from nnlite.inference.options import (CHANNEL_FILE, CHECKPOINTS, PredictOptions, PredictReport, check_folders,
-                                      find_input_cases, fold_folders, is_done, record_failure, resolve_device)
+                                      find_input_cases, fold_folders, is_done, record_failure)
 from nnlite.inference.sliding_window import predict_preprocessed
 from nnlite.inference.stage_models import predict_models
 from nnlite.network import build_unet
 from nnlite.plans import Plans, load_plans
 from nnlite.preprocessing.pipeline import CaseProperties, preprocess_case
 from nnlite.training.checkpoints import load_checkpoint
+from nnlite.training.precision import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -31,13 +31,14 @@ from nnlite.inference.export import (average_probabilities, npz_path_for, probab
                                      write_probabilities)
 from nnlite.inference.largest_component import POSTPROCESSING_FILE, apply_postprocessing, load_postprocessing
 from nnlite.inference.options import (CHANNEL_FILE, CHECKPOINTS, PredictOptions, PredictReport, check_folders,
-                                      find_input_cases, fold_folders, is_done, record_failure, resolve_device)
+                                      find_input_cases, fold_folders, is_done, record_failure)
 from nnlite.inference.sliding_window import predict_preprocessed
 from nnlite.network import build_unet
 from nnlite.plans import Plans, load_plans
 from nnlite.preprocessing.cascade import input_channels, seg_to_stage_input, stage_labels, with_previous_stage
 from nnlite.preprocessing.pipeline import CaseProperties, preprocess_case
 from nnlite.training.checkpoints import load_checkpoint
+from nnlite.training.precision import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from nnlite.common.cli import default_workers
 from nnlite.common.errors import UserError
 from nnlite.loading.augmentation import (IDENTITY, AugmentConfig, AugmentParams, augment_config,
                                          crop_and_augment, read_source, sample_augment_params)
@@ -75,11 +75,6 @@ class BatchSpec:
     ds_scales: tuple[tuple[float, ...], ...]  # empty: full resolution only
     on_device: bool = False  # workers only crop; `device_augmentation` augments the batch on the device
     previous: PreviousStageStore | None = None  # cascade: previous-stage channels appended (CPU only)
-
-
-def default_workers() -> int:
-    """Available cores - 1 (the training process needs one), at least 0."""
-    return max(0, len(os.sched_getaffinity(0)) - 1)
 
 
 def plan_batch(cases: Sequence[CaseInfo], cfg: AugmentConfig, forced: Sequence[bool], seed: int,
@@ -210,7 +205,7 @@ def build_loader(work: str | Path, plans: Plans, config_name: str, case_names: S
     """Endless batches i = start_batch, start_batch + 1, ... of the preprocessed `case_names`.
 
     forced: per sample, must it contain foreground (default: the reference's last-third rule).
-    workers: loader processes (default: available cores - 1; 0 loads in this process).
+    workers: loader processes (default: every command's `--workers` default; 0 loads in this process).
     device: where batches are delivered (pinned memory + non-blocking copies on CUDA); None keeps
     them on the CPU (pinned when CUDA is available).
     augment_on: "cpu" (workers augment), "device" (workers crop, the batch is augmented on `device`

@@ -1,4 +1,5 @@
-"""Autocast dtypes for training and inference: which reduced precision a device computes natively."""
+"""The device and autocast dtype of training and inference: `--device auto|cpu|cuda` resolved,
+and which reduced precision that device computes natively."""
 
 from __future__ import annotations
 
@@ -72,3 +73,15 @@ def first_cpu_bf16_hazard(plan: NetworkPlan, patch: Sequence[int]) -> int | None
         if shape[0] == 2 and kernel[0] == 3:
             return stage
     return None
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" → CUDA when present, else CPU; "cuda" without a GPU is a UserError."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda", "no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        index = torch.cuda.current_device()
+        return torch.device("cuda", index)
+    return torch.device("cpu")

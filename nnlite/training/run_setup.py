@@ -54,18 +54,6 @@ class Run:
             self.log_handler = None
 
 
-def resolve_device(name: str) -> torch.device:
-    """"auto" → CUDA when present, else CPU; "cuda" without a GPU is a UserError."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda", "no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        index = torch.cuda.current_device()
-        return torch.device("cuda", index)
-    return torch.device("cpu")
-
-
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed torch, numpy and random; on CPU also demand deterministic algorithms."""
     torch.manual_seed(seed)

@@ -41,9 +41,9 @@ from nnlite.training.distributed import (Rank, barrier, close_distributed, init_
                                          mean_across_ranks, sum_across_ranks)
 from nnlite.training.folds import fold_cases
 from nnlite.training.lowres_predictions import prepare_if_cascade
-from nnlite.training.precision import amp_dtype
-from nnlite.training.run_setup import (Run, build_batches, check_configuration, discard_unstarted, prepare_run,
-                                       resolve_device, seed_everything)
+from nnlite.training.precision import amp_dtype, resolve_device
+from nnlite.training.run_setup import (Run, build_batches, check_configuration, discard_unstarted,
+                                       prepare_run, seed_everything)
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +152,9 @@ def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: R
 
 
 def validation_done(folder: Path) -> bool:
-    from nnlite.evaluation.fold_validation import SUMMARY_FILE, VALIDATION_DIR
+    from nnlite.evaluation.fold_validation import is_validated
 
-    return (folder / VALIDATION_DIR / SUMMARY_FILE).is_file()
+    return is_validated(folder)
 
 
 def validate_fold_cases(work: Path, run: Run, state: RunState, plans: Plans, val_cases: list[str]) -> None:
