@@ -249,6 +249,8 @@ def test_brats_style_dataset_runs_every_command(tmp_path, capsys):
     val_summary = json.loads((fold / "validation" / "summary.json").read_text())
     assert val_summary["labels"] == ["whole tumor", "tumor core", "enhancing tumor"]
     case = json.loads((work / "splits.json").read_text())[0]["val"][0]
+    with np.load(fold / "validation" / f"{case}.npz") as saved:
+        assert saved["probabilities"].shape[0] == 3  # saved probabilities: one channel per region
     images = tmp_path / "input"
     images.mkdir()
     for path in (raw / "imagesTr").glob(f"{case}_*.nii.gz"):

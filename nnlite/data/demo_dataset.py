@@ -10,9 +10,9 @@ textured blob vs thin tube). Everything is drawn from `np.random.default_rng([se
 files are written with fixed gzip headers, so a seed always gives the same bytes.
 
 The region variant (`regions=True`, `convert demo --regions`) is the smallest BraTS-like dataset:
-every lesion enhances at its rim around a dim necrotic core, the label map holds 1 (enhancing rim)
-and 2 (core), and dataset.json declares the nested regions "lesion" [1, 2] and "core" 2 with
-`regions_class_order` [1, 2] (see docs/regions.md).
+every lesion enhances at its rim around a necrotic core that barely enhances; the label map holds
+1 (enhancing rim) and 2 (core), and dataset.json declares the nested regions "lesion" [1, 2] and
+"core" 2 with `regions_class_order` [1, 2] (see docs/regions.md).
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ CHANNEL_NAMES = {"0": "VIBRANT", "1": "VIBRANT_C2", "2": "SUB2"}
 LABELS = {"background": 0, "tumor": 1}
 REGION_LABELS = {"background": 0, "lesion": [1, 2], "core": 2}  # the region variant's regions
 REGIONS_CLASS_ORDER = [1, 2]  # lesion painted as 1, then core as 2 on top
-CORE_DISTANCE = 0.65  # region variant: lesion voxels this deep (1 = the boundary) are necrotic core
+CORE_DISTANCE = 0.75  # region variant: lesion voxels this deep (1 = the boundary) are necrotic core
+NECROSIS_GAIN = 0.05  # region variant: the necrotic core barely enhances (a dark hole in the bright rim)
+NECROSIS_PRE = 60.0  # region variant: pre-contrast intensity of the core (darker than fat)
 CASE_PREFIX = "demo"
 SHAPE_RANGE = ((14, 18), (88, 104), (88, 104))  # (z, y, x) voxels, inclusive
 SLICE_SPACING_MM = (2.5, 3.5)  # through-plane spacing range
@@ -117,8 +119,9 @@ def make_demo_case(rng: np.random.Generator, regions: bool = False) -> DemoCase:
     for _ in range(int(rng.integers(1, 3))):
         mask, lesion_gain, depth = _lesion(grid, rng, centre, radii, shape, spacing, rim_only=regions)
         lesion |= mask & breast
-        core |= (depth < CORE_DISTANCE) & breast
-        gain = np.where(mask, lesion_gain, gain)
+        deep = (depth < CORE_DISTANCE) & breast if regions else np.zeros(shape, bool)
+        core |= deep
+        gain = np.where(mask, np.where(deep, NECROSIS_GAIN, lesion_gain), gain)
     vessels = np.zeros(shape, bool)
     for _ in range(int(rng.integers(*VESSEL_COUNT))):
         vessels |= _vessel(grid, rng, centre, radii, spacing) & breast & ~lesion
@@ -127,6 +130,8 @@ def make_demo_case(rng: np.random.Generator, regions: bool = False) -> DemoCase:
         pre[mask], post[mask] = a, b
     pre[lesion] = LESION[0]
     post[lesion] = (LESION[0] + (LESION[1] - LESION[0]) * gain)[lesion]
+    if regions:  # fluid-filled necrosis: dark before contrast, and it stays dark
+        pre[core & lesion] = post[core & lesion] = NECROSIS_PRE
     scale = rng.uniform(0.7, 1.3)  # scanners differ in gain: normalization has work to do
     images = []
     for image in (pre, post):

@@ -98,8 +98,8 @@ def region_masks(seg: np.ndarray, regions: Sequence[Region]) -> np.ndarray:
 
 
 def paint_regions(probs: np.ndarray, regions: Sequence[Region]) -> np.ndarray:
-    """Region probabilities (R, *S) → label map (*S) (uint8 when it fits): region i's voxels above the threshold
-    get regions[i].painted_as, painted in order (later regions overwrite earlier ones)."""
+    """Region probabilities (R, *S) → label map (*S) (uint8 when it fits): region i's voxels above
+    the threshold get regions[i].painted_as, painted in order (later regions overwrite earlier ones)."""
     if len(probs) != len(regions):
         raise ValueError(f"{len(probs)} probability channels for {len(regions)} regions")
     painted = max(region.painted_as for region in regions)

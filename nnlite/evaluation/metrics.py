@@ -83,7 +83,8 @@ def region_counts(pred: np.ndarray, ref: np.ndarray, regions: Sequence[Region],
             in_pred &= annotated
         in_ref = in_region(ref, region.labels)
         tp = int(np.count_nonzero(in_pred & in_ref))
-        counts[region.name] = Counts(tp, int(np.count_nonzero(in_pred)) - tp, int(np.count_nonzero(in_ref)) - tp)
+        counts[region.name] = Counts(tp, int(np.count_nonzero(in_pred)) - tp,
+                                     int(np.count_nonzero(in_ref)) - tp)
     return counts
 
 

@@ -118,8 +118,8 @@ def decide_postprocessing(pairs: Sequence[tuple[str, Path, Path]], labels: Seque
     merged, fg_merged = _dice(scores["all"], labels)
     accept_all = strictly_better(fg_merged, fg_before) and all(
         not_worse(merged[label], before[label]) for label in labels)
-    decisions = [{"labels": scored.all_labels if regions else labels, "dice_before": fg_before, "dice_after": fg_merged,
-                  "accepted": accept_all}]
+    decisions = [{"labels": scored.all_labels if regions else labels, "dice_before": fg_before,
+                  "dice_after": fg_merged, "accepted": accept_all}]
     base_name = "all" if accept_all else "none"
     final = {case: dict(counts) for case, counts in scores[base_name].items()}
     current = merged if accept_all else before

@@ -97,7 +97,8 @@ def plan_batch(cases: Sequence[CaseInfo], cfg: AugmentConfig, forced: Sequence[b
 
 def make_batch(spec: BatchSpec, index: int) -> dict[str, Any]:
     """Batch `index`: {"data": (B, C, *patch) float32, "target": [(B, 1, *patch_level) int16 per
-    deep-supervision level], "cases": [str]} (seg -1 already mapped to 0); with `spec.on_device`
+    deep-supervision level], "cases": [str]} (seg -1 already mapped to 0; a region dataset's targets
+    are (B, R[+1], *patch_level) uint8 region masks, `with_region_targets`); with `spec.on_device`
     a `CropBatch` that `device_augmentation.augment_batch` turns into that on the training device."""
     made = []
     samples = plan_batch(spec.store.cases, spec.cfg, spec.forced, spec.seed, index, spec.augment)
