@@ -280,3 +280,18 @@ def test_postprocessing_decides_per_region(tmp_path):
     assert decision["steps"][0] == [1, 2, 3]  # merging every region removes the stray voxel
     assert [d.get("region") for d in decision["decisions"][1:]] == decision["regions"]
     assert decision["decisions"][2]["labels"] == [2, 3]
+
+
+def test_check_refuses_a_label_value_outside_the_regions(tmp_path):
+    from nnlite.data.dataset import check_case, load_dataset
+
+    raw = write_brats_like(tmp_path / "raw", n_cases=1)
+    dataset = load_dataset(raw)
+    assert dataset.regions == BRATS and dataset.labels["label_3"] == 3
+    check_case(dataset, dataset.cases[0])
+    seg = np.zeros((12, 32, 32), np.uint8)
+    seg[0, 0, 0] = 4
+    write_seg(dataset.cases[0].label, seg, np.eye(4))
+    with pytest.raises(UserError, match=r"\[4\] are not declared") as error:
+        check_case(dataset, dataset.cases[0])
+    assert error.value.where == str(dataset.cases[0].label)
