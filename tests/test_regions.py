@@ -295,3 +295,28 @@ def test_check_refuses_a_label_value_outside_the_regions(tmp_path):
     with pytest.raises(UserError, match=r"\[4\] are not declared") as error:
         check_case(dataset, dataset.cases[0])
     assert error.value.where == str(dataset.cases[0].label)
+
+
+@pytest.mark.parametrize("augment_on", ["cpu", "device"])
+def test_loader_turns_augmented_labels_into_region_targets(tmp_path, augment_on):
+    """Same seed, same batches: the region loader's targets are exactly the region masks of the
+    label loader's augmented, downsampled targets (conversion after augmentation, every DS level)."""
+    from dataclasses import replace
+
+    from nnlite.loading.loader import build_loader
+    from tests.loader_fixtures import toy_dataset, toy_plans
+
+    names = toy_dataset(tmp_path, 3)
+    plans = toy_plans((8, 12, 12), batch_size=2)
+    nested = (Region("both", (1, 2), 1), Region("two", (2,), 2))
+    common = dict(work=tmp_path, config_name="3d_fullres", case_names=names, batch_size=2, augment=True,
+                  seed=3, workers=0, augment_on=augment_on, device="cpu")
+    with build_loader(plans=plans, **common) as labels, \
+            build_loader(plans=replace(plans, regions=nested), **common) as regions:
+        for _ in range(3):
+            plain, region = next(labels), next(regions)
+            torch.testing.assert_close(region["data"], plain["data"])
+            assert len(region["target"]) == len(plain["target"]) == 2
+            for seg, target in zip(plain["target"], region["target"]):
+                assert target.shape == (2, 2, *seg.shape[2:]) and target.dtype == torch.uint8
+                torch.testing.assert_close(target, region_targets(seg, nested))
