@@ -100,7 +100,8 @@ def load_dataset(raw: str | Path) -> RawDataset:
         raise UserError(root, "raw dataset folder not found")
     json_path = root / "dataset.json"
     meta = _read_dataset_json(json_path)
-    labels, regions = _parse_labels_or_regions(json_path, meta)
+    labels, regions = (parse_region_labels(json_path, meta["labels"], meta.get(ORDER_KEY))  # data/regions.py
+                       if has_regions(meta["labels"]) else (_parse_labels(json_path, meta["labels"]), ()))
     dataset = RawDataset(
         root=root,
         channel_names=_parse_channel_names(json_path, meta),
@@ -147,13 +148,6 @@ def _parse_channel_names(path: Path, meta: dict[str, Any]) -> dict[str, str]:
     if sorted(names, key=lambda k: (len(k), k)) != expected:
         raise UserError(path, f"key 'channel_names': keys must be {expected}, got {list(names)}")
     return {key: str(names[key]) for key in expected}
-
-
-def _parse_labels_or_regions(path: Path, meta: dict[str, Any]) -> tuple[dict[str, int], tuple[Region, ...]]:
-    """Plain labels, or (any value a list) region labels with `regions_class_order`."""
-    if has_regions(meta["labels"]):
-        return parse_region_labels(path, meta["labels"], meta.get(ORDER_KEY))
-    return _parse_labels(path, meta["labels"]), ()
 
 
 def _parse_labels(path: Path, labels: Any) -> dict[str, int]:
