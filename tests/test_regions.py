@@ -320,3 +320,46 @@ def test_loader_turns_augmented_labels_into_region_targets(tmp_path, augment_on)
             for seg, target in zip(plain["target"], region["target"]):
                 assert target.shape == (2, 2, *seg.shape[2:]) and target.dtype == torch.uint8
                 torch.testing.assert_close(target, region_targets(seg, nested))
+
+
+def test_best_ensembles_region_probabilities_and_scores_regions(tmp_path):
+    """Two configurations, each right on one half: their averaged sigmoids, painted, are right
+    everywhere, so `best` picks the ensemble, and every summary is per region."""
+    from dataclasses import replace
+
+    from inference_fixtures import tiny_plans
+    from nnlite.best import main as best_main
+    from nnlite.common.files import write_json_atomic
+    from nnlite.inference.export import write_probabilities
+    from nnlite.inference.stage_models import load_best
+    from nnlite.planning.splits import make_splits
+    from nnlite.plans import save_plans
+
+    shape, affine, cases = (6, 10, 10), np.diag([1.0, 1.0, 2.0, 1.0]), [f"case_{i}" for i in range(6)]
+    nested = (Region("both", (1, 2), 1), Region("two", (2,), 2))
+    ref = np.zeros(shape, np.uint8)
+    ref[1:5, 2:8, 1:4], ref[1:5, 2:8, 6:9] = 1, 2
+    raw, work = tmp_path / "raw", tmp_path / "work"
+    for case in cases:
+        write_seg(raw / "labelsTr" / f"{case}.nii.gz", ref, affine)
+    full = tiny_plans(labels=2, raw_path=str(raw)).configurations["3d_fullres"]
+    save_plans(replace(tiny_plans(labels=2, raw_path=str(raw)), regions=nested,
+                       configurations={"2d": full, "3d_fullres": full}), work / "plans.json")
+    splits = make_splits(cases, n_folds=3)
+    write_json_atomic(work / "splits.json", splits)
+    for config, good_left in (("2d", True), ("3d_fullres", False)):
+        probs = np.where(region_masks(ref, nested), 0.9, 0.05).astype(np.float32)
+        miss = (np.arange(10) >= 5) if good_left else (np.arange(10) < 5)
+        probs[:, (ref > 0) & miss] = 0.45  # just below the threshold: this half is missed
+        for fold, split in enumerate(splits):
+            folder = work / "results" / config / f"fold_{fold}"
+            write_json_atomic(folder / "config.json", {"validation": {"step": 0.5, "mirroring": False}})
+            for case in split["val"]:
+                write_seg(folder / "validation" / f"{case}.nii.gz", paint_regions(probs, nested), affine)
+                write_probabilities(folder / "validation" / f"{case}.npz", probs.astype(np.float16))
+    assert best_main([str(work)]) == 0
+    best = load_best(work)
+    assert best["winner"]["name"] == "2d+3d_fullres"
+    assert best["winner"]["foreground_dice"] == pytest.approx(1.0)
+    summary = json.loads((work / "results" / "ensembles" / "2d+3d_fullres" / "summary.json").read_text())
+    assert summary["labels"] == ["both", "two"]
