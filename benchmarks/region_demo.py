@@ -9,7 +9,8 @@ quarter-width network) with a 16×48×48 patch, then fold 0 trains with configs/
 
 Prints the validation Dice per region, their mean, and the seconds for data + planning +
 preprocessing and for training + validation. Measured (2-core machine shared by several jobs, one
-torch thread): mean 0.750 (lesion 0.684, core 0.816) on 5 validation cases, 95 s + 323 s.
+torch thread): mean 0.750 (lesion 0.684, core 0.816) on 5 validation cases, 77 s + 306 s
+(a second run gave the same Dice to 4 digits; 95 s + 323 s under a heavier load).
 """
 
 from __future__ import annotations
