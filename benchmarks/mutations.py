@@ -104,6 +104,17 @@ MUTATIONS = (
     Mutation("evaluation: Dice computed as IoU", "nnlite/evaluation/metrics.py",
              '"dice": 2 * tp / (2 * tp + fp + fn) if union else math.nan',
              '"dice": tp / (tp + fp + fn) if union else math.nan', ("tests/test_metrics.py",)),
+    Mutation("regions: painted in reverse order (earlier regions win)", "nnlite/data/regions.py",
+             "for region, prob in zip(regions, probs):",
+             "for region, prob in reversed(list(zip(regions, probs))):",
+             ("tests/test_regions.py::test_overlapping_regions_paint_in_order",)),
+    Mutation("region loss: ignored voxels counted in BCE", "nnlite/network/region_loss.py",
+             "bce = (bce * valid).sum() / (valid.sum() * self.num_regions).clamp(min=1)", "bce = bce.mean()",
+             ("tests/test_regions.py::test_region_loss_matches_a_direct_computation",)),
+    Mutation("region targets: the ignore channel dropped",
+             "nnlite/network/region_loss.py",
+             "    if ignore_label is not None:\n        channels.append(labels == ignore_label)\n", "",
+             ("tests/test_regions.py::test_region_targets_are_label_membership",)),
 )
 
 

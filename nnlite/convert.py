@@ -1,7 +1,7 @@
 """`python -m nnlite.convert {breastdm,demo} …`: write a dataset in nnU-Net's raw layout.
 
     python -m nnlite.convert breastdm SRC RAW [--spacing Z Y X] [--slice-axis N] [--keep-blank-slices]
-    python -m nnlite.convert demo RAW [--cases N] [--seed S]
+    python -m nnlite.convert demo RAW [--cases N] [--seed S] [--regions]
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ def _parser() -> ArgumentParser:
     demo.add_argument("raw", type=Path, help="output raw dataset folder (new or empty)")
     demo.add_argument("--cases", type=int, default=24, help="number of cases (default 24)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--regions", action="store_true",
+                      help="the region variant: rim + necrotic core labels, nested regions 'lesion' "
+                           "and 'core' (docs/regions.md)")
     return parser
 
 
@@ -38,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from nnlite.data.demo_dataset import generate_demo_dataset
 
-        raw = generate_demo_dataset(args.raw, n_cases=args.cases, seed=args.seed)
+        raw = generate_demo_dataset(args.raw, n_cases=args.cases, seed=args.seed, regions=args.regions)
         print(f"demo: {args.cases} cases written to {raw}")
         return 0
     from nnlite.data.breastdm import convert_breastdm

@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from nnlite.common.errors import UserError
 from nnlite.data.image_io import NIFTI_ENDINGS, header_spacing, read_case, read_image
-from nnlite.plans import IGNORE_KEY
+from nnlite.data.regions import ORDER_KEY, has_regions, parse_region_labels
+from nnlite.plans import IGNORE_KEY, Region
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class RawDataset:
     file_ending: str
     extra: dict[str, Any] = field(default_factory=dict)  # keys nnlite does not read, kept as-is
     cases: list[CaseFiles] = field(default_factory=list)
+    regions: tuple[Region, ...] = ()  # region labels (data/regions.py); `labels` then holds the integers
 
     @property
     def num_channels(self) -> int:
@@ -98,10 +100,13 @@ def load_dataset(raw: str | Path) -> RawDataset:
         raise UserError(root, "raw dataset folder not found")
     json_path = root / "dataset.json"
     meta = _read_dataset_json(json_path)
+    labels, regions = (parse_region_labels(json_path, meta["labels"], meta.get(ORDER_KEY))  # data/regions.py
+                       if has_regions(meta["labels"]) else (_parse_labels(json_path, meta["labels"]), ()))
     dataset = RawDataset(
         root=root,
         channel_names=_parse_channel_names(json_path, meta),
-        labels=_parse_labels(json_path, meta["labels"]),
+        labels=labels,
+        regions=regions,
         num_training=_parse_num_training(json_path, meta["numTraining"]),
         file_ending=_parse_file_ending(json_path, meta["file_ending"]),
         extra={k: v for k, v in meta.items() if k not in REQUIRED_KEYS and k != "modality"},
@@ -149,8 +154,6 @@ def _parse_labels(path: Path, labels: Any) -> dict[str, int]:
     if not isinstance(labels, dict) or not labels:
         raise UserError(path, "key 'labels': must be a non-empty object {name: value}")
     for name, value in labels.items():
-        if isinstance(value, (list, tuple)):
-            raise UserError(path, f"key 'labels': '{name}' is a region; regions are not supported")
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(path, f"key 'labels': value of '{name}' must be an integer, got {value!r}")
     if labels.get("background") != 0:

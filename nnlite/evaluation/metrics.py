@@ -35,7 +35,8 @@ import numpy as np
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_json_atomic
 from nnlite.data.dataset import AFFINE_ATOL
-from nnlite.plans import RAW_PATH_KEY, Plans
+from nnlite.data.regions import in_region
+from nnlite.plans import RAW_PATH_KEY, Plans, Region
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,23 @@ def label_counts(pred: np.ndarray, ref: np.ndarray, labels: Iterable[int],
     return counts
 
 
+def region_counts(pred: np.ndarray, ref: np.ndarray, regions: Sequence[Region],
+                  ignore_label: int | None = None) -> dict[str, Counts]:
+    """TP/FP/FN per region (keyed by its name) of two integer label maps: a region's mask is the
+    union of its labels on each side; reference voxels with `ignore_label` are left out."""
+    annotated = None if ignore_label is None else ref != ignore_label
+    counts = {}
+    for region in regions:
+        in_pred = in_region(pred, region.labels)
+        if annotated is not None:
+            in_pred &= annotated
+        in_ref = in_region(ref, region.labels)
+        tp = int(np.count_nonzero(in_pred & in_ref))
+        counts[region.name] = Counts(tp, int(np.count_nonzero(in_pred)) - tp,
+                                     int(np.count_nonzero(in_ref)) - tp)
+    return counts
+
+
 def metrics_from_counts(counts: Counts) -> dict[str, float | int]:
     """Dice, IoU, PPV (NaN by the empty rules above) plus the raw counts."""
     tp, fp, fn = counts.tp, counts.fp, counts.fn
@@ -82,8 +100,9 @@ def metrics_from_counts(counts: Counts) -> dict[str, float | int]:
     }
 
 
-def summarize(case_counts: dict[str, dict[int, Counts]], labels: Sequence[int]) -> dict:
-    """Build the summary.json dict from per-case counts (cases in the given order)."""
+def summarize(case_counts: dict[str, dict], labels: Sequence[int | str]) -> dict:
+    """Build the summary.json dict from per-case counts (cases in the given order); `labels` are
+    label values, or region names for a region dataset."""
     per_case = []
     for case, counts in case_counts.items():
         metrics = {str(label): metrics_from_counts(counts.get(label, Counts(0, 0, 0)))
@@ -100,7 +119,7 @@ def summarize(case_counts: dict[str, dict[int, Counts]], labels: Sequence[int]) 
                  else math.nan)
         for metric in MEAN_METRICS
     }
-    return {"labels": [int(label) for label in labels], "mean": mean,
+    return {"labels": [label if isinstance(label, str) else int(label) for label in labels], "mean": mean,
             "foreground_mean": foreground, "per_case": per_case}
 
 
@@ -214,6 +233,19 @@ def evaluate_folder(pred_dir: str | Path, ref_dir: str | Path, labels: Sequence[
     return summarize(values, list(labels))
 
 
+def evaluate_regions(pred_dir: str | Path, ref_dir: str | Path, regions: Sequence[Region],
+                     ignore_label: int | None = None) -> dict:
+    """Score every prediction of pred_dir per region (summary keys: the region names); a predicted
+    value that is in no region is a UserError naming the case."""
+    values = sorted({v for region in regions for v in region.labels})
+    counts: dict[str, dict[str, Counts]] = {}
+    for case, pred_path, ref_path in matched_cases(pred_dir, ref_dir):
+        pred, ref = read_pair(case, pred_path, ref_path)
+        check_predicted_values(case, set(np.unique(pred).tolist()), values, "the regions' labels")
+        counts[case] = region_counts(pred, ref, regions, ignore_label)
+    return summarize(counts, [region.name for region in regions])
+
+
 def check_predicted_values(case: str, predicted: set[int], labels: Sequence[int],
                            source: str = "the labels scored") -> None:
     """Every predicted value is background or one of `labels`."""
@@ -236,7 +268,10 @@ def reference_labels(plans: Plans) -> Path:
 
 
 def evaluate_for_plans(pred_dir: str | Path, plans: Plans) -> dict:
-    """Score pred_dir against the plans' raw labels: the foreground labels, annotated voxels only."""
+    """Score pred_dir against the plans' raw labels: the foreground labels (or regions), annotated
+    voxels only."""
+    if plans.regions:
+        return evaluate_regions(pred_dir, reference_labels(plans), plans.regions, plans.ignore_label)
     return evaluate_folder(pred_dir, reference_labels(plans), plans.foreground_labels, plans.ignore_label)
 
 
@@ -258,11 +293,12 @@ def write_summary(summary: dict, path: str | Path) -> Path:
 
 def format_table(summary: dict) -> str:
     """A short text table: mean Dice/IoU/PPV per label and the foreground mean."""
-    lines = [f"{'label':>10} {'dice':>8} {'iou':>8} {'ppv':>8}"]
+    width = max([10, *(len(str(label)) for label in summary["labels"])])
+    lines = [f"{'label':>{width}} {'dice':>8} {'iou':>8} {'ppv':>8}"]
     rows = [(label, summary["mean"][label]) for label in map(str, summary["labels"])]
     rows.append(("foreground", summary["foreground_mean"]))
     for name, values in rows:
-        lines.append(f"{name:>10} " + " ".join(_fmt(values[m]) for m in MEAN_METRICS))
+        lines.append(f"{name:>{width}} " + " ".join(_fmt(values[m]) for m in MEAN_METRICS))
     lines.append(f"{len(summary['per_case'])} cases")
     return "\n".join(lines)
 

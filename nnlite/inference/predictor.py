@@ -120,7 +120,7 @@ def predict_folder(work: str | Path, input_dir: str | Path, output_dir: str | Pa
                 data, props, affine = current.result()
                 probs = predict_preprocessed(networks, data, config, mirror=options.mirror,
                                              step=options.step, tile_batch=options.tile_batch,
-                                             device=device)
+                                             device=device, sigmoid=bool(plans.regions))
             except Exception as error:  # noqa: BLE001  report the case, finish the others
                 record_failure(report, case, error)
                 continue

@@ -101,7 +101,8 @@ def predict_cropped(model: StageModel, raw: Case, case: str, plans: Plans, optio
                                    stage_labels(plans))
     probs = predict_preprocessed(model.networks, data, plans.configurations[model.config_name],
                                  mirror=options.mirror, step=options.step,
-                                 tile_batch=options.tile_batch, device=device)
+                                 tile_batch=options.tile_batch, device=device,
+                                 sigmoid=bool(plans.regions))
     done[model.config_name] = probabilities_in_crop(probs, props, plans, model.config_name), props
     return done[model.config_name]
 
@@ -119,7 +120,7 @@ def predict_case(models: Sequence[StageModel], raw: Case, case: str, plans: Plan
         cropped, props = predict_cropped(model, raw, case, plans, options, device, done)
         members.append(probabilities_in_original(cropped, props, plans))
     probs = average_probabilities(members)
-    return seg_from_probabilities(probs), probs.astype(np.float16) if options.save_probabilities else None
+    return seg_from_probabilities(probs, plans.regions), probs.astype(np.float16) if options.save_probabilities else None
 
 
 def read_raw(case: str, paths: list[Path], plans: Plans) -> Case:
