@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pydicom
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from nnlite.common.errors import UserError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 GAP_RTOL = 0.01  # slice gaps may differ by 1 % (rounding of the stored positions), no more
@@ -26,6 +28,9 @@ ORIENTATION_ATOL = 1e-4  # direction cosines of all slices must agree this close
 
 
 def _read_headers(folder: Path) -> list[Dataset]:
+    import pydicom  # imported on first use (start-up time)
+    from pydicom.errors import InvalidDicomError
+
     if not folder.is_dir():
         raise UserError(folder, "DICOM series folder not found")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))

@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_atomic
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 DETACHED_ENDINGS = (".mhd", ".nhdr")  # a header file plus a separate voxel file
@@ -46,6 +49,7 @@ def set_itk_geometry(image: sitk.Image, affine: np.ndarray) -> None:
 
 
 def _read(path: Path) -> sitk.Image:
+    import SimpleITK as sitk  # imported on first use (start-up time)
     if not path.is_file():
         raise UserError(path, "file not found")
     try:
@@ -57,6 +61,7 @@ def _read(path: Path) -> sitk.Image:
 
 def read_itk(path: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
     """One file → (C, Z, Y, X) or (C, Y, X) float32 (C: the pixel's components), spacing, affine."""
+    import SimpleITK as sitk  # imported on first use (start-up time)
     image = _read(path)
     if image.GetDimension() not in (2, 3):
         raise UserError(path, f"image must be 2D or 3D, got {image.GetDimension()} dimensions")
@@ -71,6 +76,7 @@ def read_itk(path: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
 
 def itk_header(path: Path) -> tuple[tuple[float, ...], np.ndarray]:
     """Spacing ([z, ]y, x) and RAS affine from the header alone (no voxels read)."""
+    import SimpleITK as sitk  # imported on first use (start-up time)
     if not path.is_file():
         raise UserError(path, "file not found")
     reader = sitk.ImageFileReader()
@@ -88,6 +94,7 @@ def itk_header(path: Path) -> tuple[tuple[float, ...], np.ndarray]:
 
 def write_itk(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     """Write a (Z, Y, X) array (dtype kept, compressed) with the affine's geometry, atomically."""
+    import SimpleITK as sitk  # imported on first use (start-up time)
     image = sitk.GetImageFromArray(np.ascontiguousarray(array))
     set_itk_geometry(image, affine)
     if path.name.endswith(DETACHED_ENDINGS):
@@ -106,6 +113,7 @@ def write_itk(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
 def _write_detached(path: Path, image: sitk.Image) -> None:
     """Header and voxel file are written under their final names in a hidden staging folder and
     moved beside it, the header last, so a header never points to a missing voxel file."""
+    import SimpleITK as sitk  # imported on first use (start-up time)
     staging = path.parent / f".{path.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

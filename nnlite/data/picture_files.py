@@ -14,8 +14,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import tifffile
-from PIL import Image as PILImage
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_atomic, write_json_atomic
@@ -32,6 +30,7 @@ def _axis_aligned_affine(spacing: tuple[float, ...]) -> np.ndarray:
 
 def read_picture(path: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
     """A PNG/BMP/JPEG → (C, Y, X) float32 (C = 1 grey, 3 RGB, 4 RGBA), 1 mm pixels, the affine."""
+    from PIL import Image as PILImage  # imported on first use (start-up time)
     if not path.is_file():
         raise UserError(path, "file not found")
     try:
@@ -56,6 +55,7 @@ def picture_header(path: Path) -> tuple[tuple[float, ...], np.ndarray]:
 
 def write_picture(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     """Write a (1, Y, X) label map as a grey PNG (8 bit, 16 bit when labels exceed 255)."""
+    from PIL import Image as PILImage  # imported on first use (start-up time)
     if array.ndim != 3 or array.shape[0] != 1:
         raise UserError(path, f"a picture holds one slice, got shape {array.shape}")
     dtype = np.uint8 if array.max(initial=0) < 256 else np.uint16
@@ -88,6 +88,7 @@ def _tiff_spacing(path: Path, ndim: int) -> tuple[float, ...]:
 
 
 def _tiff_shape(path: Path) -> tuple[int, ...]:
+    import tifffile  # imported on first use (start-up time)
     if not path.is_file():
         raise UserError(path, "file not found")
     try:
@@ -99,6 +100,7 @@ def _tiff_shape(path: Path) -> tuple[int, ...]:
 
 def read_tiff(path: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
     """A 2D or 3D TIFF → (1, [Z, ]Y, X) float32, spacing from the sidecar (else 1 mm), the affine."""
+    import tifffile  # imported on first use (start-up time)
     shape = _tiff_shape(path)
     if len(shape) not in (2, 3):
         raise UserError(path, f"image must be 2D or 3D, got shape {shape}")
@@ -117,6 +119,7 @@ def tiff_header(path: Path) -> tuple[tuple[float, ...], np.ndarray]:
 
 def write_tiff(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     """Write a (Z, Y, X) array as a zlib TIFF and its spacing as the `<case>.json` sidecar."""
+    import tifffile  # imported on first use (start-up time)
     zooms = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)  # (x, y, z)
     spacing = [float(s) for s in reversed(zooms)]
     voxels = np.ascontiguousarray(array)
