@@ -185,10 +185,12 @@ def _parse_file_ending(path: Path, ending: Any) -> str:
 # case discovery
 
 
-def _visible_files(folder: Path) -> list[Path]:
+def _visible_files(folder: Path, ending: str) -> list[Path]:
     if not folder.is_dir():
         raise UserError(folder, "folder not found")
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    sidecars = ".json" if ending in (".tif", ".tiff") else None  # a TIFF's <case>.json spacing
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix != sidecars)
 
 
 def _discover_cases(dataset: RawDataset) -> list[CaseFiles]:
@@ -197,14 +199,14 @@ def _discover_cases(dataset: RawDataset) -> list[CaseFiles]:
     images_dir, labels_dir = dataset.root / "imagesTr", dataset.root / "labelsTr"
     pattern = re.compile(rf"(.+)_(\d{{{CHANNEL_DIGITS}}}){re.escape(ending)}")
     channels: dict[str, dict[int, Path]] = {}
-    for path in _visible_files(images_dir):
+    for path in _visible_files(images_dir, ending):
         _check_ending(path, ending)
         match = pattern.fullmatch(path.name)
         if match is None:
             raise UserError(path, f"image name must be <case>_<CCCC>{ending}")
         channels.setdefault(match.group(1), {})[int(match.group(2))] = path
     label_names = set()
-    for path in _visible_files(labels_dir):
+    for path in _visible_files(labels_dir, ending):
         _check_ending(path, ending)
         label_names.add(path.name[: -len(ending)])
     orphans = sorted(label_names - set(channels))

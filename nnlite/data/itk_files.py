@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import ModuleType
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -26,17 +27,30 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 DETACHED_ENDINGS = (".mhd", ".nhdr")  # a header file plus a separate voxel file
 
 
-def affine_from_itk(image: sitk.Image) -> np.ndarray:
-    """The RAS affine (4 × 4) of a 2D or 3D SimpleITK image (2D: a unit slice axis added)."""
-    ndim = image.GetDimension()
-    direction = np.eye(3)
-    direction[:ndim, :ndim] = np.reshape(image.GetDirection(), (ndim, ndim))
-    spacing, origin = np.ones(3), np.zeros(3)
-    spacing[:ndim], origin[:ndim] = image.GetSpacing(), image.GetOrigin()
+def _sitk() -> ModuleType:
+    """SimpleITK, imported on first use (a second of start-up most runs never need), its warnings
+    off: ITK prints them to stderr, which would break the one-line error contract."""
+    import SimpleITK
+
+    SimpleITK.ProcessObject.SetGlobalWarningDisplay(False)
+    return SimpleITK
+
+
+def lps_to_affine(direction: Sequence[float], spacing: Sequence[float], origin: Sequence[float]
+                  ) -> np.ndarray:
+    """The RAS affine (4 × 4) of ITK's 2D or 3D geometry (2D: a unit slice axis added)."""
+    ndim = len(spacing)
+    rotation, zooms, shift = np.eye(3), np.ones(3), np.zeros(3)
+    rotation[:ndim, :ndim] = np.reshape(direction, (ndim, ndim))
+    zooms[:ndim], shift[:ndim] = spacing, origin
     affine = np.eye(4)
-    affine[:3, :3] = LPS_TO_RAS @ direction @ np.diag(spacing)
-    affine[:3, 3] = LPS_TO_RAS @ origin
+    affine[:3, :3] = LPS_TO_RAS @ rotation @ np.diag(zooms)
+    affine[:3, 3] = LPS_TO_RAS @ shift
     return affine
+
+
+def affine_from_itk(image: sitk.Image) -> np.ndarray:
+    return lps_to_affine(image.GetDirection(), image.GetSpacing(), image.GetOrigin())
 
 
 def set_itk_geometry(image: sitk.Image, affine: np.ndarray) -> None:
@@ -49,19 +63,25 @@ def set_itk_geometry(image: sitk.Image, affine: np.ndarray) -> None:
 
 
 def _read(path: Path) -> sitk.Image:
-    import SimpleITK as sitk  # imported on first use (start-up time)
+    sitk = _sitk()
     if not path.is_file():
         raise UserError(path, "file not found")
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:  # ITK reports damaged headers and truncated voxels alike
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
-        raise UserError(path, f"unreadable or truncated image ({reason})") from None
+        raise UserError(path, f"unreadable or truncated image ({_itk_reason(error)})") from None
+
+
+def _itk_reason(error: RuntimeError) -> str:
+    """The line of an ITK exception that says what went wrong, without source paths and addresses."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    said = next((line for line in lines if "ERROR" in line or line.startswith("[")), lines[-1] if lines else "")
+    return said.split("): ", 1)[-1][:200] or "SimpleITK could not read it"
 
 
 def read_itk(path: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
     """One file → (C, Z, Y, X) or (C, Y, X) float32 (C: the pixel's components), spacing, affine."""
-    import SimpleITK as sitk  # imported on first use (start-up time)
+    sitk = _sitk()
     image = _read(path)
     if image.GetDimension() not in (2, 3):
         raise UserError(path, f"image must be 2D or 3D, got {image.GetDimension()} dimensions")
@@ -76,7 +96,7 @@ def read_itk(path: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
 
 def itk_header(path: Path) -> tuple[tuple[float, ...], np.ndarray]:
     """Spacing ([z, ]y, x) and RAS affine from the header alone (no voxels read)."""
-    import SimpleITK as sitk  # imported on first use (start-up time)
+    sitk = _sitk()
     if not path.is_file():
         raise UserError(path, "file not found")
     reader = sitk.ImageFileReader()
@@ -84,17 +104,14 @@ def itk_header(path: Path) -> tuple[tuple[float, ...], np.ndarray]:
     try:
         reader.ReadImageInformation()
     except RuntimeError as error:
-        raise UserError(path, f"unreadable image header ({str(error).strip()[-200:]})") from None
-    probe = sitk.Image([1] * reader.GetDimension(), sitk.sitkUInt8)
-    probe.SetSpacing(reader.GetSpacing())
-    probe.SetOrigin(reader.GetOrigin())
-    probe.SetDirection(reader.GetDirection())
-    return tuple(float(s) for s in reversed(reader.GetSpacing())), affine_from_itk(probe)
+        raise UserError(path, f"unreadable image header ({_itk_reason(error)})") from None
+    affine = lps_to_affine(reader.GetDirection(), reader.GetSpacing(), reader.GetOrigin())
+    return tuple(float(s) for s in reversed(reader.GetSpacing())), affine
 
 
 def write_itk(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     """Write a (Z, Y, X) array (dtype kept, compressed) with the affine's geometry, atomically."""
-    import SimpleITK as sitk  # imported on first use (start-up time)
+    sitk = _sitk()
     image = sitk.GetImageFromArray(np.ascontiguousarray(array))
     set_itk_geometry(image, affine)
     if path.name.endswith(DETACHED_ENDINGS):
@@ -113,7 +130,7 @@ def write_itk(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
 def _write_detached(path: Path, image: sitk.Image) -> None:
     """Header and voxel file are written under their final names in a hidden staging folder and
     moved beside it, the header last, so a header never points to a missing voxel file."""
-    import SimpleITK as sitk  # imported on first use (start-up time)
+    sitk = _sitk()
     staging = path.parent / f".{path.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

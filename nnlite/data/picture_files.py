@@ -9,6 +9,7 @@ nnU-Net's Tiff3DIO reads and writes it; without one it is 1 mm. Both get an axis
 from __future__ import annotations
 
 import json
+import logging
 import re
 import zlib
 from pathlib import Path
@@ -20,6 +21,10 @@ from nnlite.common.files import write_atomic, write_json_atomic
 
 UNIT_SPACING_MM = 1.0  # what a pixel measures when the file cannot say
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_\d{4}$")  # an image file's `_CCCC`
+
+# tifffile logs what it repairs in damaged files as warnings on stderr; the checks below report
+# the damage as one UserError instead.
+logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
 
 def _axis_aligned_affine(spacing: tuple[float, ...]) -> np.ndarray:
@@ -93,9 +98,14 @@ def _tiff_shape(path: Path) -> tuple[int, ...]:
         raise UserError(path, "file not found")
     try:
         with tifffile.TiffFile(path) as tiff:
-            return tuple(tiff.series[0].shape)
+            shape = tuple(tiff.series[0].shape)
+            declared = tiff.shaped_metadata  # tifffile's own files record the shape they hold
     except (tifffile.TiffFileError, OSError, ValueError, IndexError) as error:
         raise UserError(path, f"unreadable TIFF ({error})") from None
+    if declared and tuple(declared[0].get("shape", shape)) != shape:
+        raise UserError(path, f"truncated or damaged TIFF: holds {shape}, its header declares "
+                              f"{tuple(declared[0]['shape'])}")
+    return shape
 
 
 def read_tiff(path: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
