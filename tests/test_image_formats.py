@@ -297,3 +297,25 @@ def test_hidden_staging_files_never_stay_behind(tmp_path, rng):
     write_seg(tmp_path / "s.mhd", rng.integers(0, 2, (3, 4, 5)), np.eye(4))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.mhd", "s.zraw"]
     shutil.rmtree(tmp_path)
+
+
+@pytest.mark.slow
+def test_hippocampus_cases_as_nrrd_plan_exactly_like_their_nifti_twins(tmp_path, hippocampus_raw):
+    """12 real cases converted by SimpleITK to .nrrd: same fingerprint, same spacing, patch, batch."""
+    names = sorted(p.name[: -len("_0000.nii.gz")] for p in (hippocampus_raw / "imagesTr").glob("*_0000.nii.gz"))[:12]
+    meta = json.loads((hippocampus_raw / "dataset.json").read_text())
+    nifti, nrrd = tmp_path / "nii", tmp_path / "nrrd"
+    listing = {}
+    for name in names:
+        image, label = hippocampus_raw / "imagesTr" / f"{name}_0000.nii.gz", hippocampus_raw / "labelsTr" / f"{name}.nii.gz"
+        listing[name] = {"images": [str(image)], "label": str(label)}
+        for source, target in ((image, nrrd / "imagesTr" / f"{name}_0000.nrrd"), (label, nrrd / "labelsTr" / f"{name}.nrrd")):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            sitk.WriteImage(sitk.ReadImage(str(source)), str(target), useCompression=True)
+    nifti.mkdir()
+    (nifti / "dataset.json").write_text(json.dumps({**meta, "numTraining": 12, "dataset": listing}))
+    (nrrd / "dataset.json").write_text(json.dumps({**meta, "numTraining": 12, "file_ending": ".nrrd"}))
+    fingerprints = [extract_fingerprint(load_dataset(raw)) for raw in (nifti, nrrd)]
+    assert to_jsonable(fingerprints[1]) == to_jsonable(fingerprints[0])
+    plans = [plan_experiment(fp) for fp in fingerprints]
+    assert to_jsonable(plans[1]) == to_jsonable(plans[0])

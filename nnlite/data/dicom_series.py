@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nnlite.common.errors import UserError
+from nnlite.data.itk_files import LPS_TO_RAS
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 GAP_RTOL = 0.01  # slice gaps may differ by 1 % (rounding of the stored positions), no more
 ORIENTATION_ATOL = 1e-4  # direction cosines of all slices must agree this closely
 
