@@ -7,7 +7,6 @@ reader that gets an axis, a spacing or a direction wrong cannot agree with them 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +17,7 @@ import tifffile
 from PIL import Image as PILImage
 
 import nnlite.planning.fingerprint as fingerprint_module
+from command_line import assert_one_line_error, run_command
 from nnlite.common.errors import UserError
 from nnlite.common.schema import to_jsonable
 from nnlite.data.dataset import check_case, check_dataset, load_dataset
@@ -212,7 +212,7 @@ def test_png_dataset_plans_a_2d_configuration(tmp_path, few_samples):
 # ---------------------------------------------------------------------------------------------
 # `check`: the same integrity guarantees for every format
 
-CHECKED = (".nrrd", ".mha", ".tif")
+CHECKED = (".nrrd", ".mha", ".mhd", ".tif")
 
 
 def first_image(raw: Path, ending: str) -> Path:
@@ -227,6 +227,14 @@ def test_check_reports_a_truncated_file(tmp_path, ending):
     with pytest.raises(UserError, match="unreadable|truncated") as info:
         check_dataset(load_dataset(raw))
     assert info.value.where == str(path)
+
+
+def test_check_command_names_a_truncated_metaimage_in_one_line(tmp_path):
+    raw = make_raw(tmp_path / "raw", ".mha")
+    path = first_image(raw, ".mha")
+    path.write_bytes(path.read_bytes()[:-10])
+    result = run_command("check", raw, "--workers", "1")
+    assert_one_line_error(result, str(path), "truncated")
 
 
 @pytest.mark.parametrize("ending", CHECKED)
@@ -296,7 +304,6 @@ def test_rgb_png_with_undeclared_channels_is_an_error(tmp_path):
 def test_hidden_staging_files_never_stay_behind(tmp_path, rng):
     write_seg(tmp_path / "s.mhd", rng.integers(0, 2, (3, 4, 5)), np.eye(4))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.mhd", "s.zraw"]
-    shutil.rmtree(tmp_path)
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nnlite.common.errors import UserError
-from nnlite.data.image_io import (FORMAT_BY_ENDING, READER_KEY, dataset_reader, header_spacing, image_format,
+from nnlite.data.image_io import (COMPANION_ENDINGS, FORMAT_BY_ENDING, READER_KEY, dataset_reader, header_spacing, image_format,
                                   read_affine, read_case, read_image)
 from nnlite.plans import IGNORE_KEY
 
@@ -188,9 +188,9 @@ def _parse_file_ending(path: Path, ending: Any) -> str:
 def _visible_files(folder: Path, ending: str) -> list[Path]:
     if not folder.is_dir():
         raise UserError(folder, "folder not found")
-    sidecars = ".json" if ending in (".tif", ".tiff") else None  # a TIFF's <case>.json spacing
+    companions = COMPANION_ENDINGS.get(ending, ())  # a TIFF's spacing, a MetaImage's voxels
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix != sidecars)
+                  if p.is_file() and not p.name.startswith(".") and not p.name.endswith(companions))
 
 
 def _discover_cases(dataset: RawDataset) -> list[CaseFiles]:

@@ -64,6 +64,10 @@ FORMATS = {
 FORMAT_BY_ENDING = {ending: FORMATS[name] for name in ("SimpleITKIO", "NibabelIO", "NaturalImage2DIO",
                                                          "Tiff3DIO") for ending in FORMATS[name].endings}
 SUPPORTED_ENDINGS = tuple(sorted(FORMAT_BY_ENDING, key=len, reverse=True))  # ".nii.gz" before ".gz"
+# files that belong to an image file of an ending: a TIFF's <case>.json spacing sidecar, the voxel
+# file of a detached MetaImage or NRRD header
+COMPANION_ENDINGS = {".tif": (".json",), ".tiff": (".json",), ".mhd": (".raw", ".zraw"),
+                     ".nhdr": (".raw", ".raw.gz")}
 READER_KEY = "overwrite_image_reader_writer"  # dataset.json: nnU-Net's key naming the reader
 DICOM_FOLDER_OUTPUT = ".nii.gz"  # a DICOM series' label map is written as NIfTI
 

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 DETACHED_ENDINGS = (".mhd", ".nhdr")  # a header file plus a separate voxel file
+METAIMAGE_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
+                   "MET_UINT": 4, "MET_FLOAT": 4, "MET_LONG": 8, "MET_ULONG": 8, "MET_DOUBLE": 8}
 
 
 def _sitk() -> ModuleType:
@@ -62,10 +64,34 @@ def set_itk_geometry(image: sitk.Image, affine: np.ndarray) -> None:
     image.SetOrigin([float(o) for o in lps[:, 3]])
 
 
+def check_metaimage_size(path: Path) -> None:
+    """A truncated MetaImage (.mha/.mhd) is a UserError before ITK reads it: ITK's MetaIO would
+    print its own complaint to stderr first, breaking the one-line error contract."""
+    header: dict[str, str] = {}
+    with open(path, "rb") as handle:
+        while "ElementDataFile" not in header and (line := handle.readline()):
+            key, _, value = line.decode("latin-1").partition("=")
+            header[key.strip()] = value.strip()
+        start = handle.tell()
+    source = header.get("ElementDataFile", "LOCAL")
+    data = path if source == "LOCAL" else path.parent / source
+    if header.get("CompressedData", "False") == "True":
+        expected = int(header.get("CompressedDataSize", "0") or 0)
+    else:
+        per_voxel = METAIMAGE_BYTES.get(header.get("ElementType", ""), 0)
+        expected = per_voxel * int(header.get("ElementNumberOfChannels", "1"))
+        expected *= int(np.prod([int(v) for v in header.get("DimSize", "0").split()]))
+    available = data.stat().st_size - (start if data == path else 0) if data.is_file() else 0
+    if available < expected:
+        raise UserError(path, f"truncated image: {available} of {expected} voxel bytes")
+
+
 def _read(path: Path) -> sitk.Image:
     sitk = _sitk()
     if not path.is_file():
         raise UserError(path, "file not found")
+    if path.name.lower().endswith((".mha", ".mhd")):
+        check_metaimage_size(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:  # ITK reports damaged headers and truncated voxels alike
