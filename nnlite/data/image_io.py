@@ -35,7 +35,7 @@ from nnlite.data.picture_files import (picture_header, read_picture, read_tiff, 
 SPACING_2D_FACTOR = 999.0
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 
-Geometry = tuple[np.ndarray, tuple[float, ...], np.ndarray]  # (C, [Z, ]Y, X) array, spacing, affine
+Voxels = tuple[np.ndarray, tuple[float, ...], np.ndarray]  # (C, [Z, ]Y, X) array, spacing, affine
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class ImageFormat:
 
     name: str
     endings: tuple[str, ...]
-    read: Callable[[Path], Geometry]
+    read: Callable[[Path], Voxels]
     header: Callable[[Path], tuple[tuple[float, ...], np.ndarray]]  # spacing, affine; no voxels
     write: Callable[[Path, np.ndarray, np.ndarray], None]  # (path, (Z, Y, X) array, affine)
     label_ending: str | None = None  # the ending label maps are written in (None: the input's)
@@ -123,10 +123,6 @@ def dataset_reader(where: str | Path, reader: object, ending: str) -> str | None
     return str(reader)
 
 
-def check_file_ending(path: str | Path) -> None:
-    image_format(path)
-
-
 def label_path_for(folder: Path, case: str, source: str | Path) -> Path:
     """Where the label map of a case read from `source` is written: the same format (a DICOM
     series folder: NIfTI; natural images: PNG)."""
@@ -136,7 +132,7 @@ def label_path_for(folder: Path, case: str, source: str | Path) -> Path:
     return folder / f"{case}{image_format(source).label_ending or ending}"
 
 
-def read_channels(path: str | Path, reader: str | None = None) -> Geometry:
+def read_channels(path: str | Path, reader: str | None = None) -> Voxels:
     """One file (or DICOM series folder) → (C, Z, Y, X) float32, spacing (z, y, x), RAS affine."""
     path = Path(path)
     if path.is_dir():
