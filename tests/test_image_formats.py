@@ -123,6 +123,20 @@ def test_grey_png_and_jpeg_read_as_one_channel(tmp_path, rng):
     assert read_image(tmp_path / "g.jpg").array.shape == (1, 10, 12)
 
 
+@pytest.mark.parametrize("ending", [".png", ".jpg", ".tif"])
+def test_truncated_picture_is_a_user_error(tmp_path, rng, ending):
+    grey = rng.integers(0, 256, size=(64, 64)).astype(np.uint8)
+    path = tmp_path / f"g{ending}"
+    if ending == ".tif":
+        tifffile.imwrite(path, np.stack([grey] * 4), photometric="minisblack")
+    else:
+        PILImage.fromarray(grey).save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(UserError, match="truncated|unreadable") as info:
+        read_image(path)
+    assert info.value.where == str(path)
+
+
 def test_tiff_spacing_comes_from_the_sidecar(tmp_path, rng):
     stack = volume(rng)
     tifffile.imwrite(tmp_path / "c_0000.tif", stack)

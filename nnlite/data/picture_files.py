@@ -133,5 +133,5 @@ def write_tiff(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     zooms = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)  # (x, y, z)
     spacing = [float(s) for s in reversed(zooms)]
     voxels = np.ascontiguousarray(array)
-    write_atomic(path, lambda tmp: tifffile.imwrite(tmp, voxels, compression="zlib"))
+    write_atomic(path, lambda tmp: tifffile.imwrite(tmp, voxels, compression="zlib", photometric="minisblack"))
     write_json_atomic(path.parent / f"{path.name[: path.name.rindex('.')]}.json", {"spacing": spacing})
