@@ -9,6 +9,7 @@ geometry; its slices are in the order `data.dicom_series` sorts the source slice
 
 from __future__ import annotations
 
+import logging
 from importlib import metadata
 from pathlib import Path
 from typing import Mapping
@@ -29,6 +30,8 @@ except metadata.PackageNotFoundError:  # run from a source tree that is not inst
     VERSION = "unknown"
 ALGORITHM = hd.AlgorithmIdentificationSequence(
     name="nnlite", version=VERSION, family=codes.cid7162.ArtificialIntelligence)
+# highdicom logs every module it copies from the source images at INFO: noise in predict's output
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 SEG_SERIES_NUMBER = 900  # series number of the SEG objects (a free number, shown by viewers)
 
 
