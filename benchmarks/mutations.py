@@ -115,6 +115,17 @@ MUTATIONS = (
              "nnlite/network/region_loss.py",
              "    if ignore_label is not None:\n        channels.append(labels == ignore_label)\n", "",
              ("tests/test_regions.py::test_region_targets_are_label_membership",)),
+    Mutation("DICOM series: slices in file-name order instead of by position", "nnlite/data/dicom_series.py",
+             'order = np.argsort(positions, kind="stable")', "order = np.arange(len(positions))",
+             ("tests/test_dicom_series.py",)),
+    Mutation("image formats: SimpleITK's LPS geometry taken as RAS", "nnlite/data/itk_files.py",
+             "LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])", "LPS_TO_RAS = np.eye(3)",
+             ("tests/test_image_formats.py",)),
+    Mutation("predict: label maps always written as NIfTI", "nnlite/data/image_io.py",
+             'return folder / f"{case}{image_format(source).label_ending or ending}"',
+             'return folder / f"{case}.nii.gz"', ("tests/test_predict_formats.py",)),
+    Mutation("TIFF: the sidecar spacing ignored", "nnlite/data/picture_files.py",
+             "    if not sidecar.is_file():\n", "    if True:\n", ("tests/test_image_formats.py",)),
 )
 
 

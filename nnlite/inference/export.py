@@ -3,7 +3,7 @@
 Path back (reference: export_prediction.py): resample the probabilities to the cropped original
 shape (preprocessing's inverse, order 1 with the separate-z rule), argmax, put the label map back
 into the uncropped volume (background outside the crop), transpose back to the raw axis order and
-write `<case>.nii.gz` with the input's affine (uint8 when the labels fit).
+write `<case>.nii.gz` (or the input's format) with the input's affine (uint8 when the labels fit).
 Optional `<case>.npz` (key "probabilities", float16 (K, Z, Y, X) in the original geometry, no
 pickle): outside the crop the background probability is 1. A region dataset has one sigmoid
 probability per region instead (0 outside the crop) and its label map is painted from them in
@@ -21,7 +21,7 @@ import torch
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_atomic
-from nnlite.data.image_io import write_seg
+from nnlite.data.image_io import file_ending, write_seg
 from nnlite.data.regions import paint_regions
 from nnlite.inference.largest_component import apply_postprocessing
 from nnlite.plans import Plans, Region
@@ -103,12 +103,10 @@ def output_affine(props: CaseProperties, affine: np.ndarray | None) -> np.ndarra
 
 
 def npz_path_for(seg_path: str | Path) -> Path:
-    """`<dir>/<case>.npz` for `<dir>/<case>.nii.gz`."""
+    """`<dir>/<case>.npz` for `<dir>/<case>.nii.gz` (or any other supported ending)."""
     seg_path = Path(seg_path)
-    name = seg_path.name
-    for ending in (".nii.gz", ".nii"):
-        if name.endswith(ending):
-            name = name[: -len(ending)]
+    ending = file_ending(seg_path)
+    name = seg_path.name[: -len(ending)] if ending else seg_path.name
     return seg_path.with_name(name + ".npz")
 
 
