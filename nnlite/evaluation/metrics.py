@@ -17,7 +17,7 @@ voxels the reference marks with it (unannotated) count nowhere, whatever was pre
 
 Strict inputs: a label map holds integers (float storage is fine, 0.5 is not); a predicted value
 that is neither background nor a scored label is an error naming the case and the value; a case
-with both `<case>.nii` and `<case>.nii.gz` is ambiguous; a prediction whose affine (spacing,
+with two label maps (`<case>.nii` and `<case>.nii.gz`, say) is ambiguous; a prediction whose affine (spacing,
 origin, direction) differs from its reference's is scored with a warning naming the case.
 """
 
@@ -29,18 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import nibabel as nib
 import numpy as np
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_json_atomic
 from nnlite.data.dataset import AFFINE_ATOL
+from nnlite.data.image_io import file_ending, read_image
 from nnlite.data.regions import in_region
 from nnlite.plans import RAW_PATH_KEY, Plans, Region
 
 log = logging.getLogger(__name__)
 
-SEG_ENDINGS = (".nii.gz", ".nii")
 SUMMARY_FILE = "summary.json"  # evaluate's default output, and every folder's scores
 MEAN_METRICS = ("dice", "iou", "ppv")  # averaged over cases; tp/fp/fn stay per case
 
@@ -129,17 +128,19 @@ def _nanmean(values: list[float]) -> float:
 
 
 def read_label_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A label map as an int array in NIfTI voxel order, and its affine; non-integers are refused."""
+    """A label map of any supported format as an int (Z, Y, X) array and its RAS affine (both
+    sides of a comparison are read alike); non-integers are refused."""
     try:
-        image = nib.load(str(path))
-        voxels = np.asanyarray(image.dataobj)
-    except Exception as error:  # nibabel raises many types for damaged files
+        image = read_image(path)
+    except UserError:
+        raise
+    except Exception as error:  # the readers raise many types for damaged files
         raise UserError(path, f"unreadable label map ({type(error).__name__}: {error})") from None
-    if voxels.dtype.kind == "f":
-        fractional = voxels[voxels != np.round(voxels)]
-        if fractional.size:
-            raise UserError(path, f"holds non-integer values (e.g. {float(fractional.flat[0]):g}): not a "
-                            "label map")
+    voxels = image.array
+    fractional = voxels[voxels != np.round(voxels)]
+    if fractional.size:
+        raise UserError(path, f"holds non-integer values (e.g. {float(fractional.flat[0]):g}): not a "
+                        "label map")
     return voxels.astype(np.int64), np.asarray(image.affine)
 
 
@@ -149,11 +150,10 @@ def read_seg(path: Path) -> np.ndarray:
 
 
 def case_name(path: Path) -> str | None:
-    """`case` for `case.nii.gz` / `case.nii`; None for other files."""
-    for ending in SEG_ENDINGS:
-        if path.name.endswith(ending):
-            return path.name[: -len(ending)]
-    return None
+    """`case` for `case.nii.gz`, `case.mha`, … (any ending of data/image_io's table); None for
+    other files."""
+    ending = file_ending(path)
+    return path.name[: -len(ending)] if ending else None
 
 
 def list_segs(folder: str | Path) -> dict[str, Path]:
