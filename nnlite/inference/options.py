@@ -40,6 +40,7 @@ class PredictOptions:
     overwrite: bool = False
     device: str = "auto"  # "auto", "cpu" or "cuda"
     tile_batch: int | None = None
+    onnx: str | None = None  # run this ONNX file (nnlite.export onnx) instead of the folds' checkpoints
 
 
 @dataclass
