@@ -62,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("expected RAW WORK" if expected == 2 else "with --fingerprint give only WORK")
     if args.nnunet_plans and args.fingerprint:
         parser.error("--nnunet-plans needs RAW WORK, not --fingerprint")
+    unknown = [c for c in args.configs or () if c not in CONFIGURATIONS]
+    if unknown and not args.nnunet_plans:  # nnU-Net's plans may name any configuration
+        choices = ", ".join(f"'{c}'" for c in CONFIGURATIONS)
+        parser.error(f"argument --configs: invalid choice: '{unknown[0]}' (choose from {choices})")
     work = Path(args.paths[-1])
     options = dict(folds=args.folds, overwrite=args.overwrite)
     if args.nnunet_plans:
