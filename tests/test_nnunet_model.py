@@ -134,3 +134,17 @@ def test_plans_json_of_the_model_folder_is_required(tmp_path):
     with pytest.raises(UserError, match="plans.json is missing"):
         convert_nnunet_model(model, tmp_path / "work")
     assert json.loads((model / "dataset.json").read_text())["labels"]
+
+
+def test_prediction_mirrors_the_axes_the_model_was_trained_with(mirror_axes_seen, fp32_on_cpu):
+    from dataclasses import replace
+
+    from nnlite.inference.sliding_window import predict_preprocessed
+    from tests.inference_fixtures import tiny_plans
+
+    config = replace(tiny_plans().configurations["3d_fullres"], inference_mirror_axes=(1, 2))
+    net = build_unet(config.network, 1, 3, deep_supervision=False).eval()
+    predict_preprocessed([net], np.zeros((1, 8, 16, 16), np.float32), config)
+    assert mirror_axes_seen == [(1, 2)]  # spatial axes Y, X only, as trained
+    predict_preprocessed([net], np.zeros((1, 8, 16, 16), np.float32), replace(config, inference_mirror_axes=None))
+    assert mirror_axes_seen[-1] == (0, 1, 2)
