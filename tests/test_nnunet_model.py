@@ -13,6 +13,7 @@ import torch
 from nnlite.common.errors import UserError
 from nnlite.network import build_unet
 from nnlite.plans import load_plans
+from nnlite.predict import main as predict_main
 from nnlite.training.checkpoints import load_checkpoint
 from nnlite.training.nnunet_model import convert_nnunet_model, load_nnunet_checkpoint
 from tests.command_line import assert_one_line_error, run_command
@@ -103,6 +104,10 @@ def test_lowres_and_cascade_folders_make_one_cascade_work(tmp_path):
     assert converted.configurations["3d_lowres"].next_stage == "3d_cascade_fullres"
     for name in ("3d_lowres", "3d_cascade_fullres"):
         assert (work / "results" / name / "fold_0" / "checkpoint_final.pt").is_file()
+    write_case(tmp_path / "in", "case_a", shape=(16, 32, 32))
+    args = [str(work), str(tmp_path / "in"), str(tmp_path / "out"), "--config", "3d_cascade_fullres", "--device", "cpu"]
+    assert predict_main(args) == 0  # the lowres stage runs first, its labels feed the cascade
+    assert np.asarray(nib.load(tmp_path / "out" / "case_a.nii.gz").dataobj).shape == (16, 32, 32)
 
 
 def test_other_architecture_and_existing_folds_are_clear_errors(tmp_path):
