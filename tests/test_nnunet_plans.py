@@ -143,3 +143,15 @@ def test_hippocampus_nnunet_plans_reproduced_by_plan(tmp_path, hippocampus_raw):
         plans = plan_from_nnunet_plans(hippocampus_raw, tmp_path / "work", path)
     assert_same_plan(load_plans(tmp_path / "work" / "plans.json"), HIPPOCAMPUS_PLANS)
     assert plans.configurations["3d_fullres"].patch_size == (40, 56, 40)
+
+
+def test_plans_older_than_nnunet_2_4_describe_the_same_network():
+    """Before v2.4 nnU-Net wrote the network as flat keys; the translation must give the same topology."""
+    nnunet = copy.deepcopy(HIPPOCAMPUS_PLANS)
+    config = nnunet["configurations"]["3d_fullres"]
+    kw = config.pop("architecture")["arch_kwargs"]
+    config.update(UNet_class_name="PlainConvUNet", UNet_base_num_features=32, unet_max_num_features=320,
+                  conv_kernel_sizes=kw["kernel_sizes"], pool_op_kernel_sizes=kw["strides"],
+                  n_conv_per_stage_encoder=kw["n_conv_per_stage"], n_conv_per_stage_decoder=kw["n_conv_per_stage_decoder"])
+    old = plans_from_nnunet(nnunet, HIPPOCAMPUS_DATASET).configurations["3d_fullres"].network
+    assert old == plans_from_nnunet(HIPPOCAMPUS_PLANS, HIPPOCAMPUS_DATASET).configurations["3d_fullres"].network

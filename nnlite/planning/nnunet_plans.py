@@ -74,7 +74,7 @@ def network_from_architecture(architecture: dict, where: str) -> NetworkPlan:
     _check_layers(kw, where)
     n = int(_get(kw, "n_stages", where))
     decoder_convs = set(_get(kw, "n_conv_per_stage_decoder", where))
-    encoder_convs = set(kw.get("n_conv_per_stage", [2]))
+    encoder_convs = set(kw.get("n_conv_per_stage", [2])) if encoder == "plain" else {2}  # ResEnc: blocks
     if len(decoder_convs) != 1 or len(encoder_convs) != 1:
         raise UserError(where, "nnlite needs the same number of convs in every stage "
                         f"(encoder {sorted(encoder_convs)}, decoder {sorted(decoder_convs)})")
@@ -84,6 +84,24 @@ def network_from_architecture(architecture: dict, where: str) -> NetworkPlan:
                        conv_per_stage=encoder_convs.pop(), conv_per_stage_decoder=decoder_convs.pop(),
                        encoder=encoder, blocks_per_stage=blocks)
     return plan
+
+
+def architecture_of(config: dict, where: str) -> dict:
+    """The `architecture` entry; plans written before nnU-Net v2.4 describe the same network with
+    flat keys (UNet_class_name, UNet_base_num_features, conv_kernel_sizes, pool_op_kernel_sizes, …)."""
+    if "architecture" in config or "UNet_class_name" not in config:
+        return _get(config, "architecture", where)
+    kernels, strides = config["conv_kernel_sizes"], config["pool_op_kernel_sizes"]
+    base, cap = int(config["UNet_base_num_features"]), int(config["unet_max_num_features"])
+    ndim, n = len(kernels[0]), len(kernels)
+    per_stage = "n_conv_per_stage" if config["UNet_class_name"].endswith("PlainConvUNet") else "n_blocks_per_stage"
+    return {"network_class_name": config["UNet_class_name"], "arch_kwargs": {
+        "n_stages": n, "features_per_stage": [min(base * 2**i, cap) for i in range(n)],
+        "kernel_sizes": kernels, "strides": strides,
+        per_stage: config.get("n_conv_per_stage_encoder", [2] * n),
+        "n_conv_per_stage_decoder": config.get("n_conv_per_stage_decoder", [2] * (len(kernels) - 1)),
+        "conv_bias": True, "norm_op": f"torch.nn.InstanceNorm{ndim}d",
+        "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None, "nonlin": "torch.nn.LeakyReLU"}}
 
 
 def _tuples(values: Any, n: int) -> tuple[tuple[int, ...], ...]:
@@ -131,7 +149,7 @@ def configuration_from_nnunet(name: str, config: dict, n_channels: int) -> Confi
         median_shape=tuple(int(round(m)) for m in config.get("median_image_size_in_voxels",
                                                               config["patch_size"])),
         batch_size=int(_get(config, "batch_size", where)),
-        network=network_from_architecture(_get(config, "architecture", where), where),
+        network=network_from_architecture(architecture_of(config, where), where),
         normalization=tuple(schemes), use_mask_for_norm=tuple(bool(m) for m in config["use_mask_for_norm"]),
         batch_dice=bool(config.get("batch_dice", False)),
         data_identifier=str(_get(config, "data_identifier", where)),
