@@ -82,11 +82,23 @@ def export_onnx(work: Path, config_name: str, fold: str, out: Path, checkpoint: 
     out = Path(out)
     if out.suffix != ".onnx":
         raise UserError(out, "the output file must end in .onnx")
+    _require("onnx")
+    _require("onnxruntime")
     write_atomic(out, write)
     with torch.no_grad():
         expected = network(example).numpy()
     difference = float(np.abs(OnnxNetwork(out)(example).numpy() - expected).max())
     return OnnxExport(out, channels, classes, tuple(config.patch_size), config.network.total_stride, difference)
+
+
+def _require(module: str):
+    """Import an optional dependency, or a UserError saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(module, "is not installed: pip install 'nnlite[onnx]' (onnx, onnxruntime)") from None
 
 
 class OnnxNetwork(nn.Module):
@@ -95,8 +107,7 @@ class OnnxNetwork(nn.Module):
 
     def __init__(self, path: str | Path) -> None:
         super().__init__()
-        import onnxruntime
-
+        onnxruntime = _require("onnxruntime")
         if not Path(path).is_file():
             raise UserError(path, "ONNX file not found")
         try:
