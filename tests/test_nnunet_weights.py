@@ -79,3 +79,11 @@ def test_a_diverging_decoder_alias_is_refused():
     state[key] = state[key] + 1
     with pytest.raises(UserError, match="differs"):
         nnunet_to_nnlite(state, "PlainConvUNet")
+
+
+def test_a_diverging_unit_alias_is_refused():
+    state = dict(nnunet_state_dict("plain_2d"))
+    key = "encoder.stages.1.0.convs.0.all_modules.1.weight"  # the norm's weight, stored twice by nnU-Net
+    state[key] = state[key] + 1
+    with pytest.raises(UserError, match="all_modules"):
+        nnunet_to_nnlite(state, "PlainConvUNet")

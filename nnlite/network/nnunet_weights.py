@@ -140,10 +140,14 @@ def _unwrap(key: str) -> str:
 
 
 def _check_aliases(aliases: dict[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> None:
-    """`decoder.encoder.X` must equal `encoder.X`; `…all_modules.n…` is checked by shape only
-    (which layer index n is depends on the unit's optional dropout)."""
+    """`decoder.encoder.X` must equal `encoder.X`; `<unit>.all_modules.<n>.<p>` must equal the unit's
+    conv or norm `<p>` (which index n is which depends on the unit's optional dropout)."""
     for key, value in aliases.items():
         if key.startswith("decoder.encoder."):
-            original = state.get(key[len("decoder."):])
-            if original is None or not torch.equal(original, value):
-                raise UserError("checkpoint", f"nnU-Net weight {key!r} differs from the encoder's own")
+            originals = [state.get(key[len("decoder."):])]
+        else:
+            unit, rest = key.split(".all_modules.", 1)
+            param = rest.split(".", 1)[1]
+            originals = [state.get(f"{unit}.{layer}.{param}") for layer in ("conv", "norm")]
+        if not any(o is not None and o.shape == value.shape and torch.equal(o, value) for o in originals):
+            raise UserError("checkpoint", f"nnU-Net weight {key!r} differs from the tensor it aliases")
