@@ -111,7 +111,7 @@ def trainer_checkpoint(folder: Path) -> Path:
                        ("train_losses", np.float64(-0.3)), ("val_losses", np.float64(-0.2)),
                        ("lrs", 0.01), ("epoch_start_timestamps", 1.0), ("epoch_end_timestamps", 2.0)]:
         trainer.logger.log(key, value, 0)
-    trainer._best_ema = np.float64(0.5)
+    trainer._best_ema = np.float32(0.5)  # a real checkpoint_best.pth of nnunetv2 2.8.1 holds a float32 here
     path = folder / "checkpoint_final.pth"
     trainer.save_checkpoint(str(path))
     return path

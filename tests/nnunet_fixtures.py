@@ -89,7 +89,7 @@ def nnunet_checkpoint(state: dict[str, torch.Tensor], plans: dict, configuration
     logged = {key: [np.float64(0.5)] for key in CHECKPOINT_FACTS["logging"]}
     checkpoint = {
         "network_weights": state, "optimizer_state": {"state": {}, "param_groups": []},
-        "grad_scaler_state": None, "logging": logged, "_best_ema": np.float64(0.5), "current_epoch": 5,
+        "grad_scaler_state": None, "logging": logged, "_best_ema": np.float32(0.5), "current_epoch": 5,
         "init_args": {"plans": plans, "configuration": configuration, "fold": 0,
                       "dataset_json": dataset_json(), "device": torch.device("cpu")},
         "trainer_name": trainer, "inference_allowed_mirroring_axes": tuple(mirror_axes),

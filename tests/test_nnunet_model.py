@@ -153,3 +153,11 @@ def test_prediction_mirrors_the_axes_the_model_was_trained_with(mirror_axes_seen
     assert mirror_axes_seen == [(1, 2)]  # spatial axes Y, X only, as trained
     predict_preprocessed([net], np.zeros((1, 8, 16, 16), np.float32), replace(config, inference_mirror_axes=None))
     assert mirror_axes_seen[-1] == (0, 1, 2)
+
+
+def test_the_allow_list_is_exactly_what_nnunets_checkpoints_were_recorded_to_need():
+    from nnlite.training.nnunet_model import nnunet_checkpoint_globals
+
+    names = {f"{g.__module__}.{g.__qualname__}" for g in nnunet_checkpoint_globals()}
+    names = {n.replace("numpy.core.", "numpy._core.") for n in names}
+    assert names == set(CHECKPOINT_FACTS["weights_only_refuses"])

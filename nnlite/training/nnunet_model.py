@@ -47,10 +47,11 @@ NNUNET_REQUIRED_KEYS = ("network_weights", "init_args")
 
 
 def nnunet_checkpoint_globals() -> list[Any]:
-    """The non-tensor globals of nnU-Net's checkpoints: numpy scalars (and their dtypes) that its
-    logger stores (mean_fg_dice, train_losses, …, `_best_ema`). Nothing else is allowed."""
+    """The non-tensor globals of nnU-Net's checkpoints: numpy float64 scalars that its logger stores
+    (mean_fg_dice, train_losses, …) and the float32 `_best_ema` — the pickle's scalar constructor,
+    numpy.dtype and the two dtype classes. Nothing else is allowed."""
     scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
-    dtypes = [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64)]
+    dtypes = [type(np.dtype(t)) for t in (np.float64, np.float32)]
     return [scalar, np.dtype, *dtypes]
 
 
