@@ -104,19 +104,20 @@ def train_reference(work: Path, python: str, epochs: int, iters: int) -> Path:
 
 
 def predict_reference(work: Path, python: str, test: Path) -> Path:
-    out = work / "pred_nnunet"
+    out = work / "pred_nnunet_probabilities"
     if not out.is_dir() or not list(out.glob("*.nii.gz")):
         run([Path(python).parent / "nnUNetv2_predict", "-i", test, "-o", out, "-d", "4", "-c", "3d_fullres",
-             "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"], reference_env(work, python))
+             "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1", "--save_probabilities"],
+            reference_env(work, python))
     return out
 
 
 def predict_nnlite(work: Path, model: Path, test: Path) -> Path:
-    nnlite_work, out = work / "nnlite_work", work / "pred_nnlite"
+    nnlite_work, out = work / "nnlite_work", work / "pred_nnlite_probabilities"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
     run([sys.executable, "-m", "nnlite.convert", "nnunet-model", model, nnlite_work, "--overwrite"], env)
     run([sys.executable, "-m", "nnlite.predict", nnlite_work, test, out, "--config", "3d_fullres",
-         "--folds", "0", "--device", "cpu", "--overwrite"], env)
+         "--folds", "0", "--device", "cpu", "--overwrite", "--save-probabilities"], env)
     return out
 
 
@@ -133,15 +134,29 @@ def dice(pred: np.ndarray, ref: np.ndarray, labels: list[int]) -> float:
 def compare(pred_a: Path, pred_b: Path, cases: list[str]) -> float:
     """Print per-case agreement and Dice of both against the labels; return the overall agreement %."""
     same = total = 0
+    worst = 0.0
     for case in cases:
         a = np.asarray(nib.load(pred_a / f"{case}.nii.gz").dataobj)
         b = np.asarray(nib.load(pred_b / f"{case}.nii.gz").dataobj)
         ref = np.asarray(nib.load(RAW / "labelsTr" / f"{case}.nii.gz").dataobj)
         same += int((a == b).sum())
         total += a.size
-        print(f"{case}: agreement {100 * (a == b).mean():.3f} %, Dice nnunetv2 {dice(a, ref, [1, 2]):.4f}, "
-              f"nnlite {dice(b, ref, [1, 2]):.4f}")
+        difference = probability_difference(pred_a / f"{case}.npz", pred_b / f"{case}.npz")
+        worst = max(worst, difference)
+        print(f"{case}: agreement {100 * (a == b).mean():.3f} %, max |Δ probability| {difference:.4f}, "
+              f"Dice nnunetv2 {dice(a, ref, [1, 2]):.4f}, nnlite {dice(b, ref, [1, 2]):.4f}")
+    print(f"largest probability difference over all cases: {worst:.4f}")
     return 100 * same / total
+
+
+def probability_difference(npz_a: Path, npz_b: Path) -> float:
+    """max |p_nnunet − p_nnlite| of the saved softmax probabilities (both (K, Z, Y, X) in the
+    original geometry; nnlite stores float16)."""
+    a = np.load(npz_a)["probabilities"].astype(np.float32)
+    b = np.load(npz_b)["probabilities"].astype(np.float32)
+    if a.shape != b.shape:
+        return float("nan")
+    return float(np.abs(a - b).max())
 
 
 def main() -> int:
