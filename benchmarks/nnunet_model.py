@@ -10,7 +10,8 @@ iterations, nnU-Net's own loop, augmentation and batch size otherwise), and the 
 `--test-cases` cases are predicted with `nnUNetv2_predict`. Then `nnlite.convert nnunet-model`
 turns the trained model folder into an nnlite WORK, `nnlite.predict` predicts the same cases, and
 the script prints the voxel agreement of the two label maps (goal ≥ 99.9 %) and each one's Dice
-against the reference labels. Steps already done in DIR are reused.
+against the reference labels. Steps already done in DIR are reused. `--checkpoint best` uses
+`checkpoint_best.pth` (e.g. of a training that was stopped early) on both sides.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def reference_env(work: Path, python: str) -> dict:
     return env
 
 
-def train_reference(work: Path, python: str, epochs: int, iters: int) -> Path:
+def train_reference(work: Path, python: str, epochs: int, iters: int, checkpoint: str = "final") -> Path:
     """Plan, preprocess and train fold 0 with nnunetv2; returns the trained model folder."""
     (work / "trainers").mkdir(exist_ok=True)
     (work / "trainers" / f"{TRAINER}.py").write_text(
@@ -96,28 +97,29 @@ def train_reference(work: Path, python: str, epochs: int, iters: int) -> Path:
         run([bin_dir / "nnUNetv2_plan_and_preprocess", "-d", "4", "-c", "3d_fullres", "-np", "1",
              "-npfp", "1"], env)
     model = work / "nnUNet_results" / DATASET / f"{TRAINER}__nnUNetPlans__3d_fullres"
-    if not (model / "fold_0" / "checkpoint_final.pth").is_file():
+    if not (model / "fold_0" / f"checkpoint_{checkpoint}.pth").is_file():
         started = time.perf_counter()
         run([bin_dir / "nnUNetv2_train", "4", "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"], env)
         print(f"nnunetv2 training: {(time.perf_counter() - started) / 60:.1f} min")
     return model
 
 
-def predict_reference(work: Path, python: str, test: Path) -> Path:
+def predict_reference(work: Path, python: str, test: Path, checkpoint: str = "final") -> Path:
     out = work / "pred_nnunet_probabilities"
     if not out.is_dir() or not list(out.glob("*.nii.gz")):
         run([Path(python).parent / "nnUNetv2_predict", "-i", test, "-o", out, "-d", "4", "-c", "3d_fullres",
-             "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1", "--save_probabilities"],
+             "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1", "--save_probabilities",
+             "-chk", f"checkpoint_{checkpoint}.pth"],
             reference_env(work, python))
     return out
 
 
-def predict_nnlite(work: Path, model: Path, test: Path) -> Path:
+def predict_nnlite(work: Path, model: Path, test: Path, checkpoint: str = "final") -> Path:
     nnlite_work, out = work / "nnlite_work", work / "pred_nnlite_probabilities"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
     run([sys.executable, "-m", "nnlite.convert", "nnunet-model", model, nnlite_work, "--overwrite"], env)
     run([sys.executable, "-m", "nnlite.predict", nnlite_work, test, out, "--config", "3d_fullres",
-         "--folds", "0", "--device", "cpu", "--overwrite", "--save-probabilities"], env)
+         "--folds", "0", "--device", "cpu", "--overwrite", "--save-probabilities", "--checkpoint", checkpoint], env)
     return out
 
 
@@ -167,15 +169,17 @@ def main() -> int:
     parser.add_argument("--test-cases", type=int, default=10, help="cases predicted by both")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--iters", type=int, default=15, help="training iterations per epoch")
+    parser.add_argument("--checkpoint", choices=("final", "best"), default="final",
+                        help="checkpoint both predict with (default final)")
     args = parser.parse_args()
     if not (RAW / "dataset.json").is_file():
         print(f"skipped: {RAW} not found")
         return 0
     work = args.work.resolve()
     _, test, cases = make_raw_subset(work, args.cases, args.test_cases)
-    model = train_reference(work, args.reference_python, args.epochs, args.iters)
-    pred_reference = predict_reference(work, args.reference_python, test)
-    pred_nnlite = predict_nnlite(work, model, test)
+    model = train_reference(work, args.reference_python, args.epochs, args.iters, args.checkpoint)
+    pred_reference = predict_reference(work, args.reference_python, test, args.checkpoint)
+    pred_nnlite = predict_nnlite(work, model, test, args.checkpoint)
     agreement = compare(pred_reference, pred_nnlite, cases)
     verdict = "meets" if agreement >= GOAL else "MISSES"
     print(f"voxel agreement nnUNetv2_predict vs nnlite.predict (converted model): {agreement:.3f} % "
