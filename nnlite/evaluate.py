@@ -1,5 +1,5 @@
 """`python -m nnlite.evaluate PRED_DIR REF_DIR [--labels 1 2 … | --dataset-json PATH]
-[--ignore-label N] [--output summary.json]`."""
+[--ignore-label N] [--output summary.json] [--format nnlite|nnunet]`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Sequence
 from nnlite.common.cli import ArgumentParser, run
 from nnlite.evaluation.scoring_inputs import absent_labels, labels_to_score, summary_path
 from nnlite.evaluation.metrics import evaluate_folder, evaluate_regions, format_table, write_summary
+from nnlite.evaluation.nnunet_summary import evaluate_folder_nnunet, format_nnunet_table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,9 +31,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "'ignore')")
     parser.add_argument("--output", type=Path, default=None, metavar="SUMMARY_JSON",
                         help="summary.json path (default: PRED_DIR/summary.json; never inside REF_DIR)")
+    parser.add_argument("--format", choices=("nnlite", "nnunet"), default="nnlite",
+                        help="summary.json layout: nnlite's (default) or nnU-Net v2's (foreground_mean, mean, "
+                             "metric_per_case with Dice, IoU, PPV, TP, FP, FN, TN, n_pred, n_ref)")
     args = parser.parse_args(argv)
     label_set = labels_to_score(args.labels, args.dataset_json, args.ignore_label)
     output = summary_path(args.output, args.pred_dir, args.ref_dir)
+    if args.format == "nnunet":
+        summary = evaluate_folder_nnunet(args.pred_dir, args.ref_dir, label_set.labels, label_set.ignore_label,
+                                         label_set.regions)
+        write_summary(summary, output)
+        print(format_nnunet_table(summary))
+        print(f"summary: {output} (nnU-Net v2 layout)")
+        return 0
     if label_set.regions:  # a region dataset.json: each region scored by name
         summary = evaluate_regions(args.pred_dir, args.ref_dir, label_set.regions, label_set.ignore_label)
     else:

@@ -161,6 +161,9 @@ class ConfigurationPlan:
     previous_stage: str | None = None
     next_stage: str | None = None
     reasons: tuple[str, ...] = ()  # why each decision was made, in plain words
+    # network axes mirrored at test time; None = every axis (a converted nnU-Net model keeps the
+    # axes it was trained with, its checkpoint's inference_allowed_mirroring_axes)
+    inference_mirror_axes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         ndim = self.network.ndim
@@ -179,6 +182,10 @@ class ConfigurationPlan:
             if not 0 <= getattr(self, name) <= MAX_SPLINE_ORDER:
                 raise UserError("plans.json", f"{name} must be a spline order 0-{MAX_SPLINE_ORDER}, "
                                 f"not {getattr(self, name)}")
+        if self.inference_mirror_axes is not None and any(
+                not 0 <= a < ndim for a in self.inference_mirror_axes):
+            raise UserError("plans.json", f"inference_mirror_axes {self.inference_mirror_axes} are not "
+                            f"axes of a {ndim}D network")
         if self.resampling_order_z != 0:
             raise UserError("plans.json", "resampling_order_z must be 0: only nearest neighbour is "
                             "supported along the coarse axis of anisotropic data")

@@ -41,7 +41,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--tile-batch", type=int, default=None,
                         help="network inputs (tiles × mirrors) per forward (default: by memory)")
+    parser.add_argument("--onnx", type=Path, default=None, metavar="MODEL.onnx",
+                        help="run this ONNX export (nnlite export onnx) with onnxruntime instead of the "
+                             "checkpoints, in the same sliding window")
     args = parser.parse_args(argv)
+    if args.onnx is not None and args.best:
+        parser.error("--onnx runs one exported network; it cannot follow --best")
     if not 0 < args.step <= 1:
         parser.error("--step must be in (0, 1]")
     if args.tile_batch is not None and args.tile_batch < 1:
@@ -56,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoint=args.checkpoint, mirror=not args.no_mirroring, step=args.step,
         postprocess=args.postprocess, save_probabilities=args.save_probabilities,
         overwrite=args.overwrite, device=args.device, tile_batch=args.tile_batch,
-        dicom_seg=args.dicom_seg)
+        dicom_seg=args.dicom_seg, onnx=None if args.onnx is None else str(args.onnx))
     if args.best:
         from nnlite.inference.stage_models import predict_best
 

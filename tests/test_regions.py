@@ -183,6 +183,22 @@ def test_evaluate_with_a_region_dataset_json_scores_each_region_by_name(tmp_path
     assert "enhancing tumor" in capsys.readouterr().out
 
 
+def test_nnunet_layout_keys_regions_as_nnunet_does(tmp_path):
+    ref = np.zeros((2, 4, 4), np.uint8)
+    ref[0, :2] = [[1, 1, 2, 2], [3, 3, 0, 0]]
+    pred = ref.copy()
+    pred[0, 1, :2] = 2  # enhancing missed, as above
+    pred_dir, ref_dir = write_pair(tmp_path, pred, ref)
+    dataset_json = tmp_path / "dataset.json"
+    dataset_json.write_text(json.dumps({"labels": BRATS_LABELS, "regions_class_order": BRATS_ORDER}))
+    assert evaluate_main([str(pred_dir), str(ref_dir), "--dataset-json", str(dataset_json),
+                          "--format", "nnunet"]) == 0
+    summary = json.loads((pred_dir / "summary.json").read_text())
+    assert list(summary["mean"]) == ["(1, 2, 3)", "(2, 3)", "3"]
+    assert summary["mean"]["3"]["Dice"] == 0.0 and summary["mean"]["(2, 3)"]["Dice"] == 1.0
+    assert summary["metric_per_case"][0]["metrics"]["(1, 2, 3)"]["TP"] == 6
+
+
 def test_region_evaluation_refuses_a_value_in_no_region(tmp_path):
     ref = np.zeros((2, 4, 4), np.uint8)
     pred_dir, ref_dir = write_pair(tmp_path, np.full_like(ref, 5), ref)

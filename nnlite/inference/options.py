@@ -42,6 +42,7 @@ class PredictOptions:
     device: str = "auto"  # "auto", "cpu" or "cuda"
     tile_batch: int | None = None
     dicom_seg: bool = False  # also write <case>.dcm, a DICOM-SEG, for DICOM series inputs
+    onnx: str | None = None  # run this ONNX file (nnlite.export onnx) instead of the folds' checkpoints
 
 
 @dataclass

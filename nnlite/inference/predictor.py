@@ -21,6 +21,7 @@ from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir, remove_tmp_leftovers
 from nnlite.inference.export import export_prediction
 from nnlite.inference.largest_component import POSTPROCESSING_FILE, load_postprocessing
+from nnlite.inference.onnx_model import OnnxNetwork
 from nnlite.inference.options import (CHECKPOINTS, PredictOptions, PredictReport, check_dicom_seg, check_folders,
                                       dicom_seg_path, find_input_cases, fold_folders, is_done, output_path,
                                       read_input_case, record_failure)
@@ -46,6 +47,8 @@ def load_networks(work: Path, options: PredictOptions, device: torch.device
         raise UserError("--config", f"'{options.config}' is a cascade stage: use predict_folder")
     if options.checkpoint not in CHECKPOINTS:
         raise UserError("--checkpoint", f"must be one of {sorted(CHECKPOINTS)}")
+    if options.onnx is not None:  # the exported network, run by onnxruntime in the same sliding window
+        return plans, [OnnxNetwork(options.onnx)]
     networks = []
     for folder in fold_folders(work / "results" / options.config, options.folds,
                                CHECKPOINTS[options.checkpoint]):
@@ -102,6 +105,8 @@ def predict_folder(work: str | Path, input_dir: str | Path, output_dir: str | Pa
     docstring); a DICOM series gives <case>.nii.gz (+ <case>.dcm with options.dicom_seg)."""
     work, input_dir, output_dir = Path(work), Path(input_dir), Path(output_dir)
     if _is_cascade_stage(work, options.config):  # two stages: the previous one runs first
+        if options.onnx is not None:
+            raise UserError("--onnx", f"'{options.config}' is a cascade stage; --onnx runs one network")
         return predict_models(work, input_dir, output_dir, [options.config], options)
     check_folders(input_dir, output_dir)
     cases = find_input_cases(input_dir)

@@ -228,12 +228,13 @@ def predict_preprocessed(networks: Sequence[nn.Module], data: np.ndarray | torch
                          device: torch.device | str = "cpu", sigmoid: bool = False) -> torch.Tensor:
     """Probabilities (K, *spatial) float32 (CPU) of a preprocessed case (C, *spatial).
 
-    Mirrors every network axis when `mirror`; probabilities are averaged over networks (folds).
+    Mirrors the configuration's `inference_mirror_axes` (default every network axis) when `mirror`;
+    probabilities are averaged over networks (folds).
     sigmoid: a region network (one sigmoid probability per region) instead of softmax classes.
     """
     if isinstance(data, np.ndarray):  # a copy: memory-mapped files are read-only
         data = torch.from_numpy(np.array(data, dtype=np.float32))
-    axes = None if mirror else ()
+    axes = config.inference_mirror_axes if mirror else ()
     return predict_sliding_window(networks, data, config.patch_size, step=step, mirror_axes=axes,
                                   tile_batch=tile_batch, device=device,
                                   output="sigmoid" if sigmoid else "probs")
