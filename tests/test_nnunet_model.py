@@ -11,13 +11,15 @@ import pytest
 import torch
 
 from nnlite.common.errors import UserError
+from nnlite.convert import main as convert_main
 from nnlite.network import build_unet
 from nnlite.plans import load_plans
 from nnlite.predict import main as predict_main
 from nnlite.training.checkpoints import load_checkpoint
 from nnlite.training.nnunet_model import convert_nnunet_model, load_nnunet_checkpoint
+from tests import nnunet_fixtures
 from tests.command_line import assert_one_line_error, run_command
-from tests.nnunet_fixtures import (CHECKPOINT_FACTS, IN_CHANNELS, nnunet_checkpoint, nnunet_plans,
+from tests.nnunet_fixtures import (CHECKPOINT_FACTS, IN_CHANNELS, NUM_CLASSES, nnunet_checkpoint, nnunet_plans,
                                    nnunet_state_dict, write_model_folder)
 
 
@@ -70,6 +72,26 @@ def test_converted_model_predicts_with_the_command_line(tmp_path):
     assert result.returncode == 0, result.stderr
     seg = np.asarray(nib.load(tmp_path / "out" / "case_a.nii.gz").dataobj)
     assert seg.shape == (20, 40, 40) and set(np.unique(seg)) <= {0, 1, 2}
+
+
+def test_region_based_model_converts_and_paints_its_regions(tmp_path, monkeypatch):
+    """nnU-Net's region models: as many sigmoid outputs as regions; labels painted in
+    regions_class_order (BraTS-like: 3 nested regions, matching the fixture's 3 outputs)."""
+    regions = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": 3}
+    region_json = {**nnunet_fixtures.dataset_json(), "labels": regions, "regions_class_order": [1, 2, 3]}
+    monkeypatch.setattr(nnunet_fixtures, "dataset_json", lambda: region_json)
+    model = write_model_folder(tmp_path / "results", nnunet_plans())
+    work = tmp_path / "work"
+    assert convert_main(["nnunet-model", str(model), str(work)]) == 0
+    plans = load_plans(work / "plans.json")
+    assert [r.name for r in plans.regions] == ["whole", "core", "enhancing"] and plans.num_classes == NUM_CLASSES
+    write_case(tmp_path / "in", "case_a")
+    assert predict_main([str(work), str(tmp_path / "in"), str(tmp_path / "out"), "--device", "cpu",
+                         "--save-probabilities"]) == 0
+    seg = np.asarray(nib.load(tmp_path / "out" / "case_a.nii.gz").dataobj)
+    assert seg.shape == (20, 40, 40) and set(np.unique(seg)) <= {0, 1, 2, 3}
+    probabilities = np.load(tmp_path / "out" / "case_a.npz")["probabilities"]
+    assert probabilities.shape == (3, *seg.shape[::-1])  # one sigmoid probability per region, (K, Z, Y, X)
 
 
 def test_converted_weights_reproduce_the_nnunet_tensors(tmp_path):

@@ -15,6 +15,7 @@ from typing import Any
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json_checked
+from nnlite.data.regions import ORDER_KEY, has_regions, parse_region_labels
 from nnlite.plans import ConfigurationPlan, IntensityStats, NetworkPlan, Plans
 
 DEFAULT_GPU_MEMORY_GB = 8.0  # nnU-Net's default planner budget; its plans do not record the budget
@@ -180,10 +181,9 @@ def _next_stage(value: Any) -> str | None:
 
 def plans_from_nnunet(nnunet: dict, dataset: dict, configurations: list[str] | None = None) -> Plans:
     """nnU-Net plans dict + dataset.json dict → Plans with every (or the named) configuration resolved."""
-    labels = dataset.get("labels", {})
-    if any(not isinstance(v, int) for v in labels.values()):
-        raise UserError("dataset.json", "region-based nnU-Net models (labels given as lists) cannot be "
-                        "converted yet")
+    labels, regions = dataset.get("labels", {}), ()
+    if has_regions(labels):  # region-based: one sigmoid output per region, painted in regions_class_order
+        labels, regions = parse_region_labels("dataset.json", labels, dataset.get(ORDER_KEY))
     channels = dataset.get("channel_names") or dataset.get("modality")
     if not channels:
         raise UserError("dataset.json", "missing key 'channel_names'")
@@ -201,7 +201,7 @@ def plans_from_nnunet(nnunet: dict, dataset: dict, configurations: list[str] | N
         original_median_shape=tuple(float(s) for s in nnunet["original_median_shape_after_transp"]),
         configurations=configs, intensity_per_channel=stats,
         channel_names={str(k): str(v) for k, v in channels.items()},
-        labels={str(k): int(v) for k, v in labels.items()}, gpu_memory_gb=DEFAULT_GPU_MEMORY_GB,
+        labels={str(k): int(v) for k, v in labels.items()}, regions=regions, gpu_memory_gb=DEFAULT_GPU_MEMORY_GB,
         reasons=(f"translated from nnU-Net's plans {nnunet.get('plans_name', '?')!r}; configurations "
                  "with inherits_from resolved into full configurations",),
         extra={SOURCE_KEY: str(nnunet.get("plans_name", ""))})
