@@ -104,6 +104,18 @@ MUTATIONS = (
     Mutation("evaluation: Dice computed as IoU", "nnlite/evaluation/metrics.py",
              '"dice": 2 * tp / (2 * tp + fp + fn) if union else math.nan',
              '"dice": tp / (tp + fp + fn) if union else math.nan', ("tests/test_metrics.py",)),
+    Mutation("DDP: batch Dice statistics not summed across ranks", "nnlite/network/loss.py",
+             "return AllGatherGrad.apply(stats).sum(0)", "return stats",
+             ("tests/test_distributed.py::test_batch_dice_over_two_ranks_equals_one_process_with_the_whole_batch",)),
+    Mutation("DDP: batch Dice gathered without the gradient's all-reduce", "nnlite/network/loss.py",
+             "        dist.all_reduce(grad, op=dist.ReduceOp.SUM)\n", "",
+             ("tests/test_distributed.py::test_batch_dice_over_two_ranks_equals_one_process_with_the_whole_batch",)),
+    Mutation("DDP: every rank validates every case", "nnlite/training/distributed.py",
+             "return range(rank.rank, n_items, rank.world_size)", "return range(n_items)",
+             ("tests/test_distributed.py::test_shares_cover_every_item_exactly_once",)),
+    Mutation("compile: checkpoints saved from the compiled module", "nnlite/training/trainer.py",
+             '"network": state.network.state_dict(),', '"network": state.model.state_dict(),',
+             ("tests/test_trainer.py::test_compiled_network_matches_eager_and_saves_plain_keys",)),
 )
 
 
