@@ -5,9 +5,12 @@ over the global batch, the final validation shared by the ranks, resume after a 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,18 +46,81 @@ def test_ranks_hold_identical_weights_and_draw_different_samples(tiny_work, tmp_
     assert len(set(checksums)) == len(checksums)  # the weights did change
 
 
+# 3 validation cases (2 + 1 between the ranks); epochs of 12 iterations leave time to kill a run
+THREE_VAL_SPLITS = [{"train": ["demo_004", "demo_005"], "val": ["demo_001", "demo_002", "demo_003"]},
+                    {"train": ["demo_001", "demo_002", "demo_003"], "val": ["demo_004", "demo_005"]}]
+DDP_TRAIN = ["--fold", "0", "--device", "cpu", "--seed", "0", "--workers", "0", "--epochs", "3",
+             "--iters-per-epoch", "12", "--val-iters", "1", "--train-config", "debug"]
+
+
+def three_val_work(tiny_work: Path, target: Path) -> Path:
+    work = copy_work(tiny_work, target)
+    (work / "splits.json").write_text(json.dumps(THREE_VAL_SPLITS))
+    return work
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_work, tmp_path_factory) -> Path:
+    """The demo trained to the end, final validation included, by 2 ranks under torchrun."""
+    work = three_val_work(tiny_work, tmp_path_factory.mktemp("ddp") / "work")
+    torchrun(["-m", "nnlite.train", str(work), *DDP_TRAIN])
+    return work
+
+
 @pytest.mark.slow
-def test_torchrun_trains_two_epochs_and_rank0_checkpoint_loads(tiny_work, tmp_path):
-    work = copy_work(tiny_work, tmp_path / "work")
-    torchrun(["-m", "nnlite.train", str(work), "--device", "cpu", "--seed", "0", "--workers", "0",
-              "--epochs", "2", "--iters-per-epoch", "2", "--val-iters", "1", "--train-config", "debug",
-              "--set", "validation.enabled=false"])
-    folder = fold_dir(work)
+def test_torchrun_trains_to_the_end_and_rank0_checkpoint_loads(ddp_run):
+    folder = fold_dir(ddp_run)
     checkpoint = torch.load(folder / checkpoints.FINAL, weights_only=True)
-    assert checkpoint["epoch"] == 2 and not any(k.startswith("module.") for k in checkpoint["network"])
+    assert checkpoint["epoch"] == 3 and not any(k.startswith("module.") for k in checkpoint["network"])
     lines = (folder / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]  # written once: by rank 0 only
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]  # written once: by rank 0 only
     assert not list(folder.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_ranks_share_the_final_validation_and_score_as_one_process(ddp_run, tmp_path):
+    """Each rank predicts its share (2 + 1 of 3 cases), every case once; the summary equals the one
+    a single process writes when it validates the same checkpoint."""
+    folder = fold_dir(ddp_run)
+    log = (folder / "log.txt").read_text()
+    assert "rank 0: validating 2 of 3 cases" in log and "rank 1: validating 1 of 3 cases" in log
+    validation = folder / "validation"
+    assert sorted(p.name for p in validation.glob("*.nii.gz")) == [f"demo_00{i}.nii.gz" for i in (1, 2, 3)]
+    summary = json.loads((validation / "summary.json").read_text())
+    assert [c["case"] for c in summary["per_case"]] == ["demo_001", "demo_002", "demo_003"]
+    single = tmp_path / "single"
+    shutil.copytree(ddp_run, single)
+    shutil.rmtree(fold_dir(single) / "validation")
+    # the finished run only validates; one thread as each torchrun worker has, for identical sums
+    subprocess.run([sys.executable, "-m", "nnlite.train", str(single), *DDP_TRAIN, "--resume"], check=True,
+                   capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert "rank 0: validating 3 of 3 cases" in (fold_dir(single) / "log.txt").read_text()
+    assert json.loads((fold_dir(single) / "validation" / "summary.json").read_text()) == summary
+
+
+@pytest.mark.slow
+def test_torchrun_resumes_exactly_after_a_kill(ddp_run, tiny_work, tmp_path):
+    """SIGKILL the whole torchrun job during its second epoch, resume it under torchrun: the final
+    weights equal the uninterrupted run's."""
+    killed = three_val_work(tiny_work, tmp_path / "killed")
+    args = ["-m", "nnlite.train", str(killed), *DDP_TRAIN, "--set", "validation.enabled=false"]
+    process = subprocess.Popen([*TORCHRUN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)  # its own process group: the workers die with it
+    latest = fold_dir(killed) / checkpoints.LATEST
+    deadline = time.monotonic() + 600
+    while not latest.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert torch.load(latest, weights_only=True)["epoch"] == 1, "not killed during the second epoch"
+    assert not (fold_dir(killed) / checkpoints.FINAL).exists()
+    torchrun([*args, "--resume"])
+    a = torch.load(fold_dir(ddp_run) / checkpoints.FINAL, weights_only=True)["network"]
+    b = torch.load(fold_dir(killed) / checkpoints.FINAL, weights_only=True)["network"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    records = (fold_dir(killed) / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in records] == [0, 1, 2]
 
 
 @pytest.mark.slow
