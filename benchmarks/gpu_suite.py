@@ -72,6 +72,7 @@ FINGERPRINTS = {
 }
 WARMUP, ITERS = 5, 40  # throughput: untimed and timed steps per measurement
 INFERENCE_CASES = 5
+TRAIN_ITERS_PER_EPOCH = 250  # nnU-Net's; long epochs keep the per-epoch checkpoint and plot overhead small
 DRY = dict(warmup=1, iters=2, cases=1, workers=0, width=4, crop=1.5)  # --dry-run sizes
 
 
@@ -231,10 +232,8 @@ def inference_section(bench: throughput.Bench, suite: Suite) -> None:
 
 def training_section(bench: throughput.Bench, suite: Suite, rate: float, seconds: float) -> None:
     """`nnlite.train` fold 0 for about `seconds` at the measured rate, then its validation Dice."""
-    iters = 25
+    iters = DRY["iters"] if suite.dry else TRAIN_ITERS_PER_EPOCH
     epochs = 1 if suite.dry else max(1, round(seconds * rate / iters))
-    if suite.dry:
-        iters = DRY["iters"]
     command = [sys.executable, "-m", "nnlite.train", str(bench.work), "--fold", "0", "--overwrite",
                "--device", suite.device.type, "--seed", "0", "--workers", str(suite.workers),
                "--epochs", str(epochs), "--iters-per-epoch", str(iters), "--val-iters", str(max(1, iters // 5)),
