@@ -145,6 +145,18 @@ MUTATIONS = (
     Mutation("nnU-Net summary: ignored voxels counted as true negatives", "nnlite/evaluation/nnunet_summary.py",
              "return int(ref.size - np.count_nonzero(ref == ignore_label))", "return int(ref.size)",
              ("tests/test_nnunet_summary.py",)),
+    Mutation("DDP: batch Dice statistics not summed across ranks", "nnlite/network/loss.py",
+             "return AllGatherGrad.apply(stats).sum(0)", "return stats",
+             ("tests/test_distributed.py::test_batch_dice_over_two_ranks_equals_one_process_with_the_whole_batch",)),
+    Mutation("DDP: batch Dice gathered without the gradient's all-reduce", "nnlite/network/loss.py",
+             "        dist.all_reduce(grad, op=dist.ReduceOp.SUM)\n", "",
+             ("tests/test_distributed.py::test_batch_dice_over_two_ranks_equals_one_process_with_the_whole_batch",)),
+    Mutation("DDP: every rank validates every case", "nnlite/training/distributed.py",
+             "return range(rank.rank, n_items, rank.world_size)", "return range(n_items)",
+             ("tests/test_distributed.py::test_shares_cover_every_item_exactly_once",)),
+    Mutation("compile: checkpoints saved from the compiled module", "nnlite/training/trainer.py",
+             '"network": state.network.state_dict(),', '"network": state.model.state_dict(),',
+             ("tests/test_trainer.py::test_compiled_network_matches_eager_and_saves_plain_keys",)),
 )
 
 

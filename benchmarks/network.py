@@ -10,6 +10,9 @@ backward taken as 2× forward), the achieved GFLOP/s as a fraction of a large ma
 same process and, with `--reference-python`, the same step of dynamic_network_architectures'
 PlainConvUNet + nnunetv2's loss timed in a subprocess (same shapes, threads and protocol, rounds
 alternating with nnlite's) and the ratio reference / nnlite (> 1: nnlite is faster).
+Then (unless --no-compile) the same step with the network through `torch.compile` (as
+`training.compile: on` does), alternating with the eager step, and the ratio compiled / eager step
+time (< 1: compiling pays off; the one-off compile time is printed apart).
 Exit code 0; 2 on bad arguments.
 """
 
@@ -29,7 +32,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nnlite.network import build_unet  # noqa: E402
+from nnlite.network import build_unet, compile_network  # noqa: E402
 from nnlite.network.blocks import CONV, CONV_TRANSPOSE  # noqa: E402
 from nnlite.network.loss import build_loss, deep_supervision_scales, downsample_seg  # noqa: E402
 from nnlite.plans import NetworkPlan  # noqa: E402
@@ -81,10 +84,11 @@ def matmul_gflops(device: str, dtype: torch.dtype, n: int = 2048, repeats: int =
     return 2 * n**3 / best / 1e9
 
 
-def time_nnlite_step(device: str, amp: bool, repeats: int) -> tuple[float, int]:
+def time_nnlite_step(device: str, amp: bool, repeats: int, compiled: bool = False) -> tuple[float, int]:
     """Fastest of `repeats` training steps of the Hippocampus plan (seconds), and its forward conv FLOPs."""
     torch.manual_seed(0)
     net = build_unet(HIPPOCAMPUS_PLAN, IN_CHANNELS, NUM_CLASSES).to(device)
+    model = compile_network(net, compiled)
     loss_fn = build_loss(HIPPOCAMPUS_PLAN, batch_dice=False)
     x = torch.randn(BATCH, IN_CHANNELS, *PATCH, device=device)
     seg = torch.randint(0, NUM_CLASSES, (BATCH, 1, *PATCH), device=device)
@@ -95,7 +99,7 @@ def time_nnlite_step(device: str, amp: bool, repeats: int) -> tuple[float, int]:
         start = time.perf_counter()
         net.zero_grad(set_to_none=True)
         with torch.autocast(device, dtype=torch.float16, enabled=amp):
-            loss = loss_fn(net(x), targets)
+            loss = loss_fn(model(x), targets)
         loss.backward()
         _sync(device)
         if i >= WARMUP:
@@ -206,20 +210,40 @@ def benchmark_device(device: str, amp: bool, args: argparse.Namespace) -> None:
     print(f"ratio reference / nnlite: {ref_seconds / seconds:.2f}  (> 1: nnlite is faster)")
 
 
+def compare_compiled(device: str, amp: bool, args: argparse.Namespace) -> float:
+    """Print fastest eager and compiled steps over alternating rounds; returns compiled / eager."""
+    eager, compiled = [], []
+    start = time.perf_counter()
+    time_nnlite_step(device, amp, 1, compiled=True)  # compiles (graphs are cached for the rounds)
+    compile_seconds = time.perf_counter() - start
+    for _ in range(args.rounds):
+        eager.append(time_nnlite_step(device, amp, args.repeats)[0])
+        compiled.append(time_nnlite_step(device, amp, args.repeats, compiled=True)[0])
+    ratio = min(compiled) / min(eager)
+    print(f"== {device} torch.compile: eager step {min(eager):.3f} s, compiled step {min(compiled):.3f} s, "
+          f"ratio compiled / eager {ratio:.2f} (< 1: compiled is faster); first compile {compile_seconds:.0f} s")
+    return ratio
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per round (the fastest counts)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating nnlite/reference rounds")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--reference-python", help="interpreter with nnunetv2 + dynamic_network_architectures")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled / eager comparison")
     args = parser.parse_args(argv)
     if min(args.repeats, args.rounds, args.threads) < 1:
         parser.error("--repeats, --rounds and --threads must be ≥ 1")
     torch.set_num_threads(args.threads)
     benchmark_device("cpu", amp=False, args=args)
+    if not args.no_compile:
+        compare_compiled("cpu", amp=False, args=args)
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # as the reference trainer does
         benchmark_device("cuda", amp=True, args=args)
+        if not args.no_compile:
+            compare_compiled("cuda", amp=True, args=args)
     return 0
 
 

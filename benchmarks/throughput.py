@@ -63,7 +63,7 @@ from nnlite.plans import Plans, load_plans  # noqa: E402
 from nnlite.preprocess import main as preprocess_main  # noqa: E402
 from nnlite.training.config import load_train_config  # noqa: E402
 from nnlite.training.distributed import Rank  # noqa: E402
-from nnlite.training.folds import preprocessed_cases
+from nnlite.training.folds import preprocessed_dir  # noqa: E402
 from nnlite.training.precision import resolve_device  # noqa: E402
 from nnlite.training.trainer import RunState, build_state, train_step  # noqa: E402
 
@@ -123,6 +123,11 @@ def prepare(name: str, tmp: Path, work: Path | None, batch_size: int | None) -> 
             **plans.configurations, CONFIG: replace(plans.configurations[CONFIG], batch_size=batch_size)})
     config = load_train_config("default", [f"configuration={CONFIG}"])
     return Bench(name, work, plans, preprocessed_cases(work, plans, config), raw)
+
+
+def preprocessed_cases(work: Path, plans: Plans, config) -> list[str]:
+    """The cases preprocessed for `config.configuration` (those with a `<case>_seg.npy`)."""
+    return sorted(p.name[: -len("_seg.npy")] for p in preprocessed_dir(work, plans, config).glob("*_seg.npy"))
 
 
 # --- measurements -------------------------------------------------------------------------------

@@ -114,3 +114,16 @@ def test_predict_names_a_fold_without_finished_training(work, tmp_path):
     with pytest.raises(UserError) as error:
         predict_folder(work, raw_images, tmp_path / "out", PredictOptions(config=CONFIG, device="cpu"))
     assert error.value.problem.startswith(f"fold 0 of {CONFIG} has no finished training")
+
+
+def test_on_and_off_are_choices_not_booleans_and_the_timeout_is_positive():
+    """YAML 1.1 would read `off` as False; nnlite's settings read only true/false as booleans."""
+    config = load_train_config("default", ["training.compile=off", "training.amp=off",
+                                           "distributed.timeout_minutes=5"])
+    assert (config.training.compile, config.training.amp, config.distributed.timeout_minutes) == ("off", "off", 5.0)
+    assert load_train_config("default", ["training.compile=on"]).training.compile == "on"
+    assert load_train_config("default", ["validation.enabled=false"]).validation.enabled is False
+    with pytest.raises(UserError, match="training.compile=yes"):
+        load_train_config("default", ["training.compile=yes"])
+    with pytest.raises(UserError, match="timeout_minutes"):
+        load_train_config("default", ["distributed.timeout_minutes=0"])

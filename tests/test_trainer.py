@@ -28,8 +28,9 @@ from nnlite.training.config import load_train_config, replace_setting
 from nnlite.training.distributed import Rank, forced_foreground, split_batch
 from nnlite.training.precision import amp_dtype, first_cpu_bf16_hazard
 from nnlite.training.run_setup import build_batches, plan_differences, seed_everything
-from nnlite.training.trainer import (RunState, confusion_counts, epoch_record, learning_rate, poly_lr,
-                                     restore_state, train_one_epoch, train_step, validate)
+from nnlite.training.trainer import (RunState, build_state, confusion_counts, epoch_record, learning_rate,
+                                     make_checkpoint, poly_lr, restore_state, train_one_epoch, train_step,
+                                     validate, wants_compile)
 
 PLAN = NetworkPlan(strides=((1, 1, 1), (1, 2, 2), (2, 2, 2)), kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3)),
                    features_per_stage=(4, 8, 16))
@@ -316,4 +317,42 @@ def test_resume_restores_the_global_rng_so_modified_networks_resume_exactly():
         next(replay)  # the loader resumes at batch epoch · iterations
     train_one_epoch(resumed, loss_fn, replay, config, 1, bar)
     for a, b in zip(straight.network.parameters(), resumed.network.parameters()):
+        assert torch.equal(a, b)
+
+
+# --- training.compile ---------------------------------------------------------------------------------
+
+def test_compile_auto_means_cuda_only():
+    assert wants_compile("auto", torch.device("cuda", 0)) and not wants_compile("auto", torch.device("cpu"))
+    assert wants_compile("on", torch.device("cpu")) and not wants_compile("off", torch.device("cuda", 0))
+
+
+@pytest.mark.slow
+def test_compiled_network_matches_eager_and_saves_plain_keys():
+    """training.compile=on on a tiny plan: the compiled network computes what the eager one does, its
+    checkpoint has no `_orig_mod.` keys and loads into an uncompiled network, and a resumed compiled
+    run continues bit-exactly."""
+    plans, cpu = toy_plans(patch=(8, 16, 16)), torch.device("cpu")
+    plan = plans.configurations["3d_fullres"]
+    config = load_train_config("debug", ["device=cpu", "training.amp=off", "training.compile=on"])
+    compiled = build_state(plans, config, cpu, None, Rank())
+    eager = build_state(plans, replace_setting(config, "training.compile", "off"), cpu, None, Rank())
+    assert compiled.model is not compiled.network and eager.model is eager.network
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 8, 16, 16, generator=gen)
+    seg = torch.randint(0, 3, (2, 1, 8, 16, 16), generator=gen)
+    batch = {"data": x, "target": downsample_seg(seg, deep_supervision_scales(plan.network))}
+    with torch.no_grad():
+        for ours, theirs in zip(compiled.model(x), eager.model(x)):
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    loss_fn = build_loss(plan.network, batch_dice=False)
+    losses = [train_step(state, loss_fn, batch, 12.0) for state in (compiled, eager)]
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-4, atol=1e-5)
+    checkpoint = copy.deepcopy(make_checkpoint(compiled, plans, config))  # a copy, as torch.save makes
+    assert not any("_orig_mod" in key for key in checkpoint["network"])
+    eager.network.load_state_dict(checkpoint["network"])  # strict: the same keys as an eager network
+    train_step(compiled, loss_fn, batch, 12.0)
+    resumed = build_state(plans, config, cpu, checkpoint, Rank())
+    train_step(resumed, loss_fn, batch, 12.0)
+    for a, b in zip(compiled.network.parameters(), resumed.network.parameters()):
         assert torch.equal(a, b)

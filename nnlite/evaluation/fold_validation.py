@@ -3,6 +3,12 @@
 Writes `validation/<case>.nii.gz` (+ `<case>.npz` probabilities, for ensembling) in the original
 geometry and scores them against the reference labels into `validation/summary.json` — the real
 Dice, next to the last pseudo-Dice measured on patches during training.
+
+Under torchrun the cases are shared: rank r predicts and scores cases r, r + N, … and the ranks
+meet after every round of N cases (`distributed.for_each_shared`), so none waits in a collective
+longer than one case takes; rank 0 gathers every rank's per-case counts, checks that every case
+was predicted exactly once, and writes summary.json. One process takes the same path with N = 1,
+so its summary is the same.
 """
 
 from __future__ import annotations
@@ -16,13 +22,16 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
-from nnlite.evaluation.metrics import SUMMARY_FILE, evaluate_for_plans, write_summary
+from nnlite.common.errors import UserError
+from nnlite.evaluation.metrics import (SUMMARY_FILE, Counts, check_predicted_values, label_counts, list_segs,
+                                       read_pair, reference_labels, region_counts, summarize, write_summary)
 from nnlite.inference.export import export_prediction
 from nnlite.inference.sliding_window import predict_preprocessed
 from nnlite.plans import Plans
 from nnlite.preprocessing.cascade import stage_input
 from nnlite.preprocessing.pipeline import load_case_properties
 from nnlite.training.config import TrainConfig
+from nnlite.training.distributed import Rank, for_each_shared, gather_objects, share
 from nnlite.training.folds import preprocessed_dir
 from nnlite.training.precision import resolve_device
 
@@ -32,32 +41,92 @@ VALIDATION_DIR = "validation"
 
 
 def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, config: TrainConfig,
-                  cases: Sequence[str], metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Predict, export and score `cases`; returns the summary (also written to summary.json)."""
+                  cases: Sequence[str], metrics: Sequence[dict[str, Any]], rank: Rank = Rank()) -> dict[str, Any]:
+    """Predict, export and score `cases` (this rank's share of them); returns the summary, which
+    rank 0 also writes to summary.json (other ranks return it too, unwritten)."""
     out_dir = folder / VALIDATION_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
-    plan = plans.configurations[config.configuration]
+    cases = sorted(cases)
+    if rank.is_main:
+        for r in range(rank.world_size):
+            log.info("rank %d: validating %d of %d cases", r, len(share(cases, Rank(r, rank.world_size))),
+                     len(cases))
     network.deep_supervision = False
     network.eval()
-    source = preprocessed_dir(work, plans, config)
-    for case in tqdm(cases, desc="validation", unit="case"):
-        data = np.load(source / f"{case}.npy", mmap_mode="r")
-        data = stage_input(work, plans, config.configuration, case, np.array(data))  # + cascade input
-        probs = predict_preprocessed([network], data, plan,
-                                     mirror=config.validation.mirroring, step=config.validation.step,
-                                     device=device, sigmoid=bool(plans.regions))
-        props = load_case_properties(source / f"{case}.json")
-        export_prediction(probs, props, plans, config.configuration, out_dir / f"{case}.nii.gz",
-                          save_probabilities=config.validation.save_probabilities)
+    refs = list_segs(reference_labels(plans))
+    predict = CasePredictor(work, out_dir, network, plans, config)
+    with tqdm(total=len(share(cases, rank)), desc="validation", unit="case", disable=not rank.is_main) as bar:
+        def predict_and_score(case: str) -> dict[int, Counts]:
+            counts = score_case(case, predict(case), refs, plans)
+            bar.update(1)
+            return counts
+
+        mine = for_each_shared(cases, rank, predict_and_score)
     network.deep_supervision = True
-    summary = evaluate_for_plans(out_dir, plans)
+    counts = merge_counts(gather_objects({cases[i]: c for i, c in mine.items()}, rank), cases)
+    summary = summarize(counts, scored_names(plans))
     summary["pseudo_dice"] = last_pseudo_dice(metrics)
-    write_summary(summary, out_dir / SUMMARY_FILE)
-    log.info("validation: Dice %.4f on %d cases (last EMA pseudo-Dice %.4f): %s",
-             summary["foreground_mean"]["dice"], len(summary["per_case"]),
-             metrics[-1]["ema_pseudo_dice"] if metrics else math.nan, out_dir / SUMMARY_FILE)
+    if rank.is_main:
+        write_summary(summary, out_dir / SUMMARY_FILE)
+        log.info("validation: Dice %.4f on %d cases (last EMA pseudo-Dice %.4f): %s",
+                 summary["foreground_mean"]["dice"], len(summary["per_case"]),
+                 metrics[-1]["ema_pseudo_dice"] if metrics else math.nan, out_dir / SUMMARY_FILE)
     return summary
+
+
+class CasePredictor:
+    """Predicts one preprocessed validation case and exports it: case → `<case>.nii.gz`."""
+
+    def __init__(self, work: Path, out_dir: Path, network: nn.Module, plans: Plans, config: TrainConfig):
+        self.work, self.out_dir, self.network, self.plans, self.config = work, out_dir, network, plans, config
+        self.source = preprocessed_dir(work, plans, config)
+        self.device = resolve_device(config.device)
+
+    def __call__(self, case: str) -> Path:
+        config, plans = self.config, self.plans
+        data = np.load(self.source / f"{case}.npy", mmap_mode="r")
+        data = stage_input(self.work, plans, config.configuration, case, np.array(data))  # + cascade input
+        probs = predict_preprocessed([self.network], data, plans.configurations[config.configuration],
+                                     mirror=config.validation.mirroring, step=config.validation.step,
+                                     device=self.device, sigmoid=bool(plans.regions))
+        props = load_case_properties(self.source / f"{case}.json")
+        path = self.out_dir / f"{case}.nii.gz"
+        export_prediction(probs, props, plans, config.configuration, path,
+                          save_probabilities=config.validation.save_probabilities)
+        return path
+
+
+def score_case(case: str, prediction: Path, refs: dict[str, Path], plans: Plans) -> dict[int | str, Counts]:
+    """TP/FP/FN per foreground label (or per region, keyed by name) of one exported prediction
+    against its raw reference."""
+    if case not in refs:
+        raise UserError(case, "has no reference label map in labelsTr")
+    pred, ref = read_pair(case, prediction, refs[case])
+    if plans.regions:
+        values = sorted({v for region in plans.regions for v in region.labels})
+        check_predicted_values(case, set(np.unique(pred).tolist()), values, "the regions' labels")
+        return region_counts(pred, ref, plans.regions, plans.ignore_label)
+    check_predicted_values(case, set(np.unique(pred).tolist()), plans.foreground_labels)
+    return label_counts(pred, ref, plans.foreground_labels, plans.ignore_label)
+
+
+def scored_names(plans: Plans) -> list[int] | list[str]:
+    """What a validation summary is keyed by: the foreground labels, or the regions' names."""
+    return [region.name for region in plans.regions] if plans.regions else list(plans.foreground_labels)
+
+
+def merge_counts(per_rank: Sequence[dict[str, dict[int, Counts]]], cases: Sequence[str]) -> dict[str, dict[int, Counts]]:
+    """One {case: counts} from every rank's, in the order of `cases`; each case exactly once."""
+    merged: dict[str, dict[int, Counts]] = {}
+    for counts in per_rank:
+        for case, value in counts.items():
+            if case in merged:
+                raise RuntimeError(f"validation case {case} was predicted by two ranks")
+            merged[case] = value
+    missing = [case for case in cases if case not in merged]
+    if missing:
+        raise RuntimeError(f"validation case {missing[0]} was predicted by no rank")
+    return {case: merged[case] for case in cases}
 
 
 def is_validated(folder: Path) -> bool:

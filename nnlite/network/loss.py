@@ -14,10 +14,11 @@ Deep supervision: the network returns logits at the scales `deep_supervision_sca
 
 from __future__ import annotations
 
-from typing import Sequence, TypeVar
+from typing import Any, Sequence, TypeVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -33,17 +34,52 @@ CE_SKIP_INDEX = -100  # target value F.cross_entropy skips (its default ignore_i
 SegArray = TypeVar("SegArray", torch.Tensor, np.ndarray)
 
 
+class AllGatherGrad(torch.autograd.Function):
+    """all_gather that passes gradients back (the reference's AllGatherGrad).
+
+    Forward: (…) on every rank → (world, …), rank r's tensor at index r. Backward: the incoming
+    gradients are summed over ranks and each rank keeps its own slice. That sum is what makes DDP's
+    gradient *average* come out right: every rank's loss depends on every rank's statistics.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        gathered = [torch.zeros_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, tensor.contiguous())
+        return torch.stack(gathered)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[dist.get_rank()]
+
+
+def sum_dice_statistics_across_ranks(stats: torch.Tensor) -> torch.Tensor:
+    """Sum per-class Dice statistics (e.g. stacked intersect / sum_pred / sum_gt) over the DDP ranks,
+    with gradient; unchanged without an initialised process group of more than one rank.
+
+    Batch Dice under DDP needs this: each rank holds B/N samples, and the Dice of the global batch
+    is the ratio of the global sums, not a mean of per-rank ratios.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return stats
+    return AllGatherGrad.apply(stats).sum(0)
+
+
 def soft_dice_per_class(
     probs: torch.Tensor,
     target: torch.Tensor,
     batch_dice: bool,
     valid: torch.Tensor | None = None,
     smooth: float = DICE_SMOOTH,
+    across_ranks: bool = False,
 ) -> torch.Tensor:
     """Soft Dice of every foreground class.
 
     probs (B, K, *S) softmax output; target (B, 1, *S) int64 labels in [0, K); valid (B, 1, *S) bool or
     None (all voxels count). Returns (K-1,) with batch Dice (sums over the batch too), else (B, K-1).
+    With `across_ranks` and batch Dice the sums also run over the batches of every DDP rank.
     """
     fg_probs = probs[:, 1:]  # background excluded
     onehot = torch.zeros_like(probs).scatter_(1, target, 1)[:, 1:]
@@ -58,6 +94,8 @@ def soft_dice_per_class(
     intersect = (fg_probs * onehot).sum(axes, dtype=torch.float32)
     sum_pred = pred.sum(axes, dtype=torch.float32)
     sum_gt = onehot.sum(axes, dtype=torch.float32)
+    if batch_dice and across_ranks:
+        intersect, sum_pred, sum_gt = sum_dice_statistics_across_ranks(torch.stack([intersect, sum_pred, sum_gt]))
     return (2 * intersect + smooth) / torch.clamp(sum_gt + sum_pred + smooth, min=DICE_MIN_DENOMINATOR)
 
 
@@ -66,6 +104,7 @@ class DiceCELoss(nn.Module):
 
     Voxels labelled `ignore_label` count in neither term. Voxels labelled OUTSIDE_LABEL (-1) count as
     background, as after the reference's loader, or, with `mask_outside`, in neither term.
+    `across_ranks`: under DDP, batch Dice sums its statistics over every rank's batch.
     """
 
     def __init__(
@@ -74,9 +113,11 @@ class DiceCELoss(nn.Module):
         ignore_label: int | None = None,
         mask_outside: bool = False,
         smooth: float = DICE_SMOOTH,
+        across_ranks: bool = False,
     ) -> None:
         super().__init__()
         self.batch_dice = batch_dice
+        self.across_ranks = across_ranks
         self.ignore_label = ignore_label
         self.mask_outside = mask_outside
         self.smooth = smooth
@@ -87,7 +128,8 @@ class DiceCELoss(nn.Module):
         if self.ignore_label is None and not self.mask_outside:
             target = target.clamp(min=0)  # the fast, unmasked path of the reference
             ce = F.cross_entropy(logits, target[:, 0])
-            dice = soft_dice_per_class(torch.softmax(logits, 1), target, self.batch_dice, None, self.smooth)
+            dice = soft_dice_per_class(torch.softmax(logits, 1), target, self.batch_dice, None, self.smooth,
+                                       self.across_ranks)
             return CE_WEIGHT * ce - DICE_WEIGHT * dice.mean()
         valid = torch.ones_like(target, dtype=torch.bool)
         if self.ignore_label is not None:
@@ -99,7 +141,8 @@ class DiceCELoss(nn.Module):
         ce_target = target[:, 0].masked_fill(~valid[:, 0], CE_SKIP_INDEX)
         ce = F.cross_entropy(logits, ce_target, ignore_index=CE_SKIP_INDEX, reduction="sum")
         ce = ce / valid.sum().clamp(min=1)
-        dice = soft_dice_per_class(torch.softmax(logits, 1), target, self.batch_dice, valid, self.smooth)
+        dice = soft_dice_per_class(torch.softmax(logits, 1), target, self.batch_dice, valid, self.smooth,
+                                   self.across_ranks)
         return CE_WEIGHT * ce - DICE_WEIGHT * dice.mean()
 
 
@@ -190,8 +233,13 @@ class DeepSupervisionLoss(nn.Module):
 
 
 def build_loss(
-    plan: NetworkPlan, batch_dice: bool, ignore_label: int | None = None, mask_outside: bool = False
+    plan: NetworkPlan, batch_dice: bool, ignore_label: int | None = None, mask_outside: bool = False,
+    across_ranks: bool = False,
 ) -> DeepSupervisionLoss:
-    """The training loss of a plan: Dice + CE summed over the deep-supervision outputs."""
+    """The training loss of a plan: Dice + CE summed over the deep-supervision outputs.
+
+    `across_ranks` (training under DDP): batch Dice over the global batch of every rank.
+    """
     weights = deep_supervision_weights(plan.n_stages - 1)
-    return DeepSupervisionLoss(DiceCELoss(batch_dice, ignore_label, mask_outside), weights)
+    return DeepSupervisionLoss(DiceCELoss(batch_dice, ignore_label, mask_outside, across_ranks=across_ranks),
+                               weights)

@@ -20,7 +20,7 @@ from torch import nn
 
 from nnlite.data.regions import in_region
 from nnlite.network.loss import (DICE_MIN_DENOMINATOR, DICE_SMOOTH, DICE_WEIGHT, DeepSupervisionLoss,
-                                 deep_supervision_weights)
+                                 deep_supervision_weights, sum_dice_statistics_across_ranks)
 from nnlite.plans import NetworkPlan, Region
 
 BCE_WEIGHT = 1.0  # weight of the binary cross-entropy term (the reference's weight_ce)
@@ -38,9 +38,11 @@ def region_targets(seg: torch.Tensor, regions: Sequence[Region],
 
 
 def soft_dice_per_region(probs: torch.Tensor, target: torch.Tensor, batch_dice: bool,
-                         valid: torch.Tensor | None = None, smooth: float = DICE_SMOOTH) -> torch.Tensor:
+                         valid: torch.Tensor | None = None, smooth: float = DICE_SMOOTH,
+                         across_ranks: bool = False) -> torch.Tensor:
     """Soft Dice of every region: probs (B, R, *S) sigmoid outputs, target (B, R, *S) 0/1, valid
-    (B, 1, *S) bool or None. Returns (R,) with batch Dice (sums over the batch too), else (B, R)."""
+    (B, 1, *S) bool or None. Returns (R,) with batch Dice (sums over the batch too), else (B, R).
+    With `across_ranks` and batch Dice the sums also run over the batches of every DDP rank."""
     target = target.to(probs.dtype)
     pred = probs
     if valid is not None:
@@ -52,6 +54,8 @@ def soft_dice_per_region(probs: torch.Tensor, target: torch.Tensor, batch_dice: 
     intersect = (probs * target).sum(axes, dtype=torch.float32)
     sum_pred = pred.sum(axes, dtype=torch.float32)
     sum_gt = target.sum(axes, dtype=torch.float32)
+    if batch_dice and across_ranks:
+        intersect, sum_pred, sum_gt = sum_dice_statistics_across_ranks(torch.stack([intersect, sum_pred, sum_gt]))
     return (2 * intersect + smooth) / torch.clamp(sum_gt + sum_pred + smooth, min=DICE_MIN_DENOMINATOR)
 
 
@@ -62,17 +66,20 @@ class RegionDiceBCELoss(nn.Module):
     every region channel (the reference divides that sum by the voxel count only, R times larger).
     """
 
-    def __init__(self, num_regions: int, batch_dice: bool, smooth: float = DICE_SMOOTH) -> None:
+    def __init__(self, num_regions: int, batch_dice: bool, smooth: float = DICE_SMOOTH,
+                 across_ranks: bool = False) -> None:
         super().__init__()
         self.num_regions = num_regions
         self.batch_dice = batch_dice
         self.smooth = smooth
+        self.across_ranks = across_ranks  # batch Dice over every DDP rank's batch
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()  # sigmoid and BCE in fp32
         regions = target[:, : self.num_regions].float()
         valid = target[:, self.num_regions :] == 0 if target.shape[1] > self.num_regions else None
-        dice = soft_dice_per_region(torch.sigmoid(logits), regions, self.batch_dice, valid, self.smooth)
+        dice = soft_dice_per_region(torch.sigmoid(logits), regions, self.batch_dice, valid, self.smooth,
+                                    self.across_ranks)
         bce = F.binary_cross_entropy_with_logits(logits, regions, reduction="none")
         if valid is None:
             bce = bce.mean()
@@ -81,10 +88,11 @@ class RegionDiceBCELoss(nn.Module):
         return BCE_WEIGHT * bce - DICE_WEIGHT * dice.mean()
 
 
-def build_region_loss(plan: NetworkPlan, batch_dice: bool, num_regions: int) -> DeepSupervisionLoss:
+def build_region_loss(plan: NetworkPlan, batch_dice: bool, num_regions: int,
+                      across_ranks: bool = False) -> DeepSupervisionLoss:
     """The training loss of a region dataset: Dice + BCE summed over the deep-supervision outputs."""
     weights = deep_supervision_weights(plan.n_stages - 1)
-    return DeepSupervisionLoss(RegionDiceBCELoss(num_regions, batch_dice), weights)
+    return DeepSupervisionLoss(RegionDiceBCELoss(num_regions, batch_dice, across_ranks=across_ranks), weights)
 
 
 def region_confusion_counts(logits: torch.Tensor, target: torch.Tensor, num_regions: int) -> torch.Tensor:

@@ -24,6 +24,7 @@ _FLOAT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf
 DEVICES = ("auto", "cpu", "cuda")
 AUGMENT_ON = ("auto", "cpu", "device")  # where training batches are augmented (nnlite.loading.device_augmentation)
 AMP_MODES = ("auto", "bf16", "fp16", "off")  # autocast dtype of training (precision.amp_dtype)
+COMPILE_MODES = ("auto", "on", "off")  # torch.compile of the network; auto: on for CUDA
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,12 @@ class TrainingSettings:
     grad_clip: float = 12.0  # max L2 norm over all gradients
     ema_momentum: float = 0.9  # ema = m * ema + (1 - m) * pseudo-Dice
     amp: str = "auto"  # auto: bf16 (fp16 without it) on CUDA, bf16 on a CPU with bf16 instructions
+    compile: str = "auto"  # torch.compile the network: on, off, auto = on for CUDA
 
     def __post_init__(self) -> None:
         _check_choice("training.lr_step", self.lr_step, LR_STEPS)
         _check_choice("training.amp", self.amp, AMP_MODES)
+        _check_choice("training.compile", self.compile, COMPILE_MODES)
         for name, lowest in (("epochs", 1), ("iters_per_epoch", 1), ("val_iters", 0)):
             _check_range(f"training.{name}", getattr(self, name), lowest <= getattr(self, name), f"≥ {lowest}")
         if self.batch_size is not None:
@@ -97,6 +100,16 @@ class ValidationSettings:
 
 
 @dataclass(frozen=True)
+class DistributedSettings:
+    """Multi-process training under torchrun (nnlite.training.distributed)."""
+
+    timeout_minutes: float = 30.0  # a collective waiting longer than this for a rank fails the job
+
+    def __post_init__(self) -> None:
+        _check_range("distributed.timeout_minutes", self.timeout_minutes, self.timeout_minutes > 0, "> 0")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run; saved in `config.json` and in each checkpoint."""
 
@@ -109,6 +122,7 @@ class TrainConfig:
     data: DataSettings = field(default_factory=DataSettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     validation: ValidationSettings = field(default_factory=ValidationSettings)
+    distributed: DistributedSettings = field(default_factory=DistributedSettings)
 
     def __post_init__(self) -> None:
         _check_choice("device", self.device, DEVICES)
@@ -131,7 +145,8 @@ def _check_range(key: str, value: float, ok: bool, expected: str) -> None:
 
 # Settings that may change when a run is resumed: they do not change what is computed
 # (epochs: extending a finished run is the point of `--resume --epochs N`).
-RESUMABLE_CHANGES = ("training.epochs", "data.workers", "data.augment_on", "device", "validation.enabled")
+RESUMABLE_CHANGES = ("training.epochs", "data.workers", "data.augment_on", "device", "validation.enabled",
+                     "training.compile", "distributed.timeout_minutes")
 
 
 def load_train_config(source: str | Path = "default", overrides: Sequence[str] = ()) -> TrainConfig:
@@ -199,6 +214,12 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+# YAML 1.1 also reads on/off/yes/no as booleans; only true/false are (so `compile: off` is text).
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
 
 
 def _parse_yaml(text: str) -> Any:

@@ -5,17 +5,28 @@ LOCAL_RANK set; without torchrun everything here degrades to a single process (r
 The global batch (the plan's batch size) is split across ranks, and the reference's global
 foreground-oversampling rule is kept: global sample g is forced to hold foreground iff
 g ≥ round(B · (1 − oversample)), whatever rank draws it.
+
+Work that is not a training step (the final validation, the cascade's previous-stage inputs) is
+shared: each rank takes every N-th item (`share`) and the ranks meet at a barrier after every
+round of N items (`for_each_shared`), so no rank ever waits in a collective for longer than one
+item takes; raising the process-group timeout (`distributed.timeout_minutes`) is not needed for it.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from nnlite.loading import sampling
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -35,14 +46,18 @@ class Rank:
         return self.world_size > 1
 
 
-def init_distributed(device_type: str) -> Rank:
-    """Join the torchrun process group (NCCL on CUDA, gloo on CPU); a no-op without torchrun."""
+def init_distributed(device_type: str, timeout_minutes: float = 30.0) -> Rank:
+    """Join the torchrun process group (NCCL on CUDA, gloo on CPU); a no-op without torchrun.
+
+    `timeout_minutes`: how long a collective may wait for the slowest rank before the job fails.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Rank()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo",
+                                timeout=timedelta(minutes=timeout_minutes))
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
     return Rank(rank, world_size, local_rank)
@@ -102,3 +117,37 @@ def broadcast_int(value: int, rank: Rank) -> int:
 def barrier(rank: Rank) -> None:
     if rank.distributed:
         dist.barrier()
+
+
+def share(items: Sequence[T], rank: Rank) -> list[T]:
+    """This rank's share of `items`: items r, r + N, r + 2N, … (all of them on one process)."""
+    return [items[i] for i in share_indices(len(items), rank)]
+
+
+def share_indices(n_items: int, rank: Rank) -> range:
+    return range(rank.rank, n_items, rank.world_size)
+
+
+def for_each_shared(items: Sequence[T], rank: Rank, work: Callable[[T], R]) -> dict[int, R]:
+    """Run `work` on this rank's share of `items`, meeting the other ranks after every round.
+
+    Round k holds items kN … kN + N − 1, one per rank; the barrier after it waits at most for the
+    slowest of those N items, and every rank meets ceil(len(items) / N) barriers, its share or not.
+    Returns {index in items: result} of this rank's items.
+    """
+    mine = share_indices(len(items), rank)
+    results = {}
+    for round_index in range(math.ceil(len(items) / rank.world_size)):
+        if round_index < len(mine):
+            results[mine[round_index]] = work(items[mine[round_index]])
+        barrier(rank)
+    return results
+
+
+def gather_objects(value: Any, rank: Rank) -> list[Any]:
+    """Every rank's `value` (picklable), in rank order, on every rank; [value] on one process."""
+    if not rank.distributed:
+        return [value]
+    gathered: list[Any] = [None] * rank.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered

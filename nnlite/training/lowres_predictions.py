@@ -12,6 +12,8 @@ model that did not train on it. Each prediction (a label map in the original geo
                                                                       and its SHA-256)
 
 A case is redone exactly when its source prediction's content (or fold, or path) changed.
+Under torchrun the cases are shared between the ranks in rounds (`distributed.for_each_shared`):
+no rank waits in a collective longer than one case's conversion.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from nnlite.common.errors import UserError
@@ -30,6 +33,7 @@ from nnlite.plans import Plans
 from nnlite.preprocessing.cascade import (PREV_FILE, previous_stage_dir, previous_stage_name,
                                           seg_to_stage_input)
 from nnlite.preprocessing.pipeline import load_case_properties
+from nnlite.training.distributed import Rank, barrier, for_each_shared, share, sum_across_ranks
 from nnlite.training.folds import fold_sources
 
 log = logging.getLogger(__name__)
@@ -37,9 +41,10 @@ log = logging.getLogger(__name__)
 PREV_INFO_FILE = "{case}_prev.json"
 
 
-def prepare_previous_stage(work: Path, plans: Plans, config_name: str) -> Path:
+def prepare_previous_stage(work: Path, plans: Plans, config_name: str, rank: Rank = Rank()) -> Path:
     """Write `<case>_prev.npy` for every preprocessed training case from the lowres CV (see the
-    module docstring); files whose source prediction did not change are kept. Returns the folder."""
+    module docstring); files whose source prediction did not change are kept. Returns the folder.
+    Every rank of a torchrun job calls this and converts its share of the cases."""
     work = Path(work)
     lowres = previous_stage_name(plans, config_name)
     out = previous_stage_dir(work, plans, config_name)
@@ -54,10 +59,22 @@ def prepare_previous_stage(work: Path, plans: Plans, config_name: str) -> Path:
     if missing:
         raise UserError(missing[0], f"has no {lowres} cross-validation prediction (no fold of "
                         f"splits.json validates it)")
-    out.mkdir(parents=True, exist_ok=True)
-    remove_tmp_leftovers(out)
-    written = sum(_write_previous_stage(out, data_dir, case, *sources[case], lowres, plans, config_name)
-                  for case in tqdm(cases, desc=f"{lowres} → {config_name}", unit="case", leave=False))
+    if rank.is_main:
+        for r in range(rank.world_size):
+            log.info("rank %d: preparing %d of %d previous-stage inputs", r,
+                     len(share(cases, Rank(r, rank.world_size))), len(cases))
+        # before any rank writes: a .tmp file here is a leftover of a killed run
+        out.mkdir(parents=True, exist_ok=True)
+        remove_tmp_leftovers(out)
+    barrier(rank)
+    with tqdm(total=len(share(cases, rank)), desc=f"{lowres} → {config_name}", unit="case", leave=False,
+              disable=not rank.is_main) as bar:
+        def write(case: str) -> bool:
+            bar.update(1)
+            return _write_previous_stage(out, data_dir, case, *sources[case], lowres, plans, config_name)
+
+        mine = sum(for_each_shared(cases, rank, write).values())
+    written = int(sum_across_ranks(torch.tensor([mine], dtype=torch.int64), rank))
     log.info("%s: previous-stage inputs of %d cases in %s (%d rewritten)", config_name, len(cases),
              out, written)
     return out
@@ -81,8 +98,8 @@ def _write_previous_stage(out: Path, data_dir: Path, case: str, fold: int, sourc
     return True
 
 
-def prepare_if_cascade(work: Path, plans: Plans, config_name: str) -> None:
+def prepare_if_cascade(work: Path, plans: Plans, config_name: str, rank: Rank = Rank()) -> None:
     """Before training `config_name`: prepare its previous-stage inputs when it is a cascade stage."""
     config = plans.configurations.get(config_name)
     if config is not None and config.previous_stage:
-        prepare_previous_stage(work, plans, config_name)
+        prepare_previous_stage(work, plans, config_name, rank)

@@ -31,14 +31,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nnlite.common.files import ensure_writable_dir
 from nnlite.common.schema import to_jsonable
-from nnlite.network import build_unet
+from nnlite.network import build_unet, compile_network
 from nnlite.network.loss import build_loss
 from nnlite.network.region_loss import build_region_loss, region_confusion_counts
 from nnlite.plans import Plans, load_plans
 from nnlite.preprocessing.cascade import input_channels
 from nnlite.training import checkpoints, progress
 from nnlite.training.config import TrainConfig, config_to_dict
-from nnlite.training.distributed import (Rank, barrier, close_distributed, init_distributed,
+from nnlite.training.distributed import (Rank, barrier, broadcast_int, close_distributed, init_distributed,
                                          mean_across_ranks, sum_across_ranks)
 from nnlite.training.folds import fold_cases
 from nnlite.training.lowres_predictions import prepare_if_cascade
@@ -81,7 +81,7 @@ def train_folds(work: Path, config: TrainConfig, folds: Sequence[str], *, resume
                 overwrite: bool = False) -> list[Path]:
     """Train each fold in turn; under torchrun every rank runs this and joins the process group."""
     wants_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-    rank = init_distributed("cuda" if wants_cuda else "cpu")
+    rank = init_distributed("cuda" if wants_cuda else "cpu", config.distributed.timeout_minutes)
     try:
         return [train(work, replace(config, fold=str(fold)), resume=resume, overwrite=overwrite, rank=rank)
                 for fold in folds]
@@ -99,10 +99,11 @@ def train(work: Path, config: TrainConfig, *, resume: bool = False, overwrite: b
     plans = load_plans(work / "plans.json")
     check_configuration(work, plans, config)
     cases = fold_cases(work, plans, config)
-    if rank.is_main:  # a cascade stage: the lowres cross-validation becomes extra input channels
+    if rank.is_main:
         ensure_writable_dir(work / "results", "results folder")
-        prepare_if_cascade(work, plans, config.configuration)
     barrier(rank)
+    # a cascade stage: the lowres cross-validation becomes extra input channels (shared by the ranks)
+    prepare_if_cascade(work, plans, config.configuration, rank)
     device = resolve_device(config.device)
     run = prepare_run(work, plans, config, resume=resume, overwrite=overwrite, rank=rank)
     try:
@@ -124,8 +125,9 @@ def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: R
     train_cases, val_cases = cases
     state = build_state(plans, config, device, run.checkpoint, rank)
     if run.finished:
-        if config.validation.enabled and rank.is_main and not validation_done(run.folder):
-            validate_fold_cases(work, run, state, plans, val_cases)
+        # rank 0 decides, so every rank takes part in the shared validation or none does
+        if config.validation.enabled and not broadcast_int(int(validation_done(run.folder)), rank):
+            validate_fold_cases(work, run, state, plans, val_cases, rank)
         return
     batch_size = config.training.batch_size or plans.configurations[config.configuration].batch_size
     batches = build_batches(work, plans, config, train_cases, val_cases, batch_size, state.epoch, rank,
@@ -133,7 +135,7 @@ def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: R
     log.info("training %s fold %s on %s: %d training / %d validation cases, batch %d, epochs %d-%d",
              config.configuration, config.fold, device, len(train_cases), len(val_cases),
              batch_size, state.epoch + 1, config.training.epochs)
-    loss_fn = training_loss(plans, config).to(device)
+    loss_fn = training_loss(plans, config, across_ranks=rank.distributed).to(device)
     with batches, logging_redirect_tqdm(), progress_bar(config, state, rank) as bar:
         for epoch in range(state.epoch, config.training.epochs):
             started = time.perf_counter()
@@ -145,17 +147,18 @@ def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: R
             end_epoch(run, state, record, plans, config, rank)
             bar.set_postfix(loss=f"{train_loss:.3f}", ema=f"{record['ema_pseudo_dice']:.3f}")
     finish(run, state, plans, config, rank)
-    if config.validation.enabled and rank.is_main:
-        validate_fold_cases(work, run, state, plans, val_cases)
+    if config.validation.enabled:  # every rank predicts its share of the cases
+        validate_fold_cases(work, run, state, plans, val_cases, rank)
     barrier(rank)
 
 
-def training_loss(plans: Plans, config: TrainConfig) -> nn.Module:
-    """Dice + CE on labels, or Dice + BCE per region for a region dataset; deep supervision both."""
+def training_loss(plans: Plans, config: TrainConfig, across_ranks: bool = False) -> nn.Module:
+    """Dice + CE on labels, or Dice + BCE per region for a region dataset; deep supervision both.
+    across_ranks: under DDP, batch Dice sums its statistics over every rank's batch."""
     plan = plans.configurations[config.configuration]
     if plans.regions:
-        return build_region_loss(plan.network, plan.batch_dice, len(plans.regions))
-    return build_loss(plan.network, plan.batch_dice, ignore_label=plans.ignore_label)
+        return build_region_loss(plan.network, plan.batch_dice, len(plans.regions), across_ranks)
+    return build_loss(plan.network, plan.batch_dice, ignore_label=plans.ignore_label, across_ranks=across_ranks)
 
 
 def validation_done(folder: Path) -> bool:
@@ -164,10 +167,11 @@ def validation_done(folder: Path) -> bool:
     return is_validated(folder)
 
 
-def validate_fold_cases(work: Path, run: Run, state: RunState, plans: Plans, val_cases: list[str]) -> None:
+def validate_fold_cases(work: Path, run: Run, state: RunState, plans: Plans, val_cases: list[str],
+                        rank: Rank) -> None:
     from nnlite.evaluation.fold_validation import validate_fold  # the predictor is only needed here
 
-    validate_fold(work, run.folder, state.network, plans, run.config, val_cases, state.metrics)
+    validate_fold(work, run.folder, state.network, plans, run.config, val_cases, state.metrics, rank)
 
 
 def build_state(plans: Plans, config: TrainConfig, device: torch.device,
@@ -189,12 +193,20 @@ def build_state(plans: Plans, config: TrainConfig, device: torch.device,
     state = RunState(network, network, optimizer, scaler, dtype, device, 0, [])
     if checkpoint is not None:
         restore_state(state, checkpoint)
+    # only what is called is compiled: checkpoints save `network`, without `_orig_mod.` keys
+    state.model = compile_network(network, wants_compile(t.compile, device))
     if rank.distributed:
         # the lowest head is never computed, so its weights get no gradient: DDP must know
         state.model = nn.parallel.DistributedDataParallel(
-            network, device_ids=[device.index] if device.type == "cuda" else None,
+            state.model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True)
     return state
+
+
+def wants_compile(mode: str, device: torch.device) -> bool:
+    """training.compile: on, off, or auto = on for CUDA. On a CPU a step got only ~10 % faster
+    (benchmarks/network.py) for minutes of compiling, so auto leaves it off there."""
+    return mode == "on" or (mode == "auto" and device.type == "cuda")
 
 
 def restore_state(state: RunState, checkpoint: dict[str, Any]) -> None:
