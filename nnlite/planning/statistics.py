@@ -4,7 +4,7 @@ nnU-Net concatenates every case's sampled foreground intensities (1e8 values per
 np.mean, np.std, np.min, np.max and np.percentile on the result. Those calls copy the 400 MB array
 (std's deviations) or partition all of it (percentiles). The same numbers come out here with less:
 
-- std: numpy sums an array pairwise: it halves it (the first half rounded down to a multiple of 8)
+- mean and std: numpy sums an array pairwise: it halves it (the first half rounded down to a multiple of 8)
   until a part holds at most 128 values. `pairwise_sum` walks the top of that tree itself and lets
   numpy sum parts of at most LEAF_SIZE values, so the squared deviations exist one part at a time;
   the additions happen in the same order, so the result has the same bits.
@@ -54,11 +54,11 @@ def pairwise_sum(x: np.ndarray, leaf_size: int = LEAF_SIZE,
     return np.add.reduce(part_values(x))
 
 
-def std_like_numpy(samples: np.ndarray, leaf_size: int = LEAF_SIZE) -> float:
-    """np.std(samples) (population) without the array-sized copy of the deviations.
+def mean_and_std_like_numpy(samples: np.ndarray, leaf_size: int = LEAF_SIZE) -> tuple[float, float]:
+    """(np.mean(samples), np.std(samples)) without the array-sized copy of the deviations.
 
-    Follows numpy's _var: the mean as a 1-element array divided in place, the squared deviations
-    summed pairwise; here each part's deviations go through one reused buffer.
+    Follows numpy's _var: the mean as a 1-element array divided in place (the same bits as
+    np.mean), the squared deviations summed pairwise; here each part goes through one reused buffer.
     """
     mean = np.add.reduce(samples, keepdims=True)
     np.true_divide(mean, np.intp(samples.size), out=mean, casting="unsafe")
@@ -70,14 +70,14 @@ def std_like_numpy(samples: np.ndarray, leaf_size: int = LEAF_SIZE) -> float:
 
     total = pairwise_sum(samples, leaf_size, squared_deviations)
     variance = total.dtype.type(total / np.intp(samples.size))
-    return float(variance.dtype.type(np.sqrt(variance)))
+    return float(mean[0]), float(variance.dtype.type(np.sqrt(variance)))
 
 
 def order_statistics(drawn: list[Drawn], ranks: np.ndarray) -> np.ndarray:
     """The values at 0-based `ranks` of the sorted multiset that `drawn` describes (float32)."""
     values = np.concatenate([d.values for d in drawn])
     counts = np.concatenate([d.counts for d in drawn])
-    order = np.argsort(values, kind="stable")
+    order = np.argsort(values)  # equal values may come in any order: their counts add up the same
     at_or_below = np.cumsum(counts[order])  # samples ≤ each sorted value
     return values[order][np.searchsorted(at_or_below, ranks, side="right")]
 
@@ -95,8 +95,7 @@ def interpolate_percentiles(n: int, value_at: Callable[[np.ndarray], np.ndarray]
     above = virtual >= n - 1
     previous[above], following[above] = n - 1, n - 1
     gamma = virtual - previous
-    a = value_at(previous.astype(np.intp)).astype(dtype)
-    b = value_at(following.astype(np.intp)).astype(dtype)
+    a, b = value_at(np.concatenate([previous, following]).astype(np.intp)).astype(dtype).reshape(2, -1)
     difference = b - a
     result = np.add(a, difference * gamma)
     np.subtract(b, difference * (1 - gamma), out=result, where=gamma >= 0.5, casting="unsafe")
@@ -109,8 +108,10 @@ def intensity_statistics(samples: np.ndarray, drawn: list[Drawn]) -> IntensitySt
     `drawn` describes the same samples by value and count (one entry per case with foreground).
     The samples may be partitioned in place (the fallback for many distinct drawn voxels).
     """
-    mean, std = float(np.mean(samples)), std_like_numpy(samples)
-    low_value, high_value = float(np.min(samples)), float(np.max(samples))
+    mean, std = mean_and_std_like_numpy(samples)
+    # min and max of the samples are those of the drawn voxels (a few, not 1e8 values)
+    low_value = float(min(d.values.min() for d in drawn))
+    high_value = float(max(d.values.max() for d in drawn))
     n_drawn = sum(d.values.size for d in drawn)
     if n_drawn <= DRAWN_SHARE_FOR_COUNTS * samples.size:
         low, median, high = interpolate_percentiles(
