@@ -21,8 +21,8 @@ def draw_cases(seed: int, n_cases: int, n_samples: int, rounded: bool) -> tuple[
     samples, drawn = [], []
     for _ in range(n_cases):
         pixels = (rng.standard_normal(int(rng.integers(1, 400))) * rng.uniform(1, 1e5)).astype(np.float32)
-        if rounded:  # many equal values, as in integer-valued scans
-            pixels = np.round(pixels / 100)
+        if rounded:  # many equal values, as in integer-valued scans (+ 0.0: no -0.0, see statistics)
+            pixels = np.round(pixels / 100) + np.float32(0.0)
         index = rng.integers(0, pixels.size, n_samples)
         samples.append(pixels[index])
         counts = np.bincount(index, minlength=pixels.size)

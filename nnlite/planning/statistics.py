@@ -13,6 +13,8 @@ np.mean, np.std, np.min, np.max and np.percentile on the result. Those calls cop
   foreground voxels, ~1e6 for Hippocampus, instead of 1e8 samples) gives the values at numpy's
   ranks, and `interpolate_percentiles` repeats np.percentile's "linear" arithmetic on them.
   When the drawn voxels are not much fewer than the samples, np.percentile partitions the samples.
+  One difference remains: -0.0 and 0.0 compare equal, so which of them a partition leaves at a
+  rank is an accident of numpy's algorithm; here a zero percentile, min or max is always 0.0.
 
 tests/test_statistics.py checks each function against the numpy call it stands for.
 """
@@ -79,7 +81,7 @@ def order_statistics(drawn: list[Drawn], ranks: np.ndarray) -> np.ndarray:
     counts = np.concatenate([d.counts for d in drawn])
     order = np.argsort(values)  # equal values may come in any order: their counts add up the same
     at_or_below = np.cumsum(counts[order])  # samples ≤ each sorted value
-    return values[order][np.searchsorted(at_or_below, ranks, side="right")]
+    return values[order][np.searchsorted(at_or_below, ranks, side="right")] + 0.0  # -0.0 → 0.0
 
 
 def interpolate_percentiles(n: int, value_at: Callable[[np.ndarray], np.ndarray], dtype: np.dtype) -> np.ndarray:
@@ -110,8 +112,8 @@ def intensity_statistics(samples: np.ndarray, drawn: list[Drawn]) -> IntensitySt
     """
     mean, std = mean_and_std_like_numpy(samples)
     # min and max of the samples are those of the drawn voxels (a few, not 1e8 values)
-    low_value = float(min(d.values.min() for d in drawn))
-    high_value = float(max(d.values.max() for d in drawn))
+    low_value = float(min(d.values.min() for d in drawn)) + 0.0
+    high_value = float(max(d.values.max() for d in drawn)) + 0.0
     n_drawn = sum(d.values.size for d in drawn)
     if n_drawn <= DRAWN_SHARE_FOR_COUNTS * samples.size:
         low, median, high = interpolate_percentiles(
