@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Sequence
 
 from nnlite.common.cli import ArgumentParser, run
-from nnlite.evaluation.scoring_inputs import absent_labels, labels_to_score, summary_path
-from nnlite.evaluation.metrics import evaluate_folder, format_table, write_summary
+
+# The library is imported in main, after the arguments are parsed: --help starts instantly.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,6 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None, metavar="SUMMARY_JSON",
                         help="summary.json path (default: PRED_DIR/summary.json; never inside REF_DIR)")
     args = parser.parse_args(argv)
+    from nnlite.evaluation.metrics import evaluate_folder, format_table, write_summary
+    from nnlite.evaluation.scoring_inputs import absent_labels, labels_to_score, summary_path
+
     label_set = labels_to_score(args.labels, args.dataset_json, args.ignore_label)
     output = summary_path(args.output, args.pred_dir, args.ref_dir)
     summary = evaluate_folder(args.pred_dir, args.ref_dir, label_set.labels, label_set.ignore_label)

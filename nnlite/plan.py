@@ -17,7 +17,8 @@ from typing import Sequence
 from nnlite.common.cli import ArgumentParser, default_workers, run
 from nnlite.planning.memory_budget import DEFAULT_GPU_MEMORY_GB, MEMORY_MODELS, resolve_gpu_memory
 from nnlite.planning.planner import CONFIGURATIONS
-from nnlite.planning.work_folder import plan_dataset, plan_from_fingerprint, summarize
+
+# The library is imported in main, after the arguments are parsed: --help starts instantly.
 
 USAGE = ("nnlite plan RAW WORK [options]\n"
          "       nnlite plan --fingerprint FINGERPRINT.json WORK [options]")
@@ -49,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     expected = 1 if args.fingerprint else 2
     if len(args.paths) != expected:
         parser.error("expected RAW WORK" if expected == 2 else "with --fingerprint give only WORK")
+    from nnlite.planning.work_folder import plan_dataset, plan_from_fingerprint, summarize
+
     gb = resolve_gpu_memory(args.gpu_memory_gb)
     work = Path(args.paths[-1])
     options = dict(folds=args.folds, overwrite=args.overwrite)
