@@ -62,7 +62,7 @@ def sample_foreground(data: np.ndarray, seg: np.ndarray, out: np.ndarray) -> lis
 
     Foreground is seg > 0 (outside voxels are -1). One RandomState(1234) serves all channels in
     order and draws what nnU-Net's `rs.choice(pixels, n, replace=True)` draws (choice calls
-    randint(0, pixels.size, n); 32-bit indices give the same numbers, faster). Returns per channel
+    randint(0, pixels.size, n), here written straight into `out`). Returns per channel
     the drawn voxels' values and counts; a channel without foreground gets None and `out` is left.
     """
     rs = np.random.RandomState(SAMPLING_SEED)
@@ -73,8 +73,8 @@ def sample_foreground(data: np.ndarray, seg: np.ndarray, out: np.ndarray) -> lis
         if not pixels.size:
             drawn.append(None)
             continue
-        index = rs.randint(0, pixels.size, row.size, dtype=np.uint32)
-        row[:] = pixels[index]
+        index = rs.randint(0, pixels.size, row.size)
+        np.take(pixels, index, out=row, mode="clip")  # the indices are in range; "clip" skips the check
         counts = np.bincount(index, minlength=pixels.size)
         picked = counts > 0
         drawn.append(Drawn(pixels[picked], counts[picked]))
