@@ -104,6 +104,16 @@ MUTATIONS = (
     Mutation("evaluation: Dice computed as IoU", "nnlite/evaluation/metrics.py",
              '"dice": 2 * tp / (2 * tp + fp + fn) if union else math.nan',
              '"dice": tp / (tp + fp + fn) if union else math.nan', ("tests/test_metrics.py",)),
+    Mutation("statistics: pairwise split not rounded to numpy's multiple of 8", "nnlite/planning/statistics.py",
+             "NUMPY_SPLIT_MULTIPLE = 8 ", "NUMPY_SPLIT_MULTIPLE = 4 ", ("tests/test_statistics.py",)),
+    Mutation("statistics: percentile lerp always from the lower value", "nnlite/planning/statistics.py",
+             "out=result, where=gamma >= 0.5,", "out=result, where=gamma > 1.5,", ("tests/test_statistics.py",)),
+    Mutation("fingerprint: samples of a case written at the wrong place", "nnlite/planning/fingerprint.py",
+             "samples[:, index])", "samples[:, 0])", ("tests/test_fingerprint.py",)),
+    Mutation("plan: the planning library imported with the command (slow --help)", "nnlite/plan.py",
+             "from nnlite.common.cli import ArgumentParser, default_workers, run\n",
+             "from nnlite.common.cli import ArgumentParser, default_workers, run\n"
+             "from nnlite.planning.work_folder import plan_dataset\n", ("tests/test_startup.py",)),
 )
 
 
