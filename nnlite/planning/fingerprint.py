@@ -119,7 +119,7 @@ def _fork_pool(workers: int) -> ProcessPoolExecutor | None:
 def _run_cases(dataset: RawDataset, workers: int) -> tuple[list[_CaseResult], np.ndarray]:
     """Analyze every case (in order) in `workers` processes; returns the results and the samples."""
     n_cases = len(dataset.cases)
-    pool = _fork_pool(workers) if n_cases > 1 else None
+    pool = _fork_pool(min(workers, n_cases))  # a fork pool starts all its processes at once
     shape = (dataset.num_channels, n_cases, samples_per_case(n_cases))
     _SHARED.update(dataset=dataset, samples=_samples_buffer(shape, shared=pool is not None))
     results = []
