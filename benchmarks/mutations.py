@@ -157,6 +157,16 @@ MUTATIONS = (
     Mutation("compile: checkpoints saved from the compiled module", "nnlite/training/trainer.py",
              '"network": state.network.state_dict(),', '"network": state.model.state_dict(),',
              ("tests/test_trainer.py::test_compiled_network_matches_eager_and_saves_plain_keys",)),
+    Mutation("statistics: pairwise split not rounded to numpy's multiple of 8", "nnlite/planning/statistics.py",
+             "NUMPY_SPLIT_MULTIPLE = 8 ", "NUMPY_SPLIT_MULTIPLE = 4 ", ("tests/test_statistics.py",)),
+    Mutation("statistics: percentile lerp always from the lower value", "nnlite/planning/statistics.py",
+             "out=result, where=gamma >= 0.5,", "out=result, where=gamma > 1.5,", ("tests/test_statistics.py",)),
+    Mutation("fingerprint: samples of a case written at the wrong place", "nnlite/planning/fingerprint.py",
+             "samples[:, index])", "samples[:, 0])", ("tests/test_fingerprint.py",)),
+    Mutation("plan: the planning library imported with the command (slow --help)", "nnlite/plan.py",
+             "from nnlite.common.cli import ArgumentParser, default_workers, run\n",
+             "from nnlite.common.cli import ArgumentParser, default_workers, run\n"
+             "from nnlite.planning.work_folder import plan_dataset\n", ("tests/test_startup.py",)),
 )
 
 

@@ -4,6 +4,14 @@ Two datasets: the 220 Hippocampus cases (isotropic 1 mm: cropping, normalization
 dominate) and 20 anisotropic 3-channel demo cases (resampling dominates).
 
     python benchmarks/preprocess.py [--workers 2] [--reference-python /work/refvenv/bin/python]
+    python benchmarks/preprocess.py --end-to-end [--repeats 3] [--reference-python ...]
+
+--end-to-end times what a user waits for, in fresh processes: `python -m nnlite.plan RAW WORK`
+then `python -m nnlite.preprocess WORK --configs 3d_fullres`, against nnU-Net's
+`nnUNetv2_plan_and_preprocess -d ID -c 3d_fullres -np N -npfp N` on the same raw folder, the two
+in turn (A B A B …) so a drift of the machine hits both; each run starts from empty output
+folders. It prints every run's wall and CPU seconds (user + sys of all processes) and the medians
+with their ratio reference / nnlite.
 
 With --reference-python, nnU-Net's fingerprint, planning and preprocessing (3d_fullres) run in a
 subprocess on the same raw data; nnlite then preprocesses with the *reference's* plans converted
@@ -15,6 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,15 +84,21 @@ print("RESULT " + json.dumps({"times": times, "plans": str(base / "nnUNetPlans.j
 """
 
 
+def reference_dirs(raw: Path, dataset_id: int, tmp: Path) -> dict[str, str]:
+    """nnU-Net's three folders under tmp, with raw linked in as Dataset<ID>_<Name>."""
+    name = f"Dataset{dataset_id:03d}_{raw.name.split('_', 1)[-1]}"
+    dirs = {key: tmp / key for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for folder in dirs.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    (dirs["nnUNet_raw"] / name).symlink_to(raw.resolve())
+    return {key: str(value) for key, value in dirs.items()}
+
+
 def run_reference(python: str, raw: Path, dataset_id: int, workers: int, tmp: Path) -> dict:
     """Run nnU-Net on `raw` in a subprocess; returns its timings, plans path and export folder."""
-    name = f"Dataset{dataset_id:03d}_{raw.name.split('_', 1)[-1]}"
-    env_dirs = {key: tmp / key for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    for folder in env_dirs.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    (env_dirs["nnUNet_raw"] / name).symlink_to(raw.resolve())
+    env_dirs = reference_dirs(raw, dataset_id, tmp)
     export = tmp / "reference_arrays"
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", **{k: str(v) for k, v in env_dirs.items()}}
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", **env_dirs}
     proc = subprocess.run([python, "-c", REFERENCE_SCRIPT, str(dataset_id), str(workers), str(export)],
                           env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -133,6 +151,73 @@ def compare(export: Path, folder: Path, cases: list[str]) -> tuple[float, float,
     return worst, scale, seg_diff / seg_total
 
 
+def timed(commands: list[list[str]], env: dict[str, str]) -> tuple[float, float]:
+    """Run the commands one after another; (wall s, CPU s of all their processes)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    for command in commands:
+        proc = subprocess.run(command, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(command[:4])} … failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def count_arrays(folder: Path, pattern: str) -> int:
+    return sum(1 for _ in folder.rglob(pattern))
+
+
+def run_nnlite_end_to_end(raw: Path, work: Path, workers: int, env: dict[str, str]) -> tuple[float, float]:
+    commands = [[sys.executable, "-m", "nnlite.plan", str(raw), str(work), "--workers", str(workers)],
+                [sys.executable, "-m", "nnlite.preprocess", str(work), "--configs", CONFIG,
+                 "--workers", str(workers)]]
+    result = timed(commands, {**env, "PYTHONPATH": str(ROOT)})
+    n_cases = len(load_dataset(raw).cases)
+    if count_arrays(work / "preprocessed", "*_seg.npy") != n_cases:
+        raise RuntimeError(f"nnlite left fewer than {n_cases} preprocessed cases in {work}")
+    return result
+
+
+def run_reference_end_to_end(python: str, raw: Path, dataset_id: int, workers: int, tmp: Path,
+                             env: dict[str, str]) -> tuple[float, float]:
+    dirs = reference_dirs(raw, dataset_id, tmp)
+    entry = ("import sys; from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import "
+             "plan_and_preprocess_entry as main; sys.argv[0] = 'nnUNetv2_plan_and_preprocess'; sys.exit(main())")
+    command = [python, "-c", entry, "-d", str(dataset_id), "-c", CONFIG, "-np", str(workers),
+               "-npfp", str(workers)]
+    result = timed([command], {**env, **dirs})
+    n_cases = len(load_dataset(raw).cases)
+    if count_arrays(Path(dirs["nnUNet_preprocessed"]), "*_seg.b2nd") != n_cases:
+        raise RuntimeError(f"the reference left fewer than {n_cases} preprocessed cases in {tmp}")
+    return result
+
+
+def end_to_end(label: str, raw: Path, dataset_id: int, args, tmp: Path) -> None:
+    """plan + preprocess in fresh processes, nnlite and the reference in turn; medians and ratio."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ours, theirs = [], []
+    for repeat in range(args.repeats):
+        ours.append(run_nnlite_end_to_end(raw, tmp / f"work{repeat}", args.workers, env))
+        shutil.rmtree(tmp / f"work{repeat}")
+        if args.reference_python:
+            theirs.append(run_reference_end_to_end(args.reference_python, raw, dataset_id, args.workers,
+                                                   tmp / f"ref{repeat}", env))
+            shutil.rmtree(tmp / f"ref{repeat}")
+    n = len(load_dataset(raw).cases)
+    print(f"\n{label}: {n} cases, plan + preprocess {CONFIG}, {args.workers} workers, fresh processes")
+    for name, runs in (("nnlite", ours), ("reference", theirs)):
+        if runs:
+            walls = ", ".join(f"{wall:.1f}" for wall, _ in runs)
+            print(f"  {name:9s} wall {statistics.median(w for w, _ in runs):6.1f} s (runs {walls}), "
+                  f"CPU {statistics.median(c for _, c in runs):6.1f} s")
+    if theirs:
+        pairs = [their[0] / our[0] for our, their in zip(ours, theirs)]
+        print(f"  speed-up (reference / nnlite): wall {statistics.median(w for w, _ in theirs) / statistics.median(w for w, _ in ours):.2f}x "
+              f"(pairwise median {statistics.median(pairs):.2f}x), "
+              f"CPU {statistics.median(c for _, c in theirs) / statistics.median(c for _, c in ours):.2f}x")
+
+
 def bench(label: str, raw: Path, dataset_id: int, args, tmp: Path) -> None:
     dataset = load_dataset(raw)
     n = len(dataset.cases)
@@ -175,18 +260,22 @@ def main() -> int:
     parser.add_argument("--anisotropic-cases", type=int, default=20)
     parser.add_argument("--datasets", nargs="+", choices=("hippocampus", "anisotropic"),
                         default=("hippocampus", "anisotropic"))
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="time plan + preprocess as a user runs them (fresh processes)")
+    parser.add_argument("--repeats", type=int, default=3, help="end-to-end runs of each (default 3)")
     args = parser.parse_args()
+    run = end_to_end if args.end_to_end else bench
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if "hippocampus" in args.datasets and HIPPOCAMPUS.is_dir():
-            bench("Hippocampus", HIPPOCAMPUS, 4, args, tmp / "hippocampus")
+            run("Hippocampus", HIPPOCAMPUS, 4, args, tmp / "hippocampus")
         elif "hippocampus" in args.datasets:
             print(f"Hippocampus skipped: {HIPPOCAMPUS} not found")
         if "anisotropic" in args.datasets:
             from nnlite.data.demo_dataset import generate_demo_dataset
 
             raw = generate_demo_dataset(tmp / "Dataset901_Aniso", n_cases=args.anisotropic_cases, seed=0)
-            bench("Anisotropic 3-channel demo", raw, 901, args, tmp / "aniso")
+            run("Anisotropic 3-channel demo", raw, 901, args, tmp / "aniso")
     return 0
 
 

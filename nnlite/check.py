@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Sequence
 
 from nnlite.common.cli import ArgumentParser, default_workers, run
-from nnlite.data.dataset import check_dataset, load_dataset
+
+# The library is imported in main, after the arguments are parsed: --help starts instantly.
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="nnlite check", description=__doc__.splitlines()[0])
@@ -19,6 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"processes reading cases (default: the CPU count, at most 8: "
                              f"{default_workers()})")
     args = parser.parse_args(argv)
+    from nnlite.data.dataset import check_dataset, load_dataset
+
     dataset = load_dataset(args.raw)
     report = check_dataset(dataset, workers=max(1, args.workers))
     labels = ", ".join(f"{value}={name}" for name, value in sorted(dataset.labels.items(),

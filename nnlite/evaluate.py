@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Sequence
 
 from nnlite.common.cli import ArgumentParser, run
-from nnlite.evaluation.scoring_inputs import absent_labels, labels_to_score, summary_path
-from nnlite.evaluation.metrics import evaluate_folder, evaluate_regions, format_table, write_summary
-from nnlite.evaluation.nnunet_summary import evaluate_folder_nnunet, format_nnunet_table
+
+# The library is imported in main, after the arguments are parsed: --help starts instantly.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,6 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="summary.json layout: nnlite's (default) or nnU-Net v2's (foreground_mean, mean, "
                              "metric_per_case with Dice, IoU, PPV, TP, FP, FN, TN, n_pred, n_ref)")
     args = parser.parse_args(argv)
+    from nnlite.evaluation.metrics import evaluate_folder, evaluate_regions, format_table, write_summary
+    from nnlite.evaluation.nnunet_summary import evaluate_folder_nnunet, format_nnunet_table
+    from nnlite.evaluation.scoring_inputs import absent_labels, labels_to_score, summary_path
+
     label_set = labels_to_score(args.labels, args.dataset_json, args.ignore_label)
     output = summary_path(args.output, args.pred_dir, args.ref_dir)
     if args.format == "nnunet":

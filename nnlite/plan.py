@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from nnlite.common.cli import ArgumentParser, default_workers, run
 from nnlite.planning.memory_budget import DEFAULT_GPU_MEMORY_GB, MEMORY_MODELS, resolve_gpu_memory
 from nnlite.planning.planner import CONFIGURATIONS
-from nnlite.planning.work_folder import (SPLITS_SOURCE_KEY, plan_dataset, plan_from_fingerprint,
-                                        plan_from_nnunet_plans, summarize)
-from nnlite.plans import Plans
+
+if TYPE_CHECKING:
+    from nnlite.plans import Plans
+
+# The library is imported in main, after the arguments are parsed: --help starts instantly.
 
 USAGE = ("nnlite plan RAW WORK [options]\n"
          "       nnlite plan --fingerprint FINGERPRINT.json WORK [options]\n"
@@ -66,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown and not args.nnunet_plans:  # nnU-Net's plans may name any configuration
         choices = ", ".join(f"'{c}'" for c in CONFIGURATIONS)
         parser.error(f"argument --configs: invalid choice: '{unknown[0]}' (choose from {choices})")
+    from nnlite.planning.work_folder import plan_dataset, plan_from_fingerprint, plan_from_nnunet_plans
+
     work = Path(args.paths[-1])
     options = dict(folds=args.folds, overwrite=args.overwrite)
     if args.nnunet_plans:
@@ -84,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report(plans: Plans) -> int:
+    from nnlite.planning.work_folder import SPLITS_SOURCE_KEY, summarize
+
     if SPLITS_SOURCE_KEY in plans.extra:
         print(f"splits: using nnU-Net's {plans.extra[SPLITS_SOURCE_KEY]} as splits.json")
     for line in summarize(plans):

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Sequence
 
 from nnlite.common.cli import ArgumentParser, run
-from nnlite.evaluation.postprocessing import POSTPROCESSED_DIR, determine_postprocessing
-from nnlite.inference.largest_component import POSTPROCESSING_FILE
+
+# The library is imported in main, after the arguments are parsed: --help starts instantly.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -20,6 +20,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reference", type=Path, default=None, metavar="LABELS_DIR",
                         help="reference label maps (default: <raw_path from plans>/labelsTr)")
     args = parser.parse_args(argv)
+    from nnlite.evaluation.postprocessing import POSTPROCESSED_DIR, determine_postprocessing
+    from nnlite.inference.largest_component import POSTPROCESSING_FILE
+
     decision = determine_postprocessing(args.work, args.config, args.reference)
     for step in decision["decisions"]:
         verdict = "accepted" if step["accepted"] else "rejected"

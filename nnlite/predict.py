@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Sequence
 
 from nnlite.common.cli import EXIT_FAILURE, EXIT_OK, EXIT_USER_ERROR, ArgumentParser, run
-from nnlite.inference.options import PredictOptions
-from nnlite.inference.predictor import predict_folder
-from nnlite.inference.sliding_window import STEP_SIZE
+
+# The inference modules (and torch, ~2 s to import) are imported in main, so --help is instant.
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -29,7 +28,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="folds to ensemble, e.g. 0 1 2 3 4, or all (default: every trained fold)")
     parser.add_argument("--checkpoint", choices=("final", "best"), default="final")
     parser.add_argument("--no-mirroring", action="store_true", help="no mirroring test-time augmentation")
-    parser.add_argument("--step", type=float, default=STEP_SIZE, help="tile step / tile size (0.5)")
+    parser.add_argument("--step", type=float, default=None, help="tile step / tile size (default 0.5)")
     parser.add_argument("--postprocess", action="store_true",
                         help="apply results/<config>/postprocessing.json")
     parser.add_argument("--save-probabilities", action="store_true",
@@ -47,7 +46,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.onnx is not None and args.best:
         parser.error("--onnx runs one exported network; it cannot follow --best")
-    if not 0 < args.step <= 1:
+    if args.step is not None and not 0 < args.step <= 1:
         parser.error("--step must be in (0, 1]")
     if args.tile_batch is not None and args.tile_batch < 1:
         parser.error("--tile-batch must be ≥ 1")
@@ -56,9 +55,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    from nnlite.inference.options import PredictOptions
+    from nnlite.inference.predictor import predict_folder
+    from nnlite.inference.sliding_window import STEP_SIZE
+
     options = PredictOptions(
         config=args.config, folds=None if args.folds is None else tuple(args.folds),
-        checkpoint=args.checkpoint, mirror=not args.no_mirroring, step=args.step,
+        checkpoint=args.checkpoint, mirror=not args.no_mirroring,
+        step=STEP_SIZE if args.step is None else args.step,
         postprocess=args.postprocess, save_probabilities=args.save_probabilities,
         overwrite=args.overwrite, device=args.device, tile_batch=args.tile_batch,
         dicom_seg=args.dicom_seg, onnx=None if args.onnx is None else str(args.onnx))

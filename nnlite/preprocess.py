@@ -13,7 +13,8 @@ import sys
 from typing import Sequence
 
 from nnlite.common.cli import EXIT_OK, ArgumentParser, default_workers, run
-from nnlite.preprocessing.runner import run_preprocessing
+
+# The library is imported in main, after the arguments are parsed: --help starts instantly.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,6 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="redo cases that are already done")
     parser.add_argument("--raw", metavar="RAW", help="raw dataset folder (default: the one recorded in plans.json)")
     args = parser.parse_args(argv)
+    from nnlite.preprocessing.runner import run_preprocessing
+
     done = run_preprocessing(args.work, args.configs, max(1, args.workers), args.overwrite, args.raw)
     print(f"preprocess: {done} cases written to {args.work}/preprocessed")
     return EXIT_OK

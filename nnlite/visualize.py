@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Sequence
 
 from nnlite.common.cli import ArgumentParser, run
-from nnlite.evaluation.pictures import MAX_SLICES, visualize_folder
+
+# The library is imported in main, after the arguments are parsed: --help starts instantly.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,13 +24,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="folder of post-processed predictions (an extra column)")
     parser.add_argument("--cases", nargs="+", default=None, metavar="CASE",
                         help="cases to draw (default: every case in PRED_DIR)")
-    parser.add_argument("--max-slices", type=int, default=MAX_SLICES,
-                        help=f"rows per picture (default {MAX_SLICES})")
+    parser.add_argument("--max-slices", type=int, default=None,
+                        help="rows per picture (default: evaluation/pictures.py's MAX_SLICES, 6)")
     args = parser.parse_args(argv)
-    if args.max_slices < 1:
+    if args.max_slices is not None and args.max_slices < 1:
         parser.error("--max-slices must be ≥ 1")
-    written = visualize_folder(args.images_dir, args.ref_dir, args.pred_dir, args.out_dir,
-                               args.postprocessed, args.cases, args.max_slices)
+    from nnlite.evaluation.pictures import MAX_SLICES, visualize_folder
+
+    written = visualize_folder(args.images_dir, args.ref_dir, args.pred_dir, args.out_dir, args.postprocessed,
+                               args.cases, MAX_SLICES if args.max_slices is None else args.max_slices)
     print(f"wrote {len(written)} pictures to {args.out_dir}")
     return 0
 

@@ -80,13 +80,30 @@ def test_sampling_is_seeded_and_uses_foreground_only():
     seg = np.full((1, 6, 7, 8), -1, np.int16)
     seg[0, 1:5, 1:5, 1:5] = 0
     seg[0, 2:4, 2:4, 2:4] = 2
-    first = sample_foreground(data, seg, 500)
-    second = sample_foreground(data, seg, 500)
-    for channel, (a, b) in enumerate(zip(first, second)):
-        assert a.shape == (500,) and np.array_equal(a, b)
-        assert set(a.tolist()) <= set(data[channel][seg[0] > 0].tolist())
-    empty = sample_foreground(data, np.zeros_like(seg), 500)
-    assert all(e.size == 0 for e in empty)
+    first, second = np.empty((2, 500), np.float32), np.empty((2, 500), np.float32)
+    drawn = sample_foreground(data, seg, first)
+    sample_foreground(data, seg, second)
+    assert np.array_equal(first, second)
+    for channel, (samples, seen) in enumerate(zip(first, drawn)):
+        assert set(samples.tolist()) <= set(data[channel][seg[0] > 0].tolist())
+        # the values and counts describe exactly the samples written
+        assert np.array_equal(np.sort(samples), np.sort(np.repeat(seen.values, seen.counts)))
+    untouched = np.full((2, 500), 7.0, np.float32)
+    assert sample_foreground(data, np.zeros_like(seg), untouched) == [None, None]
+    assert np.all(untouched == 7.0)
+
+
+def test_sampling_draws_what_nnunets_random_choice_draws():
+    """nnU-Net: one RandomState(1234) per case, `rs.choice(pixels, n, replace=True)` per channel."""
+    rng = np.random.default_rng(2)
+    for size in (1, 3, 77, 70_000):
+        data = rng.normal(size=(3, size, 1, 1)).astype(np.float32)
+        seg = np.ones((1, size, 1, 1), np.int16)
+        ours = np.empty((3, 1000), np.float32)
+        sample_foreground(data, seg, ours)
+        rs = np.random.RandomState(1234)
+        expected = [rs.choice(channel[seg[0] > 0], 1000, replace=True) for channel in data]
+        assert np.array_equal(ours, np.stack(expected)), size
 
 
 def test_case_without_foreground_contributes_nothing(tmp_path, few_samples):
