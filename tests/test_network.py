@@ -28,7 +28,8 @@ HIPPOCAMPUS_PARAMETERS = 5_603_177  # the reference PlainConvUNet, 1 input chann
 
 @st.composite
 def plans_and_patches(draw: st.DrawFn) -> tuple[NetworkPlan, tuple[int, ...]]:
-    """Random valid plans: 2D/3D, 2–7 stages, anisotropic strides and kernels, tiny widths."""
+    """Random valid plans: 2D/3D, 2–7 stages, anisotropic strides and kernels, tiny widths, plain or
+    residual encoder, with or without attention gates, 1–2 decoder units."""
     ndim = draw(st.sampled_from([2, 3]))
     n_stages = draw(st.integers(2, 7))
     strides, kernels, total = [(1,) * ndim], [], [1] * ndim
@@ -40,7 +41,11 @@ def plans_and_patches(draw: st.DrawFn) -> tuple[NetworkPlan, tuple[int, ...]]:
     for _ in range(n_stages):
         kernels.append(tuple(draw(st.sampled_from([1, 3])) for _ in range(ndim)))
     features = tuple(draw(st.integers(2, 6)) for _ in range(n_stages))
-    plan = NetworkPlan(strides=tuple(strides), kernel_sizes=tuple(kernels), features_per_stage=features)
+    encoder = draw(st.sampled_from(["plain", "residual"]))
+    blocks = tuple(draw(st.integers(1, 2)) for _ in range(n_stages)) if encoder == "residual" else ()
+    plan = NetworkPlan(strides=tuple(strides), kernel_sizes=tuple(kernels), features_per_stage=features,
+                       encoder=encoder, blocks_per_stage=blocks, attention_gates=draw(st.booleans()),
+                       conv_per_stage=draw(st.integers(1, 2)), conv_per_stage_decoder=draw(st.integers(1, 2)))
     # ≥ 2 voxels per axis at the bottleneck: InstanceNorm cannot normalise a single voxel in training.
     patch = tuple(t * draw(st.integers(2, 3 if ndim == 3 else 4)) for t in total)
     return plan, patch
@@ -97,18 +102,24 @@ def test_hippocampus_plan_has_the_reference_parameter_count() -> None:
     assert geometry.count_parameters(HIPPOCAMPUS_PLAN, 1, 3) == HIPPOCAMPUS_PARAMETERS
 
 
-def test_conv_feature_map_elements_match_hooks() -> None:
+@pytest.mark.parametrize("variant", [{}, {"encoder": "residual", "blocks_per_stage": (1, 2, 2, 1),
+                                          "conv_per_stage_decoder": 1}, {"attention_gates": True}],
+                         ids=["plain", "residual", "gates"])
+def test_conv_feature_map_elements_match_hooks(variant: dict) -> None:
     """The reference's memory proxy = element count of every conv / transposed conv / head output."""
     plan = NetworkPlan(
         strides=((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 1)),
         kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3)),
-        features_per_stage=(4, 8, 16, 16),
+        features_per_stage=(4, 8, 16, 16), **variant,
     )
     patch = (8, 16, 12)
     net = build_unet(plan, 2, 3)
     counted = []
+    # a residual block's skip counts once, as its output, whether it pools, projects or both
+    skips = [b.skip for b in net.modules() if isinstance(b, ResidualBlock) and len(b.skip)]
+    in_skips = {id(m) for skip in skips for m in skip.modules()}
     for m in net.modules():
-        if isinstance(m, (*CONV.values(), *CONV_TRANSPOSE.values())):
+        if isinstance(m, (*CONV.values(), *CONV_TRANSPOSE.values())) and id(m) not in in_skips or m in skips:
             m.register_forward_hook(lambda mod, i, out: counted.append(out[0].numel()))
     for deep_supervision in (False, True):
         counted.clear()

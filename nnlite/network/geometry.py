@@ -129,9 +129,9 @@ def conv_feature_map_elements(plan: NetworkPlan, patch: Sequence[int], in_channe
         sizes.append(math.prod(size))
         if plan.encoder == "plain":
             total += plan.conv_per_stage * f[s] * sizes[s]
-        else:
-            changes = s > 0 or any(st != 1 for st in plan.strides[s])  # widths[s] != f[s] or strided
-            total += (2 * plan.blocks_per_stage[s] + changes) * f[s] * sizes[s]
+        else:  # the reference counts a skip output wherever the first block pools or projects
+            skip = (f[s - 1] if s else f[0]) != f[s] or any(st != 1 for st in plan.strides[s])
+            total += (2 * plan.blocks_per_stage[s] + skip) * f[s] * sizes[s]
     for level in range(plan.n_stages - 1):
         total += plan.conv_per_stage_decoder * f[level] * sizes[level]  # conv units
         total += f[level] * sizes[level]  # transposed conv output
