@@ -126,7 +126,7 @@ def test_hand_written_inheritance_is_checked(work: Path, tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_an_inheriting_gated_configuration_trains_predicts_and_enters_best(tmp_path: Path) -> None:
-    """On the demo (3 cases, one-iteration folds): 3d_fullres and `3d_gated` (inherits it, attention
+    """On the demo (2 cases, 2 one-iteration folds): 3d_fullres and `3d_gated` (inherits it, attention
     gates on) both train every fold on the same preprocessed folder, `best` ranks both and their
     ensemble, and `predict --config 3d_gated` reproduces its fold validation."""
     from nnlite.best import main as best_main
@@ -136,7 +136,7 @@ def test_an_inheriting_gated_configuration_trains_predicts_and_enters_best(tmp_p
     from nnlite.train import main as train_main
     from tests.work_fixtures import small_work
 
-    work = small_work(tmp_path)
+    work = small_work(tmp_path, n_cases=2)
     plans = load_plans(work / "plans.json")
     narrow = replace(plans.configurations["3d_fullres"].network, features_per_stage=tuple(
         max(2, f // 8) for f in plans.configurations["3d_fullres"].network.features_per_stage))
