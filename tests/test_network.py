@@ -79,6 +79,8 @@ def test_random_plans_match_the_arithmetic(
     expected = [tuple(round(p * s) for p, s in zip(patch, scale)) for scale in deep_supervision_scales(plan)]
     assert [tuple(o.shape) for o in outputs] == [(2, num_classes, *shape) for shape in expected]
     assert expected[0] == patch
+    # deep-supervision outputs: the geometry's stage shapes of every decoder level, full res first
+    assert [tuple(o.shape[2:]) for o in outputs] == geometry.stage_shapes(plan, patch)[: plan.n_stages - 1]
     assert all(torch.isfinite(o).all() for o in outputs)
 
 
