@@ -87,6 +87,9 @@ def add_config(parser: ArgumentParser, args) -> int:
         parser.error("--add-config NAME and --from PARENT go together (--set only with them)")
     if len(args.paths) != 1 or args.fingerprint:
         parser.error("with --add-config give only WORK")
+    if args.preset != "default" or args.gpu_memory_gb is not None or args.configs:
+        parser.error("--preset, --gpu-memory-gb and --configs plan a dataset; --add-config changes fields "
+                     "with --set (e.g. --set network.encoder=residual)")
     work = Path(args.paths[0])
     plans = add_configuration(work, args.add_config, args.parent, args.set)
     config = plans.configurations[args.add_config]

@@ -108,6 +108,8 @@ def test_add_config_command(work: Path) -> None:
                           "already planned")
     assert_one_line_error(run_command("plan", work, "--add-config", "y", "--from", "3d_lowres"), "not planned")
     assert_one_line_error(run_command("plan", work, "--add-config", "y"), "go together")
+    assert_one_line_error(run_command("plan", work, "--add-config", "y", "--from", "3d_fullres", "--preset",
+                                      "resenc-m"), "--preset")
 
 
 def test_hand_written_inheritance_is_checked(work: Path, tmp_path: Path) -> None:
