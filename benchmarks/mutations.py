@@ -167,6 +167,21 @@ MUTATIONS = (
              "from nnlite.common.cli import ArgumentParser, default_workers, run\n",
              "from nnlite.common.cli import ArgumentParser, default_workers, run\n"
              "from nnlite.planning.work_folder import plan_dataset\n", ("tests/test_startup.py",)),
+    Mutation("ResEnc presets: shrink with the default planner's reference-batch factor", "nnlite/planning/presets.py",
+             "shrink_per_reference_batch=False, max_dataset_covered=1.0",
+             "shrink_per_reference_batch=True, max_dataset_covered=1.0", ("tests/test_presets.py",)),
+    Mutation("ResEnc presets: the 5 % batch cap kept", "nnlite/planning/presets.py",
+             "max_dataset_covered=1.0, plans_name=plans_name", "max_dataset_covered=0.05, plans_name=plans_name",
+             ("tests/test_presets.py",)),
+    Mutation("attention gate: the coarser decoder signal ignored", "nnlite/network/blocks.py",
+             "torch.relu_(self.theta(skip) + self.phi(gate))", "torch.relu_(self.theta(skip) + 0 * self.phi(gate))",
+             ("tests/test_network.py::test_attention_gate_scales_the_skip_by_a_map_in_0_1",)),
+    Mutation("geometry: attention-gate activations left out of the saved bytes", "nnlite/network/geometry.py",
+             "total += (gate_channels(f[level]) + 1) * voxels[level + 1] + voxels[level]", "total += 0",
+             ("tests/test_network.py::test_attention_gates_add_the_predicted_bytes",)),
+    Mutation("inheritance: a child with another spacing shares its parent's folder", "nnlite/plans.py",
+             'merged["data_identifier"] = name  # other arrays: its own folder', "pass",
+             ("tests/test_inheritance.py",)),
 )
 
 

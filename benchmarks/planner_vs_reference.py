@@ -1,13 +1,15 @@
 """nnlite's planner against nnU-Net v2's ExperimentPlanner on many random fingerprints.
 
     python benchmarks/planner_vs_reference.py [--n 100] [--seed 0] [--gpu-memory-gb 8]
+                                              [--preset default|resenc-m|resenc-l|resenc-xl]
                                               [--reference-python /path/to/venv/bin/python]
 
 Random nnU-Net-style fingerprints (isotropic and anisotropic spacings, 8-1024 voxel shapes, 1-4
 channels, 2-6 labels, 10-400 cases) are planned by nnlite with both memory models. With
 `--reference-python` the same fingerprints go, in a subprocess, through the reference planner
 (nnunetv2 must be installed there; it is never imported here) and every decision is compared:
-target spacing, transpose, configuration set, strides, kernels, widths, patch and batch.
+target spacing, transpose, configuration set, strides, kernels, widths, patch and batch (and, with
+`--preset resenc-*`, nnU-Net's nnUNetPlannerResEncM/L/XL and the residual blocks per stage).
 Expected: memory model "nnunet" agrees on everything; "bytes" on everything but patch/batch where
 its byte estimate decides differently (counted and listed). Without the reference, it prints
 nnlite's timings and how often the two memory models differ, and exits 0.
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nnlite.common.errors import UserError  # noqa: E402
 from nnlite.planning.fingerprint import fingerprint_from_nnunet  # noqa: E402
 from nnlite.planning.planner import plan_experiment  # noqa: E402
+from nnlite.planning.presets import PRESETS  # noqa: E402
 
 CHANNEL_NAMES = ("CT", "T1", "T2", "FLAIR", "ADC", "noNorm", "rescale_to_0_1")
 
@@ -38,7 +41,10 @@ CHANNEL_NAMES = ("CT", "T1", "T2", "FLAIR", "ADC", "noNorm", "rescale_to_0_1")
 REFERENCE_DRIVER = r"""
 import json, sys, contextlib, io
 import nnunetv2.experiment_planning.experiment_planners.default_experiment_planner as dep
+import nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners as res
 cases = json.load(open(sys.argv[1])); gb = float(sys.argv[2]); out = []
+planner_class = {"default": dep.ExperimentPlanner, "resenc-m": res.nnUNetPlannerResEncM,
+                 "resenc-l": res.nnUNetPlannerResEncL, "resenc-xl": res.nnUNetPlannerResEncXL}[sys.argv[4]]
 for case in cases:
     dep.maybe_convert_to_dataset_name = lambda x: x
     dep.nnUNet_raw = dep.nnUNet_preprocessed = "/nonexistent"
@@ -46,7 +52,7 @@ for case in cases:
     dep.load_json = lambda p, c=case: c["dataset_json"] if p.endswith("dataset.json") else c["fingerprint"]
     dep.isfile = lambda p: p.endswith("dataset_fingerprint.json")
     dep.shutil.copy = lambda *a, **k: None
-    planner = dep.ExperimentPlanner("bench", gb)
+    planner = planner_class("bench", gb)
     planner.determine_reader_writer = lambda: type("NoReader", (), {})
     planner.save_plans = lambda plans: None
     with contextlib.redirect_stdout(io.StringIO()):
@@ -82,16 +88,17 @@ def random_case(rng: np.random.Generator) -> dict:
     }
 
 
-def nnlite_summary(case: dict, gb: float, model: str) -> dict:
+def nnlite_summary(case: dict, gb: float, model: str, preset: str = "default") -> dict:
     fingerprint = fingerprint_from_nnunet(case["fingerprint"], case["dataset_json"])
     try:
-        plans = plan_experiment(fingerprint, gb, memory_model=model)
+        plans = plan_experiment(fingerprint, gb, memory_model=model, preset=preset)
     except UserError as error:
         return {"error": str(error), "transpose": None, "configs": {}}
     configs = {name: {"spacing": list(c.spacing), "patch": list(c.patch_size), "batch": c.batch_size,
                       "strides": [list(s) for s in c.network.strides],
                       "kernels": [list(k) for k in c.network.kernel_sizes],
-                      "features": list(c.network.features_per_stage)}
+                      "features": list(c.network.features_per_stage),
+                      "blocks": list(c.network.blocks_per_stage) or None}
                for name, c in plans.configurations.items()}
     return {"transpose": list(plans.transpose), "configs": configs}
 
@@ -104,7 +111,7 @@ def reference_summary(plans: dict) -> dict:
         arch = c["architecture"]["arch_kwargs"]
         configs[name] = {"spacing": c["spacing"], "patch": c["patch_size"], "batch": c["batch_size"],
                          "strides": arch["strides"], "kernels": arch["kernel_sizes"],
-                         "features": arch["features_per_stage"]}
+                         "features": arch["features_per_stage"], "blocks": arch.get("n_blocks_per_stage")}
     return {"transpose": plans["transpose_forward"], "configs": configs}
 
 
@@ -119,18 +126,18 @@ def compare(ours: dict, ref: dict) -> list[str]:
         a, b = ours["configs"][name], ref["configs"][name]
         if not np.allclose(a["spacing"], b["spacing"], rtol=1e-9, atol=1e-12):
             diffs.append(f"{name}.spacing")
-        for key in ("patch", "batch", "strides", "kernels", "features"):
+        for key in ("patch", "batch", "strides", "kernels", "features", "blocks"):
             if a[key] != b[key]:
                 diffs.append(f"{name}.{key}")
     return diffs
 
 
-def run_reference(python: str, cases: list[dict], gb: float) -> tuple[list[dict], float]:
+def run_reference(python: str, cases: list[dict], gb: float, preset: str) -> tuple[list[dict], float]:
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "cases.json", Path(tmp) / "plans.json"
         src.write_text(json.dumps(cases))
         start = time.perf_counter()
-        subprocess.run([python, "-c", REFERENCE_DRIVER, str(src), str(gb), str(out)], check=True)
+        subprocess.run([python, "-c", REFERENCE_DRIVER, str(src), str(gb), str(out), preset], check=True)
         elapsed = time.perf_counter() - start
         return [reference_summary(p) for p in json.loads(out.read_text())], elapsed
 
@@ -171,22 +178,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--gpu-memory-gb", type=float, default=8.0)
+    parser.add_argument("--gpu-memory-gb", type=float, default=None, help="default: the preset's (8, L 24, XL 40)")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="default")
     parser.add_argument("--reference-python")
     args = parser.parse_args()
+    if args.gpu_memory_gb is None:
+        args.gpu_memory_gb = PRESETS[args.preset].gpu_memory_gb
     rng = np.random.default_rng(args.seed)
     cases = [random_case(rng) for _ in range(args.n)]
     timings, results = {}, {}
     for model in ("nnunet", "bytes"):
         start = time.perf_counter()
-        results[model] = [nnlite_summary(c, args.gpu_memory_gb, model) for c in cases]
+        results[model] = [nnlite_summary(c, args.gpu_memory_gb, model, args.preset) for c in cases]
         timings[model] = time.perf_counter() - start
     print(f"nnlite planned {args.n} fingerprints: {timings['bytes']:.2f} s (bytes model), "
           f"{timings['nnunet']:.2f} s (nnunet proxy model)")
     if not args.reference_python:
         report("bytes vs nnunet-proxy model", results["bytes"], results["nnunet"], cases)
         return 0
-    refs, ref_time = run_reference(args.reference_python, cases, args.gpu_memory_gb)
+    refs, ref_time = run_reference(args.reference_python, cases, args.gpu_memory_gb, args.preset)
     print(f"reference planned them in {ref_time:.1f} s (incl. interpreter start): nnlite bytes model is "
           f"{ref_time / timings['bytes']:.0f}× faster")
     report("nnlite (memory model nnunet) vs reference", results["nnunet"], refs, cases)

@@ -1,14 +1,18 @@
 """`python -m nnlite.plan`: fingerprint a raw dataset (or read a fingerprint) and plan the experiment.
 
-    python -m nnlite.plan RAW WORK [--gpu-memory-gb GB|auto] [--configs 2d 3d_fullres 3d_lowres] [--workers N]
+    python -m nnlite.plan RAW WORK [--preset default|resenc-m|resenc-l|resenc-xl] [--gpu-memory-gb GB|auto]
+                                   [--configs 2d 3d_fullres 3d_lowres] [--workers N]
                                    [--memory-model bytes|nnunet] [--folds K] [--overwrite]
-    python -m nnlite.plan --fingerprint FINGERPRINT.json WORK [--gpu-memory-gb GB|auto] [--configs ...]
-                                   [--memory-model bytes|nnunet] [--folds K] [--overwrite]
+    python -m nnlite.plan --fingerprint FINGERPRINT.json WORK [--preset ...] [--gpu-memory-gb GB|auto]
+                                   [--configs ...] [--memory-model bytes|nnunet] [--folds K] [--overwrite]
     python -m nnlite.plan RAW WORK --nnunet-plans nnUNetPlans.json [--configs ...] [--workers N]
                                    [--folds K] [--overwrite]
+    python -m nnlite.plan WORK --add-config NAME --from PARENT [--set KEY=VALUE ...]
 
 Writes WORK/dataset.json, fingerprint.json, splits.json and plans.json; prints one line per configuration.
 nnU-Net's splits_final.json in WORK or beside RAW becomes splits.json (and the command says so).
+With --add-config, adds to WORK/plans.json a configuration that inherits PARENT and changes the
+`--set` fields (e.g. network.attention_gates=true, batch_size=4).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from nnlite.common.cli import ArgumentParser, default_workers, run
-from nnlite.planning.memory_budget import DEFAULT_GPU_MEMORY_GB, MEMORY_MODELS, resolve_gpu_memory
+from nnlite.planning.memory_budget import MEMORY_MODELS, resolve_gpu_memory
 from nnlite.planning.planner import CONFIGURATIONS
+from nnlite.planning.presets import PRESETS
 
 if TYPE_CHECKING:
     from nnlite.plans import Plans
@@ -28,15 +33,20 @@ if TYPE_CHECKING:
 
 USAGE = ("nnlite plan RAW WORK [options]\n"
          "       nnlite plan --fingerprint FINGERPRINT.json WORK [options]\n"
-         "       nnlite plan RAW WORK --nnunet-plans nnUNetPlans.json [options]")
+         "       nnlite plan RAW WORK --nnunet-plans nnUNetPlans.json [options]\n"
+         "       nnlite plan WORK --add-config NAME --from PARENT [--set KEY=VALUE ...]")
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="nnlite plan", usage=USAGE, description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", metavar="RAW WORK", help="RAW WORK, or only WORK with --fingerprint")
     parser.add_argument("--fingerprint", type=Path, help="plan from this fingerprint.json / dataset_fingerprint.json")
-    parser.add_argument("--gpu-memory-gb", default=str(DEFAULT_GPU_MEMORY_GB),
-                        help="memory budget in GB (GiB), or 'auto' for the present CUDA device (default 8)")
+    parser.add_argument("--gpu-memory-gb", default=None,
+                        help="memory budget in GB (GiB), or 'auto' for the present CUDA device (default: the "
+                             "preset's, 8; resenc-l 24, resenc-xl 40)")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="default",
+                        help="planner: 'default' (plain U-Net) or nnU-Net's residual-encoder planners "
+                             "resenc-m|resenc-l|resenc-xl")
     parser.add_argument("--configs", nargs="+", metavar="CONFIG",
                         help=f"plan only these configurations ({' '.join(CONFIGURATIONS)}; with "
                              "--nnunet-plans: any of that file)")
@@ -50,6 +60,10 @@ def build_parser() -> ArgumentParser:
                         help=f"fingerprint processes (default: the CPU count, at most 8: {default_workers()})")
     parser.add_argument("--folds", type=int, metavar="K", default=None,
                         help="cross-validation folds in splits.json (default: 5, or one per case below 5)")
+    parser.add_argument("--add-config", metavar="NAME", help="add configuration NAME inheriting --from PARENT")
+    parser.add_argument("--from", dest="parent", metavar="PARENT", help="the configuration --add-config inherits")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --add-config: change a field, e.g. --set network.attention_gates=true (repeatable)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start WORK afresh when it was planned from another dataset (removes its "
                              "plans, splits, preprocessed data and results)")
@@ -59,6 +73,8 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.add_config or args.parent or args.set:
+        return add_config(parser, args)
     expected = 1 if args.fingerprint else 2
     if len(args.paths) != expected:
         parser.error("expected RAW WORK" if expected == 2 else "with --fingerprint give only WORK")
@@ -71,19 +87,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from nnlite.planning.work_folder import plan_dataset, plan_from_fingerprint, plan_from_nnunet_plans
 
     work = Path(args.paths[-1])
-    options = dict(folds=args.folds, overwrite=args.overwrite)
     if args.nnunet_plans:
         plans = plan_from_nnunet_plans(Path(args.paths[0]), work, args.nnunet_plans, args.configs,
-                                       max(args.workers, 1), **options)
+                                       max(args.workers, 1), folds=args.folds, overwrite=args.overwrite)
         print(f"planned {plans.dataset_name} from nnU-Net's {args.nnunet_plans}; wrote {work / 'plans.json'}")
         return _report(plans)
-    gb = resolve_gpu_memory(args.gpu_memory_gb)
+    gb = None if args.gpu_memory_gb is None else resolve_gpu_memory(args.gpu_memory_gb)
+    options = dict(folds=args.folds, overwrite=args.overwrite, preset=args.preset)
     if args.fingerprint:
         plans = plan_from_fingerprint(args.fingerprint, work, gb, args.configs, args.memory_model, **options)
     else:
         plans = plan_dataset(Path(args.paths[0]), work, gb, args.configs, max(args.workers, 1),
                              args.memory_model, **options)
-    print(f"planned {plans.dataset_name} for {gb:g} GB; wrote {work / 'plans.json'}")
+    print(f"planned {plans.dataset_name} for {plans.gpu_memory_gb:g} GB ({args.preset} preset); "
+          f"wrote {work / 'plans.json'}")
     return _report(plans)
 
 
@@ -94,6 +111,29 @@ def _report(plans: Plans) -> int:
         print(f"splits: using nnU-Net's {plans.extra[SPLITS_SOURCE_KEY]} as splits.json")
     for line in summarize(plans):
         print(line)
+    return 0
+
+
+def add_config(parser: ArgumentParser, args) -> int:
+    """`plan WORK --add-config NAME --from PARENT [--set KEY=VALUE ...]`."""
+    if not (args.add_config and args.parent):
+        parser.error("--add-config NAME and --from PARENT go together (--set only with them)")
+    if len(args.paths) != 1 or args.fingerprint:
+        parser.error("with --add-config give only WORK")
+    if args.preset != "default" or args.gpu_memory_gb is not None or args.configs:
+        parser.error("--preset, --gpu-memory-gb and --configs plan a dataset; --add-config changes fields "
+                     "with --set (e.g. --set network.encoder=residual)")
+    from nnlite.planning.inheritance import add_configuration
+    from nnlite.planning.work_folder import summarize
+
+    work = Path(args.paths[0])
+    plans = add_configuration(work, args.add_config, args.parent, args.set)
+    config = plans.configurations[args.add_config]
+    print(f"added {args.add_config} (inherits {args.parent}; preprocessed data: {config.data_identifier}) "
+          f"to {work / 'plans.json'}")
+    for line in summarize(plans):
+        if line.lstrip().startswith(f"{args.add_config}:"):
+            print(line)
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json_checked, write_json_atomic
@@ -22,6 +23,10 @@ MAX_SPLINE_ORDER = 5  # the highest interpolation order scipy.ndimage.zoom suppo
 IGNORE_KEY = "ignore"  # dataset.json name of nnU-Net's ignore label: unannotated voxels, not a class
 RAW_PATH_KEY = "raw_path"  # plans.extra: the raw dataset the plans were made from
 FINGERPRINT_HASH_KEY = "fingerprint_sha256"  # plans.extra: hash of the fingerprint planned from
+# ConfigurationPlan fields that change the preprocessed arrays: configurations that agree on them
+# (and on data_identifier) share one preprocessed folder; batch, patch and network never matter.
+DATA_FIELDS = ("spacing", "normalization", "use_mask_for_norm", "resampling_order_data",
+               "resampling_order_seg", "resampling_order_z")
 
 
 def output_classes(labels: dict[str, int], regions: tuple["Region", ...] = ()) -> int:
@@ -106,8 +111,9 @@ class NetworkPlan:
     features_per_stage: tuple[int, ...]
     conv_per_stage: int = 2
     conv_per_stage_decoder: int = 2
-    encoder: str = "plain"  # "plain" (PlainConvUNet) or "residual" (ResEnc: blocks_per_stage)
-    blocks_per_stage: tuple[int, ...] = ()
+    encoder: str = "plain"  # "plain" (PlainConvUNet, conv_per_stage) or "residual" (ResEnc: blocks_per_stage)
+    blocks_per_stage: tuple[int, ...] = ()  # residual blocks per encoder stage (residual encoder only)
+    attention_gates: bool = False  # additive attention gate on every skip connection (Oktay et al. 2018)
 
     def __post_init__(self) -> None:
         n = len(self.strides)
@@ -122,6 +128,10 @@ class NetworkPlan:
             raise UserError("plans.json", f"unknown encoder '{self.encoder}'")
         if self.encoder == "residual" and len(self.blocks_per_stage) != n:
             raise UserError("plans.json", "a residual encoder needs blocks_per_stage per stage")
+        if any(b < 1 for b in self.blocks_per_stage) or min(self.conv_per_stage, self.conv_per_stage_decoder) < 1:
+            raise UserError("plans.json", "every stage needs at least one block / conv unit")
+        if any(f < 1 for f in self.features_per_stage):
+            raise UserError("plans.json", "features_per_stage must be positive")
 
     @property
     def ndim(self) -> int:
@@ -164,6 +174,8 @@ class ConfigurationPlan:
     # network axes mirrored at test time; None = every axis (a converted nnU-Net model keeps the
     # axes it was trained with, its checkpoint's inference_allowed_mirroring_axes)
     inference_mirror_axes: tuple[int, ...] | None = None
+    # plans.json stores such a configuration as its parent's fields plus the ones it changes
+    inherits_from: str | None = None
 
     def __post_init__(self) -> None:
         ndim = self.network.ndim
@@ -213,6 +225,14 @@ class Plans:
         _check_version(self.schema_version, "plans.json")
         if sorted(self.transpose) != list(range(len(self.transpose))):
             raise UserError("plans.json", f"transpose {self.transpose} is not a permutation")
+        folders: dict[str, str] = {}
+        for name, config in self.configurations.items():
+            if config.inherits_from is not None and config.inherits_from not in self.configurations:
+                raise UserError("plans.json", f"{name} inherits from '{config.inherits_from}', which is not planned")
+            other = folders.setdefault(config.data_identifier, name)
+            if any(getattr(config, f) != getattr(self.configurations[other], f) for f in DATA_FIELDS):
+                raise UserError("plans.json", f"{name} and {other} share data_identifier "
+                                f"'{config.data_identifier}' but differ in {', '.join(DATA_FIELDS)}")
 
     @property
     def transpose_backward(self) -> tuple[int, ...]:
@@ -245,12 +265,83 @@ def _check_version(version: int, where: str) -> None:
 
 
 def save_plans(plans: Plans, path: str | Path) -> None:
-    write_json_atomic(path, to_jsonable(plans))
+    """Write `plans.json`; a configuration with `inherits_from` is stored as only what it changes."""
+    data = to_jsonable(plans)
+    data["configurations"] = {name: _changes(config, data["configurations"])
+                              for name, config in data["configurations"].items()}
+    write_json_atomic(path, data)
 
 
 def load_plans(path: str | Path) -> Plans:
-    """Read `plans.json`; a missing or malformed file is a UserError naming it."""
-    return _load(Plans, path)
+    """Read `plans.json`; a missing or malformed file is a UserError naming it.
+
+    A configuration `{"inherits_from": PARENT, ...}` is its parent's fields (resolved first, so
+    chains work) deep-merged with its own. If it changes a field of DATA_FIELDS without naming its
+    own data_identifier, it gets its own preprocessed folder (its name); otherwise it shares the
+    parent's.
+    """
+    data = read_json_checked(path)
+    if isinstance(data, dict) and isinstance(data.get("configurations"), dict):
+        try:
+            data = {**data, "configurations": resolve_inheritance(data["configurations"])}
+        except UserError as error:
+            raise UserError(path, f"{error.where}: {error.problem}") from None
+    try:
+        return from_dict(Plans, data)
+    except UserError as error:
+        raise UserError(path, f"{error.where}: {error.problem}") from None
+
+
+def resolve_inheritance(configs: dict[str, Any]) -> dict[str, Any]:
+    """JSON configurations, some `{"inherits_from": NAME, <changed fields>}` → every one complete."""
+    resolved: dict[str, Any] = {}
+
+    def resolve(name: str, chain: tuple[str, ...]) -> Any:
+        if name in chain:
+            raise UserError(f"configurations.{name}", f"inherits from itself ({' → '.join(chain + (name,))})")
+        if name not in resolved:
+            own = configs[name]
+            parent = own.get("inherits_from") if isinstance(own, dict) else None
+            if parent is None:
+                resolved[name] = own
+            elif parent not in configs:
+                raise UserError(f"configurations.{name}", f"inherits from '{parent}', which is not planned")
+            else:
+                base = resolve(parent, chain + (name,))
+                merged = _deep_merge(base, own)
+                if "data_identifier" not in own and any(merged.get(f) != base.get(f) for f in DATA_FIELDS):
+                    merged["data_identifier"] = name  # other arrays: its own folder
+                resolved[name] = merged
+        return resolved[name]
+
+    return {name: resolve(name, ()) for name in configs}
+
+
+def _deep_merge(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in own.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            value = _deep_merge(base[key], value)
+        merged[key] = value
+    return merged
+
+
+def _changes(config: dict[str, Any], configs: dict[str, Any]) -> dict[str, Any]:
+    """A JSON configuration → itself, or for an inheriting one `inherits_from` + what differs."""
+    parent = config.get("inherits_from")
+    if parent is None or parent not in configs:
+        return config
+    return {"inherits_from": parent, **_differences(config, configs[parent])}
+
+
+def _differences(own: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    changed: dict[str, Any] = {}
+    for key, value in own.items():
+        if key == "inherits_from" or base.get(key) == value:
+            continue
+        both_dicts = isinstance(value, dict) and isinstance(base.get(key), dict)
+        changed[key] = _differences(value, base[key]) if both_dicts else value
+    return changed
 
 
 def save_fingerprint(fingerprint: Fingerprint, path: str | Path) -> None:

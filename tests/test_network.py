@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from torch import nn
 
 from nnlite.common.errors import UserError
 from nnlite.network import build_unet, channels_last_input, compile_network, geometry, to_channels_last
-from nnlite.network.blocks import CONV, CONV_TRANSPOSE, HE_INIT_A, ResidualBlock
+from nnlite.network.blocks import CONV, CONV_TRANSPOSE, HE_INIT_A, AttentionGate, ResidualBlock, SkipPool
 from nnlite.network.loss import build_loss, deep_supervision_scales, downsample_seg
 from nnlite.plans import NetworkPlan
 
@@ -28,7 +29,8 @@ HIPPOCAMPUS_PARAMETERS = 5_603_177  # the reference PlainConvUNet, 1 input chann
 
 @st.composite
 def plans_and_patches(draw: st.DrawFn) -> tuple[NetworkPlan, tuple[int, ...]]:
-    """Random valid plans: 2D/3D, 2–7 stages, anisotropic strides and kernels, tiny widths."""
+    """Random valid plans: 2D/3D, 2–7 stages, anisotropic strides and kernels, tiny widths, plain or
+    residual encoder, with or without attention gates, 1–2 decoder units."""
     ndim = draw(st.sampled_from([2, 3]))
     n_stages = draw(st.integers(2, 7))
     strides, kernels, total = [(1,) * ndim], [], [1] * ndim
@@ -40,7 +42,11 @@ def plans_and_patches(draw: st.DrawFn) -> tuple[NetworkPlan, tuple[int, ...]]:
     for _ in range(n_stages):
         kernels.append(tuple(draw(st.sampled_from([1, 3])) for _ in range(ndim)))
     features = tuple(draw(st.integers(2, 6)) for _ in range(n_stages))
-    plan = NetworkPlan(strides=tuple(strides), kernel_sizes=tuple(kernels), features_per_stage=features)
+    encoder = draw(st.sampled_from(["plain", "residual"]))
+    blocks = tuple(draw(st.integers(1, 2)) for _ in range(n_stages)) if encoder == "residual" else ()
+    plan = NetworkPlan(strides=tuple(strides), kernel_sizes=tuple(kernels), features_per_stage=features,
+                       encoder=encoder, blocks_per_stage=blocks, attention_gates=draw(st.booleans()),
+                       conv_per_stage=draw(st.integers(1, 2)), conv_per_stage_decoder=draw(st.integers(1, 2)))
     # ≥ 2 voxels per axis at the bottleneck: InstanceNorm cannot normalise a single voxel in training.
     patch = tuple(t * draw(st.integers(2, 3 if ndim == 3 else 4)) for t in total)
     return plan, patch
@@ -73,6 +79,8 @@ def test_random_plans_match_the_arithmetic(
     expected = [tuple(round(p * s) for p, s in zip(patch, scale)) for scale in deep_supervision_scales(plan)]
     assert [tuple(o.shape) for o in outputs] == [(2, num_classes, *shape) for shape in expected]
     assert expected[0] == patch
+    # deep-supervision outputs: the geometry's stage shapes of every decoder level, full res first
+    assert [tuple(o.shape[2:]) for o in outputs] == geometry.stage_shapes(plan, patch)[: plan.n_stages - 1]
     assert all(torch.isfinite(o).all() for o in outputs)
 
 
@@ -97,18 +105,24 @@ def test_hippocampus_plan_has_the_reference_parameter_count() -> None:
     assert geometry.count_parameters(HIPPOCAMPUS_PLAN, 1, 3) == HIPPOCAMPUS_PARAMETERS
 
 
-def test_conv_feature_map_elements_match_hooks() -> None:
+@pytest.mark.parametrize("variant", [{}, {"encoder": "residual", "blocks_per_stage": (1, 2, 2, 1),
+                                          "conv_per_stage_decoder": 1}, {"attention_gates": True}],
+                         ids=["plain", "residual", "gates"])
+def test_conv_feature_map_elements_match_hooks(variant: dict) -> None:
     """The reference's memory proxy = element count of every conv / transposed conv / head output."""
     plan = NetworkPlan(
         strides=((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 1)),
         kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3)),
-        features_per_stage=(4, 8, 16, 16),
+        features_per_stage=(4, 8, 16, 16), **variant,
     )
     patch = (8, 16, 12)
     net = build_unet(plan, 2, 3)
     counted = []
+    # a residual block's skip counts once, as its output, whether it pools, projects or both
+    skips = [b.skip for b in net.modules() if isinstance(b, ResidualBlock) and len(b.skip)]
+    in_skips = {id(m) for skip in skips for m in skip.modules()}
     for m in net.modules():
-        if isinstance(m, (*CONV.values(), *CONV_TRANSPOSE.values())):
+        if isinstance(m, (*CONV.values(), *CONV_TRANSPOSE.values())) and id(m) not in in_skips or m in skips:
             m.register_forward_hook(lambda mod, i, out: counted.append(out[0].numel()))
     for deep_supervision in (False, True):
         counted.clear()
@@ -183,6 +197,77 @@ def test_residual_encoder() -> None:
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
 
 
+RESENC_M_HIPPOCAMPUS = NetworkPlan(  # nnU-Net's nnUNetResEncUNetMPlans 3d_fullres on Hippocampus
+    strides=((1, 1, 1),) + ((2, 2, 2),) * 3, kernel_sizes=((3, 3, 3),) * 4, features_per_stage=(32, 64, 128, 256),
+    encoder="residual", blocks_per_stage=(1, 3, 4, 6), conv_per_stage_decoder=1)
+RESENC_M_HIPPOCAMPUS_PARAMETERS = 25_895_593  # dynamic_network_architectures' ResidualEncoderUNet, 1 in, 3 out
+
+
+def test_resenc_m_hippocampus_has_the_reference_parameter_count() -> None:
+    net = build_unet(RESENC_M_HIPPOCAMPUS, 1, 3)
+    assert sum(p.numel() for p in net.parameters()) == RESENC_M_HIPPOCAMPUS_PARAMETERS
+    assert geometry.count_parameters(RESENC_M_HIPPOCAMPUS, 1, 3) == RESENC_M_HIPPOCAMPUS_PARAMETERS
+    with torch.no_grad():
+        outputs = net(torch.randn(1, 1, *HIPPOCAMPUS_PATCH))
+    assert [tuple(o.shape[2:]) for o in outputs] == [(40, 56, 40), (20, 28, 20), (10, 14, 10)]
+
+
+def test_residual_module_names_follow_the_documented_layout() -> None:
+    """interop maps nnU-Net state dicts onto these names (unet.py's docstring lists them)."""
+    keys = set(build_unet(RESENC_M_HIPPOCAMPUS, 1, 3).state_dict())
+    for key in ("encoder.stem.conv.weight", "encoder.stem.norm.bias", "encoder.stages.0.0.conv1.conv.weight",
+                "encoder.stages.1.0.skip.1.weight", "encoder.stages.1.0.skip.2.weight",
+                "encoder.stages.3.5.conv2.norm.weight", "decoder.levels.0.up.weight",
+                "decoder.levels.2.convs.0.conv.weight", "decoder.heads.2.bias"):
+        assert key in keys, key
+    gated = replace(RESENC_M_HIPPOCAMPUS, attention_gates=True)
+    gate_keys = {k for k in build_unet(gated, 1, 3).state_dict() if ".gate." in k}
+    assert gate_keys == {f"decoder.levels.{i}.gate.{part}" for i in range(3)
+                         for part in ("theta.weight", "phi.weight", "phi.bias", "psi.weight", "psi.bias")}
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_attention_gate_scales_the_skip_by_a_map_in_0_1(ndim: int) -> None:
+    torch.manual_seed(0)
+    stride = (2,) * ndim if ndim == 2 else (1, 2, 2)
+    gate = AttentionGate(c_skip=4, c_gate=6, stride=stride)
+    skip = torch.randn(2, 4, *((8,) * ndim))
+    coarse = torch.randn(2, 6, *(n // s for n, s in zip(skip.shape[2:], stride)))
+    out = gate(skip, coarse)
+    assert out.shape == skip.shape
+    alpha = out / skip  # one map for all channels
+    assert torch.allclose(alpha, alpha[:, :1].expand_as(alpha), atol=1e-5)
+    assert (alpha > 0).all() and (alpha < 1).all()
+    assert not torch.allclose(gate(skip, coarse + 1), out)  # the coarser signal decides
+    with torch.no_grad():
+        gate.psi.bias.fill_(1e4)  # sigmoid → 1: the skip passes unchanged
+    torch.testing.assert_close(gate(skip, coarse), skip)
+    with torch.no_grad():
+        gate.psi.bias.fill_(-1e4)  # sigmoid → 0: the skip is blocked
+    assert torch.count_nonzero(gate(skip, coarse)) == 0
+
+
+def test_gates_change_the_decoder_input() -> None:
+    plan = NetworkPlan(strides=((1, 1), (2, 2), (2, 2)), kernel_sizes=((3, 3),) * 3, features_per_stage=(4, 8, 8))
+    torch.manual_seed(0)
+    plain = build_unet(plan, 1, 2)
+    torch.manual_seed(0)
+    gated = build_unet(replace(plan, attention_gates=True), 1, 2)
+    assert all(level.gate is not None for level in gated.decoder.levels)
+    assert all(level.gate is None for level in plain.decoder.levels)
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        assert not torch.allclose(plain(x)[0], gated(x)[0])
+
+
+@pytest.mark.parametrize("shape, stride", [((2, 3, 8, 12, 6), (1, 2, 2)), ((2, 3, 8, 6), (2, 2)),
+                                           ((1, 2, 9, 12, 6), (2, 2, 1))])
+def test_skip_pool_is_the_average_pool(shape: tuple[int, ...], stride: tuple[int, ...]) -> None:
+    x = torch.randn(*shape)
+    pool = torch.nn.functional.avg_pool3d if len(stride) == 3 else torch.nn.functional.avg_pool2d
+    torch.testing.assert_close(SkipPool(stride)(x), pool(x, stride, stride))
+
+
 def test_channels_last_and_compile_toggles() -> None:
     plan = NetworkPlan(strides=((1, 1, 1), (2, 2, 2)), kernel_sizes=((3, 3, 3),) * 2, features_per_stage=(4, 8))
     torch.manual_seed(0)
@@ -215,6 +300,19 @@ MEMORY_PLANS = {
                     kernel_sizes=((1, 3, 3), (1, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3)),
                     features_per_stage=(8, 16, 32, 64, 64)),
         (16, 64, 48),
+    ),
+    "3d_resenc_gates": (
+        NetworkPlan(strides=((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2)),
+                    kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3)), features_per_stage=(8, 16, 32, 32),
+                    encoder="residual", blocks_per_stage=(1, 3, 4, 2), conv_per_stage_decoder=1,
+                    attention_gates=True),
+        (16, 48, 32),
+    ),
+    "2d_resenc": (
+        NetworkPlan(strides=((1, 1), (2, 2), (2, 2), (2, 2)), kernel_sizes=((3, 3),) * 4,
+                    features_per_stage=(8, 16, 32, 64), encoder="residual", blocks_per_stage=(1, 3, 4, 6),
+                    conv_per_stage_decoder=1),
+        (64, 48),
     ),
 }
 
@@ -258,6 +356,34 @@ def test_activation_bytes_within_ten_percent(name: str, amp: bool) -> None:
     measured = saved_activation_bytes(plan, patch, batch=2, amp=amp)
     predicted = geometry.activation_bytes(plan, patch, 2, 3, batch_size=2, dtype_bytes=2 if amp else 4)
     assert abs(predicted - measured) <= 0.10 * measured, (name, amp, predicted, measured)
+
+
+@settings(max_examples=12, deadline=None)
+@given(plan_patch=plans_and_patches(), amp=st.booleans())
+def test_random_plans_save_the_predicted_bytes(plan_patch: tuple[NetworkPlan, tuple[int, ...]], amp: bool) -> None:
+    """Any plan (plain/residual, gates or not): predicted saved bytes within 10 % of the measured.
+
+    Axes are enlarged to ≥ 8 voxels: what the arithmetic leaves out (norm statistics, 2 numbers per
+    channel; the loss' per-class sums) is a few hundred bytes, which only a 4×2 patch notices.
+    """
+    plan, patch = plan_patch
+    patch = tuple(t * max(p // t, -(-8 // t)) for p, t in zip(patch, plan.total_stride))
+    measured = saved_activation_bytes(plan, patch, batch=2, amp=amp)
+    predicted = geometry.activation_bytes(plan, patch, 2, 3, batch_size=2, dtype_bytes=2 if amp else 4)
+    assert abs(predicted - measured) <= 0.10 * measured, (plan, patch, amp, predicted, measured)
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
+def test_attention_gates_add_the_predicted_bytes(amp: bool) -> None:
+    """The gates' share alone (a few % of the total, which the 10 % check above would not notice):
+    measured extra bytes of the gated network within 10 % of the predicted extra."""
+    plan, patch = MEMORY_PLANS["3d_anisotropic"]
+    gated = replace(plan, attention_gates=True)
+    dtype_bytes = 2 if amp else 4
+    measured = saved_activation_bytes(gated, patch, 2, amp) - saved_activation_bytes(plan, patch, 2, amp)
+    predicted = (geometry.activation_bytes(gated, patch, 2, 3, 2, dtype_bytes)
+                 - geometry.activation_bytes(plan, patch, 2, 3, 2, dtype_bytes))
+    assert predicted > 0 and abs(predicted - measured) <= 0.10 * measured, (predicted, measured)
 
 
 def test_a_single_stage_plan_is_a_user_error() -> None:

@@ -1,4 +1,5 @@
-"""Building blocks of the U-Net: the conv → norm → nonlinearity unit, stacks of units, residual blocks.
+"""Building blocks of the U-Net: the conv → norm → nonlinearity unit, stacks of units, residual
+blocks, and the additive attention gate of a skip connection.
 
 Every block works in 2D and 3D; the number of spatial axes picks the layer types from the
 tables below (short names, never import paths). Shapes are written for 3D, (B, C, Z, Y, X);
@@ -8,7 +9,10 @@ tables below (short names, never import paths). Shapes are written for 3D, (B, C
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from nnlite.network.geometry import gate_channels
 
 NORM_EPS = 1e-5  # InstanceNorm epsilon of nnU-Net (affine, no running statistics)
 LEAKY_SLOPE = 1e-2  # LeakyReLU negative slope (the torch default that nnU-Net relies on)
@@ -17,7 +21,8 @@ HE_INIT_A = 1e-2  # `a` of kaiming_normal_ for every (transposed) conv weight, m
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 CONV_TRANSPOSE = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 INSTANCE_NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
-AVG_POOL = {2: nn.AvgPool2d, 3: nn.AvgPool3d}
+AVG_POOL = {2: F.avg_pool2d, 3: F.avg_pool3d}
+LINEAR_MODE = {2: "bilinear", 3: "trilinear"}  # how an attention map is upsampled to its skip
 
 
 def same_padding(kernel: tuple[int, ...]) -> tuple[int, ...]:
@@ -65,6 +70,29 @@ class ConvStack(nn.Sequential):
         super().__init__(*units)
 
 
+class SkipPool(nn.Module):
+    """AvgPool(kernel = stride = `stride`) of a residual skip, in the input's precision.
+
+    Computed as a mean over (size / stride, stride) blocks, which saves nothing for backward; an
+    AvgPool would, and under CPU autocast (whose avg_pool3d runs in fp32 only) it would keep an fp32
+    copy of the block input. Sizes not divisible by the stride fall back to AvgPool's floor.
+    (B, C, *S) → (B, C, *S / stride)
+    """
+
+    def __init__(self, stride: tuple[int, ...]) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(n % s for n, s in zip(x.shape[2:], self.stride)):
+            return AVG_POOL[len(self.stride)](x, self.stride, self.stride)
+        blocks = list(x.shape[:2])
+        for n, s in zip(x.shape[2:], self.stride):
+            blocks += [n // s, s]  # (B, C, Z / sz, sz, Y / sy, sy, X / sx, sx)
+        with torch.autocast(x.device.type, enabled=False):
+            return x.reshape(blocks).mean(dim=tuple(range(3, len(blocks), 2)))
+
+
 class ResidualBlock(nn.Module):
     """ResNet-D basic block: two units (the second without nonlinearity) plus a skip, then LeakyReLU.
 
@@ -81,7 +109,7 @@ class ResidualBlock(nn.Module):
         self.conv2 = ConvUnit(c_out, c_out, kernel, (1,) * ndim, nonlin=False)
         skip: list[nn.Module] = []
         if any(s != 1 for s in stride):
-            skip.append(AVG_POOL[ndim](stride, stride))
+            skip.append(SkipPool(stride))
         if c_in != c_out:
             skip.append(CONV[ndim](c_in, c_out, 1, bias=False))
             skip.append(INSTANCE_NORM[ndim](c_out, eps=NORM_EPS, affine=True))
@@ -102,6 +130,33 @@ class ResidualStack(nn.Sequential):
         blocks = [ResidualBlock(c_in, c_out, kernel, stride)]
         blocks += [ResidualBlock(c_out, c_out, kernel, ones) for _ in range(n - 1)]
         super().__init__(*blocks)
+
+
+class AttentionGate(nn.Module):
+    """Additive attention gate (Oktay et al. 2018, "Attention U-Net") on one skip connection.
+
+    The coarser decoder signal `gate` decides, per voxel, how much of the skip passes:
+        θ = Conv(kernel = stride = s, no bias)(skip)     (B, F_int, *S / s)
+        φ = Conv1×1(gate)                                (B, F_int, *S / s)
+        α = sigmoid(Conv1×1(ReLU(θ + φ)))                (B, 1, *S / s)
+        out = skip · upsample_linear(α)                  (B, c_skip, *S)
+    skip (B, c_skip, *S), gate (B, c_gate, *S / s) with S divisible by s (the plan's patch is).
+    """
+
+    def __init__(self, c_skip: int, c_gate: int, stride: tuple[int, ...]) -> None:
+        super().__init__()
+        ndim, inner = len(stride), gate_channels(c_skip)
+        self.theta = CONV[ndim](c_skip, inner, stride, stride, bias=False)
+        self.phi = CONV[ndim](c_gate, inner, 1, bias=True)
+        self.psi = CONV[ndim](inner, 1, 1, bias=True)
+        self.mode = LINEAR_MODE[ndim]
+
+    def forward(self, skip: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        attention = torch.relu_(self.theta(skip) + self.phi(gate))  # (B, F_int, *S / s)
+        alpha = torch.sigmoid(self.psi(attention))  # (B, 1, *S / s), in (0, 1)
+        alpha = F.interpolate(alpha, size=skip.shape[2:], mode=self.mode, align_corners=False)
+        # autocast may upsample in fp32; keep the gated skip in the skip's precision
+        return skip * alpha.to(skip.dtype)  # (B, c_skip, *S)
 
 
 def init_he(module: nn.Module) -> None:

@@ -10,6 +10,20 @@ For a plan with strides s_0 = 1, s_1, ..., s_{n-1} and widths f_0 ... f_{n-1}:
     decoder level n-2 ... 0: ConvTranspose(kernel = stride = s_{l+1}) → concat [up, skip_l]
                              → ConvStack(2 f_l → f_l) → 1×1 head (B, num_classes, *size of skip_l)
 
+With `attention_gates` each skip_l is first multiplied by an attention map computed from skip_l and
+the (not yet upsampled) input of its level (`blocks.AttentionGate`). With the residual encoder
+(`encoder: residual`) a stem unit precedes stage 0 and each stage is `blocks_per_stage[s]`
+residual blocks. Module names (what a state dict holds), s = stage, b = block, i = bottom-up index
+of the decoder level (0 = just above the bottleneck, level n-2):
+
+    encoder.stages.<s>.<unit>.{conv,norm}              plain: ConvStack units
+    encoder.stem.{conv,norm}                           residual: the stem unit
+    encoder.stages.<s>.<b>.conv{1,2}.{conv,norm}       residual: the two units of block b
+    encoder.stages.<s>.<b>.skip.<k>                    residual: [AvgPool], 1×1 conv, norm (when needed)
+    decoder.levels.<i>.up / .convs.<unit>.{conv,norm}  transposed conv, decoder units
+    decoder.levels.<i>.gate.{theta,phi,psi}            attention gate (with attention_gates)
+    decoder.heads.<i>                                  1×1 segmentation head
+
 With deep supervision the forward returns the heads from the highest resolution (level 0, the
 full patch) to the lowest (level n-2): n-1 tensors. Without it only the full-resolution logits are
 computed and returned as one tensor. Encoder and decoder read only the plan, never each other.
@@ -21,7 +35,8 @@ import torch
 from torch import nn
 
 from nnlite.common.errors import UserError
-from nnlite.network.blocks import CONV, CONV_TRANSPOSE, ConvStack, ConvUnit, ResidualStack, init_he
+from nnlite.network.blocks import (CONV, CONV_TRANSPOSE, AttentionGate, ConvStack, ConvUnit, ResidualStack,
+                                   init_he)
 from nnlite.plans import NetworkPlan
 
 
@@ -83,8 +98,11 @@ class DecoderLevel(nn.Module):
         self.up = CONV_TRANSPOSE[plan.ndim](f[level + 1], f[level], stride, stride, bias=True)
         ones, n_units = (1,) * plan.ndim, plan.conv_per_stage_decoder
         self.convs = ConvStack(2 * f[level], f[level], plan.kernel_sizes[level], ones, n_units)
+        self.gate = AttentionGate(f[level], f[level + 1], stride) if plan.attention_gates else None
 
     def forward(self, below: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        if self.gate is not None:
+            skip = self.gate(skip, below)  # (B, f_l, *S), attenuated where the coarser level says so
         x = torch.cat((self.up(below), skip), dim=1)  # (B, 2 f_l, *S): [upsampled, skip]
         return self.convs(x)
 

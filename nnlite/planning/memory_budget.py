@@ -14,6 +14,7 @@ from typing import Sequence
 
 from nnlite.common.errors import UserError
 from nnlite.network.geometry import conv_feature_map_elements, training_memory_bytes
+from nnlite.planning.presets import PRESETS, PlannerPreset
 from nnlite.plans import NetworkPlan
 
 
@@ -22,10 +23,9 @@ DEFAULT_GPU_MEMORY_GB = 8.0  # the reference's budget: plans are portable betwee
 GIB = 2**30
 
 
-# nnU-Net's proxy model: conv-output elements (batch 1) that "fill 8 GB" at its reference batch size
-NNUNET_REFERENCE_ELEMENTS = {3: 560_000_000, 2: 85_000_000}
+# nnU-Net's proxy model: the conv-output elements (batch 1) of a preset's `reference_elements` "fill"
+# its `reference_gb` at this reference batch size
 NNUNET_REFERENCE_BATCH = {3: 2, 2: 12}
-NNUNET_REFERENCE_GB = 8
 MEMORY_MODELS = ("bytes", "nnunet")
 
 
@@ -37,10 +37,11 @@ class MemoryBudget:
     in_channels: int
     num_classes: int
     model: str = "bytes"  # "bytes" (nnlite) or "nnunet" (the reference's proxy)
+    preset: PlannerPreset = PRESETS["default"]  # its proxy constants (nnunet model)
 
     def _proxy(self, net: NetworkPlan, patch: Sequence[int]) -> tuple[float, float, int]:
         """(estimate, reference, reference batch) of nnU-Net's proxy model."""
-        reference = NNUNET_REFERENCE_ELEMENTS[net.ndim] * self.gpu_memory_gb / NNUNET_REFERENCE_GB
+        reference = self.preset.reference_elements[net.ndim] * self.gpu_memory_gb / self.preset.reference_gb
         estimate = conv_feature_map_elements(net, patch, self.in_channels, self.num_classes)
         return float(estimate), reference, NNUNET_REFERENCE_BATCH[net.ndim]
 
@@ -50,6 +51,8 @@ class MemoryBudget:
     def fits(self, net: NetworkPlan, patch: Sequence[int], batch: int = MIN_BATCH) -> bool:
         if self.model == "nnunet":
             estimate, reference, ref_batch = self._proxy(net, patch)
+            if not self.preset.shrink_per_reference_batch:
+                return estimate <= reference  # the ResEnc planners: the batch does not enter
             return estimate / ref_batch * batch <= reference
         return self.predicted_bytes(net, patch, batch) <= self.gpu_memory_gb * GIB
 

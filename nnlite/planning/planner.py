@@ -19,8 +19,8 @@ from typing import Sequence
 import numpy as np
 
 from nnlite.common.errors import UserError
-from nnlite.planning.memory_budget import (DEFAULT_GPU_MEMORY_GB, GIB, MEMORY_MODELS, MIN_BATCH, MemoryBudget,
-                                           check_gpu_memory)
+from nnlite.planning.memory_budget import GIB, MEMORY_MODELS, MIN_BATCH, MemoryBudget, check_gpu_memory
+from nnlite.planning.presets import PlannerPreset, get_preset
 from nnlite.planning.topology import Topology, initial_patch, pool_and_conv_props, shrink_step
 from nnlite.plans import ConfigurationPlan, Fingerprint, NetworkPlan, Plans
 
@@ -31,7 +31,6 @@ ANISO_SPACING_PERCENTILE = 10  # ... then its target spacing is this percentile 
 ANISO_EPSILON = 1e-5  # added when that percentile falls below the other axes' spacing
 BASE_FEATURES = 32  # width of stage 0; doubles per stage
 MAX_FEATURES = {3: 320, 2: 512}  # width cap per dimensionality
-MAX_DATASET_COVERED = 0.05  # a batch may hold at most 5 % of the dataset's voxels
 LOWRES_CREATION_THRESHOLD = 0.25  # plan 3d_lowres when the fullres patch covers < 25 % of the median image
 LOWRES_SPACING_FACTOR = 1.03  # lowres spacing grows by this factor per iteration
 LOWRES_MIN_SHRINK = 2  # drop 3d_lowres unless it has ≥ 2× fewer median voxels than fullres
@@ -93,10 +92,13 @@ def normalization(fingerprint: Fingerprint) -> tuple[tuple[str, ...], tuple[bool
 # one configuration
 
 
-def network_plan(topology: Topology) -> NetworkPlan:
-    ndim = len(topology.patch_size)
-    widths = tuple(min(BASE_FEATURES * 2**i, MAX_FEATURES[ndim]) for i in range(topology.n_stages))
-    return NetworkPlan(strides=topology.strides, kernel_sizes=topology.kernel_sizes, features_per_stage=widths)
+def network_plan(topology: Topology, preset: PlannerPreset) -> NetworkPlan:
+    """The preset's network family (plain or residual encoder) on this topology, widths 32·2^i."""
+    ndim, n = len(topology.patch_size), topology.n_stages
+    widths = tuple(min(BASE_FEATURES * 2**i, MAX_FEATURES[ndim]) for i in range(n))
+    return NetworkPlan(strides=topology.strides, kernel_sizes=topology.kernel_sizes, features_per_stage=widths,
+                       conv_per_stage=preset.conv_per_stage, conv_per_stage_decoder=preset.conv_per_stage_decoder,
+                       encoder=preset.encoder, blocks_per_stage=preset.blocks_per_stage(n))
 
 
 def fit_patch(spacing: Sequence[float], median_shape: Sequence[float], budget: MemoryBudget
@@ -114,7 +116,7 @@ def fit_patch(spacing: Sequence[float], median_shape: Sequence[float], budget: M
                f"equal physical extent, clipped to the median shape {_fmt(median_shape, 4)}, padded to "
                f"{_fmt(topology.patch_size)}"]
     steps = 0
-    while not budget.fits(network_plan(topology), topology.patch_size):
+    while not budget.fits(network_plan(topology, budget.preset), topology.patch_size):
         smaller = shrink_step(spacing, topology, median_shape)
         if smaller is None:
             raise UserError("--gpu-memory-gb", f"{budget.gpu_memory_gb:g} GB cannot hold even the "
@@ -135,15 +137,16 @@ def plan_configuration(spacing: Sequence[float], median_shape: Sequence[float], 
     if fitted is None:
         return None
     topology, _, reasons = fitted
-    net = network_plan(topology)
+    net = network_plan(topology, budget.preset)
     patch = topology.patch_size
     reasons.append(f"{net.n_stages} stages, strides {[list(s) for s in net.strides]}, kernels "
                    f"{[list(k) for k in net.kernel_sizes]}: pool axes with ≥ 8 voxels within 2× of the "
                    f"finest spacing, bottleneck ≥ 4 voxels")
     by_memory = budget.max_batch(net, patch)
-    by_dataset = round(n_voxels_dataset * MAX_DATASET_COVERED / np.prod(patch, dtype=np.float64))
+    covered = budget.preset.max_dataset_covered
+    by_dataset = round(n_voxels_dataset * covered / np.prod(patch, dtype=np.float64))
     batch = max(min(by_memory, by_dataset), MIN_BATCH)
-    reasons.append(f"batch {batch}: memory allows {by_memory}, {MAX_DATASET_COVERED:.0%} of the dataset "
+    reasons.append(f"batch {batch}: memory allows {by_memory}, {covered:.0%} of the dataset "
                    f"allows {by_dataset}, minimum {MIN_BATCH}")
     memory = budget.predicted_bytes(net, patch, batch)
     reasons.append(f"predicted training memory {memory / GIB:.2f} GiB at batch {batch} (bytes, AMP); patch and "
@@ -199,10 +202,13 @@ def plan_lowres(fullres: ConfigurationPlan, median_shape: np.ndarray, n_training
     return replace(lowres, reasons=lowres.reasons + (reason,)), reason
 
 
-def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB,
+def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float | None = None,
                     configs: Sequence[str] | None = None, *, dataset_name: str = "dataset",
-                    memory_model: str = "bytes") -> Plans:
-    """All configurations that apply (or those in `configs`), as nnU-Net's planner decides them."""
+                    memory_model: str = "bytes", preset: str = "default") -> Plans:
+    """All configurations that apply (or those in `configs`), as nnU-Net's planner (or the one of
+    `preset`, see `presets`) decides them. `gpu_memory_gb` None: the preset's budget."""
+    planner = get_preset(preset)
+    gpu_memory_gb = planner.gpu_memory_gb if gpu_memory_gb is None else gpu_memory_gb
     check_arguments(gpu_memory_gb, configs, memory_model)
     spacings = np.array([c.spacing for c in fingerprint.cases], dtype=np.float64)
     shapes = np.array([c.shape_after_crop for c in fingerprint.cases], dtype=np.float64)
@@ -215,7 +221,10 @@ def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float = DEFAULT_GPU
     spacing_t = spacing[list(transpose)]
     n_voxels = float(np.prod(median, dtype=np.float64) * n_training)
     budget = MemoryBudget(gpu_memory_gb, len(fingerprint.channel_names), fingerprint.num_classes,
-                          memory_model)
+                          memory_model, planner)
+    blocks = f" with {', '.join(map(str, planner.blocks_per_stage(5)))}, … blocks per stage" if planner.blocks_per_stage(1) else ""
+    reasons.append(f"preset '{preset}' (nnU-Net's {planner.plans_name}): {planner.encoder} encoder{blocks}, "
+                   f"{planner.conv_per_stage_decoder} conv unit(s) per decoder level")
     configurations = _plan_3d(spacing_t, median, n_voxels, n_training, budget, fingerprint, reasons)
     plan_2d = plan_configuration(spacing_t[1:], median[1:], n_voxels, budget, "2d", fingerprint)
     if plan_2d is None:
@@ -230,7 +239,8 @@ def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float = DEFAULT_GPU
         original_median_shape=tuple(float(v) for v in np.median(shapes, 0)[list(transpose)]),
         configurations=_select(configurations, configs), intensity_per_channel=dict(fingerprint.intensity_per_channel),
         channel_names=dict(fingerprint.channel_names), labels=dict(fingerprint.labels),
-        gpu_memory_gb=float(gpu_memory_gb), reasons=tuple(reasons), extra={"memory_model": memory_model},
+        gpu_memory_gb=float(gpu_memory_gb), reasons=tuple(reasons),
+        extra={"memory_model": memory_model, "preset": preset},
         regions=fingerprint.regions,
     )
 
@@ -275,8 +285,11 @@ def _select(configurations: dict[str, ConfigurationPlan], configs: Sequence[str]
     return selected
 
 
-def check_arguments(gpu_memory_gb: float, configs: Sequence[str] | None, memory_model: str) -> None:
-    check_gpu_memory(gpu_memory_gb)
+def check_arguments(gpu_memory_gb: float | None, configs: Sequence[str] | None, memory_model: str,
+                    preset: str = "default") -> None:
+    get_preset(preset)
+    if gpu_memory_gb is not None:
+        check_gpu_memory(gpu_memory_gb)
     if memory_model not in MEMORY_MODELS:
         raise UserError("--memory-model", f"unknown model '{memory_model}' (choose from {MEMORY_MODELS})")
     unknown = [c for c in configs or () if c not in CONFIGURATIONS]

@@ -23,7 +23,8 @@ from nnlite.common.files import (ensure_writable_dir, read_json_checked, remove_
 from nnlite.common.schema import to_jsonable
 from nnlite.data.dataset import load_dataset
 from nnlite.planning.fingerprint import extract_fingerprint, load_fingerprint_file
-from nnlite.planning.memory_budget import DEFAULT_GPU_MEMORY_GB, GIB
+from nnlite.planning.inheritance import keep_added_configurations
+from nnlite.planning.memory_budget import GIB
 from nnlite.planning.nnunet_plans import plans_from_nnunet, read_nnunet_plans
 from nnlite.planning.planner import check_arguments, plan_experiment
 from nnlite.planning.splits import (N_FOLDS, Splits, check_splits_cases, check_splits_shape, fold_count,
@@ -40,11 +41,13 @@ WORK_OUTPUTS = ("plans.json", "splits.json", "fingerprint.json", "dataset.json",
 NEW_WORK_HINT = "plan into a new WORK folder, or add --overwrite to start this one afresh"
 
 
-def plan_dataset(raw: Path, work: Path, gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB,
+def plan_dataset(raw: Path, work: Path, gpu_memory_gb: float | None = None,
                  configs: Sequence[str] | None = None, workers: int = 1, memory_model: str = "bytes",
-                 *, folds: int | None = None, overwrite: bool = False) -> Plans:
-    """RAW → WORK/dataset.json, fingerprint.json, splits.json, plans.json (all written at the end)."""
-    check_arguments(gpu_memory_gb, configs, memory_model)  # before the (long) fingerprint
+                 *, folds: int | None = None, overwrite: bool = False, preset: str = "default") -> Plans:
+    """RAW → WORK/dataset.json, fingerprint.json, splits.json, plans.json (all written at the end).
+
+    `gpu_memory_gb` None: the preset's budget (8 GB, ResEnc L 24, XL 40)."""
+    check_arguments(gpu_memory_gb, configs, memory_model, preset)  # before the (long) fingerprint
     dataset = load_dataset(raw)
     n_folds = fold_count(len(dataset.cases), folds)
     ensure_writable_dir(work, "work folder")
@@ -55,7 +58,7 @@ def plan_dataset(raw: Path, work: Path, gpu_memory_gb: float = DEFAULT_GPU_MEMOR
     if previous is not None:
         refuse_other_fingerprint(work, previous, fingerprint)
     plans = plan_experiment(fingerprint, gpu_memory_gb, configs, dataset_name=Path(raw).resolve().name,
-                            memory_model=memory_model)
+                            memory_model=memory_model, preset=preset)
     # preprocess, postprocess and the final validation find the raw images and labels through this
     plans = _with_origin(plans, fingerprint, raw=str(Path(raw).resolve()))
     names = [c.case for c in fingerprint.cases]
@@ -88,12 +91,12 @@ def plan_from_nnunet_plans(raw: Path, work: Path, nnunet_plans_file: Path, confi
                           n_folds, folds is not None, overwrite, raw=Path(raw))
 
 
-def plan_from_fingerprint(fingerprint_file: Path, work: Path, gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB,
+def plan_from_fingerprint(fingerprint_file: Path, work: Path, gpu_memory_gb: float | None = None,
                           configs: Sequence[str] | None = None, memory_model: str = "bytes",
-                          *, folds: int | None = None, overwrite: bool = False) -> Plans:
+                          *, folds: int | None = None, overwrite: bool = False, preset: str = "default") -> Plans:
     """nnlite's fingerprint.json or nnU-Net's dataset_fingerprint.json (+ a dataset.json next to it
     or in WORK) → WORK/plans.json, fingerprint.json, dataset.json and, with real case names, splits.json."""
-    check_arguments(gpu_memory_gb, configs, memory_model)
+    check_arguments(gpu_memory_gb, configs, memory_model, preset)
     fingerprint_file, work = Path(fingerprint_file), Path(work)
     candidates = [fingerprint_file.parent / "dataset.json", work / "dataset.json"]
     dataset_json = next((p for p in candidates if p.is_file()), None)
@@ -108,7 +111,8 @@ def plan_from_fingerprint(fingerprint_file: Path, work: Path, gpu_memory_gb: flo
     if previous is not None:
         refuse_other_fingerprint(work, previous, fingerprint)
     name = str(meta.get("name", fingerprint_file.resolve().parent.name))
-    plans = plan_experiment(fingerprint, gpu_memory_gb, configs, dataset_name=name, memory_model=memory_model)
+    plans = plan_experiment(fingerprint, gpu_memory_gb, configs, dataset_name=name, memory_model=memory_model,
+                            preset=preset)
     plans = _with_origin(plans, fingerprint)
     return _write_outputs(work, dataset_json.read_bytes(), fingerprint, plans, names, n_folds,
                           folds is not None, overwrite)
@@ -182,6 +186,8 @@ def _write_outputs(work: Path, dataset_json: bytes, fingerprint: Fingerprint, pl
         plans = replace(plans, extra={**plans.extra, SPLITS_SOURCE_KEY: str(path.resolve())})
     elif splits is None:
         write_new_splits(work, case_names, n_folds)
+    if not overwrite:
+        plans = keep_added_configurations(work, plans)
     save_plans(plans, work / "plans.json")
     return plans
 

@@ -18,11 +18,10 @@ from typing import Any, Sequence
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json, write_json_atomic
 from nnlite.common.schema import to_jsonable
-from nnlite.plans import Plans
+from nnlite.plans import DATA_FIELDS, Plans
 
 # ConfigurationPlan fields that change the preprocessed arrays (not batch size, patch or network)
-CONFIGURATION_FIELDS = ("data_identifier", "spacing", "normalization", "use_mask_for_norm",
-                        "resampling_order_data", "resampling_order_seg", "resampling_order_z")
+CONFIGURATION_FIELDS = ("data_identifier", *DATA_FIELDS)
 # Plans fields that change them: the axis order, the CT statistics, the channels and labels
 PLANS_FIELDS = ("transpose", "intensity_per_channel", "channel_names", "labels")
 RECORD_VERSION = 1
