@@ -51,7 +51,7 @@ def build_parser() -> ArgumentParser:
                         help=f"plan only these configurations ({' '.join(CONFIGURATIONS)}; with "
                              "--nnunet-plans: any of that file)")
     parser.add_argument("--nnunet-plans", type=Path, metavar="nnUNetPlans.json",
-                        help="take nnU-Net v2's plan exactly (configuration names, inherits_from resolved) "
+                        help="take nnU-Net v2's plan exactly (configuration names and inherits_from kept) "
                              "instead of planning")
     parser.add_argument("--memory-model", choices=MEMORY_MODELS, default="bytes",
                         help="'bytes': nnlite's byte estimate (default); 'nnunet': the reference's proxy, "

@@ -230,9 +230,10 @@ class Plans:
             if config.inherits_from is not None and config.inherits_from not in self.configurations:
                 raise UserError("plans.json", f"{name} inherits from '{config.inherits_from}', which is not planned")
             other = folders.setdefault(config.data_identifier, name)
-            if any(getattr(config, f) != getattr(self.configurations[other], f) for f in DATA_FIELDS):
+            differ = [f for f in DATA_FIELDS if getattr(config, f) != getattr(self.configurations[other], f)]
+            if differ:
                 raise UserError("plans.json", f"{name} and {other} share data_identifier "
-                                f"'{config.data_identifier}' but differ in {', '.join(DATA_FIELDS)}")
+                                f"'{config.data_identifier}' but differ in {', '.join(differ)}")
 
     @property
     def transpose_backward(self) -> tuple[int, ...]:

@@ -15,7 +15,7 @@ from nnlite.planning import fingerprint as fingerprint_module
 from nnlite.planning.nnunet_plans import plans_from_nnunet, resolve_configuration
 from nnlite.planning.splits import make_splits
 from nnlite.planning.work_folder import plan_from_nnunet_plans
-from nnlite.plans import load_plans
+from nnlite.plans import load_plans, save_plans
 from tests.command_line import assert_one_line_error, run_command
 from tests.nnunet_fixtures import HIPPOCAMPUS_PLANS
 
@@ -35,7 +35,7 @@ def assert_same_plan(plans, nnunet: dict) -> None:
         assert [list(s) for s in config.network.strides] == kw["strides"]
         assert [list(k) for k in config.network.kernel_sizes] == kw["kernel_sizes"]
         assert list(config.network.features_per_stage) == kw["features_per_stage"]
-        assert config.data_identifier == raw["data_identifier"]
+        assert config.data_identifier in (raw["data_identifier"], f"{raw['data_identifier']}_{name}")
 
 
 def test_hippocampus_plans_translate_exactly():
@@ -55,13 +55,18 @@ def with_inheriting(nnunet: dict) -> dict:
     return nnunet
 
 
-def test_inherits_from_is_resolved_under_nnunets_names():
+def test_inherits_from_is_kept_under_nnunets_names(tmp_path):
     nnunet = with_inheriting(HIPPOCAMPUS_PLANS)
     plans = plans_from_nnunet(nnunet, HIPPOCAMPUS_DATASET)
+    save_plans(plans, tmp_path / "plans.json")
+    assert load_plans(tmp_path / "plans.json") == plans  # children stored as what they change
     child, grandchild = plans.configurations["3d_fullres_bs2"], plans.configurations["3d_fullres_bs2_nomask"]
     assert child.batch_size == 2 and grandchild.batch_size == 2
+    assert (child.inherits_from, grandchild.inherits_from) == ("3d_fullres", "3d_fullres_bs2")
     assert child.patch_size == plans.configurations["3d_fullres"].patch_size
     assert grandchild.use_mask_for_norm == (True,)
+    # another normalization: its own preprocessed folder (nnU-Net would share its parent's)
+    assert child.data_identifier == plans.configurations["3d_fullres"].data_identifier != grandchild.data_identifier
     assert_same_plan(plans, nnunet)
 
 

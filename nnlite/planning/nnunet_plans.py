@@ -10,13 +10,14 @@ keys, then the child's own keys on top (a shallow `dict.update`) — into a full
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json_checked
 from nnlite.data.regions import ORDER_KEY, has_regions, parse_region_labels
-from nnlite.plans import ConfigurationPlan, IntensityStats, NetworkPlan, Plans
+from nnlite.plans import DATA_FIELDS, ConfigurationPlan, IntensityStats, NetworkPlan, Plans
 
 DEFAULT_GPU_MEMORY_GB = 8.0  # nnU-Net's default planner budget; its plans do not record the budget
 NORMALIZATION_NAMES = {  # nnU-Net class name → nnlite scheme
@@ -179,6 +180,25 @@ def _next_stage(value: Any) -> str | None:
     return value
 
 
+def kept_inheritance(configs: dict[str, ConfigurationPlan], raw: dict[str, dict]) -> dict[str, ConfigurationPlan]:
+    """A configuration nnU-Net wrote with `inherits_from` stays an inheriting one (plans.json then
+    stores only what it changes) when its parent is converted too; else it stands alone, resolved."""
+    return {name: replace(config, inherits_from=raw[name]["inherits_from"])
+            if raw[name].get("inherits_from") in configs else config for name, config in configs.items()}
+
+
+def own_data_folders(configs: dict[str, ConfigurationPlan]) -> dict[str, ConfigurationPlan]:
+    """nnU-Net lets an inheriting configuration change normalization or spacing yet keep its parent's
+    data_identifier (both would then read one preprocessed folder); nnlite gives such a configuration
+    a folder of its own, named after it."""
+    first: dict[str, ConfigurationPlan] = {}
+    for name, config in configs.items():
+        seen = first.setdefault(config.data_identifier, config)
+        if any(getattr(config, f) != getattr(seen, f) for f in DATA_FIELDS):
+            configs[name] = replace(config, data_identifier=f"{config.data_identifier}_{name}")
+    return configs
+
+
 def plans_from_nnunet(nnunet: dict, dataset: dict, configurations: list[str] | None = None) -> Plans:
     """nnU-Net plans dict + dataset.json dict → Plans with every (or the named) configuration resolved."""
     labels, regions = dataset.get("labels", {}), ()
@@ -191,6 +211,7 @@ def plans_from_nnunet(nnunet: dict, dataset: dict, configurations: list[str] | N
     names = configurations or list(raw)
     configs = {name: configuration_from_nnunet(name, resolve_configuration(raw, name), len(channels))
                for name in names}
+    configs = own_data_folders(kept_inheritance(configs, raw))
     stats = {channel: IntensityStats(**{k: float(v) for k, v in values.items()
                                         if k in IntensityStats.__dataclass_fields__})
              for channel, values in nnunet.get("foreground_intensity_properties_per_channel", {}).items()}
@@ -203,5 +224,5 @@ def plans_from_nnunet(nnunet: dict, dataset: dict, configurations: list[str] | N
         channel_names={str(k): str(v) for k, v in channels.items()},
         labels={str(k): int(v) for k, v in labels.items()}, regions=regions, gpu_memory_gb=DEFAULT_GPU_MEMORY_GB,
         reasons=(f"translated from nnU-Net's plans {nnunet.get('plans_name', '?')!r}; configurations "
-                 "with inherits_from resolved into full configurations",),
+                 "with inherits_from kept as inheriting configurations",),
         extra={SOURCE_KEY: str(nnunet.get("plans_name", ""))})

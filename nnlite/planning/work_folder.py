@@ -69,7 +69,7 @@ def plan_dataset(raw: Path, work: Path, gpu_memory_gb: float | None = None,
 def plan_from_nnunet_plans(raw: Path, work: Path, nnunet_plans_file: Path, configs: Sequence[str] | None = None,
                            workers: int = 1, *, folds: int | None = None, overwrite: bool = False) -> Plans:
     """RAW + nnU-Net's nnUNetPlans.json → WORK: nnU-Net's plan exactly (configuration names, patch,
-    batch, spacing, topology; inherits_from resolved), with nnlite's fingerprint, splits and records."""
+    batch, spacing, topology; inherits_from kept), with nnlite's fingerprint, splits and records."""
     nnunet = read_nnunet_plans(nnunet_plans_file)
     unknown = sorted(set(configs or ()) - set(nnunet["configurations"]))
     if unknown:
