@@ -1,0 +1,126 @@
+"""A case to predict, from the browser or from `--inputs`: checked, then staged in the app's folder.
+
+Safe by construction: a browser never names a path. Uploaded files are written under names the
+app makes (`<case>_<CCCC><ending>`, the case name reduced to letters, digits, `-`, `_` and `.`)
+inside a new folder of the output folder; a case picked from `--inputs` must be one that
+`--inputs` lists and its files must resolve inside it (`confined`). Every problem (too large,
+wrong number of channel files, unreadable, not 2D/3D, channels of different shapes) is one
+`UserError` whose message the page shows; the app keeps running. Files are read with nnlite's own
+image reader (`data/image_io.py`), so the formats it reads are the formats the app accepts.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from nnlite.common.errors import UserError
+from nnlite.common.files import write_atomic
+from nnlite.data.image_io import read_case
+from nnlite.inference.options import find_input_cases
+
+MAX_UPLOAD_MB = 1024  # the largest upload (all channel files together) the app accepts
+UPLOAD_WHERE = "upload"
+ENDING = re.compile(r"(\.[A-Za-z][A-Za-z0-9]{0,7}){1,2}$")  # ".nii.gz", ".nrrd", ".mha", …
+CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net's `_0000` channel suffix
+UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9_.-]+")
+DEFAULT_CASE = "upload"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One file as the browser sent it: its (untrusted) name and its bytes."""
+
+    name: str
+    data: bytes
+
+
+def confined(root: Path, path: Path) -> Path:
+    """`path` resolved, if it lies inside `root` (links followed); a UserError otherwise."""
+    resolved = Path(path).resolve()
+    if not resolved.is_relative_to(Path(root).resolve()):
+        raise UserError(path, f"is outside {root}: the app reads and writes only its own folders")
+    return resolved
+
+
+def file_ending(name: str) -> str:
+    """The ending of an uploaded file's name (`.nii.gz`, `.nii`, `.nrrd`, …)."""
+    match = ENDING.search(Path(name).name)
+    if match is None:
+        raise UserError(UPLOAD_WHERE, f"'{name}' has no file ending (.nii.gz, …)")
+    return match[0].lower()
+
+
+def case_name(name: str) -> str:
+    """A safe case name from an uploaded file's name: `demo_001_0000.nii.gz` → `demo_001`."""
+    stem = Path(name).name
+    match = ENDING.search(stem)
+    stem = CHANNEL_SUFFIX.sub("", stem[: match.start()] if match else stem)
+    return UNSAFE_CHARACTERS.sub("_", stem).strip("._") or DEFAULT_CASE
+
+
+def new_folder(outputs: Path, prefix: str = "upload-") -> Path:
+    """A new, empty folder inside the output folder, one per prediction."""
+    Path(outputs).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=outputs))
+
+
+def check_upload(files: Sequence[Upload], channels: Sequence[str], max_mb: float = MAX_UPLOAD_MB) -> None:
+    """Before anything is written: size, file count (one per channel) and no DICOM zip."""
+    if not files:
+        raise UserError(UPLOAD_WHERE, "no files: upload one image file per channel")
+    size_mb = sum(len(f.data) for f in files) / 2**20
+    if size_mb > max_mb:
+        raise UserError(UPLOAD_WHERE, f"{size_mb:.1f} MB is over the limit of {max_mb:g} MB")
+    if any(f.name.lower().endswith(".zip") for f in files):
+        raise UserError(UPLOAD_WHERE, "a zip of DICOM series cannot be read yet (nnlite reads no "
+                        "DICOM); upload one image file per channel")
+    if len(files) != len(channels):
+        raise UserError(UPLOAD_WHERE, f"{len(files)} file(s) for a model with {len(channels)} channel(s) "
+                        f"({', '.join(channels)}): upload one file per channel")
+
+
+def stage_upload(files: Sequence[Upload], folder: Path, channels: Sequence[str],
+                 max_mb: float = MAX_UPLOAD_MB) -> list[Path]:
+    """Write the uploaded channel files (in the order of their names) into `folder` as
+    `<case>_<CCCC><ending>` and read them once; returns their paths in channel order."""
+    check_upload(files, channels, max_mb)
+    ordered = sorted(files, key=lambda f: f.name)
+    case = case_name(ordered[0].name)
+    paths = []
+    for channel, upload in enumerate(ordered):
+        path = confined(folder, Path(folder) / f"{case}_{channel:04d}{file_ending(upload.name)}")
+        paths.append(write_atomic(path, lambda tmp, data=upload.data: tmp.write_bytes(data)))
+    originals = {str(path): upload.name for path, upload in zip(paths, ordered)}
+    try:
+        read_case(paths)
+    except UserError as error:  # name the user's file, not the app's copy of it
+        where = originals.get(error.where, UPLOAD_WHERE)
+        raise UserError(f"{UPLOAD_WHERE} '{where}'" if where != UPLOAD_WHERE else where,
+                        error.problem) from None
+    return paths
+
+
+def input_cases(inputs: Path | None) -> list[str]:
+    """The cases `--inputs` offers (`<case>_<CCCC>` files), none without the option."""
+    if inputs is None:
+        return []
+    return sorted(find_input_cases(Path(inputs)))
+
+
+def copy_input_case(inputs: Path, case: str, folder: Path) -> list[Path]:
+    """Copy one case of `--inputs` into `folder` (the predictor reads a whole folder); the case
+    must be one that `--inputs` lists and each of its files must lie inside `--inputs`."""
+    cases = find_input_cases(Path(inputs))
+    if case not in cases:
+        raise UserError(case, f"is not a case of {inputs}")
+    copies = []
+    for path in cases[case]:
+        source = confined(inputs, path)
+        copies.append(Path(shutil.copyfile(source, Path(folder) / path.name)))
+    read_case(copies)
+    return copies
