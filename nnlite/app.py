@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,8 @@ from nnlite.common.cli import EXIT_OK, run
 from nnlite.common.errors import UserError
 from nnlite.viewing.settings import AppSettings, check_settings, page_arguments, parse_settings
 
+STOP_GRACE_S = 10  # seconds the server gets to close its sessions when asked to stop
+
 
 def streamlit_command(settings: AppSettings) -> list[str]:
     """`python -m streamlit run pages.py …`: headless, no usage statistics, our upload limit."""
@@ -29,6 +32,7 @@ def streamlit_command(settings: AppSettings) -> list[str]:
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
             "--server.maxUploadSize", str(settings.max_upload_mb),
             "--server.fileWatcherType", "none", "--global.developmentMode", "false",
+            "--client.toolbarMode", "viewer",  # no "Deploy" button: the app is local
             "--", *page_arguments(settings)]
 
 
@@ -42,10 +46,33 @@ def serve(settings: AppSettings) -> int:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     print(f"nnlite app: serving {settings.work} at {settings.address} (Ctrl-C stops it)", flush=True)
     child = subprocess.Popen(streamlit_command(settings), env=env)
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
         return child.wait()
-    except KeyboardInterrupt:  # Ctrl-C reached the server too: let it close its sessions
-        return child.wait()
+    except (KeyboardInterrupt, StopServing):  # Ctrl-C reaches the server too (same process group)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop(child)
+        return EXIT_OK
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class StopServing(Exception):
+    """SIGTERM while serving: leaves the wait for the server (a handler must not wait itself)."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise StopServing
+
+
+def stop(child: subprocess.Popen) -> None:
+    """Ask the server to stop; kill it when it has not within STOP_GRACE_S."""
+    child.terminate()
+    try:
+        child.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -91,3 +91,32 @@ def inputs_folder(root: Path, cases: int = 1) -> Path:
         for channel, image in enumerate(case_image(10 + k)):
             write_image(folder / f"new_{k}_{channel:04d}.nii.gz", image, SPACING_AFFINE)
     return folder
+
+
+TRAINED_PATCH = (8, 32, 32)  # divisible by the plan's total stride (4, 16, 16)
+TRAINED_WIDTH_DIVISOR = 4  # stage widths 32, 64, … become 8, 16, … (as the demo's)
+
+
+def trained_work(root: Path) -> Path:
+    """A WORK made by `nnlite.train` itself: 4 demo cases, 2 folds, a small patch and narrow
+    network, fold 0 trained for one iteration and validated on its 2 cases."""
+    from dataclasses import replace
+
+    from nnlite.data.demo_dataset import generate_demo_dataset
+    from nnlite.plans import load_plans, save_plans
+    from nnlite.preprocessing.runner import run_preprocessing
+    from nnlite.train import main as train_main
+    from work_fixtures import plan_small
+
+    raw = generate_demo_dataset(root / "raw", n_cases=4, seed=0)
+    work = root / "work"
+    plans = plan_small(raw, work, folds=2)
+    config = plans.configurations[CONFIG]
+    widths = tuple(max(1, f // TRAINED_WIDTH_DIVISOR) for f in config.network.features_per_stage)
+    config = replace(config, patch_size=TRAINED_PATCH,
+                     network=replace(config.network, features_per_stage=widths))
+    save_plans(replace(load_plans(work / "plans.json"), configurations={CONFIG: config}), work / "plans.json")
+    run_preprocessing(work, workers=1)
+    assert train_main([str(work), "--device", "cpu", "--workers", "0", "--train-config", "debug",
+                       "--epochs", "1", "--iters-per-epoch", "1", "--val-iters", "1", "--fold", "0"]) == 0
+    return work

@@ -25,11 +25,11 @@ from nnlite.viewing.viewer import slice_viewer
 
 PAGES = ("Results", "Predict")
 UPLOAD, FROM_INPUTS = "Upload files", "From --inputs"
-CURVE_CHARTS = {  # chart title → curves of runs.CURVES it draws
-    "loss": ("train_loss", "val_loss"),
-    "pseudo-Dice": ("mean_pseudo_dice", "ema_pseudo_dice"),
-    "learning rate": ("lr",),
-    "epoch time (s)": ("epoch_time",),
+CURVE_CHARTS = {  # chart title → {curve of runs.CURVES: its name in the legend}
+    "loss": {"train_loss": "train", "val_loss": "validation"},
+    "pseudo-Dice": {"mean_pseudo_dice": "pseudo-Dice", "ema_pseudo_dice": "EMA"},
+    "learning rate": {"lr": "learning rate"},
+    "epoch time (s)": {"epoch_time": "seconds"},
 }
 
 
@@ -51,7 +51,8 @@ def show_curves(source: Source) -> None:
     columns = st.columns(len(CURVE_CHARTS))
     for column, (title, names) in zip(columns, CURVE_CHARTS.items()):
         column.caption(title)
-        column.line_chart({"epoch": curves["epoch"], **{n: curves[n] for n in names}}, x="epoch", height=200)
+        lines = {"epoch": curves["epoch"], **{shown: curves[name] for name, shown in names.items()}}
+        column.line_chart(lines, x="epoch", height=200)
 
 
 def results_page(settings: AppSettings) -> None:

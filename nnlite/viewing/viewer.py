@@ -32,5 +32,6 @@ def slice_viewer(key: str, data: np.ndarray, spacing: Sequence[float], pred: np.
     columns = st.columns(len(panels))
     for column, panel in zip(columns, panels):
         column.image(panel.image, caption=f"{panel.title} · slice {index}", width="stretch",
+                     output_format="PNG",  # lossless: one-pixel outlines stay sharp
                      alt=f"slice viewer: {panel.title}, {AXIS_NAMES[axis]} slice {index}")
     st.caption(LEGEND if ref is not None else LEGEND_PREDICTION)
