@@ -104,6 +104,13 @@ MUTATIONS = (
     Mutation("evaluation: Dice computed as IoU", "nnlite/evaluation/metrics.py",
              '"dice": 2 * tp / (2 * tp + fp + fn) if union else math.nan',
              '"dice": tp / (tp + fp + fn) if union else math.nan', ("tests/test_metrics.py",)),
+    Mutation("app: the best case shown as the worst", "nnlite/viewing/runs.py",
+             'r["mean dice"], r["case"]))', '-r["mean dice"], r["case"]))', ("tests/test_runs.py",)),
+    Mutation("app: a path from the browser may leave the app's folders", "nnlite/viewing/uploads.py",
+             "if not resolved.is_relative_to(Path(root).resolve()):", "if False:",
+             ("tests/test_uploads.py", "tests/test_runs.py")),
+    Mutation("app: a wrong predicted label is not an error in the error map", "nnlite/viewing/slices.py",
+             "wrong & (ref > 0)\n", "wrong & (ref > 0) & (pred == 0)\n", ("tests/test_slices.py",)),
 )
 
 
