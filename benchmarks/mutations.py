@@ -111,6 +111,9 @@ MUTATIONS = (
              ("tests/test_uploads.py", "tests/test_runs.py")),
     Mutation("app: a wrong predicted label is not an error in the error map", "nnlite/viewing/slices.py",
              "wrong & (ref > 0)\n", "wrong & (ref > 0) & (pred == 0)\n", ("tests/test_slices.py",)),
+    Mutation("app: SIGTERM stops the command but leaves its Streamlit server running", "nnlite/app.py",
+             "previous = signal.signal(signal.SIGTERM, _raise_stop)", "previous = signal.getsignal(signal.SIGTERM)",
+             ("tests/test_app.py::test_the_command_prints_its_address_serves_and_stops_with_its_server",)),
 )
 
 

@@ -137,3 +137,43 @@ def test_a_work_folder_without_plans_is_one_error_line(tmp_path):
 def test_inputs_that_are_not_a_folder_stop_before_serving(work, tmp_path):
     with pytest.raises(UserError, match="is not a folder"):
         app_main([str(work), "--inputs", str(tmp_path / "missing")])
+
+
+@pytest.mark.slow
+def test_the_command_prints_its_address_serves_and_stops_with_its_server(work):
+    import contextlib
+    import os
+    import signal
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(PAGES.parents[2])}
+    app = subprocess.Popen([sys.executable, "-m", "nnlite", "app", str(work), "--port", str(port)],
+                           stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    health = f"http://127.0.0.1:{port}/_stcore/health"
+    try:
+        expected = f"nnlite app: serving {work} at http://127.0.0.1:{port} (Ctrl-C stops it)"
+        assert app.stdout.readline().strip() == expected
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(health, timeout=2) as reply:
+                    assert reply.status == 200
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the app did not answer")
+        app.send_signal(signal.SIGTERM)
+        assert app.wait(timeout=60) == 0
+        with pytest.raises(OSError):  # the Streamlit child has stopped with it
+            urllib.request.urlopen(health, timeout=2)
+    finally:  # whatever happened, nothing of the app outlives the test
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(app.pid, signal.SIGKILL)
+        app.wait()
