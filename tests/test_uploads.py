@@ -29,7 +29,8 @@ def test_a_case_is_staged_under_names_the_app_makes(tmp_path):
     files = [Upload("../../etc/scan_0001.nii.gz", nifti_bytes(tmp_path, "b.nii.gz")),
              Upload("../../etc/scan_0000.nii.gz", nifti_bytes(tmp_path, "a.nii.gz"))]
     folder = new_folder(tmp_path / "outputs")
-    paths = stage_upload(files, folder, CHANNELS)
+    case, paths = stage_upload(files, folder, CHANNELS)
+    assert case == "scan"
     assert [p.name for p in paths] == ["scan_0000.nii.gz", "scan_0001.nii.gz"]
     assert all(p.parent == folder.resolve() for p in paths)
     assert read_case(paths).data.shape == (2, 4, 6, 5)

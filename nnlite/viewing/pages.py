@@ -15,6 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from nnlite.common.errors import UserError
+from nnlite.evaluation.metrics import SUMMARY_FILE
 from nnlite.plans import load_plans
 from nnlite.viewing.models import model_choices, predict_case
 from nnlite.viewing.runs import (Source, case_table, find_sources, label_names, load_case_volumes,
@@ -38,7 +39,10 @@ def dice_text(value: float) -> str:
 
 
 @st.cache_data(max_entries=4, show_spinner="reading the case")
-def cached_case(work: str, config: str, fold: str, folder: str, training: str | None, case: str):
+def cached_case(work: str, config: str, fold: str, folder: str, training: str | None, case: str,
+                scored_at: float):
+    """load_case_volumes, remembered for the last few cases (`scored_at`: summary.json's mtime,
+    so a fold validated again is read again)."""
     source = Source(config, fold, Path(folder), Path(training) if training else None)
     return load_case_volumes(Path(work), source, case)
 
@@ -79,7 +83,8 @@ def results_page(settings: AppSettings) -> None:
     row = next(r for r in rows if r["case"] == case)
     st.markdown(f"**{case}**: mean foreground Dice {dice_text(row['mean dice'])}")
     volumes = cached_case(str(settings.work), source.config, source.fold, str(source.folder),
-                          str(source.training) if source.training else None, case)
+                          str(source.training) if source.training else None, case,
+                          (source.folder / SUMMARY_FILE).stat().st_mtime)
     slice_viewer(f"{source.label}-{case}", volumes.data, volumes.spacing, volumes.pred, ref=volumes.ref,
                  channel_names=list(plans.channel_names.values()))
 
@@ -92,8 +97,7 @@ def staged_case(settings: AppSettings, origin: str, picked, folder: Path, channe
         copy_input_case(settings.inputs, picked, input_dir)
         return picked
     files = [Upload(f.name, f.getvalue()) for f in picked or []]
-    paths = stage_upload(files, input_dir, channels, settings.max_upload_mb)
-    return paths[0].name.rsplit("_", 1)[0]
+    return stage_upload(files, input_dir, channels, settings.max_upload_mb)[0]
 
 
 def run_prediction(settings: AppSettings, choice, origin: str, picked, channels: list[str]) -> None:
@@ -107,8 +111,10 @@ def run_prediction(settings: AppSettings, choice, origin: str, picked, channels:
     except (UserError, OSError) as error:
         st.session_state.pop("predicted", None)
         bar.empty()
-        where, problem = (error.where, error.problem) if isinstance(error, UserError) else ("file", str(error))
-        st.error(f"{where}: {problem}")
+        if isinstance(error, UserError):
+            st.error(f"{error.where}: {error.problem}")
+        else:  # the environment's fault (disk full, permissions): named like the commands do
+            st.error(f"{error.filename or 'system'}: {error.strerror or error}")
 
 
 def predict_page(settings: AppSettings) -> None:

@@ -21,7 +21,6 @@ from typing import Sequence
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_atomic
 from nnlite.data.image_io import read_case
-from nnlite.inference.options import find_input_cases
 
 MAX_UPLOAD_MB = 1024  # the largest upload (all channel files together) the app accepts
 UPLOAD_WHERE = "upload"
@@ -85,9 +84,10 @@ def check_upload(files: Sequence[Upload], channels: Sequence[str], max_mb: float
 
 
 def stage_upload(files: Sequence[Upload], folder: Path, channels: Sequence[str],
-                 max_mb: float = MAX_UPLOAD_MB) -> list[Path]:
+                 max_mb: float = MAX_UPLOAD_MB) -> tuple[str, list[Path]]:
     """Write the uploaded channel files (in the order of their names) into `folder` as
-    `<case>_<CCCC><ending>` and read them once; returns their paths in channel order."""
+    `<case>_<CCCC><ending>` and read them once; returns the case name and the paths in channel
+    order."""
     check_upload(files, channels, max_mb)
     ordered = sorted(files, key=lambda f: f.name)
     case = case_name(ordered[0].name)
@@ -102,19 +102,23 @@ def stage_upload(files: Sequence[Upload], folder: Path, channels: Sequence[str],
         where = originals.get(error.where, UPLOAD_WHERE)
         raise UserError(f"{UPLOAD_WHERE} '{where}'" if where != UPLOAD_WHERE else where,
                         error.problem) from None
-    return paths
+    return case, paths
 
 
 def input_cases(inputs: Path | None) -> list[str]:
     """The cases `--inputs` offers (`<case>_<CCCC>` files), none without the option."""
     if inputs is None:
         return []
+    from nnlite.inference.options import find_input_cases  # torch: not while the command starts
+
     return sorted(find_input_cases(Path(inputs)))
 
 
 def copy_input_case(inputs: Path, case: str, folder: Path) -> list[Path]:
     """Copy one case of `--inputs` into `folder` (the predictor reads a whole folder); the case
     must be one that `--inputs` lists and each of its files must lie inside `--inputs`."""
+    from nnlite.inference.options import find_input_cases
+
     cases = find_input_cases(Path(inputs))
     if case not in cases:
         raise UserError(case, f"is not a case of {inputs}")
