@@ -55,7 +55,8 @@ def browser_programs() -> tuple[str, str]:
     browser, driver = find_program(BROWSERS), find_program(DRIVERS)
     if browser is None or driver is None or _selenium() is None:
         missing = "Chromium" if browser is None else "chromedriver" if driver is None else "selenium"
-        reason = f"no {missing}: the browser test needs the chromium and chromium-driver packages and selenium"
+        reason = (f"no {missing}: the browser test needs the chromium and chromium-driver packages "
+                  "and selenium")
         if os.environ.get(REQUIRE_BROWSER) == "1":
             pytest.fail(f"{reason} ({REQUIRE_BROWSER}=1)")
         pytest.skip(reason)
@@ -184,7 +185,8 @@ def test_predict_page_uploads_a_case_and_gives_its_label_map_back(served, browse
     open_predict_page(browser, url)
     upload(browser, raw_images[:1])  # one file for a three-channel model
     click_button(browser, "Predict")
-    wait_for(browser, text_appears("upload: 1 file(s) for a model with 3 channel(s)"), "the bad upload's message")
+    wait_for(browser, text_appears("upload: 1 file(s) for a model with 3 channel(s)"),
+             "the bad upload's message")
     open_predict_page(browser, url)  # the app is still serving: a new session predicts
     upload(browser, raw_images)
     click_button(browser, "Predict")

@@ -40,7 +40,8 @@ def test_a_case_is_staged_under_names_the_app_makes(tmp_path):
     ([], "no files"),
     ([Upload("a_0000.nii.gz", b"x")], r"1 file\(s\) for a model with 2 channel\(s\) \(T1, T2\)"),
     ([Upload("series.zip", b"PK"), Upload("b.nii.gz", b"x")], "zip of DICOM"),
-    ([Upload("a_0000.nii.gz", b"x" * 2**20), Upload("a_0001.nii.gz", b"x" * 2**20)], "over the limit of 1 MB"),
+    ([Upload("a_0000.nii.gz", b"x" * 2**20), Upload("a_0001.nii.gz", b"x" * 2**20)],
+     "over the limit of 1 MB"),
 ])
 def test_bad_uploads_are_one_clear_message_before_anything_is_written(tmp_path, files, message):
     with pytest.raises(UserError, match=message) as caught:
