@@ -1,7 +1,8 @@
-"""`python -m nnlite.convert {breastdm,demo} …`: write a dataset in nnU-Net's raw layout.
+"""`python -m nnlite.convert {breastdm,demo,nnunet-model} …`: datasets into nnU-Net's raw layout, models into WORK.
 
     python -m nnlite.convert breastdm SRC RAW [--spacing Z Y X] [--slice-axis N] [--keep-blank-slices]
-    python -m nnlite.convert demo RAW [--cases N] [--seed S]
+    python -m nnlite.convert demo RAW [--cases N] [--seed S] [--regions]
+    python -m nnlite.convert nnunet-model MODEL_DIR WORK [--overwrite]
 """
 
 from __future__ import annotations
@@ -30,15 +31,28 @@ def _parser() -> ArgumentParser:
     demo.add_argument("raw", type=Path, help="output raw dataset folder (new or empty)")
     demo.add_argument("--cases", type=int, default=24, help="number of cases (default 24)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--regions", action="store_true",
+                      help="the region variant: rim + necrotic core labels, nested regions 'lesion' "
+                           "and 'core' (docs/regions.md)")
+    model = commands.add_parser("nnunet-model", help="an nnU-Net v2 trained model folder → nnlite WORK")
+    model.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
+                       help="<Trainer>__<Plans>__<configuration>/ with plans.json, dataset.json, fold_*/")
+    model.add_argument("work", type=Path, metavar="WORK", help="nnlite work folder (new, or one converted into before)")
+    model.add_argument("--overwrite", action="store_true", help="replace folds WORK already holds")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "nnunet-model":
+        from nnlite.training.nnunet_model import convert_nnunet_model
+
+        print(convert_nnunet_model(args.model_dir, args.work, overwrite=args.overwrite).summary(args.work))
+        return 0
     if args.command == "demo":
         from nnlite.data.demo_dataset import generate_demo_dataset
 
-        raw = generate_demo_dataset(args.raw, n_cases=args.cases, seed=args.seed)
+        raw = generate_demo_dataset(args.raw, n_cases=args.cases, seed=args.seed, regions=args.regions)
         print(f"demo: {args.cases} cases written to {raw}")
         return 0
     from nnlite.data.breastdm import convert_breastdm

@@ -1,5 +1,5 @@
 """`python -m nnlite.evaluate PRED_DIR REF_DIR [--labels 1 2 … | --dataset-json PATH]
-[--ignore-label N] [--output summary.json]`."""
+[--ignore-label N] [--output summary.json] [--format nnlite|nnunet]`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Sequence
 
 from nnlite.common.cli import ArgumentParser, run
 from nnlite.evaluation.scoring_inputs import absent_labels, labels_to_score, summary_path
-from nnlite.evaluation.metrics import evaluate_folder, format_table, write_summary
+from nnlite.evaluation.metrics import evaluate_folder, evaluate_regions, format_table, write_summary
+from nnlite.evaluation.nnunet_summary import evaluate_folder_nnunet, format_nnunet_table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,18 +24,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels.add_argument("--labels", type=int, nargs="+", default=None, metavar="N",
                         help="foreground labels to score (default: every nonzero value in the references)")
     labels.add_argument("--dataset-json", type=Path, default=None, metavar="PATH",
-                        help="score the labels this dataset.json declares (and use its ignore label)")
+                        help="score the labels (or regions) this dataset.json declares (and use its "
+                             "ignore label)")
     parser.add_argument("--ignore-label", type=int, default=None, metavar="N",
                         help="reference value of unannotated voxels, scored nowhere (dataset.json's "
                              "'ignore')")
     parser.add_argument("--output", type=Path, default=None, metavar="SUMMARY_JSON",
                         help="summary.json path (default: PRED_DIR/summary.json; never inside REF_DIR)")
+    parser.add_argument("--format", choices=("nnlite", "nnunet"), default="nnlite",
+                        help="summary.json layout: nnlite's (default) or nnU-Net v2's (foreground_mean, mean, "
+                             "metric_per_case with Dice, IoU, PPV, TP, FP, FN, TN, n_pred, n_ref)")
     args = parser.parse_args(argv)
     label_set = labels_to_score(args.labels, args.dataset_json, args.ignore_label)
     output = summary_path(args.output, args.pred_dir, args.ref_dir)
-    summary = evaluate_folder(args.pred_dir, args.ref_dir, label_set.labels, label_set.ignore_label)
+    if args.format == "nnunet":
+        summary = evaluate_folder_nnunet(args.pred_dir, args.ref_dir, label_set.labels, label_set.ignore_label,
+                                         label_set.regions)
+        write_summary(summary, output)
+        print(format_nnunet_table(summary))
+        print(f"summary: {output} (nnU-Net v2 layout)")
+        return 0
+    if label_set.regions:  # a region dataset.json: each region scored by name
+        summary = evaluate_regions(args.pred_dir, args.ref_dir, label_set.regions, label_set.ignore_label)
+    else:
+        summary = evaluate_folder(args.pred_dir, args.ref_dir, label_set.labels, label_set.ignore_label)
     for label in absent_labels(summary):
-        logging.getLogger(__name__).warning("warning: label %d occurs in no reference: its Dice is "
+        logging.getLogger(__name__).warning("warning: label %s occurs in no reference: its Dice is "
                                             "null or 0", label)
     write_summary(summary, output)
     print(format_table(summary))

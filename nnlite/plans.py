@@ -24,9 +24,23 @@ RAW_PATH_KEY = "raw_path"  # plans.extra: the raw dataset the plans were made fr
 FINGERPRINT_HASH_KEY = "fingerprint_sha256"  # plans.extra: hash of the fingerprint planned from
 
 
-def output_classes(labels: dict[str, int]) -> int:
-    """Network outputs: background plus every foreground label; the ignore label gets none."""
+def output_classes(labels: dict[str, int], regions: tuple["Region", ...] = ()) -> int:
+    """Network outputs: one per region (sigmoid) for a region dataset, else background plus every
+    foreground label (softmax); the ignore label gets none."""
+    if regions:
+        return len(regions)
     return len(labels) - (IGNORE_KEY in labels)
+
+
+@dataclass(frozen=True)
+class Region:
+    """A region of region-based training (dataset.json `"whole tumor": [1, 2, 3]`): the union of
+    integer `labels`; a voxel predicted in it is written as `painted_as` (its entry of
+    `regions_class_order`). Regions are painted in dataset.json order, later ones on top."""
+
+    name: str
+    labels: tuple[int, ...]
+    painted_as: int
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,7 @@ class Fingerprint:
     labels: dict[str, int]
     median_relative_size_after_crop: float
     schema_version: int = SCHEMA_VERSION
+    regions: tuple[Region, ...] = ()  # region-based training (data/regions.py); () for plain labels
 
     def __post_init__(self) -> None:
         _check_version(self.schema_version, "fingerprint")
@@ -79,7 +94,7 @@ class Fingerprint:
 
     @property
     def num_classes(self) -> int:
-        return output_classes(self.labels)
+        return output_classes(self.labels, self.regions)
 
 
 @dataclass(frozen=True)
@@ -146,6 +161,9 @@ class ConfigurationPlan:
     previous_stage: str | None = None
     next_stage: str | None = None
     reasons: tuple[str, ...] = ()  # why each decision was made, in plain words
+    # network axes mirrored at test time; None = every axis (a converted nnU-Net model keeps the
+    # axes it was trained with, its checkpoint's inference_allowed_mirroring_axes)
+    inference_mirror_axes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         ndim = self.network.ndim
@@ -164,6 +182,10 @@ class ConfigurationPlan:
             if not 0 <= getattr(self, name) <= MAX_SPLINE_ORDER:
                 raise UserError("plans.json", f"{name} must be a spline order 0-{MAX_SPLINE_ORDER}, "
                                 f"not {getattr(self, name)}")
+        if self.inference_mirror_axes is not None and any(
+                not 0 <= a < ndim for a in self.inference_mirror_axes):
+            raise UserError("plans.json", f"inference_mirror_axes {self.inference_mirror_axes} are not "
+                            f"axes of a {ndim}D network")
         if self.resampling_order_z != 0:
             raise UserError("plans.json", "resampling_order_z must be 0: only nearest neighbour is "
                             "supported along the coarse axis of anisotropic data")
@@ -185,6 +207,7 @@ class Plans:
     schema_version: int = SCHEMA_VERSION
     reasons: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
+    regions: tuple[Region, ...] = ()  # region-based training (data/regions.py); () for plain labels
 
     def __post_init__(self) -> None:
         _check_version(self.schema_version, "plans.json")
@@ -201,8 +224,9 @@ class Plans:
 
     @property
     def num_classes(self) -> int:
-        """Network outputs: background plus every foreground label (not the ignore label)."""
-        return output_classes(self.labels)
+        """Network outputs: one per region, else background plus every foreground label (not the
+        ignore label)."""
+        return output_classes(self.labels, self.regions)
 
     @property
     def ignore_label(self) -> int | None:

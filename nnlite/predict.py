@@ -16,10 +16,11 @@ from nnlite.inference.sliding_window import STEP_SIZE
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(
         prog="nnlite predict",
-        description="Segment every <case>_<CCCC>.nii.gz of INPUT_DIR with trained models.")
+        description="Segment every <case>_<CCCC> image of INPUT_DIR (NIfTI, NRRD, MHA, PNG, TIFF, … or a "
+                    "DICOM series folder) with trained models; label maps keep the input's format.")
     parser.add_argument("work", type=Path, metavar="WORK", help="work directory (plans.json, results/)")
-    parser.add_argument("input_dir", type=Path, metavar="INPUT_DIR", help="folder of <case>_<CCCC>.nii.gz images")
-    parser.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="folder for <case>.nii.gz label maps")
+    parser.add_argument("input_dir", type=Path, metavar="INPUT_DIR", help="folder of <case>_<CCCC><ending> images or <case>_<CCCC>/ DICOM series folders")
+    parser.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="folder for <case><ending> label maps (DICOM series: <case>.nii.gz)")
     parser.add_argument("--config", default="3d_fullres", help="configuration (default 3d_fullres)")
     parser.add_argument("--best", action="store_true",
                         help="the configuration or ensemble and post-processing of results/best.json "
@@ -33,11 +34,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="apply results/<config>/postprocessing.json")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write <case>.npz (float16 probabilities, original geometry)")
+    parser.add_argument("--dicom-seg", action="store_true",
+                        help="also write <case>.dcm, a DICOM-SEG referencing the source series "
+                             "(DICOM series inputs only)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases already predicted")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--tile-batch", type=int, default=None,
                         help="network inputs (tiles × mirrors) per forward (default: by memory)")
+    parser.add_argument("--onnx", type=Path, default=None, metavar="MODEL.onnx",
+                        help="run this ONNX export (nnlite export onnx) with onnxruntime instead of the "
+                             "checkpoints, in the same sliding window")
     args = parser.parse_args(argv)
+    if args.onnx is not None and args.best:
+        parser.error("--onnx runs one exported network; it cannot follow --best")
     if not 0 < args.step <= 1:
         parser.error("--step must be in (0, 1]")
     if args.tile_batch is not None and args.tile_batch < 1:
@@ -51,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config=args.config, folds=None if args.folds is None else tuple(args.folds),
         checkpoint=args.checkpoint, mirror=not args.no_mirroring, step=args.step,
         postprocess=args.postprocess, save_probabilities=args.save_probabilities,
-        overwrite=args.overwrite, device=args.device, tile_batch=args.tile_batch)
+        overwrite=args.overwrite, device=args.device, tile_batch=args.tile_batch,
+        dicom_seg=args.dicom_seg, onnx=None if args.onnx is None else str(args.onnx))
     if args.best:
         from nnlite.inference.stage_models import predict_best
 

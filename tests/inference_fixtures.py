@@ -33,18 +33,18 @@ def tiny_plans(channels: int = 1, labels: int = 2, raw_path: str = "",
                  gpu_memory_gb=8.0, extra={"raw_path": raw_path} if raw_path else {})
 
 
-def save_random_model(work: Path, plans: Plans, folds=(0,), seed: int = 0) -> None:
+def save_random_model(work: Path, plans: Plans, folds=(0,), seed: int = 0, config_name: str = CONFIG) -> None:
     """plans.json + checkpoint_final.pt per fold with random weights, in the contract's format."""
     from nnlite.network import build_unet
 
     save_plans(plans, work / "plans.json")
-    config = plans.configurations[CONFIG]
+    config = plans.configurations[config_name]
     for fold in folds:
         torch.manual_seed(seed + int(fold) if str(fold).isdigit() else seed)
         net = build_unet(config.network, plans.num_channels, plans.num_classes)
-        folder = work / "results" / CONFIG / f"fold_{fold}"
+        folder = work / "results" / config_name / f"fold_{fold}"
         folder.mkdir(parents=True, exist_ok=True)
         torch.save({"network": net.state_dict(), "optimizer": {}, "epoch": 1, "metrics": [],
                     "rng": {}, "plan": to_jsonable(plans),
-                    "config": {"configuration": CONFIG, "fold": fold}},
+                    "config": {"configuration": config_name, "fold": fold}},
                    folder / "checkpoint_final.pt")

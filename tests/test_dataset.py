@@ -125,8 +125,13 @@ BREAKERS = {
     "nan label": lambda r: (write_nifti(label(r), labelled(np.nan)), (label(r), "NaN"))[1],
     "labels not consecutive": lambda r: (edit_json(r, labels={"background": 0, "a": 1, "b": 3}), "consecutive"),
     "background not 0": lambda r: (edit_json(r, labels={"background": 1, "a": 0, "b": 2}), "background"),
-    "region label": lambda r: (edit_json(r, labels={"background": 0, "a": [1, 2], "b": 2}), "region"),
-    "nrrd file ending": lambda r: (edit_json(r, file_ending=".nrrd"), r"'\.nrrd'.*NIfTI"),
+    "region label without order": lambda r: (edit_json(r, labels={"background": 0, "a": [1, 2], "b": 2}),
+                                            "key 'regions_class_order': missing"),
+    "vtk file ending": lambda r: (edit_json(r, file_ending=".vtk"), r"'\.vtk'.*not supported.*\.nrrd"),
+    "unknown reader": lambda r: (edit_json(r, overwrite_image_reader_writer="NibabelIOWithReorient"),
+                                 r"overwrite_image_reader_writer.*NibabelIO, SimpleITKIO"),
+    "reader for another format": lambda r: (edit_json(r, overwrite_image_reader_writer="Tiff3DIO"),
+                                            r"'Tiff3DIO' cannot read '\.nii\.gz'"),
     "missing key": lambda r: (edit_json(r, labels=None), "key 'labels'"),
     "bad channel keys": lambda r: (edit_json(r, channel_names={"0": "a", "2": "b"}), "key 'channel_names'"),
     "bad numTraining": lambda r: (edit_json(r, numTraining="2"), "key 'numTraining'"),
@@ -178,7 +183,7 @@ def test_each_integrity_error_is_reported_by_file(tmp_path, capsys, name):
     assert listing(tmp_path) == before
 
 
-@pytest.mark.parametrize("name", ["label 255", "zero spacing", "nrrd file ending", "missing channel",
+@pytest.mark.parametrize("name", ["label 255", "zero spacing", "vtk file ending", "missing channel",
                                   "nan voxels"])
 def test_check_command_error_contract(tmp_path, name):
     raw, where, _ = break_dataset(tmp_path, name)

@@ -163,5 +163,5 @@ def test_garbage_file_is_a_user_error(tmp_path):
 def test_missing_file_and_other_format(tmp_path):
     with pytest.raises(UserError, match="not found"):
         read_image(tmp_path / "none.nii.gz")
-    with pytest.raises(UserError, match="NIfTI"):
-        read_image(tmp_path / "scan.nrrd")
+    with pytest.raises(UserError, match="unsupported image format"):
+        read_image(tmp_path / "scan.xyz")

@@ -12,7 +12,8 @@ import pytest
 from nnlite.common.errors import UserError
 from nnlite.data.image_io import write_seg
 from nnlite.evaluate import main as evaluate_main
-from nnlite.evaluation.metrics import Counts, evaluate_folder, label_counts, metrics_from_counts, summarize
+from nnlite.evaluation.metrics import (Counts, evaluate_folder, label_counts, metrics_from_counts, read_seg,
+                                       summarize)
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])
 
@@ -100,6 +101,17 @@ def test_evaluate_folder_summary_layout_and_null(tmp_path):
     assert summary["per_case"][1]["metrics"]["1"]["dice"] == 0
     assert summary["mean"]["2"]["dice"] == pytest.approx(1.0)
     assert summary["mean"]["1"]["dice"] == pytest.approx((8 / 9 + 0) / 2)
+
+
+@pytest.mark.parametrize("pred_ending, ref_ending", [(".mha", ".nrrd"), (".nii.gz", ".mha")])
+def test_label_maps_of_other_formats_score_like_nifti(tmp_path, pred_ending, ref_ending):
+    pred, ref = _folders(tmp_path / "nifti")
+    expected = evaluate_folder(pred, ref)
+    for folder, ending in ((pred, pred_ending), (ref, ref_ending)):
+        for path in sorted(folder.glob("*.nii.gz")):
+            case = path.name[: -len(".nii.gz")]
+            write_seg(tmp_path / ending / folder.name / f"{case}{ending}", read_seg(path), AFFINE)
+    assert evaluate_folder(tmp_path / pred_ending / "pred", tmp_path / ref_ending / "ref") == expected
 
 
 def test_explicit_labels_are_used(tmp_path):

@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
 from nnlite.common.errors import UserError
-from nnlite.data.image_io import NIFTI_ENDINGS, header_spacing, read_case, read_image
-from nnlite.plans import IGNORE_KEY
+from nnlite.data.image_io import (COMPANION_ENDINGS, FORMAT_BY_ENDING, READER_KEY, dataset_reader, header_spacing, image_format,
+                                  read_affine, read_case, read_image)
+from nnlite.data.regions import ORDER_KEY, has_regions, parse_region_labels
+from nnlite.plans import IGNORE_KEY, Region
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,9 @@ class RawDataset:
     num_training: int
     file_ending: str
     extra: dict[str, Any] = field(default_factory=dict)  # keys nnlite does not read, kept as-is
+    reader: str | None = None  # a FORMATS name from READER_KEY; None: chosen by file ending
     cases: list[CaseFiles] = field(default_factory=list)
+    regions: tuple[Region, ...] = ()  # region labels (data/regions.py); `labels` then holds the integers
 
     @property
     def num_channels(self) -> int:
@@ -98,14 +101,18 @@ def load_dataset(raw: str | Path) -> RawDataset:
         raise UserError(root, "raw dataset folder not found")
     json_path = root / "dataset.json"
     meta = _read_dataset_json(json_path)
+    labels, regions = (parse_region_labels(json_path, meta["labels"], meta.get(ORDER_KEY))  # data/regions.py
+                       if has_regions(meta["labels"]) else (_parse_labels(json_path, meta["labels"]), ()))
     dataset = RawDataset(
         root=root,
         channel_names=_parse_channel_names(json_path, meta),
-        labels=_parse_labels(json_path, meta["labels"]),
+        labels=labels,
+        regions=regions,
         num_training=_parse_num_training(json_path, meta["numTraining"]),
         file_ending=_parse_file_ending(json_path, meta["file_ending"]),
         extra={k: v for k, v in meta.items() if k not in REQUIRED_KEYS and k != "modality"},
     )
+    dataset.reader = dataset_reader(json_path, meta.get(READER_KEY), dataset.file_ending)
     if "dataset" in meta:
         dataset.cases = _cases_from_key(dataset, json_path, meta["dataset"])
     else:
@@ -149,8 +156,6 @@ def _parse_labels(path: Path, labels: Any) -> dict[str, int]:
     if not isinstance(labels, dict) or not labels:
         raise UserError(path, "key 'labels': must be a non-empty object {name: value}")
     for name, value in labels.items():
-        if isinstance(value, (list, tuple)):
-            raise UserError(path, f"key 'labels': '{name}' is a region; regions are not supported")
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(path, f"key 'labels': value of '{name}' must be an integer, got {value!r}")
     if labels.get("background") != 0:
@@ -173,9 +178,9 @@ def _parse_num_training(path: Path, value: Any) -> int:
 def _parse_file_ending(path: Path, ending: Any) -> str:
     if not isinstance(ending, str) or not ending.startswith("."):
         raise UserError(path, f"key 'file_ending': must be a string like '.nii.gz', got {ending!r}")
-    if ending not in NIFTI_ENDINGS:
+    if ending not in FORMAT_BY_ENDING:
         raise UserError(path, f"key 'file_ending': format '{ending}' is not supported; "
-                              "only NIfTI (.nii.gz, .nii) is read for now")
+                              f"supported: {', '.join(FORMAT_BY_ENDING)}")
     return ending
 
 
@@ -183,10 +188,12 @@ def _parse_file_ending(path: Path, ending: Any) -> str:
 # case discovery
 
 
-def _visible_files(folder: Path) -> list[Path]:
+def _visible_files(folder: Path, ending: str) -> list[Path]:
     if not folder.is_dir():
         raise UserError(folder, "folder not found")
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    companions = COMPANION_ENDINGS.get(ending, ())  # a TIFF's spacing, a MetaImage's voxels
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and not p.name.endswith(companions))
 
 
 def _discover_cases(dataset: RawDataset) -> list[CaseFiles]:
@@ -195,14 +202,14 @@ def _discover_cases(dataset: RawDataset) -> list[CaseFiles]:
     images_dir, labels_dir = dataset.root / "imagesTr", dataset.root / "labelsTr"
     pattern = re.compile(rf"(.+)_(\d{{{CHANNEL_DIGITS}}}){re.escape(ending)}")
     channels: dict[str, dict[int, Path]] = {}
-    for path in _visible_files(images_dir):
+    for path in _visible_files(images_dir, ending):
         _check_ending(path, ending)
         match = pattern.fullmatch(path.name)
         if match is None:
             raise UserError(path, f"image name must be <case>_<CCCC>{ending}")
         channels.setdefault(match.group(1), {})[int(match.group(2))] = path
     label_names = set()
-    for path in _visible_files(labels_dir):
+    for path in _visible_files(labels_dir, ending):
         _check_ending(path, ending)
         label_names.add(path.name[: -len(ending)])
     orphans = sorted(label_names - set(channels))
@@ -229,8 +236,10 @@ def _case_channel_files(dataset: RawDataset, name: str, found: dict[int, Path],
         if channel >= dataset.num_channels:
             raise UserError(found[channel], f"channel {channel} is not declared in channel_names "
                                             f"({dataset.num_channels} channels)")
-    expected = [images_dir / f"{name}_{c:0{CHANNEL_DIGITS}d}{dataset.file_ending}"
-                for c in range(dataset.num_channels)]
+    count = dataset.num_channels
+    if image_format(dataset.file_ending, dataset.reader).packs_channels:  # RGB: 3 channels, 1 file
+        count = len(found)
+    expected = [images_dir / f"{name}_{c:0{CHANNEL_DIGITS}d}{dataset.file_ending}" for c in range(count)]
     for path in expected:
         if not path.is_file():
             raise UserError(path, "channel file missing")
@@ -274,8 +283,11 @@ def check_case(dataset: RawDataset, case: CaseFiles) -> CheckedCase:
     (z, y, x) and channel 0's affine, plus warnings (empty label, constant image, affine mismatch).
     """
     for path in case.images + ([case.label] if case.label else []):
-        _check_header_spacing(path)
-    image = read_case(case.images)
+        _check_header_spacing(path, dataset.reader)
+    image = read_case(case.images, dataset.reader)
+    if image.data.shape[0] != dataset.num_channels:
+        raise UserError(case.images[0], f"holds {image.data.shape[0]} channels, dataset.json "
+                                        f"declares {dataset.num_channels}")
     warnings = []
     for path, channel in zip(case.images, image.data):
         _check_finite(path, channel)
@@ -283,7 +295,7 @@ def check_case(dataset: RawDataset, case: CaseFiles) -> CheckedCase:
             warnings.append(f"{path}: constant image (every voxel is {channel.flat[0]:g})")
     seg = None
     if case.label is not None:
-        label = read_image(case.label)
+        label = read_image(case.label, dataset.reader)
         _check_label_geometry(case.label, label.array.shape, label.spacing, image)
         seg = _check_label_values(dataset, case.label, label.array)
         if not np.any(seg > 0):
@@ -291,18 +303,13 @@ def check_case(dataset: RawDataset, case: CaseFiles) -> CheckedCase:
         if not np.allclose(label.affine, image.affine, atol=AFFINE_ATOL):
             warnings.append(f"{case.label}: affine (origin/direction) differs from the image's")
     for path in case.images[1:]:
-        if not np.allclose(read_image_affine(path), image.affine, atol=AFFINE_ATOL):
+        if not np.allclose(read_affine(path, dataset.reader), image.affine, atol=AFFINE_ATOL):
             warnings.append(f"{path}: affine (origin/direction) differs from channel 0")
     return CheckedCase(case.name, image.data, seg, image.spacing, image.affine, warnings)
 
 
-def read_image_affine(path: Path) -> np.ndarray:
-    """The affine from the header alone (cheap: no voxels are read)."""
-    return nib.load(str(path)).affine
-
-
-def _check_header_spacing(path: Path) -> None:
-    spacing = header_spacing(path)
+def _check_header_spacing(path: Path, reader: str | None) -> None:
+    spacing = header_spacing(path, reader)
     if not all(np.isfinite(s) and s > 0 for s in spacing):
         raise UserError(path, f"spacing must be positive and finite, header has {spacing}")
 

@@ -8,6 +8,11 @@ little, one or two lesions (label 1) and two to four vessels. Lesions and vessel
 strongly, so no threshold on one channel separates them: the network must use shape (compact,
 textured blob vs thin tube). Everything is drawn from `np.random.default_rng([seed, case])`, and
 files are written with fixed gzip headers, so a seed always gives the same bytes.
+
+The region variant (`regions=True`, `convert demo --regions`) is the smallest BraTS-like dataset:
+every lesion enhances at its rim around a necrotic core that barely enhances; the label map holds
+1 (enhancing rim) and 2 (core), and dataset.json declares the nested regions "lesion" [1, 2] and
+"core" 2 with `regions_class_order` [1, 2] (see docs/regions.md).
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ from nnlite.data.image_io import write_image, write_seg
 
 CHANNEL_NAMES = {"0": "VIBRANT", "1": "VIBRANT_C2", "2": "SUB2"}
 LABELS = {"background": 0, "tumor": 1}
+REGION_LABELS = {"background": 0, "lesion": [1, 2], "core": 2}  # the region variant's regions
+REGIONS_CLASS_ORDER = [1, 2]  # lesion painted as 1, then core as 2 on top
+CORE_DISTANCE = 0.75  # region variant: lesion voxels this deep (1 = the boundary) are necrotic core
+NECROSIS_GAIN = 0.05  # region variant: the necrotic core barely enhances (a dark hole in the bright rim)
+NECROSIS_PRE = 60.0  # region variant: pre-contrast intensity of the core (darker than fat)
 CASE_PREFIX = "demo"
 SHAPE_RANGE = ((14, 18), (88, 104), (88, 104))  # (z, y, x) voxels, inclusive
 SLICE_SPACING_MM = (2.5, 3.5)  # through-plane spacing range
@@ -49,8 +59,9 @@ class DemoCase:
     spacing: tuple[float, float, float]
 
 
-def generate_demo_dataset(raw: str | Path, n_cases: int = 24, seed: int = 0) -> Path:
-    """Write the demo dataset in nnU-Net's raw layout at `raw` (must not exist or be empty).
+def generate_demo_dataset(raw: str | Path, n_cases: int = 24, seed: int = 0, regions: bool = False) -> Path:
+    """Write the demo dataset in nnU-Net's raw layout at `raw` (must not exist or be empty);
+    `regions`: the region variant (rim + core labels, nested regions).
 
     Files go to `<raw>.tmp/` first and the folder is renamed when complete, so a killed run
     never leaves a dataset that looks valid.
@@ -60,20 +71,22 @@ def generate_demo_dataset(raw: str | Path, n_cases: int = 24, seed: int = 0) -> 
     with staged_dir(raw) as staging:
         for index in range(n_cases):
             name = f"{CASE_PREFIX}_{index + 1:03d}"
-            case = make_demo_case(np.random.default_rng([seed, index]))
+            case = make_demo_case(np.random.default_rng([seed, index]), regions)
             affine = _affine(case.spacing, case.seg.shape)
             for channel, image in enumerate(case.images):
                 voxels = np.round(image).astype(np.int16)  # MR scanners store integers
                 write_image(staging / "imagesTr" / f"{name}_{channel:04d}.nii.gz", voxels, affine)
             write_seg(staging / "labelsTr" / f"{name}.nii.gz", case.seg, affine)
-        write_json_atomic(staging / "dataset.json", _dataset_json(n_cases, seed))
+        write_json_atomic(staging / "dataset.json", _dataset_json(n_cases, seed, regions))
     return Path(raw)
 
 
-def _dataset_json(n_cases: int, seed: int) -> dict:
+def _dataset_json(n_cases: int, seed: int, regions: bool = False) -> dict:
+    region_keys = {"regions_class_order": REGIONS_CLASS_ORDER} if regions else {}
     return {
         "channel_names": CHANNEL_NAMES,
-        "labels": LABELS,
+        "labels": REGION_LABELS if regions else LABELS,
+        **region_keys,
         "numTraining": n_cases,
         "file_ending": ".nii.gz",
         "name": "nnlite_demo",
@@ -90,8 +103,9 @@ def _affine(spacing: tuple[float, float, float], shape: tuple[int, ...]) -> np.n
     return affine
 
 
-def make_demo_case(rng: np.random.Generator) -> DemoCase:
-    """Draw one case: pre, post and subtraction images plus the lesion mask."""
+def make_demo_case(rng: np.random.Generator, regions: bool = False) -> DemoCase:
+    """Draw one case: pre, post and subtraction images plus the lesion mask (region variant: rim-
+    enhancing lesions, seg 1 = enhancing rim, 2 = necrotic core)."""
     shape = tuple(int(rng.integers(lo, hi + 1)) for lo, hi in SHAPE_RANGE)
     inplane = float(rng.uniform(*INPLANE_SPACING_MM))
     spacing = (float(rng.uniform(*SLICE_SPACING_MM)), inplane, inplane)
@@ -101,10 +115,13 @@ def make_demo_case(rng: np.random.Generator) -> DemoCase:
     body = breast | chest
     gland = breast & (_smooth_noise(rng, shape, spacing, 6.0) > 0.3)
     lesion, gain = np.zeros(shape, bool), np.ones(shape, np.float32)
+    core = np.zeros(shape, bool)
     for _ in range(int(rng.integers(1, 3))):
-        mask, lesion_gain = _lesion(grid, rng, centre, radii, shape, spacing)
+        mask, lesion_gain, depth = _lesion(grid, rng, centre, radii, shape, spacing, rim_only=regions)
         lesion |= mask & breast
-        gain = np.where(mask, lesion_gain, gain)
+        deep = (depth < CORE_DISTANCE) & breast if regions else np.zeros(shape, bool)
+        core |= deep
+        gain = np.where(mask, np.where(deep, NECROSIS_GAIN, lesion_gain), gain)
     vessels = np.zeros(shape, bool)
     for _ in range(int(rng.integers(*VESSEL_COUNT))):
         vessels |= _vessel(grid, rng, centre, radii, spacing) & breast & ~lesion
@@ -113,6 +130,8 @@ def make_demo_case(rng: np.random.Generator) -> DemoCase:
         pre[mask], post[mask] = a, b
     pre[lesion] = LESION[0]
     post[lesion] = (LESION[0] + (LESION[1] - LESION[0]) * gain)[lesion]
+    if regions:  # fluid-filled necrosis: dark before contrast, and it stays dark
+        pre[core & lesion] = post[core & lesion] = NECROSIS_PRE
     scale = rng.uniform(0.7, 1.3)  # scanners differ in gain: normalization has work to do
     images = []
     for image in (pre, post):
@@ -120,7 +139,10 @@ def make_demo_case(rng: np.random.Generator) -> DemoCase:
         noisy = blurred + rng.normal(0, NOISE_SIGMA, shape) * body
         images.append(np.clip(noisy, 0, None) * body)
     images.append(images[1] - images[0])
-    return DemoCase(np.stack(images).astype(np.float32), lesion.astype(np.uint8), spacing)
+    seg = lesion.astype(np.uint8)
+    if regions:
+        seg[core & lesion] = 2
+    return DemoCase(np.stack(images).astype(np.float32), seg, spacing)
 
 
 def _body(grid: np.ndarray, rng: np.random.Generator):
@@ -142,11 +164,14 @@ def _smooth_noise(rng: np.random.Generator, shape, spacing, sigma_mm: float) -> 
     return field / (field.std() + 1e-8)
 
 
-def _lesion(grid, rng, centre, radii, shape, spacing) -> tuple[np.ndarray, np.ndarray]:
-    """An irregular, randomly rotated ellipsoid inside the breast, and its enhancement gain.
+def _lesion(grid, rng, centre, radii, shape, spacing,
+            rim_only: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An irregular, randomly rotated ellipsoid inside the breast, its enhancement gain and its
+    roughened normalised depth (< 1 inside, 0 at the centre).
 
     Half the lesions enhance patchily throughout, the others mostly at the rim (dim centre), as
-    DCE-MRI lesions do; a threshold on the subtraction therefore misses parts of them.
+    DCE-MRI lesions do; a threshold on the subtraction therefore misses parts of them. `rim_only`
+    (the region variant) makes every lesion rim-enhancing.
     """
     semi = rng.uniform(*LESION_RADIUS_MM, size=3)
     position = centre + radii * rng.uniform([-0.35, -0.75, -0.5], [0.35, -0.25, 0.5])
@@ -156,11 +181,11 @@ def _lesion(grid, rng, centre, radii, shape, spacing) -> tuple[np.ndarray, np.nd
     v = -np.sin(angle) * dy + np.cos(angle) * dx
     distance = np.sqrt((dz / semi[0]) ** 2 + (u / semi[1]) ** 2 + (v / semi[2]) ** 2)
     distance += rng.uniform(0.1, 0.3) * _smooth_noise(rng, shape, spacing, 2.5)
-    if rng.random() < 0.5:
+    if rng.random() < 0.5 and not rim_only:
         gain = 0.75 + 0.5 * (_smooth_noise(rng, shape, spacing, 2.0) > 0)  # patchy
     else:
         gain = 0.4 + 0.85 * np.clip(distance, 0, 1) ** 2  # rim enhancement
-    return distance < 1, gain.astype(np.float32)
+    return distance < 1, gain.astype(np.float32), distance
 
 
 def _vessel(grid, rng, centre, radii, spacing) -> np.ndarray:

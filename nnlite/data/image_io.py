@@ -1,39 +1,80 @@
-"""Image I/O with nibabel. Arrays come out as (C, Z, Y, X) float32 with spacing (z, y, x) in mm.
+"""Image I/O for every format, chosen by file ending from one closed table.
 
-NIfTI stores voxels with index order (i, j, k) = (x, y, z); nnlite reverses it so the slowest
-(usually the coarsest, through-plane) axis comes first, matching nnU-Net's SimpleITK order.
-The affine is kept untouched so label maps can be written back in the source geometry.
-See docs/conventions.md.
+Every reader gives the same thing: a float32 array (C, Z, Y, X), the spacing (z, y, x) in mm and
+the geometry as one NIfTI-style RAS affine (4 × 4, voxel (x, y, z) index → mm), whatever the
+format; the affine is JSON-able and goes into the preprocessing properties unchanged, and a label
+map is written back with it in the format of its source. The readers, by nnU-Net's names (the
+values `overwrite_image_reader_writer` in dataset.json may take):
+
+  NibabelIO         .nii.gz .nii                        (the default for NIfTI)
+  SimpleITKIO       .nrrd .nhdr .mha .mhd (+ NIfTI)     `itk_files`
+  NaturalImage2DIO  .png .bmp .jpg .jpeg (RGB: 3 channels in one file)   `picture_files`
+  Tiff3DIO          .tif .tiff (spacing from `<case>.json`)              `picture_files`
+
+A folder is a DICOM series (`dicom_series`, read only). A 2D image becomes (1, Y, X) with a dummy
+slice spacing of 999 × its largest in-plane spacing, as in nnU-Net. See docs/conventions.md.
 """
 
 from __future__ import annotations
 
-import logging
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-import nibabel as nib
 import numpy as np
-from nibabel.openers import ImageOpener
 
 from nnlite.common.errors import UserError
-from nnlite.common.files import write_atomic
+from nnlite.data.dicom_series import read_dicom_series
+from nnlite.data.itk_files import itk_header, read_itk, write_itk
+from nnlite.data.nifti_files import nifti_header, read_nifti, write_nifti
+from nnlite.data.picture_files import (picture_header, read_picture, read_tiff, tiff_header, write_picture,
+                                       write_tiff)
 
 # A 2D image gets a dummy slice axis this much coarser than its in-plane spacing (as nnU-Net does),
 # so the planner never pools across it.
 SPACING_2D_FACTOR = 999.0
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 
-# nibabel prints the header fixes it makes while loading (e.g. "setting 0 dims to 1") straight to
-# stderr; that would break the one-line error contract, and dataset.check_case reports them itself.
-logging.getLogger("nibabel.global").setLevel(logging.ERROR)
+Voxels = tuple[np.ndarray, tuple[float, ...], np.ndarray]  # (C, [Z, ]Y, X) array, spacing, affine
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """A reader/writer: nnU-Net's name for it, its endings, and how it reads and writes."""
+
+    name: str
+    endings: tuple[str, ...]
+    read: Callable[[Path], Voxels]
+    header: Callable[[Path], tuple[tuple[float, ...], np.ndarray]]  # spacing, affine; no voxels
+    write: Callable[[Path, np.ndarray, np.ndarray], None]  # (path, (Z, Y, X) array, affine)
+    label_ending: str | None = None  # the ending label maps are written in (None: the input's)
+    packs_channels: bool = False  # one file may hold several channels (RGB), so fewer files
+
+
+FORMATS = {
+    "NibabelIO": ImageFormat("NibabelIO", NIFTI_ENDINGS, read_nifti, nifti_header, write_nifti),
+    "SimpleITKIO": ImageFormat("SimpleITKIO", (".nrrd", ".nhdr", ".mha", ".mhd", *NIFTI_ENDINGS),
+                               read_itk, itk_header, write_itk),
+    "NaturalImage2DIO": ImageFormat("NaturalImage2DIO", (".png", ".bmp", ".jpg", ".jpeg"), read_picture,
+                                    picture_header, write_picture, label_ending=".png",
+                                    packs_channels=True),
+    "Tiff3DIO": ImageFormat("Tiff3DIO", (".tif", ".tiff"), read_tiff, tiff_header, write_tiff),
+}
+# The reader of each file ending unless dataset.json names another (the closed table).
+FORMAT_BY_ENDING = {ending: FORMATS[name] for name in ("SimpleITKIO", "NibabelIO", "NaturalImage2DIO",
+                                                         "Tiff3DIO") for ending in FORMATS[name].endings}
+SUPPORTED_ENDINGS = tuple(sorted(FORMAT_BY_ENDING, key=len, reverse=True))  # ".nii.gz" before ".gz"
+# files that belong to an image file of an ending: a TIFF's <case>.json spacing sidecar, the voxel
+# file of a detached MetaImage or NRRD header
+COMPANION_ENDINGS = {".tif": (".json",), ".tiff": (".json",), ".mhd": (".raw", ".zraw"),
+                     ".nhdr": (".raw", ".raw.gz")}
+READER_KEY = "overwrite_image_reader_writer"  # dataset.json: nnU-Net's key naming the reader
+DICOM_FOLDER_OUTPUT = ".nii.gz"  # a DICOM series' label map is written as NIfTI
 
 
 @dataclass
 class Image:
-    """One image file: array (Z, Y, X), spacing (z, y, x) in mm, the NIfTI affine."""
+    """One image file: array (Z, Y, X), spacing (z, y, x) in mm, the RAS affine."""
 
     array: np.ndarray
     spacing: tuple[float, ...]
@@ -49,103 +90,100 @@ class Case:
     affine: np.ndarray
 
 
-def check_file_ending(path: str | Path) -> None:
-    name = str(path)
-    if not name.endswith(NIFTI_ENDINGS):
-        raise UserError(path, "only NIfTI (.nii.gz, .nii) is supported for now")
+def file_ending(path: str | Path) -> str | None:
+    """The table's ending of a file name (".nii.gz", ".mha", …), or None when it has none."""
+    name = str(path).lower()
+    return next((ending for ending in SUPPORTED_ENDINGS if name.endswith(ending)), None)
 
 
-def _load(path: Path) -> nib.Nifti1Image:
-    check_file_ending(path)
-    if not path.is_file():
-        raise UserError(path, "file not found")
-    try:
-        return nib.load(str(path))
-    except Exception as error:  # nibabel raises many types for damaged headers
-        raise UserError(path, f"unreadable NIfTI ({type(error).__name__}: {error})") from None
+def image_format(path: str | Path, reader: str | None = None) -> ImageFormat:
+    """The format that reads `path`: `reader` (a FORMATS name) if given, else by its ending."""
+    ending = file_ending(path)
+    if reader is not None:
+        if reader not in FORMATS:
+            raise UserError(reader, f"unknown image reader; choose one of {', '.join(FORMATS)}")
+        if ending not in FORMATS[reader].endings:
+            raise UserError(path, f"{reader} reads {', '.join(FORMATS[reader].endings)} only")
+        return FORMATS[reader]
+    if ending is None:
+        raise UserError(path, f"unsupported image format; supported endings: {', '.join(FORMAT_BY_ENDING)}"
+                              " (or a folder holding one DICOM series)")
+    return FORMAT_BY_ENDING[ending]
 
 
-def header_spacing(path: str | Path) -> tuple[float, ...]:
-    """The raw pixdim values (z, y, x) exactly as stored on disk.
+def dataset_reader(where: str | Path, reader: object, ending: str) -> str | None:
+    """dataset.json's `overwrite_image_reader_writer`: honoured when it names a reader of the
+    table that reads `ending`; None (no key) chooses by ending."""
+    if reader is None:
+        return None
+    if reader not in FORMATS or ending not in FORMATS[str(reader)].endings:
+        readers = [name for name, fmt in FORMATS.items() if ending in fmt.endings]
+        raise UserError(where, f"key '{READER_KEY}': {reader!r} cannot read '{ending}' files; "
+                               f"readers for them: {', '.join(readers)}")
+    return str(reader)
 
-    nibabel's loader "fixes" a zero pixdim to 1 (in zooms and in the loaded header alike), which
-    would hide a broken header, so the header is parsed again here with checks off.
-    """
+
+def label_path_for(folder: Path, case: str, source: str | Path) -> Path:
+    """Where the label map of a case read from `source` is written: the same format (a DICOM
+    series folder: NIfTI; natural images: PNG)."""
+    if Path(source).is_dir():
+        return folder / f"{case}{DICOM_FOLDER_OUTPUT}"
+    ending = file_ending(source)
+    return folder / f"{case}{image_format(source).label_ending or ending}"
+
+
+def read_channels(path: str | Path, reader: str | None = None) -> Voxels:
+    """One file (or DICOM series folder) → (C, Z, Y, X) float32, spacing (z, y, x), RAS affine."""
     path = Path(path)
-    image = _load(path)
-    try:
-        with ImageOpener(str(path)) as handle:
-            header = type(image.header).from_fileobj(handle, check=False)
-    except Exception as error:  # same header bytes nib.load just read; kept for damaged files
-        raise UserError(path, f"unreadable NIfTI header ({error})") from None
-    ndim = min(len(image.shape), 3)
-    pixdim = [float(v) for v in header["pixdim"][1 : ndim + 1]]
-    return tuple(reversed(pixdim))
-
-
-def read_image(path: str | Path) -> Image:
-    """Read one NIfTI file (2D or 3D; scl_slope applied) as float32 (Z, Y, X)."""
-    path = Path(path)
-    image = _load(path)
-    try:
-        voxels = np.asarray(image.dataobj, dtype=np.float32)
-    except (EOFError, OSError, zlib.error, ValueError) as error:
-        raise UserError(path, f"unreadable or truncated image data ({error})") from None
-    voxels = _squeeze_trailing(voxels, path)
-    zooms = [float(z) for z in image.header.get_zooms()[: voxels.ndim]]
-    if voxels.ndim == 2:
-        array = voxels.T[None]  # (x, y) → (1, y, x)
-        spacing = (SPACING_2D_FACTOR * max(zooms), zooms[1], zooms[0])
+    if path.is_dir():
+        array, spacing, affine = read_dicom_series(path)
     else:
-        array = voxels.transpose(2, 1, 0)
-        spacing = tuple(reversed(zooms))
-    return Image(np.ascontiguousarray(array), spacing, image.affine.copy())
+        array, spacing, affine = image_format(path, reader).read(path)
+    if array.ndim == 3:  # 2D: (C, Y, X) → (C, 1, Y, X) with a dummy slice spacing
+        array, spacing = array[:, None], (SPACING_2D_FACTOR * max(spacing), *spacing)
+    return array, tuple(spacing), affine
 
 
-def _squeeze_trailing(voxels: np.ndarray, path: Path) -> np.ndarray:
-    while voxels.ndim > 3 and voxels.shape[-1] == 1:
-        voxels = voxels[..., 0]
-    if voxels.ndim not in (2, 3):
-        raise UserError(path, f"image must be 2D or 3D, got shape {voxels.shape}")
-    return voxels
+def read_image(path: str | Path, reader: str | None = None) -> Image:
+    """Read one single-channel image (2D or 3D) as float32 (Z, Y, X)."""
+    array, spacing, affine = read_channels(path, reader)
+    if array.shape[0] != 1:
+        raise UserError(path, f"holds {array.shape[0]} channels, expected one")
+    return Image(array[0], spacing, affine)
 
 
-def read_case(paths: Sequence[str | Path]) -> Case:
+def header_spacing(path: str | Path, reader: str | None = None) -> tuple[float, ...]:
+    """The spacing ([z, ]y, x) exactly as stored in the header (no voxels read, no fixes)."""
+    return image_format(path, reader).header(Path(path))[0]
+
+
+def read_affine(path: str | Path, reader: str | None = None) -> np.ndarray:
+    """The RAS affine from the header alone (cheap: no voxels are read)."""
+    return image_format(path, reader).header(Path(path))[1]
+
+
+def read_case(paths: Sequence[str | Path], reader: str | None = None) -> Case:
     """Read a case's channel files (in channel order) into one (C, Z, Y, X) float32 array."""
-    images = [read_image(p) for p in paths]
+    images = [read_channels(p, reader) for p in paths]
     first = images[0]
-    for path, image in zip(paths[1:], images[1:]):
-        if image.array.shape != first.array.shape:
-            raise UserError(path, f"shape {image.array.shape} differs from channel 0 {first.array.shape}")
-        if not np.allclose(image.spacing, first.spacing, rtol=1e-3):
-            raise UserError(path, f"spacing {image.spacing} differs from channel 0 {first.spacing}")
-    data = np.stack([image.array for image in images])
-    return Case(data, first.spacing, first.affine)
+    for path, (array, spacing, _) in zip(paths[1:], images[1:]):
+        if array.shape[1:] != first[0].shape[1:]:
+            raise UserError(path, f"shape {array.shape[1:]} differs from channel 0 {first[0].shape[1:]}")
+        if not np.allclose(spacing, first[1], rtol=1e-3):
+            raise UserError(path, f"spacing {spacing} differs from channel 0 {first[1]}")
+    data = images[0][0] if len(images) == 1 else np.concatenate([array for array, _, _ in images])
+    return Case(data, first[1], first[2])
 
 
 def write_seg(path: str | Path, seg: np.ndarray, affine: np.ndarray) -> Path:
-    """Write a (Z, Y, X) label map atomically with the source affine (uint8 when labels fit)."""
+    """Write a (Z, Y, X) label map atomically with the source affine (uint8 when labels fit), in
+    the format of the path's ending."""
     dtype = np.uint8 if seg.size == 0 or (seg.min() >= 0 and seg.max() < 256) else np.int16
-    voxels = np.ascontiguousarray(seg.astype(dtype).transpose(2, 1, 0))
-    return write_image_voxels(path, voxels, affine)
+    return write_image(path, seg.astype(dtype), affine)
 
 
 def write_image(path: str | Path, array: np.ndarray, affine: np.ndarray) -> Path:
     """Write a (Z, Y, X) image atomically with the given affine (dtype kept)."""
-    return write_image_voxels(path, np.ascontiguousarray(array.transpose(2, 1, 0)), affine)
-
-
-def write_image_voxels(path: str | Path, voxels: np.ndarray, affine: np.ndarray) -> Path:
-    """Write voxels already in NIfTI (x, y, z) order; the header's zooms come from the affine."""
-    image = nib.Nifti1Image(voxels, affine)
-    image.header.set_xyzt_units("mm")
     path = Path(path)
-    # nibabel picks compression from the file name, so the temporary name keeps the ending.
-    ending = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-
-    def write(tmp: Path) -> None:
-        staged = tmp.with_name(tmp.name + ending)
-        nib.save(image, str(staged))
-        staged.replace(tmp)
-
-    return write_atomic(path, write)
+    image_format(path).write(path, np.asarray(array), np.asarray(affine, dtype=np.float64))
+    return path

@@ -58,7 +58,7 @@ def ensemble_crossval(work: str | Path, configs: Sequence[str]) -> dict[str, Any
     with staged_dir(target) as staging:
         for case in tqdm(cases, desc=f"ensemble {ensemble_name(configs)}", unit="case", leave=False):
             members = [load_probabilities(crossval_dir(work, c) / f"{case}.npz") for c in configs]
-            seg = seg_from_probabilities(average_probabilities(members))
+            seg = seg_from_probabilities(average_probabilities(members), plans.regions)
             affine = read_image(crossval_dir(work, configs[0]) / f"{case}{SEG_ENDING}").affine
             write_seg(staging / f"{case}{SEG_ENDING}", seg, affine)
         summary = evaluate_for_plans(staging, plans)

@@ -46,7 +46,7 @@ def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, co
         data = stage_input(work, plans, config.configuration, case, np.array(data))  # + cascade input
         probs = predict_preprocessed([network], data, plan,
                                      mirror=config.validation.mirroring, step=config.validation.step,
-                                     device=device)
+                                     device=device, sigmoid=bool(plans.regions))
         props = load_case_properties(source / f"{case}.json")
         export_prediction(probs, props, plans, config.configuration, out_dir / f"{case}.nii.gz",
                           save_probabilities=config.validation.save_probabilities)

@@ -17,7 +17,7 @@ voxels the reference marks with it (unannotated) count nowhere, whatever was pre
 
 Strict inputs: a label map holds integers (float storage is fine, 0.5 is not); a predicted value
 that is neither background nor a scored label is an error naming the case and the value; a case
-with both `<case>.nii` and `<case>.nii.gz` is ambiguous; a prediction whose affine (spacing,
+with two label maps (`<case>.nii` and `<case>.nii.gz`, say) is ambiguous; a prediction whose affine (spacing,
 origin, direction) differs from its reference's is scored with a warning naming the case.
 """
 
@@ -29,17 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import nibabel as nib
 import numpy as np
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_json_atomic
 from nnlite.data.dataset import AFFINE_ATOL
-from nnlite.plans import RAW_PATH_KEY, Plans
+from nnlite.data.image_io import file_ending, read_image
+from nnlite.data.regions import in_region
+from nnlite.plans import RAW_PATH_KEY, Plans, Region
 
 log = logging.getLogger(__name__)
 
-SEG_ENDINGS = (".nii.gz", ".nii")
 SUMMARY_FILE = "summary.json"  # evaluate's default output, and every folder's scores
 MEAN_METRICS = ("dice", "iou", "ppv")  # averaged over cases; tp/fp/fn stay per case
 
@@ -70,6 +70,23 @@ def label_counts(pred: np.ndarray, ref: np.ndarray, labels: Iterable[int],
     return counts
 
 
+def region_counts(pred: np.ndarray, ref: np.ndarray, regions: Sequence[Region],
+                  ignore_label: int | None = None) -> dict[str, Counts]:
+    """TP/FP/FN per region (keyed by its name) of two integer label maps: a region's mask is the
+    union of its labels on each side; reference voxels with `ignore_label` are left out."""
+    annotated = None if ignore_label is None else ref != ignore_label
+    counts = {}
+    for region in regions:
+        in_pred = in_region(pred, region.labels)
+        if annotated is not None:
+            in_pred &= annotated
+        in_ref = in_region(ref, region.labels)
+        tp = int(np.count_nonzero(in_pred & in_ref))
+        counts[region.name] = Counts(tp, int(np.count_nonzero(in_pred)) - tp,
+                                     int(np.count_nonzero(in_ref)) - tp)
+    return counts
+
+
 def metrics_from_counts(counts: Counts) -> dict[str, float | int]:
     """Dice, IoU, PPV (NaN by the empty rules above) plus the raw counts."""
     tp, fp, fn = counts.tp, counts.fp, counts.fn
@@ -82,8 +99,9 @@ def metrics_from_counts(counts: Counts) -> dict[str, float | int]:
     }
 
 
-def summarize(case_counts: dict[str, dict[int, Counts]], labels: Sequence[int]) -> dict:
-    """Build the summary.json dict from per-case counts (cases in the given order)."""
+def summarize(case_counts: dict[str, dict], labels: Sequence[int | str]) -> dict:
+    """Build the summary.json dict from per-case counts (cases in the given order); `labels` are
+    label values, or region names for a region dataset."""
     per_case = []
     for case, counts in case_counts.items():
         metrics = {str(label): metrics_from_counts(counts.get(label, Counts(0, 0, 0)))
@@ -100,7 +118,7 @@ def summarize(case_counts: dict[str, dict[int, Counts]], labels: Sequence[int]) 
                  else math.nan)
         for metric in MEAN_METRICS
     }
-    return {"labels": [int(label) for label in labels], "mean": mean,
+    return {"labels": [label if isinstance(label, str) else int(label) for label in labels], "mean": mean,
             "foreground_mean": foreground, "per_case": per_case}
 
 
@@ -110,17 +128,19 @@ def _nanmean(values: list[float]) -> float:
 
 
 def read_label_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A label map as an int array in NIfTI voxel order, and its affine; non-integers are refused."""
+    """A label map of any supported format as an int (Z, Y, X) array and its RAS affine (both
+    sides of a comparison are read alike); non-integers are refused."""
     try:
-        image = nib.load(str(path))
-        voxels = np.asanyarray(image.dataobj)
-    except Exception as error:  # nibabel raises many types for damaged files
+        image = read_image(path)
+    except UserError:
+        raise
+    except Exception as error:  # the readers raise many types for damaged files
         raise UserError(path, f"unreadable label map ({type(error).__name__}: {error})") from None
-    if voxels.dtype.kind == "f":
-        fractional = voxels[voxels != np.round(voxels)]
-        if fractional.size:
-            raise UserError(path, f"holds non-integer values (e.g. {float(fractional.flat[0]):g}): not a "
-                            "label map")
+    voxels = image.array
+    fractional = voxels[voxels != np.round(voxels)]
+    if fractional.size:
+        raise UserError(path, f"holds non-integer values (e.g. {float(fractional.flat[0]):g}): not a "
+                        "label map")
     return voxels.astype(np.int64), np.asarray(image.affine)
 
 
@@ -130,11 +150,10 @@ def read_seg(path: Path) -> np.ndarray:
 
 
 def case_name(path: Path) -> str | None:
-    """`case` for `case.nii.gz` / `case.nii`; None for other files."""
-    for ending in SEG_ENDINGS:
-        if path.name.endswith(ending):
-            return path.name[: -len(ending)]
-    return None
+    """`case` for `case.nii.gz`, `case.mha`, … (any ending of data/image_io's table); None for
+    other files."""
+    ending = file_ending(path)
+    return path.name[: -len(ending)] if ending else None
 
 
 def list_segs(folder: str | Path) -> dict[str, Path]:
@@ -214,6 +233,19 @@ def evaluate_folder(pred_dir: str | Path, ref_dir: str | Path, labels: Sequence[
     return summarize(values, list(labels))
 
 
+def evaluate_regions(pred_dir: str | Path, ref_dir: str | Path, regions: Sequence[Region],
+                     ignore_label: int | None = None) -> dict:
+    """Score every prediction of pred_dir per region (summary keys: the region names); a predicted
+    value that is in no region is a UserError naming the case."""
+    values = sorted({v for region in regions for v in region.labels})
+    counts: dict[str, dict[str, Counts]] = {}
+    for case, pred_path, ref_path in matched_cases(pred_dir, ref_dir):
+        pred, ref = read_pair(case, pred_path, ref_path)
+        check_predicted_values(case, set(np.unique(pred).tolist()), values, "the regions' labels")
+        counts[case] = region_counts(pred, ref, regions, ignore_label)
+    return summarize(counts, [region.name for region in regions])
+
+
 def check_predicted_values(case: str, predicted: set[int], labels: Sequence[int],
                            source: str = "the labels scored") -> None:
     """Every predicted value is background or one of `labels`."""
@@ -236,7 +268,10 @@ def reference_labels(plans: Plans) -> Path:
 
 
 def evaluate_for_plans(pred_dir: str | Path, plans: Plans) -> dict:
-    """Score pred_dir against the plans' raw labels: the foreground labels, annotated voxels only."""
+    """Score pred_dir against the plans' raw labels: the foreground labels (or regions), annotated
+    voxels only."""
+    if plans.regions:
+        return evaluate_regions(pred_dir, reference_labels(plans), plans.regions, plans.ignore_label)
     return evaluate_folder(pred_dir, reference_labels(plans), plans.foreground_labels, plans.ignore_label)
 
 
@@ -258,11 +293,12 @@ def write_summary(summary: dict, path: str | Path) -> Path:
 
 def format_table(summary: dict) -> str:
     """A short text table: mean Dice/IoU/PPV per label and the foreground mean."""
-    lines = [f"{'label':>10} {'dice':>8} {'iou':>8} {'ppv':>8}"]
+    width = max([10, *(len(str(label)) for label in summary["labels"])])
+    lines = [f"{'label':>{width}} {'dice':>8} {'iou':>8} {'ppv':>8}"]
     rows = [(label, summary["mean"][label]) for label in map(str, summary["labels"])]
     rows.append(("foreground", summary["foreground_mean"]))
     for name, values in rows:
-        lines.append(f"{name:>10} " + " ".join(_fmt(values[m]) for m in MEAN_METRICS))
+        lines.append(f"{name:>{width}} " + " ".join(_fmt(values[m]) for m in MEAN_METRICS))
     lines.append(f"{len(summary['per_case'])} cases")
     return "\n".join(lines)
 

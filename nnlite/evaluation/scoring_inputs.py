@@ -1,7 +1,8 @@
 """What `nnlite evaluate` is given, checked before any label map is read.
 
 The labels to score come from `--labels` (foreground values only), else from `--dataset-json`
-(its `labels`, less background and the ignore label, which it also supplies), else from the
+(its `labels`, less background and the ignore label, which it also supplies; for region labels its
+regions, scored by name), else from the
 values present in the references. The summary may go to PRED_DIR (the default) or anywhere
 else outside REF_DIR, to a file name, never onto a folder.
 """
@@ -14,17 +15,20 @@ from typing import Sequence
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir, read_json_checked
+from nnlite.data.regions import ORDER_KEY, has_regions, parse_region_labels
 from nnlite.evaluation.metrics import SUMMARY_FILE
-from nnlite.plans import IGNORE_KEY
+from nnlite.plans import IGNORE_KEY, Region
 
 
 
 @dataclass(frozen=True)
 class LabelSet:
-    """The labels to score (None: those of the references) and the ignore label."""
+    """The labels to score (None: those of the references) and the ignore label; or, for a region
+    dataset.json, the regions to score (labels None)."""
 
     labels: list[int] | None
     ignore_label: int | None
+    regions: tuple[Region, ...] = ()
 
 
 def labels_to_score(labels: Sequence[int] | None, dataset_json: Path | None,
@@ -40,11 +44,15 @@ def labels_to_score(labels: Sequence[int] | None, dataset_json: Path | None,
         return LabelSet(sorted(set(labels)), ignore_label)
     if dataset_json is None:
         return LabelSet(None, ignore_label)
-    declared = read_json_checked(dataset_json).get("labels") if dataset_json.is_file() else None
+    meta = read_json_checked(dataset_json) if dataset_json.is_file() else {}
+    declared = meta.get("labels") if isinstance(meta, dict) else None
+    if has_regions(declared):
+        integer_labels, regions = parse_region_labels(dataset_json, declared, meta.get(ORDER_KEY))
+        return LabelSet(None, integer_labels.get(IGNORE_KEY) if ignore_label is None else ignore_label,
+                        regions)
     if not isinstance(declared, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
                                                  for v in declared.values()):
-        raise UserError(dataset_json, "needs \"labels\": {name: integer value} (region labels are not "
-                        "supported by evaluate)")
+        raise UserError(dataset_json, "needs \"labels\": {name: integer value or list of values}")
     ignore = declared.get(IGNORE_KEY) if ignore_label is None else ignore_label
     foreground = sorted(v for name, v in declared.items() if v != 0 and name != IGNORE_KEY and v != ignore)
     if not foreground:
@@ -65,7 +73,7 @@ def summary_path(output: Path | None, pred_dir: Path, ref_dir: Path) -> Path:
     return path
 
 
-def absent_labels(summary: dict) -> list[int]:
+def absent_labels(summary: dict) -> list[int | str]:
     """Scored labels that no reference holds (a typo in --labels, or a rare class)."""
     return [label for label in summary["labels"]
             if all(case["metrics"][str(label)]["tp"] + case["metrics"][str(label)]["fn"] == 0

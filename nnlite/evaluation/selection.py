@@ -113,7 +113,7 @@ def decide_winner_postprocessing(work: Path, plans: Plans, winner: dict[str, Any
     folder = ensemble_dir(work, configs)
     ref_dir = reference_labels(plans)
     pairs = match_cases(list_segs(folder), list_segs(ref_dir), folder, ref_dir)
-    decision = decide_postprocessing(pairs, plans.foreground_labels, plans.ignore_label)
+    decision = decide_postprocessing(pairs, plans.foreground_labels, plans.ignore_label, plans.regions)
     decision["configuration"] = winner["name"]
     save_postprocessing(decision, folder / POSTPROCESSING_FILE)
     write_postprocessed([pred for _, pred, _ in pairs], decision["steps"], folder / POSTPROCESSED_DIR)

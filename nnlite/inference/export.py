@@ -3,9 +3,11 @@
 Path back (reference: export_prediction.py): resample the probabilities to the cropped original
 shape (preprocessing's inverse, order 1 with the separate-z rule), argmax, put the label map back
 into the uncropped volume (background outside the crop), transpose back to the raw axis order and
-write `<case>.nii.gz` with the input's affine (uint8 when the labels fit).
+write `<case>.nii.gz` (or the input's format) with the input's affine (uint8 when the labels fit).
 Optional `<case>.npz` (key "probabilities", float16 (K, Z, Y, X) in the original geometry, no
-pickle): outside the crop the background probability is 1.
+pickle): outside the crop the background probability is 1. A region dataset has one sigmoid
+probability per region instead (0 outside the crop) and its label map is painted from them in
+`regions_class_order` (`nnlite.data.regions.paint_regions`) rather than taken by argmax.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import torch
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_atomic
-from nnlite.data.image_io import write_seg
+from nnlite.data.image_io import file_ending, write_seg
+from nnlite.data.regions import paint_regions
 from nnlite.inference.largest_component import apply_postprocessing
-from nnlite.plans import Plans
+from nnlite.plans import Plans, Region
 from nnlite.preprocessing.pipeline import CaseProperties, resample_to_original, restore_original_geometry
 
 log = logging.getLogger(__name__)
@@ -39,16 +42,17 @@ def probabilities_in_crop(probs: np.ndarray | torch.Tensor, props: CasePropertie
 
 
 def seg_in_original(cropped_probs: np.ndarray, props: CaseProperties, plans: Plans) -> np.ndarray:
-    """Argmax of (K, *cropped) → uint8/int16 label map (*raw shape) in the raw axis order."""
-    dtype = np.uint8 if cropped_probs.shape[0] <= 256 else np.int16
-    seg = np.argmax(cropped_probs, axis=0).astype(dtype)
+    """Argmax (regions: painted) of (K, *cropped) → uint8/int16 label map (*raw shape) in the raw
+    axis order."""
+    seg = seg_from_probabilities(cropped_probs, plans.regions)
     return restore_original_geometry(seg, props, plans, 0)
 
 
 def probabilities_in_original(cropped_probs: np.ndarray, props: CaseProperties,
                               plans: Plans) -> np.ndarray:
-    """(K, *cropped) → (K, *raw shape) float16; outside the crop: background 1, others 0."""
-    fill = [1.0] + [0.0] * (cropped_probs.shape[0] - 1)
+    """(K, *cropped) → (K, *raw shape) float16; outside the crop: background 1, others 0 (regions:
+    every region 0)."""
+    fill = [0.0 if plans.regions else 1.0] + [0.0] * (cropped_probs.shape[0] - 1)
     return restore_original_geometry(cropped_probs.astype(np.float16), props, plans, fill)
 
 
@@ -99,12 +103,10 @@ def output_affine(props: CaseProperties, affine: np.ndarray | None) -> np.ndarra
 
 
 def npz_path_for(seg_path: str | Path) -> Path:
-    """`<dir>/<case>.npz` for `<dir>/<case>.nii.gz`."""
+    """`<dir>/<case>.npz` for `<dir>/<case>.nii.gz` (or any other supported ending)."""
     seg_path = Path(seg_path)
-    name = seg_path.name
-    for ending in (".nii.gz", ".nii"):
-        if name.endswith(ending):
-            name = name[: -len(ending)]
+    ending = file_ending(seg_path)
+    name = seg_path.name[: -len(ending)] if ending else seg_path.name
     return seg_path.with_name(name + ".npz")
 
 
@@ -120,7 +122,10 @@ def average_probabilities(members: Sequence[np.ndarray]) -> np.ndarray:
     return total / np.float32(len(members))
 
 
-def seg_from_probabilities(probs: np.ndarray) -> np.ndarray:
-    """Argmax over the class axis of (K, *S) → label map (*S), uint8 when the labels fit."""
+def seg_from_probabilities(probs: np.ndarray, regions: Sequence[Region] = ()) -> np.ndarray:
+    """Argmax over the class axis of (K, *S) → label map (*S), uint8 when the labels fit; for a
+    region dataset, regions above 0.5 painted in `regions_class_order` (`data.regions`)."""
+    if regions:
+        return paint_regions(probs, regions)
     dtype = np.uint8 if probs.shape[0] <= 256 else np.int16
     return np.argmax(probs, axis=0).astype(dtype)

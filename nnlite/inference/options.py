@@ -15,6 +15,7 @@ from typing import Sequence
 
 
 from nnlite.common.errors import UserError
+from nnlite.data.image_io import Case, file_ending, image_format, label_path_for, read_case
 from nnlite.inference.export import npz_path_for
 from nnlite.inference.sliding_window import STEP_SIZE
 from nnlite.training.checkpoints import BEST, FINAL
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = {"final": FINAL, "best": BEST}
 NUMBERED_FOLD = re.compile(r"^fold_(\d+)$")  # a cross-validation fold's result folder
-CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})\.nii(\.gz)?$")
+CHANNEL_NAME = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # <case>_<CCCC> without the ending
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class PredictOptions:
     overwrite: bool = False
     device: str = "auto"  # "auto", "cpu" or "cuda"
     tile_batch: int | None = None
+    dicom_seg: bool = False  # also write <case>.dcm, a DICOM-SEG, for DICOM series inputs
+    onnx: str | None = None  # run this ONNX file (nnlite.export onnx) instead of the folds' checkpoints
 
 
 @dataclass
@@ -74,23 +77,78 @@ def fold_folders(results: Path, folds: Sequence[str] | None, checkpoint_file: st
     return folders
 
 
+def channel_of(path: Path) -> tuple[str, int] | None:
+    """(case, channel) of `<case>_<CCCC><ending>` (any supported ending) or of a DICOM series
+    folder `<case>_<CCCC>`; None for anything else."""
+    if path.name.startswith("."):
+        return None
+    if path.is_dir():
+        stem = path.name
+    elif path.is_file() and (ending := file_ending(path)) is not None:
+        stem = path.name[: -len(ending)]
+    else:
+        return None
+    match = CHANNEL_NAME.match(stem)
+    return (match["case"], int(match["channel"])) if match else None
+
+
 def find_input_cases(input_dir: Path) -> dict[str, list[Path]]:
-    """Case → its channel files `<case>_<CCCC>.nii.gz`, sorted by channel."""
+    """Case → its channel files (any supported format) or DICOM series folders, by channel."""
     if not input_dir.is_dir():
         raise UserError(input_dir, "input folder not found")
-    cases: dict[str, list[tuple[int, Path]]] = {}
+    cases: dict[str, dict[int, Path]] = {}
     for path in sorted(input_dir.iterdir()):
-        match = CHANNEL_FILE.match(path.name)
-        if match and path.is_file():
-            cases.setdefault(match["case"], []).append((int(match["channel"]), path))
+        found = channel_of(path)
+        if found is None:
+            continue
+        case, channel = found
+        if channel in cases.setdefault(case, {}):
+            raise UserError(path, f"channel {channel:04d} of case {case} is also given as "
+                                  f"{cases[case][channel].name}")
+        cases[case][channel] = path
     if not cases:
-        raise UserError(input_dir, "holds no <case>_<CCCC>.nii.gz files")
-    return {case: [p for _, p in sorted(files)] for case, files in cases.items()}
+        raise UserError(input_dir, "holds no <case>_<CCCC> images (files of a supported format, "
+                                   "or folders holding one DICOM series)")
+    return {case: [files[c] for c in sorted(files)] for case, files in sorted(cases.items())}
 
 
-def is_done(output_dir: Path, case: str, options: PredictOptions) -> bool:
-    seg_path = output_dir / f"{case}.nii.gz"
-    return seg_path.is_file() and (not options.save_probabilities or npz_path_for(seg_path).is_file())
+def output_path(output_dir: Path, case: str, paths: Sequence[Path]) -> Path:
+    """The label map's path: the input's format (a DICOM series: NIfTI; pictures: PNG)."""
+    return label_path_for(output_dir, case, paths[0])
+
+
+def read_input_case(case: str, paths: Sequence[Path], num_channels: int) -> Case:
+    """Read a case's channels, checking that they are the channels the model needs."""
+    channels = [f"{channel_of(p)[1]:04d}" for p in paths]
+    packed = not paths[0].is_dir() and image_format(paths[0]).packs_channels  # RGB: 3 in a file
+    wanted = [f"{c:04d}" for c in range(len(paths) if packed else num_channels)]
+    if channels != wanted:
+        raise UserError(case, f"has channel files {channels}, the model needs "
+                              f"{[f'{c:04d}' for c in range(num_channels)]}")
+    raw = read_case(paths)
+    if raw.data.shape[0] != num_channels:
+        raise UserError(paths[0], f"holds {raw.data.shape[0]} channels, the model needs {num_channels}")
+    return raw
+
+
+def check_dicom_seg(cases: dict[str, list[Path]], options: PredictOptions) -> None:
+    """`--dicom-seg` needs DICOM series inputs: a SEG references the series it segments."""
+    if not options.dicom_seg:
+        return
+    for case, paths in cases.items():
+        if not paths[0].is_dir():
+            raise UserError("--dicom-seg", f"only for DICOM series inputs (<case>_<CCCC>/ folders); "
+                                           f"case {case} is {paths[0].name}")
+
+
+def dicom_seg_path(seg_path: Path) -> Path:
+    """`<dir>/<case>.dcm` beside `<dir>/<case>.nii.gz`."""
+    return npz_path_for(seg_path).with_suffix(".dcm")
+
+
+def is_done(seg_path: Path, options: PredictOptions) -> bool:
+    return (seg_path.is_file() and (not options.save_probabilities or npz_path_for(seg_path).is_file())
+            and (not options.dicom_seg or dicom_seg_path(seg_path).is_file()))
 
 
 def check_folders(input_dir: Path, output_dir: Path) -> None:

@@ -19,11 +19,12 @@ from tqdm import tqdm
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir, remove_tmp_leftovers
-from nnlite.data.image_io import read_case
 from nnlite.inference.export import export_prediction
 from nnlite.inference.largest_component import POSTPROCESSING_FILE, load_postprocessing
-from nnlite.inference.options import (CHANNEL_FILE, CHECKPOINTS, PredictOptions, PredictReport, check_folders,
-                                      find_input_cases, fold_folders, is_done, record_failure)
+from nnlite.inference.onnx_model import OnnxNetwork
+from nnlite.inference.options import (CHECKPOINTS, PredictOptions, PredictReport, check_dicom_seg, check_folders,
+                                      dicom_seg_path, find_input_cases, fold_folders, is_done, output_path,
+                                      read_input_case, record_failure)
 from nnlite.inference.sliding_window import predict_preprocessed
 from nnlite.inference.stage_models import predict_models
 from nnlite.network import build_unet
@@ -46,6 +47,8 @@ def load_networks(work: Path, options: PredictOptions, device: torch.device
         raise UserError("--config", f"'{options.config}' is a cascade stage: use predict_folder")
     if options.checkpoint not in CHECKPOINTS:
         raise UserError("--checkpoint", f"must be one of {sorted(CHECKPOINTS)}")
+    if options.onnx is not None:  # the exported network, run by onnxruntime in the same sliding window
+        return plans, [OnnxNetwork(options.onnx)]
     networks = []
     for folder in fold_folders(work / "results" / options.config, options.folds,
                                CHECKPOINTS[options.checkpoint]):
@@ -60,14 +63,23 @@ def load_networks(work: Path, options: PredictOptions, device: torch.device
 def read_and_preprocess(case: str, paths: list[Path], plans: Plans, config_name: str
                         ) -> tuple[np.ndarray, CaseProperties, np.ndarray]:
     """Read a case's channels and preprocess them → (data, properties, affine)."""
-    channels = [CHANNEL_FILE.match(p.name)["channel"] for p in paths]
-    wanted = [f"{c:04d}" for c in range(plans.num_channels)]
-    if channels != wanted:
-        raise UserError(case, f"has channel files {channels}, the model needs {wanted}")
-    raw = read_case(paths)
+    raw = read_input_case(case, paths, plans.num_channels)
     data, _, props = preprocess_case(raw.data, None, raw.spacing, plans, config_name,
                                      case=case, affine=raw.affine)
     return data, props, raw.affine
+
+
+def export_case(probs: torch.Tensor, props: CaseProperties, plans: Plans, options: PredictOptions,
+                out_path: Path, inputs: list[Path], *, affine: np.ndarray,
+                postprocessing: list[list[int]]) -> Path:
+    """Write the case's label map (+ probabilities, + a DICOM-SEG of a DICOM series input)."""
+    export_prediction(probs, props, plans, options.config, out_path, options.save_probabilities,
+                      affine=affine, postprocessing=postprocessing)
+    if options.dicom_seg:
+        from nnlite.inference.dicom_seg import write_dicom_seg  # highdicom: only when asked for
+
+        write_dicom_seg(out_path, inputs[0], plans.labels, dicom_seg_path(out_path))
+    return out_path
 
 
 def _collect(pending: tuple[str, Future] | None, report: PredictReport) -> None:
@@ -89,12 +101,16 @@ def _is_cascade_stage(work: Path, config_name: str) -> bool:
 
 def predict_folder(work: str | Path, input_dir: str | Path, output_dir: str | Path,
                    options: PredictOptions = PredictOptions()) -> PredictReport:
-    """Predict every case of input_dir into output_dir/<case>.nii.gz (see the module docstring)."""
+    """Predict every case of input_dir into output_dir/<case><the input's ending> (see the module
+    docstring); a DICOM series gives <case>.nii.gz (+ <case>.dcm with options.dicom_seg)."""
     work, input_dir, output_dir = Path(work), Path(input_dir), Path(output_dir)
     if _is_cascade_stage(work, options.config):  # two stages: the previous one runs first
+        if options.onnx is not None:
+            raise UserError("--onnx", f"'{options.config}' is a cascade stage; --onnx runs one network")
         return predict_models(work, input_dir, output_dir, [options.config], options)
     check_folders(input_dir, output_dir)
     cases = find_input_cases(input_dir)
+    check_dicom_seg(cases, options)
     device = resolve_device(options.device)
     plans, networks = load_networks(work, options, device)
     steps = []
@@ -103,7 +119,8 @@ def predict_folder(work: str | Path, input_dir: str | Path, output_dir: str | Pa
     ensure_writable_dir(output_dir, "output folder")
     remove_tmp_leftovers(output_dir)
     report = PredictReport()
-    todo = [case for case in cases if options.overwrite or not is_done(output_dir, case, options)]
+    outputs = {case: output_path(output_dir, case, paths) for case, paths in cases.items()}
+    todo = [case for case in cases if options.overwrite or not is_done(outputs[case], options)]
     report.skipped = [case for case in cases if case not in todo]
     if report.skipped:
         log.info("skipping %d already predicted cases (--overwrite redoes them)", len(report.skipped))
@@ -120,14 +137,13 @@ def predict_folder(work: str | Path, input_dir: str | Path, output_dir: str | Pa
                 data, props, affine = current.result()
                 probs = predict_preprocessed(networks, data, config, mirror=options.mirror,
                                              step=options.step, tile_batch=options.tile_batch,
-                                             device=device)
+                                             device=device, sigmoid=bool(plans.regions))
             except Exception as error:  # noqa: BLE001  report the case, finish the others
                 record_failure(report, case, error)
                 continue
             _collect(pending, report)
             pending = (case, writer.submit(
-                export_prediction, probs, props, plans, options.config,
-                output_dir / f"{case}.nii.gz", options.save_probabilities, affine=affine,
-                postprocessing=steps))
+                export_case, probs, props, plans, options, outputs[case], cases[case],
+                affine=affine, postprocessing=steps))
         _collect(pending, report)
     return report

@@ -10,7 +10,8 @@ mirrors and folds, §8 and §11 items 6–7 of the reference notes), nnlite
 - combines mirrors, folds and tiles by averaging softmax PROBABILITIES, the same rule the
   ensembling of folders uses, so "the same ensemble" gives the same answer on every path.
 
-`output="logits"` averages raw network outputs instead; it exists for regression-style networks and
+A region dataset (`nnlite.data.regions`) uses `output="sigmoid"`: one independent probability per
+region, averaged the same way. `output="logits"` averages raw network outputs instead; it exists for regression-style networks and
 for the stitching test (an add-one network must stitch back to input + 1 exactly).
 
 A 2D network on a 3D volume (the `2d` configuration) predicts it slice by slice: the tile gets a
@@ -39,7 +40,7 @@ CPU_VOXELS_PER_FORWARD = 2**21  # input voxels per forward on the CPU (≈ 1 til
 CUDA_VOXELS_PER_FORWARD = 2**24  # input voxels per forward on a GPU (≈ 8 tiles of 128³)
 MAX_TILE_BATCH = 32  # more inputs per forward stops paying off on every device we measured
 GPU_ACCUMULATOR_SHARE = 0.5  # accumulators may use at most this share of the free GPU memory
-OUTPUTS = ("probs", "logits")
+OUTPUTS = ("probs", "sigmoid", "logits")  # softmax probabilities, per-region sigmoid, raw outputs
 
 
 def tile_starts(size: int, tile: int, step: float = STEP_SIZE) -> list[int]:
@@ -115,6 +116,8 @@ def predict_tiles(networks: Sequence[nn.Module], x: torch.Tensor, mirror_axes: S
         out = torch.cat(chunks).float()
         if output == "probs":
             out = torch.softmax(out, dim=1)
+        elif output == "sigmoid":  # regions overlap: each channel is its own probability
+            out = torch.sigmoid(out)
         for dims, part in zip(flips, out.split(len(x))):
             part = part.flip(dims) if dims else part
             total = part if total is None else total + part
@@ -161,7 +164,8 @@ def predict_sliding_window(networks: nn.Module | Sequence[nn.Module], data: torc
     patch: the network's patch (3 axes, or 2 for a 2D network on a 3D volume: slice by slice).
     mirror_axes: network axes to mirror (all subsets are averaged); default all, () for none.
     tile_batch: network inputs (tiles × mirrors) per forward; default from a voxel budget.
-    output: "probs" averages softmax probabilities, "logits" raw outputs.
+    output: "probs" averages softmax probabilities, "sigmoid" per-region sigmoid probabilities,
+    "logits" raw outputs.
     """
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}")
@@ -221,13 +225,16 @@ class _Stitcher:
 def predict_preprocessed(networks: Sequence[nn.Module], data: np.ndarray | torch.Tensor,
                          config: ConfigurationPlan, *, mirror: bool = True, step: float = STEP_SIZE,
                          tile_batch: int | None = None,
-                         device: torch.device | str = "cpu") -> torch.Tensor:
+                         device: torch.device | str = "cpu", sigmoid: bool = False) -> torch.Tensor:
     """Probabilities (K, *spatial) float32 (CPU) of a preprocessed case (C, *spatial).
 
-    Mirrors every network axis when `mirror`; probabilities are averaged over networks (folds).
+    Mirrors the configuration's `inference_mirror_axes` (default every network axis) when `mirror`;
+    probabilities are averaged over networks (folds).
+    sigmoid: a region network (one sigmoid probability per region) instead of softmax classes.
     """
     if isinstance(data, np.ndarray):  # a copy: memory-mapped files are read-only
         data = torch.from_numpy(np.array(data, dtype=np.float32))
-    axes = None if mirror else ()
+    axes = config.inference_mirror_axes if mirror else ()
     return predict_sliding_window(networks, data, config.patch_size, step=step, mirror_axes=axes,
-                                  tile_batch=tile_batch, device=device)
+                                  tile_batch=tile_batch, device=device,
+                                  output="sigmoid" if sigmoid else "probs")

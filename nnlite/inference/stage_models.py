@@ -25,13 +25,14 @@ from tqdm import tqdm
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir, read_json, remove_tmp_leftovers
-from nnlite.data.image_io import Case, read_case, write_seg
+from nnlite.data.image_io import Case, write_seg
 from nnlite.inference.export import (average_probabilities, npz_path_for, probabilities_in_crop,
                                      probabilities_in_original, seg_from_probabilities, seg_in_original,
                                      write_probabilities)
 from nnlite.inference.largest_component import POSTPROCESSING_FILE, apply_postprocessing, load_postprocessing
-from nnlite.inference.options import (CHANNEL_FILE, CHECKPOINTS, PredictOptions, PredictReport, check_folders,
-                                      find_input_cases, fold_folders, is_done, record_failure)
+from nnlite.inference.options import (CHECKPOINTS, PredictOptions, PredictReport, check_dicom_seg, check_folders,
+                                      dicom_seg_path, find_input_cases, fold_folders, is_done, output_path,
+                                      read_input_case, record_failure)
 from nnlite.inference.sliding_window import predict_preprocessed
 from nnlite.network import build_unet
 from nnlite.plans import Plans, load_plans
@@ -101,7 +102,8 @@ def predict_cropped(model: StageModel, raw: Case, case: str, plans: Plans, optio
                                    stage_labels(plans))
     probs = predict_preprocessed(model.networks, data, plans.configurations[model.config_name],
                                  mirror=options.mirror, step=options.step,
-                                 tile_batch=options.tile_batch, device=device)
+                                 tile_batch=options.tile_batch, device=device,
+                                 sigmoid=bool(plans.regions))
     done[model.config_name] = probabilities_in_crop(probs, props, plans, model.config_name), props
     return done[model.config_name]
 
@@ -119,16 +121,7 @@ def predict_case(models: Sequence[StageModel], raw: Case, case: str, plans: Plan
         cropped, props = predict_cropped(model, raw, case, plans, options, device, done)
         members.append(probabilities_in_original(cropped, props, plans))
     probs = average_probabilities(members)
-    return seg_from_probabilities(probs), probs.astype(np.float16) if options.save_probabilities else None
-
-
-def read_raw(case: str, paths: list[Path], plans: Plans) -> Case:
-    """Read a case's channel files, checking that they are the channels the model needs."""
-    channels = [CHANNEL_FILE.match(p.name)["channel"] for p in paths]
-    wanted = [f"{c:04d}" for c in range(plans.num_channels)]
-    if channels != wanted:
-        raise UserError(case, f"has channel files {channels}, the model needs {wanted}")
-    return read_case(paths)
+    return seg_from_probabilities(probs, plans.regions), probs.astype(np.float16) if options.save_probabilities else None
 
 
 def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Path,
@@ -140,6 +133,7 @@ def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Pa
     work, input_dir, output_dir = Path(work), Path(input_dir), Path(output_dir)
     check_folders(input_dir, output_dir)
     cases = find_input_cases(input_dir)
+    check_dicom_seg(cases, options)
     device = resolve_device(options.device)
     plans = load_plans(work / "plans.json")
     if postprocessing is None:
@@ -149,16 +143,20 @@ def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Pa
     ensure_writable_dir(output_dir, "output folder")
     remove_tmp_leftovers(output_dir)
     report = PredictReport()
-    todo = [case for case in cases if options.overwrite or not is_done(output_dir, case, options)]
+    outputs = {case: output_path(output_dir, case, paths) for case, paths in cases.items()}
+    todo = [case for case in cases if options.overwrite or not is_done(outputs[case], options)]
     report.skipped = [case for case in cases if case not in todo]
     for case in tqdm(todo, desc="predict", unit="case"):
         try:
-            raw = read_raw(case, cases[case], plans)
+            raw = read_input_case(case, cases[case], plans.num_channels)
             seg, probs = predict_case(models, raw, case, plans, options, device)
-            out_path = output_dir / f"{case}.nii.gz"
-            write_seg(out_path, apply_postprocessing(seg, postprocessing), raw.affine)
+            write_seg(outputs[case], apply_postprocessing(seg, postprocessing), raw.affine)
             if probs is not None:
-                write_probabilities(npz_path_for(out_path), probs)
+                write_probabilities(npz_path_for(outputs[case]), probs)
+            if options.dicom_seg:
+                from nnlite.inference.dicom_seg import write_dicom_seg  # highdicom: only when asked for
+
+                write_dicom_seg(outputs[case], cases[case][0], plans.labels, dicom_seg_path(outputs[case]))
             report.predicted.append(case)
         except Exception as error:  # noqa: BLE001  report the case, finish the others
             record_failure(report, case, error)

@@ -35,7 +35,8 @@ from nnlite.loading.previous_stage import (AUGMENT_STREAM, PreviousStageStore, p
                                            previous_stage_store)
 from nnlite.loading.sampling import CaseInfo, CaseStore, foreground_start, forced_foreground, unforced_start
 from nnlite.network.loss import deep_supervision_scales, downsample_seg
-from nnlite.plans import Plans
+from nnlite.network.region_loss import region_targets
+from nnlite.plans import Plans, Region
 
 PREFETCH_BATCHES = 4  # batches each worker prepares ahead
 LOG = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class BatchSpec:
     ds_scales: tuple[tuple[float, ...], ...]  # empty: full resolution only
     on_device: bool = False  # workers only crop; `device_augmentation` augments the batch on the device
     previous: PreviousStageStore | None = None  # cascade: previous-stage channels appended (CPU only)
+    regions: tuple[Region, ...] = ()  # region dataset: targets become region masks after augmentation
+    ignore_label: int | None = None  # with regions: its mask is the targets' last channel
 
 
 def plan_batch(cases: Sequence[CaseInfo], cfg: AugmentConfig, forced: Sequence[bool], seed: int,
@@ -94,7 +97,8 @@ def plan_batch(cases: Sequence[CaseInfo], cfg: AugmentConfig, forced: Sequence[b
 
 def make_batch(spec: BatchSpec, index: int) -> dict[str, Any]:
     """Batch `index`: {"data": (B, C, *patch) float32, "target": [(B, 1, *patch_level) int16 per
-    deep-supervision level], "cases": [str]} (seg -1 already mapped to 0); with `spec.on_device`
+    deep-supervision level], "cases": [str]} (seg -1 already mapped to 0; a region dataset's targets
+    are (B, R[+1], *patch_level) uint8 region masks, `with_region_targets`); with `spec.on_device`
     a `CropBatch` that `device_augmentation.augment_batch` turns into that on the training device."""
     made = []
     samples = plan_batch(spec.store.cases, spec.cfg, spec.forced, spec.seed, index, spec.augment)
@@ -116,7 +120,22 @@ def make_batch(spec: BatchSpec, index: int) -> dict[str, Any]:
     images, segs = zip(*made)
     seg = torch.stack(segs).to(torch.int16)
     target = downsample_seg(seg, spec.ds_scales) if spec.ds_scales else [seg]
-    return {"data": torch.stack(images), "target": target, "cases": [s.case for s in samples]}
+    batch = {"data": torch.stack(images), "target": target, "cases": [s.case for s in samples]}
+    return with_region_targets(batch, spec.regions, spec.ignore_label)
+
+
+def with_region_targets(batch: dict[str, Any], regions: Sequence[Region],
+                        ignore_label: int | None) -> dict[str, Any]:
+    """Region dataset: each target (B, 1, *S) int → (B, R[+1], *S) uint8 region masks. Done after
+    augmentation and downsampling, so the warp and nearest-exact act on the integer labels."""
+    if regions:
+        batch["target"] = [region_targets(t, regions, ignore_label) for t in batch["target"]]
+    return batch
+
+
+def _augment_on_device(batch: CropBatch, cfg: AugmentConfig, ds_scales: tuple,
+                       regions: tuple[Region, ...], ignore_label: int | None) -> dict[str, Any]:
+    return with_region_targets(augment_batch(batch, cfg, ds_scales), regions, ignore_label)
 
 
 @dataclass(frozen=True)
@@ -228,12 +247,14 @@ def build_loader(work: str | Path, plans: Plans, config_name: str, case_names: S
     target = None if device is None else torch.device(device)
     previous = previous_stage_store(Path(work), plans, config_name)
     on_device = augment and augment_on_device(augment_on, target) and previous is None
-    spec = BatchSpec(store, augment_config(config), forced, seed, augment, scales, on_device, previous)
+    spec = BatchSpec(store, augment_config(config), forced, seed, augment, scales, on_device, previous,
+                     plans.regions, plans.ignore_label)
     workers = default_workers() if workers is None else workers
     pin = torch.cuda.is_available() if target is None else target.type == "cuda"
     loader = DataLoader(_BatchDataset(spec), batch_size=None, sampler=itertools.count(start_batch),
                         num_workers=workers, pin_memory=pin,
                         prefetch_factor=PREFETCH_BATCHES if workers else None)
     LOG.debug("loader: %d cases, %d workers, augment=%s", len(case_names), workers, augment)
-    finish = functools.partial(augment_batch, cfg=spec.cfg, ds_scales=scales) if on_device else None
+    finish = (functools.partial(_augment_on_device, cfg=spec.cfg, ds_scales=scales, regions=spec.regions,
+                                ignore_label=spec.ignore_label) if on_device else None)
     return BatchLoader(loader, target, finish)

@@ -135,6 +135,7 @@ def extract_fingerprint(dataset: RawDataset, workers: int = 1) -> Fingerprint:
         intensity_per_channel=stats,
         channel_names=dict(dataset.channel_names),
         labels=dict(dataset.labels),
+        regions=tuple(dataset.regions),
         median_relative_size_after_crop=float(np.median([c.relative_size_after_crop for c in cases])),
     )
 

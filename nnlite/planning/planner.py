@@ -231,6 +231,7 @@ def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float = DEFAULT_GPU
         configurations=_select(configurations, configs), intensity_per_channel=dict(fingerprint.intensity_per_channel),
         channel_names=dict(fingerprint.channel_names), labels=dict(fingerprint.labels),
         gpu_memory_gb=float(gpu_memory_gb), reasons=tuple(reasons), extra={"memory_model": memory_model},
+        regions=fingerprint.regions,
     )
 
 

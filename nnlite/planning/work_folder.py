@@ -24,6 +24,7 @@ from nnlite.common.schema import to_jsonable
 from nnlite.data.dataset import load_dataset
 from nnlite.planning.fingerprint import extract_fingerprint, load_fingerprint_file
 from nnlite.planning.memory_budget import DEFAULT_GPU_MEMORY_GB, GIB
+from nnlite.planning.nnunet_plans import plans_from_nnunet, read_nnunet_plans
 from nnlite.planning.planner import check_arguments, plan_experiment
 from nnlite.planning.splits import (N_FOLDS, Splits, check_splits_cases, check_splits_shape, fold_count,
                                     make_splits)
@@ -33,6 +34,8 @@ from nnlite.plans import (FINGERPRINT_HASH_KEY, RAW_PATH_KEY, Fingerprint, Plans
 log = logging.getLogger(__name__)
 
 # What `plan --overwrite` removes: everything a plan and the stages after it made in WORK.
+NNUNET_SPLITS = "splits_final.json"  # nnU-Net's name for the same list of folds
+SPLITS_SOURCE_KEY = "splits_from"  # plans.extra: the nnU-Net splits_final.json that splits.json copies
 WORK_OUTPUTS = ("plans.json", "splits.json", "fingerprint.json", "dataset.json", "preprocessed", "results")
 NEW_WORK_HINT = "plan into a new WORK folder, or add --overwrite to start this one afresh"
 
@@ -56,9 +59,33 @@ def plan_dataset(raw: Path, work: Path, gpu_memory_gb: float = DEFAULT_GPU_MEMOR
     # preprocess, postprocess and the final validation find the raw images and labels through this
     plans = _with_origin(plans, fingerprint, raw=str(Path(raw).resolve()))
     names = [c.case for c in fingerprint.cases]
-    _write_outputs(work, (Path(raw) / "dataset.json").read_bytes(), fingerprint, plans, names,
-                   n_folds, folds is not None, overwrite)
-    return plans
+    return _write_outputs(work, (Path(raw) / "dataset.json").read_bytes(), fingerprint, plans, names,
+                          n_folds, folds is not None, overwrite, raw=Path(raw))
+
+
+def plan_from_nnunet_plans(raw: Path, work: Path, nnunet_plans_file: Path, configs: Sequence[str] | None = None,
+                           workers: int = 1, *, folds: int | None = None, overwrite: bool = False) -> Plans:
+    """RAW + nnU-Net's nnUNetPlans.json → WORK: nnU-Net's plan exactly (configuration names, patch,
+    batch, spacing, topology; inherits_from resolved), with nnlite's fingerprint, splits and records."""
+    nnunet = read_nnunet_plans(nnunet_plans_file)
+    unknown = sorted(set(configs or ()) - set(nnunet["configurations"]))
+    if unknown:
+        raise UserError("--configs", f"{unknown[0]!r} is not a configuration of {nnunet_plans_file}")
+    dataset = load_dataset(raw)
+    n_folds = fold_count(len(dataset.cases), folds)
+    ensure_writable_dir(work, "work folder")
+    meta = read_json_checked(Path(raw) / "dataset.json")
+    plans = plans_from_nnunet(nnunet, meta, list(configs) if configs else None)
+    previous = None if overwrite else previous_fingerprint(work)
+    if previous is not None:
+        refuse_other_cases(work, [c.case for c in previous.cases], [c.name for c in dataset.cases])
+    fingerprint = extract_fingerprint(dataset, workers)
+    if previous is not None:
+        refuse_other_fingerprint(work, previous, fingerprint)
+    plans = _with_origin(plans, fingerprint, raw=str(Path(raw).resolve()))
+    names = [c.case for c in fingerprint.cases]
+    return _write_outputs(work, (Path(raw) / "dataset.json").read_bytes(), fingerprint, plans, names,
+                          n_folds, folds is not None, overwrite, raw=Path(raw))
 
 
 def plan_from_fingerprint(fingerprint_file: Path, work: Path, gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB,
@@ -83,9 +110,8 @@ def plan_from_fingerprint(fingerprint_file: Path, work: Path, gpu_memory_gb: flo
     name = str(meta.get("name", fingerprint_file.resolve().parent.name))
     plans = plan_experiment(fingerprint, gpu_memory_gb, configs, dataset_name=name, memory_model=memory_model)
     plans = _with_origin(plans, fingerprint)
-    _write_outputs(work, dataset_json.read_bytes(), fingerprint, plans, names, n_folds,
-                   folds is not None, overwrite)
-    return plans
+    return _write_outputs(work, dataset_json.read_bytes(), fingerprint, plans, names, n_folds,
+                          folds is not None, overwrite)
 
 
 def fingerprint_hash(fingerprint: Fingerprint) -> str:
@@ -135,10 +161,14 @@ def refuse_other_fingerprint(work: Path, old: Fingerprint, new: Fingerprint) -> 
 
 def _write_outputs(work: Path, dataset_json: bytes, fingerprint: Fingerprint, plans: Plans,
                    case_names: Sequence[str] | None, n_folds: int, folds_given: bool,
-                   overwrite: bool) -> None:
-    """Decide the splits, then write everything atomically, plans.json last."""
+                   overwrite: bool, raw: Path | None = None) -> Plans:
+    """Decide the splits, then write everything atomically, plans.json last; returns the plans written
+    (`extra` names the nnU-Net splits_final.json when splits.json was copied from one)."""
     work = Path(work)
     splits = None if overwrite else kept_splits(work, case_names, n_folds if folds_given else None)
+    nnunet_splits = None
+    if splits is None:
+        nnunet_splits = find_nnunet_splits(work, raw, case_names)
     if overwrite:
         clear_work(work)
     remove_tmp_leftovers(work)
@@ -146,9 +176,30 @@ def _write_outputs(work: Path, dataset_json: bytes, fingerprint: Fingerprint, pl
     if not target.is_file() or target.read_bytes() != dataset_json:
         write_atomic(target, lambda tmp: tmp.write_bytes(dataset_json))
     save_fingerprint(fingerprint, work / "fingerprint.json")
-    if splits is None:
+    if nnunet_splits is not None:
+        path, splits = nnunet_splits
+        write_json_atomic(work / "splits.json", splits)
+        plans = replace(plans, extra={**plans.extra, SPLITS_SOURCE_KEY: str(path.resolve())})
+    elif splits is None:
         write_new_splits(work, case_names, n_folds)
     save_plans(plans, work / "plans.json")
+    return plans
+
+
+def find_nnunet_splits(work: Path, raw: Path | None, case_names: Sequence[str] | None
+                       ) -> tuple[Path, Splits] | None:
+    """nnU-Net's splits_final.json in WORK, else beside the raw dataset (in RAW or its parent folder),
+    checked against the cases; None when there is none."""
+    candidates = [work / NNUNET_SPLITS]
+    if raw is not None:
+        candidates += [Path(raw) / NNUNET_SPLITS, Path(raw).parent / NNUNET_SPLITS]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        return None
+    splits = check_splits_shape(path, read_json_checked(path))
+    if case_names:
+        check_splits_cases(path, splits, case_names)
+    return path, splits
 
 
 def kept_splits(work: Path, case_names: Sequence[str] | None, n_folds: int | None) -> Splits | None:

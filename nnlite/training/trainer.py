@@ -33,6 +33,7 @@ from nnlite.common.files import ensure_writable_dir
 from nnlite.common.schema import to_jsonable
 from nnlite.network import build_unet
 from nnlite.network.loss import build_loss
+from nnlite.network.region_loss import build_region_loss, region_confusion_counts
 from nnlite.plans import Plans, load_plans
 from nnlite.preprocessing.cascade import input_channels
 from nnlite.training import checkpoints, progress
@@ -132,16 +133,14 @@ def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: R
     log.info("training %s fold %s on %s: %d training / %d validation cases, batch %d, epochs %d-%d",
              config.configuration, config.fold, device, len(train_cases), len(val_cases),
              batch_size, state.epoch + 1, config.training.epochs)
-    loss_fn = build_loss(plans.configurations[config.configuration].network,
-                         plans.configurations[config.configuration].batch_dice,
-                         ignore_label=plans.ignore_label).to(device)
+    loss_fn = training_loss(plans, config).to(device)
     with batches, logging_redirect_tqdm(), progress_bar(config, state, rank) as bar:
         for epoch in range(state.epoch, config.training.epochs):
             started = time.perf_counter()
             train_loss = mean_across_ranks(train_one_epoch(state, loss_fn, batches.train, config, epoch, bar),
                                            rank)
             val_loss, pseudo_dice = validate(state, loss_fn, batches.val, config, plans.num_classes, rank,
-                                             plans.ignore_label)
+                                             plans.ignore_label, regions=len(plans.regions))
             record = epoch_record(state, epoch, train_loss, val_loss, pseudo_dice, config, started)
             end_epoch(run, state, record, plans, config, rank)
             bar.set_postfix(loss=f"{train_loss:.3f}", ema=f"{record['ema_pseudo_dice']:.3f}")
@@ -149,6 +148,14 @@ def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: R
     if config.validation.enabled and rank.is_main:
         validate_fold_cases(work, run, state, plans, val_cases)
     barrier(rank)
+
+
+def training_loss(plans: Plans, config: TrainConfig) -> nn.Module:
+    """Dice + CE on labels, or Dice + BCE per region for a region dataset; deep supervision both."""
+    plan = plans.configurations[config.configuration]
+    if plans.regions:
+        return build_region_loss(plan.network, plan.batch_dice, len(plans.regions))
+    return build_loss(plan.network, plan.batch_dice, ignore_label=plans.ignore_label)
 
 
 def validation_done(folder: Path) -> bool:
@@ -237,15 +244,16 @@ def train_step(state: RunState, loss_fn: nn.Module, batch: dict[str, Any], grad_
 @torch.no_grad()
 def validate(state: RunState, loss_fn: nn.Module, batches: Iterator[dict[str, Any]],
              config: TrainConfig, num_classes: int, rank: Rank,
-             ignore_label: int | None = None) -> tuple[float, list[float]]:
-    """Validation loss and per-class pseudo-Dice on `val_iters` patches.
+             ignore_label: int | None = None, regions: int = 0) -> tuple[float, list[float]]:
+    """Validation loss and per-class (or, with `regions` > 0, per-region) pseudo-Dice on `val_iters`
+    patches.
 
-    Pseudo-Dice (reference §6): full-resolution output → argmax; TP/FP/FN summed over all batches
-    (and ranks), Dice = 2TP / (2TP + FP + FN) per foreground class (NaN where a class never occurs).
-    Voxels with the ignore label count nowhere.
+    Pseudo-Dice (reference §6): full-resolution output → argmax (regions: sigmoid > 0.5); TP/FP/FN
+    summed over all batches (and ranks), Dice = 2TP / (2TP + FP + FN) per foreground class or region
+    (NaN where it never occurs). Voxels with the ignore label count nowhere.
     """
     state.model.eval()
-    counts = torch.zeros(3, num_classes - 1, dtype=torch.float64)  # rows: TP, FP, FN
+    counts = torch.zeros(3, regions or num_classes - 1, dtype=torch.float64)  # rows: TP, FP, FN
     total, n = 0.0, 0
     for batch in itertools.islice(batches, config.training.val_iters):
         data = batch["data"].to(state.device)
@@ -253,7 +261,10 @@ def validate(state: RunState, loss_fn: nn.Module, batches: Iterator[dict[str, An
         with autocast(state):
             outputs = state.model(data)
             total += float(loss_fn(outputs, targets))
-        counts += confusion_counts(outputs[0].argmax(1), targets[0][:, 0], num_classes, ignore_label)
+        if regions:
+            counts += region_confusion_counts(outputs[0], targets[0], regions)
+        else:
+            counts += confusion_counts(outputs[0].argmax(1), targets[0][:, 0], num_classes, ignore_label)
         n += 1
     tp, fp, fn = sum_across_ranks(counts, rank)
     loss_sum, batches_seen = sum_across_ranks(torch.tensor([total, n], dtype=torch.float64), rank)

@@ -16,7 +16,8 @@ import numpy as np
 
 from nnlite.common.errors import UserError
 from nnlite.data.image_io import read_case, read_image
-from nnlite.inference.options import CHECKPOINTS, NUMBERED_FOLD, PredictOptions, PredictReport
+from nnlite.inference.options import (CHECKPOINTS, NUMBERED_FOLD, PredictOptions, PredictReport,
+                                      dicom_seg_path, find_input_cases, output_path)
 from nnlite.inference.stage_models import best_path
 from nnlite.plans import Plans, load_plans
 
@@ -41,6 +42,7 @@ class PredictedCase:
     spacing: tuple[float, ...]
     pred: np.ndarray
     seg_path: Path
+    dicom_seg: Path | None = None  # the DICOM-SEG of a case read from DICOM series
 
 
 def finished_folds(work: Path, config: str) -> list[str]:
@@ -81,15 +83,18 @@ def predict_case(work: Path, choice: ModelChoice, input_dir: Path, output_dir: P
     from nnlite.inference.stage_models import predict_best
 
     progress(0.1, "loading the model")
-    options = PredictOptions(config=choice.config or "", folds=choice.folds, device=device)
+    paths = find_input_cases(Path(input_dir))[case]
+    options = PredictOptions(config=choice.config or "", folds=choice.folds, device=device,
+                             dicom_seg=paths[0].is_dir())  # a DICOM series also gets its SEG
     if choice.config is None:
         report = predict_best(work, input_dir, output_dir, options)
     else:
         report = predict_folder(work, input_dir, output_dir, options)
     check_report(report, case)
     progress(0.9, "reading the label map")
-    seg_path = Path(output_dir) / f"{case}.nii.gz"
-    raw = read_case(sorted(p for p in Path(input_dir).iterdir() if p.is_file()))
+    seg_path = output_path(Path(output_dir), case, paths)
+    raw = read_case(paths)
     pred = np.rint(read_image(seg_path).array).astype(np.int16)
+    seg = dicom_seg_path(seg_path) if options.dicom_seg else None
     progress(1.0, "done")
-    return PredictedCase(case, raw.data, raw.spacing, pred, seg_path)
+    return PredictedCase(case, raw.data, raw.spacing, pred, seg_path, seg if seg and seg.is_file() else None)

@@ -1,0 +1,205 @@
+"""Convert a model trained by nnU-Net v2 into an nnlite WORK (`python -m nnlite.convert nnunet-model`).
+
+MODEL_DIR is nnU-Net's `<Trainer>__<Plans>__<configuration>/`: `plans.json`, `dataset.json` and
+`fold_<k>/checkpoint_final.pth` (and/or `checkpoint_best.pth`). The result:
+
+    WORK/plans.json     every configuration of nnU-Net's plans, translated (planning/nnunet_plans.py),
+                        names kept; the converted one mirrors at test time the axes it was trained with
+    WORK/dataset.json   a copy
+    WORK/results/<configuration>/fold_<k>/checkpoint_final.pt (and checkpoint_best.pt)
+                        the weights renamed onto build_unet's modules (network/nnunet_weights.py)
+
+Converting several model folders into one WORK (3d_lowres, then 3d_cascade_fullres) gives a
+working cascade: the plans are the same, each conversion adds its configuration's folds.
+
+nnU-Net's checkpoints are pickles. They are read with `torch.load(weights_only=True)` and an
+allow-list of exactly the non-tensor objects nnU-Net writes into them (numpy scalars in its
+training log, recorded from a checkpoint saved by nnU-Net's own trainer, see
+tests/data/nnunet_checkpoint.json); anything else refuses to load.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nnlite.common.errors import UserError
+from nnlite.common.files import ensure_writable_dir, read_json_checked, write_atomic
+from nnlite.common.schema import to_jsonable
+from nnlite.network import build_unet
+from nnlite.network.nnunet_weights import nnunet_to_nnlite
+from nnlite.planning.nnunet_plans import plans_from_nnunet, read_nnunet_plans, resolve_configuration
+from nnlite.plans import Plans, load_plans, save_plans
+from nnlite.preprocessing.cascade import input_channels
+from nnlite.training.checkpoints import BEST, FINAL, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+NNUNET_CHECKPOINTS = {"checkpoint_final.pth": FINAL, "checkpoint_best.pth": BEST}
+FOLD_FOLDER = re.compile(r"^fold_(\d+|all)$")
+NNUNET_REQUIRED_KEYS = ("network_weights", "init_args")
+
+
+def nnunet_checkpoint_globals() -> list[Any]:
+    """The non-tensor globals of nnU-Net's checkpoints: numpy float64 scalars that its logger stores
+    (mean_fg_dice, train_losses, …) and the float32 `_best_ema` — the pickle's scalar constructor,
+    numpy.dtype and the two dtype classes. Nothing else is allowed."""
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    dtypes = [type(np.dtype(t)) for t in (np.float64, np.float32)]
+    return [scalar, np.dtype, *dtypes]
+
+
+def load_nnunet_checkpoint(path: Path) -> dict[str, Any]:
+    """An nnU-Net `.pth` loaded with weights_only=True and the allow-list above, or a UserError."""
+    try:
+        with torch.serialization.safe_globals(nnunet_checkpoint_globals()):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001  torch raises several types for refused or torn pickles
+        text = str(error).strip().splitlines()
+        detail = next((line for line in text if "global" in line.lower() or "got <class" in line),
+                      text[0] if text else type(error).__name__)
+        raise UserError(path, f"not loaded: it holds objects an nnU-Net checkpoint does not ({detail.strip()}); "
+                        "nnlite never unpickles arbitrary objects") from None
+    if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in NNUNET_REQUIRED_KEYS):
+        raise UserError(path, f"not an nnU-Net v2 checkpoint (needs keys {list(NNUNET_REQUIRED_KEYS)})")
+    return checkpoint
+
+
+@dataclass
+class ConversionReport:
+    configuration: str
+    trainer: str
+    folds: list[str] = field(default_factory=list)
+    checkpoints: int = 0
+
+    def summary(self, work: Path) -> str:
+        return (f"converted {self.trainer} {self.configuration!r} folds {', '.join(self.folds)} "
+                f"({self.checkpoints} checkpoints) into {work}")
+
+
+def find_fold_checkpoints(model_dir: Path) -> dict[str, dict[str, Path]]:
+    """fold name ('0', 'all') → {nnU-Net checkpoint file name: path}, for every fold that has one."""
+    folds: dict[str, dict[str, Path]] = {}
+    for folder in sorted(model_dir.glob("fold_*")):
+        match = FOLD_FOLDER.match(folder.name)
+        files = {name: folder / name for name in NNUNET_CHECKPOINTS if (folder / name).is_file()}
+        if match and folder.is_dir() and files:
+            folds[match[1]] = files
+    if not folds:
+        raise UserError(model_dir, "holds no fold_<k>/checkpoint_final.pth or checkpoint_best.pth")
+    return folds
+
+
+def configuration_name(model_dir: Path, checkpoint: dict[str, Any]) -> str:
+    """The configuration the model was trained as: the checkpoint's init_args, else the folder name."""
+    name = (checkpoint.get("init_args") or {}).get("configuration")
+    if isinstance(name, str) and name:
+        return name
+    parts = model_dir.resolve().name.split("__")
+    if len(parts) != 3:
+        raise UserError(model_dir, "cannot tell the configuration (expected <Trainer>__<Plans>__<configuration>)")
+    return parts[2]
+
+
+def convert_nnunet_model(model_dir: str | Path, work: str | Path, overwrite: bool = False) -> ConversionReport:
+    """MODEL_DIR (nnU-Net's trained model folder) → WORK (see the module docstring)."""
+    model_dir, work = Path(model_dir), Path(work)
+    for name in ("plans.json", "dataset.json"):
+        if not (model_dir / name).is_file():
+            raise UserError(model_dir, f"is not an nnU-Net trained model folder ({name} is missing)")
+    nnunet_plans = read_nnunet_plans(model_dir / "plans.json")
+    dataset = read_json_checked(model_dir / "dataset.json")
+    folds = find_fold_checkpoints(model_dir)
+    first = load_nnunet_checkpoint(next(iter(next(iter(folds.values())).values())))
+    config_name = configuration_name(model_dir, first)
+    if config_name not in nnunet_plans["configurations"]:
+        raise UserError(model_dir / "plans.json", f"has no configuration {config_name!r} (the checkpoint's)")
+    plans = plans_from_nnunet(nnunet_plans, dataset)
+    plans = _with_mirror_axes(plans, config_name, first.get("inference_allowed_mirroring_axes"))
+    plans = _merged_with_existing(work, plans, config_name)
+    results = work / "results" / config_name
+    _refuse_existing(results, folds, overwrite)
+    report = ConversionReport(config_name, str(first.get("trainer_name", "?")))
+    class_name = _resolved_class(nnunet_plans, config_name)
+    converted = {}
+    for fold, files in folds.items():
+        for nnunet_name, path in files.items():
+            checkpoint = load_nnunet_checkpoint(path)
+            converted[(fold, NNUNET_CHECKPOINTS[nnunet_name])] = _nnlite_checkpoint(
+                checkpoint, plans, config_name, class_name, path)
+        report.folds.append(fold)
+    ensure_writable_dir(work, "work folder")
+    dataset_bytes = (model_dir / "dataset.json").read_bytes()
+    write_atomic(work / "dataset.json", lambda tmp: tmp.write_bytes(dataset_bytes))
+    save_plans(plans, work / "plans.json")
+    for (fold, target), checkpoint in converted.items():
+        save_checkpoint(results / f"fold_{fold}" / target, checkpoint)
+        report.checkpoints += 1
+    return report
+
+
+def _resolved_class(nnunet_plans: dict, config_name: str) -> str:
+    config = resolve_configuration(nnunet_plans["configurations"], config_name)
+    return str(config.get("architecture", {}).get("network_class_name", "?"))
+
+
+def _with_mirror_axes(plans: Plans, config_name: str, axes: Any) -> Plans:
+    """Record the mirroring axes the model was trained with (None in the checkpoint: every axis)."""
+    if axes is None:
+        return plans
+    config = replace(plans.configurations[config_name], inference_mirror_axes=tuple(int(a) for a in axes))
+    return replace(plans, configurations={**plans.configurations, config_name: config})
+
+
+def _merged_with_existing(work: Path, plans: Plans, config_name: str) -> Plans:
+    """Keep what an earlier conversion into WORK recorded for its own configurations (their mirror
+    axes); a WORK of another dataset (other labels or channels) is refused."""
+    path = work / "plans.json"
+    if not path.is_file():
+        return plans
+    old = load_plans(path)
+    if old.labels != plans.labels or old.channel_names != plans.channel_names:
+        raise UserError(work, "holds plans of another dataset (other labels or channels)",
+                        hint="convert into a new WORK folder")
+    configs = dict(plans.configurations)
+    for name, config in old.configurations.items():
+        if name != config_name and name in configs and config.inference_mirror_axes is not None:
+            configs[name] = replace(configs[name], inference_mirror_axes=config.inference_mirror_axes)
+    return replace(plans, configurations=configs)
+
+
+def _refuse_existing(results: Path, folds: dict[str, dict[str, Path]], overwrite: bool) -> None:
+    for fold in folds:
+        folder = results / f"fold_{fold}"
+        if not overwrite and folder.is_dir() and any(folder.glob("checkpoint_*.pt")):
+            raise UserError(folder, "already holds a trained model", hint="add --overwrite to replace it")
+
+
+def _nnlite_checkpoint(checkpoint: dict[str, Any], plans: Plans, config_name: str, class_name: str,
+                       path: Path) -> dict[str, Any]:
+    """nnU-Net checkpoint → nnlite checkpoint (weights renamed and loaded once, strictly, to prove they fit)."""
+    try:
+        state = nnunet_to_nnlite(checkpoint["network_weights"], class_name)
+    except UserError as error:
+        raise UserError(path, error.problem) from None
+    config = plans.configurations[config_name]
+    network = build_unet(config.network, input_channels(plans, config_name), plans.num_classes)
+    mine = network.state_dict()
+    missing = sorted(set(mine) - set(state))
+    if missing:
+        raise UserError(path, f"has no weights for nnlite's {missing[0]!r} ({len(missing)} missing)")
+    for key, value in state.items():
+        if key not in mine or tuple(value.shape) != tuple(mine[key].shape):
+            expected = tuple(mine[key].shape) if key in mine else "no such module"
+            raise UserError(path, f"weight {key!r} has shape {tuple(value.shape)}, nnlite's plan needs {expected}")
+    network.load_state_dict(state)
+    return {"network": network.state_dict(), "optimizer": {}, "epoch": int(checkpoint.get("current_epoch", 0)),
+            "metrics": [], "rng": {}, "plan": to_jsonable(plans),
+            "config": {"converted_from": str(path), "trainer_name": str(checkpoint.get("trainer_name", "")),
+                       "configuration": config_name}}
