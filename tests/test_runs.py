@@ -116,3 +116,17 @@ def test_a_failed_prediction_is_one_user_error(work, tmp_path):
     (staged / "new_0_0001.nii.gz").unlink()  # one channel for a two-channel model
     with pytest.raises(UserError, match="channel"):
         predict_case(work, model_choices(work)[0], staged, tmp_path / "out", "new_0", device="cpu")
+
+
+def test_a_dicom_upload_is_predicted_with_its_dicom_seg(work, tmp_path):
+    from test_uploads import dicom_zip
+    from nnlite.viewing.uploads import Upload, new_folder, stage_upload
+
+    folder = new_folder(tmp_path / "o")
+    (folder / "input").mkdir()
+    data = dicom_zip(tmp_path, {"a": 0, "b": 1}, shape=(6, 16, 16))
+    case, _ = stage_upload([Upload("pat.zip", data)], folder / "input", ["ch0", "ch1"])
+    result = predict_case(work, model_choices(work)[0], folder / "input", folder / "prediction", case,
+                          device="cpu")
+    assert result.seg_path.name == "pat.nii.gz" and result.pred.shape == (6, 16, 16)
+    assert result.dicom_seg is not None and result.dicom_seg.read_bytes()[128:132] == b"DICM"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import io
+import zipfile
 
 import nibabel as nib
 import numpy as np
@@ -39,7 +41,7 @@ def test_a_case_is_staged_under_names_the_app_makes(tmp_path):
 @pytest.mark.parametrize("files, message", [
     ([], "no files"),
     ([Upload("a_0000.nii.gz", b"x")], r"1 file\(s\) for a model with 2 channel\(s\) \(T1, T2\)"),
-    ([Upload("series.zip", b"PK"), Upload("b.nii.gz", b"x")], "zip of DICOM"),
+    ([Upload("series.zip", b"PK"), Upload("b.nii.gz", b"x")], "a zip of DICOM series comes alone"),
     ([Upload("a_0000.nii.gz", b"x" * 2**20), Upload("a_0001.nii.gz", b"x" * 2**20)],
      "over the limit of 1 MB"),
 ])
@@ -95,3 +97,53 @@ def test_inputs_cases_are_listed_and_copied_by_name_only(tmp_path):
     assert [p.name for p in copies] == ["new_1_0000.nii.gz", "new_1_0001.nii.gz"]
     with pytest.raises(UserError, match="is not a case of"):
         copy_input_case(inputs, "../raw/case_a", target)
+
+
+def dicom_zip(tmp_path, folders: dict[str, int], shape=(4, 6, 5)) -> bytes:
+    """A zip of DICOM series: folder name (or "" for bare files) → seed of its volume."""
+    from dicom_fixtures import write_series
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, seed in folders.items():
+            volume = np.random.default_rng(seed).integers(0, 500, shape).astype(np.int16)
+            for path in write_series(tmp_path / "series" / (name or "bare"), volume, seed=seed):
+                archive.write(path, f"{name}/{path.name}" if name else path.name)
+    return buffer.getvalue()
+
+
+def test_a_zip_of_dicom_series_becomes_one_series_folder_per_channel(tmp_path):
+    data = dicom_zip(tmp_path, {"2_t2": 1, "1_t1": 0})
+    case, paths = stage_upload([Upload("patient 7.zip", data)], new_folder(tmp_path / "o"), CHANNELS)
+    assert case == "patient_7" and [p.name for p in paths] == ["patient_7_0000", "patient_7_0001"]
+    assert all(p.is_dir() and len(list(p.iterdir())) == 4 for p in paths)
+    staged = read_case(paths).data
+    assert staged.shape == (2, 4, 6, 5)
+    first = np.random.default_rng(0).integers(0, 500, (4, 6, 5))  # folder "1_t1": channel 0
+    assert np.allclose(np.sort(staged[0].ravel()), np.sort(first.ravel()))
+
+
+def test_bad_dicom_zips_are_one_message(tmp_path):
+    with pytest.raises(UserError, match=r"holds 1 series folder\(s\) for a model with 2 channel"):
+        stage_upload([Upload("a.zip", dicom_zip(tmp_path, {"": 0}))], new_folder(tmp_path / "o"), CHANNELS)
+    with pytest.raises(UserError, match="not a zip file"):
+        stage_upload([Upload("a.zip", b"PK no zip")], new_folder(tmp_path / "o"), CHANNELS)
+    with pytest.raises(UserError, match="unpacks to more than 1 MB"):
+        big = io.BytesIO()
+        with zipfile.ZipFile(big, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("a/x.dcm", b"0" * 2**21)
+            archive.writestr("b/x.dcm", b"0")
+        stage_upload([Upload("a.zip", big.getvalue())], new_folder(tmp_path / "o"), CHANNELS, max_mb=1)
+
+
+def test_zip_member_paths_never_reach_the_file_system(tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("../../escaped/x.dcm", b"junk")
+        archive.writestr("b/y.dcm", b"junk")
+    folder = new_folder(tmp_path / "o")
+    with pytest.raises(UserError, match="upload 'a.zip'"):  # unreadable series, after staging
+        stage_upload([Upload("a.zip", buffer.getvalue())], folder, CHANNELS)
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "o" / "escaped").exists()
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*.dcm")) == ["a_0000/00000.dcm",
+                                                                               "a_0001/00000.dcm"]

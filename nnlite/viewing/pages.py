@@ -15,6 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from nnlite.common.errors import UserError
+from nnlite.data.image_io import SUPPORTED_ENDINGS
 from nnlite.evaluation.metrics import SUMMARY_FILE
 from nnlite.plans import load_plans
 from nnlite.viewing.models import model_choices, predict_case
@@ -129,7 +130,8 @@ def predict_page(settings: AppSettings) -> None:
     origin = st.radio("Case", (UPLOAD, FROM_INPUTS), horizontal=True) if settings.inputs else UPLOAD
     if origin == UPLOAD:
         picked = st.file_uploader(f"One image file per channel, in channel order by name "
-                                  f"({', '.join(channels)}); NIfTI (.nii.gz, .nii)",
+                                  f"({', '.join(channels)}), or a zip of DICOM series with one folder "
+                                  f"per channel; files: {', '.join(SUPPORTED_ENDINGS)}",
                                   accept_multiple_files=True, max_upload_size=settings.max_upload_mb)
     else:
         picked = st.selectbox(f"Case of {settings.inputs}", input_cases(settings.inputs))
@@ -139,7 +141,10 @@ def predict_page(settings: AppSettings) -> None:
     if result is not None:
         st.success(f"{result.name}: label map {result.seg_path.name} written to {result.seg_path.parent}")
         st.download_button("Download the label map", result.seg_path.read_bytes(),
-                           file_name=result.seg_path.name, mime="application/gzip")
+                           file_name=result.seg_path.name, mime="application/octet-stream")
+        if result.dicom_seg is not None:
+            st.download_button("Download the DICOM-SEG", result.dicom_seg.read_bytes(),
+                               file_name=result.dicom_seg.name, mime="application/dicom")
         slice_viewer(f"predicted-{result.seg_path}", result.data, result.spacing, result.pred,
                      channel_names=channels)
 
