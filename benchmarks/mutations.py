@@ -155,6 +155,8 @@ MUTATIONS = (
     Mutation("app: SIGTERM stops the command but leaves its Streamlit server running", "nnlite/app.py",
              "previous = signal.signal(signal.SIGTERM, _raise_stop)", "previous = signal.getsignal(signal.SIGTERM)",
              ("tests/test_app.py::test_the_command_prints_its_address_serves_and_stops_with_its_server",)),
+    Mutation("app: a DICOM zip's member paths used as file names", "nnlite/viewing/uploads.py",
+             '(target / f"{number:05d}.dcm")', "(target / member.filename)", ("tests/test_uploads.py",)),
 )
 
 
