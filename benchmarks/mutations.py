@@ -182,6 +182,18 @@ MUTATIONS = (
     Mutation("inheritance: a child with another spacing shares its parent's folder", "nnlite/plans.py",
              'merged["data_identifier"] = name  # other arrays: its own folder', "pass",
              ("tests/test_inheritance.py",)),
+    Mutation("app: the best case shown as the worst", "nnlite/viewing/runs.py",
+             'r["mean dice"], r["case"]))', '-r["mean dice"], r["case"]))', ("tests/test_runs.py",)),
+    Mutation("app: a path from the browser may leave the app's folders", "nnlite/viewing/uploads.py",
+             "if not resolved.is_relative_to(Path(root).resolve()):", "if False:",
+             ("tests/test_uploads.py", "tests/test_runs.py")),
+    Mutation("app: a wrong predicted label is not an error in the error map", "nnlite/viewing/slices.py",
+             "wrong & (ref > 0)\n", "wrong & (ref > 0) & (pred == 0)\n", ("tests/test_slices.py",)),
+    Mutation("app: SIGTERM stops the command but leaves its Streamlit server running", "nnlite/app.py",
+             "previous = signal.signal(signal.SIGTERM, _raise_stop)", "previous = signal.getsignal(signal.SIGTERM)",
+             ("tests/test_app.py::test_the_command_prints_its_address_serves_and_stops_with_its_server",)),
+    Mutation("app: a DICOM zip's member paths used as file names", "nnlite/viewing/uploads.py",
+             '(target / f"{number:05d}.dcm")', "(target / member.filename)", ("tests/test_uploads.py",)),
 )
 
 

@@ -8,7 +8,7 @@ import sys
 from typing import Sequence
 
 STAGES = ("convert", "check", "plan", "preprocess", "train", "predict", "postprocess", "evaluate",
-          "visualize", "best", "export")
+          "visualize", "best", "export", "app")
 
 
 def available_stages() -> list[str]:

@@ -1,0 +1,184 @@
+"""What the Results page shows, read from WORK: scored validations, curves, per-case tables, cases.
+
+A *source* is one folder of scored validation predictions: a trained fold's `validation/`, a
+configuration's cross-validation `crossval/`, or the winner of `results/best.json`. Cases are
+ranked by their mean foreground Dice (the mean over labels of each label's Dice, NaN labels left
+out), worst first; a case whose every label is NaN (nothing to find and nothing predicted) is
+perfect and goes last. Images and reference labels come from the raw dataset recorded in
+plans.json (`extra.raw_path`), read-only; predictions from the source folder.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnlite.common.errors import UserError
+from nnlite.common.files import read_json
+from nnlite.data.dataset import load_dataset
+from nnlite.data.image_io import read_case, read_image
+from nnlite.evaluation.cross_validation import crossval_dir
+from nnlite.evaluation.fold_validation import VALIDATION_DIR
+from nnlite.evaluation.metrics import SUMMARY_FILE
+from nnlite.inference.stage_models import best_path
+from nnlite.plans import RAW_PATH_KEY, Plans, load_plans
+from nnlite.training.progress import METRICS_FILE, read_metrics
+from nnlite.viewing.uploads import confined
+
+FOLD_FOLDER = re.compile(r"^fold_(\w+)$")
+CROSSVAL = "crossval"
+BEST = "best"
+CURVES = ("train_loss", "val_loss", "mean_pseudo_dice", "ema_pseudo_dice", "lr", "epoch_time")
+TABLE_METRICS = ("dice", "iou", "ppv")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One folder of scored validation predictions (`<case>.nii.gz` + summary.json)."""
+
+    config: str  # a configuration, or an ensemble's name for best.json's ensemble winner
+    fold: str  # "0", "1", …, "all", CROSSVAL or BEST
+    folder: Path
+    training: Path | None = None  # the fold folder with metrics.jsonl (folds only)
+
+    @property
+    def label(self) -> str:
+        if self.fold == BEST:
+            return f"best ({self.config})"
+        return f"{self.config} · {'cross-validation' if self.fold == CROSSVAL else 'fold ' + self.fold}"
+
+
+@dataclass
+class CaseVolumes:
+    """A validation case for the viewer: data (C, Z, Y, X), spacing (z, y, x), label maps (Z, Y, X)."""
+
+    data: np.ndarray
+    spacing: tuple[float, ...]
+    ref: np.ndarray | None
+    pred: np.ndarray
+
+
+def find_sources(work: Path) -> list[Source]:
+    """Every scored validation under WORK/results: best first, then per configuration its folds
+    (in number order) and its cross-validation."""
+    results = Path(work) / "results"
+    sources = [s for s in [best_source(work)] if s is not None]
+    for config_dir in sorted(p for p in results.glob("*") if p.is_dir()):
+        folds = [(m[1], p) for p in config_dir.glob("fold_*") if (m := FOLD_FOLDER.match(p.name))]
+        for fold, folder in sorted(folds, key=lambda f: _fold_order(f[0])):
+            if (folder / VALIDATION_DIR / SUMMARY_FILE).is_file():
+                sources.append(Source(config_dir.name, fold, folder / VALIDATION_DIR, folder))
+        if (crossval_dir(work, config_dir.name) / SUMMARY_FILE).is_file():
+            sources.append(Source(config_dir.name, CROSSVAL, crossval_dir(work, config_dir.name)))
+    return sources
+
+
+def _fold_order(fold: str) -> tuple[bool, int, str]:
+    """Numbered folds in number order, then fold_all and other names."""
+    return (not fold.isdigit(), int(fold) if fold.isdigit() else 0, fold)
+
+
+def best_source(work: Path) -> Source | None:
+    """best.json's winner as a source (its cross-validation folder), when it is there."""
+    path = best_path(Path(work))
+    if not path.is_file():
+        return None
+    winner = read_json(path).get("winner", {})
+    folder = Path(str(winner.get("crossval", "")))
+    if not (folder / SUMMARY_FILE).is_file():
+        return None
+    return Source(str(winner.get("name", "+".join(winner.get("configurations", [])))), BEST, folder)
+
+
+def most_recent(sources: list[Source]) -> Source | None:
+    """The trained fold whose validation was scored last (what the page opens on)."""
+    folds = [s for s in sources if s.training is not None]
+    if not folds:
+        return sources[0] if sources else None
+    return max(folds, key=lambda s: (s.folder / SUMMARY_FILE).stat().st_mtime)
+
+
+def read_curves(source: Source) -> dict[str, list[float]]:
+    """The progress curves of a fold from metrics.jsonl: `epoch` (1-based) and every name of
+    CURVES (null → NaN); empty for sources without training."""
+    if source.training is None or not (source.training / METRICS_FILE).is_file():
+        return {}
+    records = read_metrics(source.training)
+    curves = {"epoch": [float(r["epoch"] + 1) for r in records]}
+    for name in CURVES:
+        curves[name] = [math.nan if r.get(name) is None else float(r[name]) for r in records]
+    return curves
+
+
+def case_mean_dice(entry: dict[str, Any]) -> float:
+    """Mean over labels of a per_case entry's Dice, NaN labels left out (NaN when all are)."""
+    values = [m["dice"] for m in entry["metrics"].values() if m.get("dice") is not None]
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def case_table(summary: dict[str, Any], label_names: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One row per case, worst mean foreground Dice first: case, (fold), mean Dice, then Dice,
+    IoU and PPV per label (columns named `dice <label>`), classification when the summary has it."""
+    names = label_names or {}
+    rows = []
+    for entry in summary["per_case"]:
+        row: dict[str, Any] = {"case": entry["case"]}
+        if "folds" in summary:
+            row["fold"] = str(summary["folds"].get(entry["case"], ""))
+        row["mean dice"] = case_mean_dice(entry)
+        for label, values in entry["metrics"].items():
+            for metric in TABLE_METRICS:
+                value = values.get(metric)
+                row[f"{metric} {names.get(label, label)}"] = math.nan if value is None else float(value)
+        if "classification" in entry:
+            row["classification"] = entry["classification"]
+        rows.append(row)
+    return sorted(rows, key=lambda r: (math.isnan(r["mean dice"]), r["mean dice"], r["case"]))
+
+
+def worst_case(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The first row of case_table (lowest mean foreground Dice), or None without cases."""
+    rows = case_table(summary)
+    return rows[0] if rows else None
+
+
+def read_summary(source: Source) -> dict[str, Any]:
+    return read_json(source.folder / SUMMARY_FILE)
+
+
+def label_names(plans: Plans) -> dict[str, str]:
+    """Label value (as summary.json writes it) → its name in dataset.json."""
+    return {str(value): name for name, value in plans.labels.items()}
+
+
+def raw_folder(work: Path, plans: Plans | None = None) -> Path:
+    """The raw dataset WORK was planned from (plans.json `extra.raw_path`)."""
+    plans = plans or load_plans(Path(work) / "plans.json")
+    raw = plans.extra.get(RAW_PATH_KEY)
+    if not raw or not (Path(raw) / "dataset.json").is_file():
+        raise UserError(Path(work) / "plans.json", f"the raw dataset it records ({raw or 'none'}) is not "
+                        "found: the viewer needs its images and reference labels")
+    return Path(raw)
+
+
+def load_case_volumes(work: Path, source: Source, case: str) -> CaseVolumes:
+    """A validation case's channels and reference (from RAW) and prediction (from the source)."""
+    pred_path = confined(source.folder, source.folder / f"{case}.nii.gz")
+    if not pred_path.is_file():
+        raise UserError(pred_path, "prediction not found")
+    dataset = load_dataset(raw_folder(work))
+    files = next((c for c in dataset.cases if c.name == case), None)
+    if files is None:
+        raise UserError(case, f"is not a case of the raw dataset {dataset.root}")
+    raw = read_case(files.images)
+    ref = None if files.label is None else np.rint(read_image(files.label).array).astype(np.int16)
+    pred = np.rint(read_image(pred_path).array).astype(np.int16)
+    if pred.shape != raw.data.shape[1:]:
+        raise UserError(pred_path, f"shape {pred.shape} differs from the image's {raw.data.shape[1:]}")
+    return CaseVolumes(raw.data, raw.spacing, ref, pred)
