@@ -81,19 +81,26 @@ def soft_dice_per_class(
     None (all voxels count). Returns (K-1,) with batch Dice (sums over the batch too), else (B, K-1).
     With `across_ranks` and batch Dice the sums also run over the batches of every DDP rank.
     """
-    fg_probs = probs[:, 1:]  # background excluded
     onehot = torch.zeros_like(probs).scatter_(1, target, 1)[:, 1:]
-    pred = fg_probs
+    return soft_dice(probs[:, 1:], onehot, batch_dice, valid, smooth, across_ranks)  # background excluded
+
+
+def soft_dice(probs: torch.Tensor, target: torch.Tensor, batch_dice: bool, valid: torch.Tensor | None = None,
+              smooth: float = DICE_SMOOTH, across_ranks: bool = False) -> torch.Tensor:
+    """Soft Dice per channel of probabilities (B, C, *S) against 0/1 targets (B, C, *S) of the same
+    dtype; valid (B, 1, *S) bool or None. Returns (C,) with batch Dice, else (B, C); `across_ranks`
+    (with batch Dice) sums the statistics over every DDP rank's batch."""
+    pred = probs
     if valid is not None:
-        onehot = onehot * valid  # excluded voxels belong to no class ...
-        pred = fg_probs * valid  # ... and their predictions do not count
+        target = target * valid  # excluded voxels belong to no class ...
+        pred = probs * valid  # ... and their predictions do not count
     axes = tuple(range(2, probs.ndim))
     if batch_dice:
         axes = (0, *axes)
     # fp32 sums: a bf16/fp16 sum over a whole patch would keep only ~3 significant digits.
-    intersect = (fg_probs * onehot).sum(axes, dtype=torch.float32)
+    intersect = (probs * target).sum(axes, dtype=torch.float32)
     sum_pred = pred.sum(axes, dtype=torch.float32)
-    sum_gt = onehot.sum(axes, dtype=torch.float32)
+    sum_gt = target.sum(axes, dtype=torch.float32)
     if batch_dice and across_ranks:
         intersect, sum_pred, sum_gt = sum_dice_statistics_across_ranks(torch.stack([intersect, sum_pred, sum_gt]))
     return (2 * intersect + smooth) / torch.clamp(sum_gt + sum_pred + smooth, min=DICE_MIN_DENOMINATOR)

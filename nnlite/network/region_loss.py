@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnlite.data.regions import in_region
-from nnlite.network.loss import (DICE_MIN_DENOMINATOR, DICE_SMOOTH, DICE_WEIGHT, DeepSupervisionLoss,
-                                 deep_supervision_weights, sum_dice_statistics_across_ranks)
+from nnlite.network.loss import (DICE_SMOOTH, DICE_WEIGHT, DeepSupervisionLoss, deep_supervision_weights,
+                                 soft_dice)
 from nnlite.plans import NetworkPlan, Region
 
 BCE_WEIGHT = 1.0  # weight of the binary cross-entropy term (the reference's weight_ce)
@@ -43,20 +43,7 @@ def soft_dice_per_region(probs: torch.Tensor, target: torch.Tensor, batch_dice: 
     """Soft Dice of every region: probs (B, R, *S) sigmoid outputs, target (B, R, *S) 0/1, valid
     (B, 1, *S) bool or None. Returns (R,) with batch Dice (sums over the batch too), else (B, R).
     With `across_ranks` and batch Dice the sums also run over the batches of every DDP rank."""
-    target = target.to(probs.dtype)
-    pred = probs
-    if valid is not None:
-        target = target * valid  # ignored voxels belong to no region ...
-        pred = probs * valid  # ... and their predictions do not count
-    axes = tuple(range(2, probs.ndim))
-    if batch_dice:
-        axes = (0, *axes)
-    intersect = (probs * target).sum(axes, dtype=torch.float32)
-    sum_pred = pred.sum(axes, dtype=torch.float32)
-    sum_gt = target.sum(axes, dtype=torch.float32)
-    if batch_dice and across_ranks:
-        intersect, sum_pred, sum_gt = sum_dice_statistics_across_ranks(torch.stack([intersect, sum_pred, sum_gt]))
-    return (2 * intersect + smooth) / torch.clamp(sum_gt + sum_pred + smooth, min=DICE_MIN_DENOMINATOR)
+    return soft_dice(probs, target.to(probs.dtype), batch_dice, valid, smooth, across_ranks)
 
 
 class RegionDiceBCELoss(nn.Module):

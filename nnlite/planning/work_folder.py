@@ -21,7 +21,7 @@ from nnlite.common.errors import UserError
 from nnlite.common.files import (ensure_writable_dir, read_json_checked, remove_tmp_leftovers,
                                  write_atomic, write_json_atomic)
 from nnlite.common.schema import to_jsonable
-from nnlite.data.dataset import load_dataset
+from nnlite.data.dataset import RawDataset, load_dataset
 from nnlite.planning.fingerprint import extract_fingerprint, load_fingerprint_file
 from nnlite.planning.inheritance import keep_added_configurations
 from nnlite.planning.memory_budget import GIB
@@ -50,6 +50,15 @@ def plan_dataset(raw: Path, work: Path, gpu_memory_gb: float | None = None,
     check_arguments(gpu_memory_gb, configs, memory_model, preset)  # before the (long) fingerprint
     dataset = load_dataset(raw)
     n_folds = fold_count(len(dataset.cases), folds)
+    fingerprint = _fresh_fingerprint(dataset, work, workers, overwrite)
+    plans = plan_experiment(fingerprint, gpu_memory_gb, configs, dataset_name=Path(raw).resolve().name,
+                            memory_model=memory_model, preset=preset)
+    return _write_raw_outputs(raw, work, fingerprint, plans, n_folds, folds is not None, overwrite)
+
+
+def _fresh_fingerprint(dataset: RawDataset, work: Path, workers: int, overwrite: bool) -> Fingerprint:
+    """The dataset's fingerprint; a WORK planned before must hold the same cases and fingerprint
+    (unless `overwrite`)."""
     ensure_writable_dir(work, "work folder")
     previous = None if overwrite else previous_fingerprint(work)
     if previous is not None:
@@ -57,13 +66,17 @@ def plan_dataset(raw: Path, work: Path, gpu_memory_gb: float | None = None,
     fingerprint = extract_fingerprint(dataset, workers)
     if previous is not None:
         refuse_other_fingerprint(work, previous, fingerprint)
-    plans = plan_experiment(fingerprint, gpu_memory_gb, configs, dataset_name=Path(raw).resolve().name,
-                            memory_model=memory_model, preset=preset)
+    return fingerprint
+
+
+def _write_raw_outputs(raw: Path, work: Path, fingerprint: Fingerprint, plans: Plans, n_folds: int,
+                       folds_given: bool, overwrite: bool) -> Plans:
+    """Write WORK's files for plans made from RAW (whose path the plans record)."""
     # preprocess, postprocess and the final validation find the raw images and labels through this
     plans = _with_origin(plans, fingerprint, raw=str(Path(raw).resolve()))
     names = [c.case for c in fingerprint.cases]
     return _write_outputs(work, (Path(raw) / "dataset.json").read_bytes(), fingerprint, plans, names,
-                          n_folds, folds is not None, overwrite, raw=Path(raw))
+                          n_folds, folds_given, overwrite, raw=Path(raw))
 
 
 def plan_from_nnunet_plans(raw: Path, work: Path, nnunet_plans_file: Path, configs: Sequence[str] | None = None,
@@ -76,19 +89,10 @@ def plan_from_nnunet_plans(raw: Path, work: Path, nnunet_plans_file: Path, confi
         raise UserError("--configs", f"{unknown[0]!r} is not a configuration of {nnunet_plans_file}")
     dataset = load_dataset(raw)
     n_folds = fold_count(len(dataset.cases), folds)
-    ensure_writable_dir(work, "work folder")
-    meta = read_json_checked(Path(raw) / "dataset.json")
-    plans = plans_from_nnunet(nnunet, meta, list(configs) if configs else None)
-    previous = None if overwrite else previous_fingerprint(work)
-    if previous is not None:
-        refuse_other_cases(work, [c.case for c in previous.cases], [c.name for c in dataset.cases])
-    fingerprint = extract_fingerprint(dataset, workers)
-    if previous is not None:
-        refuse_other_fingerprint(work, previous, fingerprint)
-    plans = _with_origin(plans, fingerprint, raw=str(Path(raw).resolve()))
-    names = [c.case for c in fingerprint.cases]
-    return _write_outputs(work, (Path(raw) / "dataset.json").read_bytes(), fingerprint, plans, names,
-                          n_folds, folds is not None, overwrite, raw=Path(raw))
+    plans = plans_from_nnunet(nnunet, read_json_checked(Path(raw) / "dataset.json"),
+                              list(configs) if configs else None)
+    fingerprint = _fresh_fingerprint(dataset, work, workers, overwrite)
+    return _write_raw_outputs(raw, work, fingerprint, plans, n_folds, folds is not None, overwrite)
 
 
 def plan_from_fingerprint(fingerprint_file: Path, work: Path, gpu_memory_gb: float | None = None,
