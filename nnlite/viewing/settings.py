@@ -15,7 +15,9 @@ from typing import Sequence
 from nnlite.common.cli import ArgumentParser
 from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir
-from nnlite.viewing.uploads import MAX_UPLOAD_MB
+
+# kept here, not in uploads (which reads images): `app --help` must not import the image libraries
+MAX_UPLOAD_MB = 1024  # the largest upload (all channel files together) the app accepts
 
 DEFAULT_HOST = "127.0.0.1"  # this machine only, unless --host says otherwise
 DEFAULT_PORT = 8501  # Streamlit's usual port

@@ -24,8 +24,8 @@ from typing import Sequence
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_atomic
 from nnlite.data.image_io import read_case
+from nnlite.viewing.settings import MAX_UPLOAD_MB
 
-MAX_UPLOAD_MB = 1024  # the largest upload (all channel files together) the app accepts
 UPLOAD_WHERE = "upload"
 ENDING = re.compile(r"(\.[A-Za-z][A-Za-z0-9]{0,7}){1,2}$")  # ".nii.gz", ".nrrd", ".mha", …
 CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net's `_0000` channel suffix
