@@ -249,6 +249,16 @@ def write_nnunet_fingerprint(folder: Path, n=12):
     return folder / "dataset_fingerprint.json"
 
 
+def test_plan_from_nnunet_fingerprint_of_a_region_dataset(tmp_path):
+    fp_file = write_nnunet_fingerprint(tmp_path / "pre")
+    meta = json.loads((tmp_path / "pre" / "dataset.json").read_text())
+    meta.update(labels={"background": 0, "both": [1, 2], "b": 2}, regions_class_order=[1, 2])
+    (tmp_path / "pre" / "dataset.json").write_text(json.dumps(meta))
+    assert plan_main(["--fingerprint", str(fp_file), str(tmp_path / "work")]) == 0
+    plans = load_plans(tmp_path / "work" / "plans.json")
+    assert [r.name for r in plans.regions] == ["both", "b"] and plans.num_classes == 2
+
+
 def test_plan_from_nnunet_fingerprint(tmp_path, capsys):
     fp_file = write_nnunet_fingerprint(tmp_path / "pre")
     assert plan_main(["--fingerprint", str(fp_file), str(tmp_path / "work"), "--gpu-memory-gb", "4"]) == 0
