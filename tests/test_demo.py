@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from nnlite.preprocessing.runner import run_preprocessing
 from nnlite.train import main as train_main
 from nnlite.training import checkpoints
 from nnlite.training.demo_run import DEMO_CONFIGURATION, plan_demo
+from tests.work_fixtures import kill_in_second_epoch
 
 pytestmark = pytest.mark.slow
 
@@ -108,15 +108,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_work, tmp_path):
     killed = copy_work(tiny_work, tmp_path / "killed")
     process = subprocess.Popen([sys.executable, "-m", "nnlite.train", str(killed), *args],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    latest = fold_dir(killed) / checkpoints.LATEST
-    deadline = time.monotonic() + 600
-    while not latest.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert process.poll() is None, "the run finished before it could be killed"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert torch.load(latest, weights_only=True)["epoch"] == 1, "not killed during the second epoch"
-    assert not (fold_dir(killed) / checkpoints.FINAL).exists()
+    kill_in_second_epoch(process, fold_dir(killed), lambda: os.kill(process.pid, signal.SIGKILL))
     with pytest.raises(UserError, match="--resume"):
         train_main([str(killed), *args])  # results exist: refuse without --resume/--overwrite
     assert train_main([str(killed), *args, "--resume"]) == 0

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from nnlite.training import checkpoints, distributed
 from nnlite.training.distributed import Rank, for_each_shared, share
 
 from test_demo import DEMO_CONFIGURATION, copy_work, fold_dir, tiny_work  # noqa: F401 - the fixture
+from tests.work_fixtures import kill_in_second_epoch
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
@@ -106,15 +106,7 @@ def test_torchrun_resumes_exactly_after_a_kill(ddp_run, tiny_work, tmp_path):
     args = ["-m", "nnlite.train", str(killed), *DDP_TRAIN, "--set", "validation.enabled=false"]
     process = subprocess.Popen([*TORCHRUN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)  # its own process group: the workers die with it
-    latest = fold_dir(killed) / checkpoints.LATEST
-    deadline = time.monotonic() + 600
-    while not latest.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert process.poll() is None, "the run finished before it could be killed"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert torch.load(latest, weights_only=True)["epoch"] == 1, "not killed during the second epoch"
-    assert not (fold_dir(killed) / checkpoints.FINAL).exists()
+    kill_in_second_epoch(process, fold_dir(killed), lambda: os.killpg(process.pid, signal.SIGKILL))
     torchrun([*args, "--resume"])
     a = torch.load(fold_dir(ddp_run) / checkpoints.FINAL, weights_only=True)["network"]
     b = torch.load(fold_dir(killed) / checkpoints.FINAL, weights_only=True)["network"]
