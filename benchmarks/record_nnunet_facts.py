@@ -117,9 +117,10 @@ def trainer_checkpoint(folder: Path) -> Path:
     return path
 
 
-def unsafe_globals(path: Path) -> list[str]:
-    """What torch.load(weights_only=True) must be allowed beyond its defaults to load `path`:
-    the pickle's unsafe globals, then (one by one) the classes it still refuses to build."""
+def unsafe_globals(path: Path) -> tuple[list[str], dict]:
+    """What torch.load(weights_only=True) must be allowed beyond its defaults to load `path` (the
+    pickle's unsafe globals, then, one by one, the classes it still refuses to build), and the
+    checkpoint loaded with exactly that allow-list."""
     import importlib
     import re
 
@@ -128,8 +129,7 @@ def unsafe_globals(path: Path) -> list[str]:
         objects = [getattr(importlib.import_module(n.rpartition(".")[0]), n.rpartition(".")[2]) for n in found]
         try:
             with torch.serialization.safe_globals(objects):
-                torch.load(path, weights_only=True)
-            return found
+                return found, torch.load(path, weights_only=True)
         except Exception as error:  # noqa: BLE001  the message names the refused class
             refused = re.search(r"but got <class '([\w.]+)'>", str(error))
             if refused is None:
@@ -141,8 +141,7 @@ def unsafe_globals(path: Path) -> list[str]:
 def record_checkpoint() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = trainer_checkpoint(Path(tmp))
-        checkpoint = torch.load(path, weights_only=False)
-        refused = unsafe_globals(path)
+        refused, checkpoint = unsafe_globals(path)
     return {"keys": sorted(checkpoint), "init_args": sorted(checkpoint["init_args"]),
             "logging": sorted(checkpoint["logging"]), "trainer_name": checkpoint["trainer_name"],
             "inference_allowed_mirroring_axes": list(checkpoint["inference_allowed_mirroring_axes"]),
