@@ -23,8 +23,9 @@ from torch import nn
 from tqdm import tqdm
 
 from nnlite.common.errors import UserError
-from nnlite.evaluation.metrics import (SUMMARY_FILE, Counts, check_predicted_values, label_counts, list_segs,
-                                       read_pair, reference_labels, region_counts, summarize, write_summary)
+from nnlite.evaluation.metrics import (SUMMARY_FILE, Counts, check_predicted_values, checked_region_counts,
+                                       label_counts, list_segs, read_pair, reference_labels, summarize,
+                                       write_summary)
 from nnlite.inference.export import export_prediction
 from nnlite.inference.sliding_window import predict_preprocessed
 from nnlite.plans import Plans
@@ -103,9 +104,7 @@ def score_case(case: str, prediction: Path, refs: dict[str, Path], plans: Plans)
         raise UserError(case, "has no reference label map in labelsTr")
     pred, ref = read_pair(case, prediction, refs[case])
     if plans.regions:
-        values = sorted({v for region in plans.regions for v in region.labels})
-        check_predicted_values(case, set(np.unique(pred).tolist()), values, "the regions' labels")
-        return region_counts(pred, ref, plans.regions, plans.ignore_label)
+        return checked_region_counts(case, pred, ref, plans.regions, plans.ignore_label)
     check_predicted_values(case, set(np.unique(pred).tolist()), plans.foreground_labels)
     return label_counts(pred, ref, plans.foreground_labels, plans.ignore_label)
 

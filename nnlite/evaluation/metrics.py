@@ -237,13 +237,17 @@ def evaluate_regions(pred_dir: str | Path, ref_dir: str | Path, regions: Sequenc
                      ignore_label: int | None = None) -> dict:
     """Score every prediction of pred_dir per region (summary keys: the region names); a predicted
     value that is in no region is a UserError naming the case."""
-    values = sorted({v for region in regions for v in region.labels})
-    counts: dict[str, dict[str, Counts]] = {}
-    for case, pred_path, ref_path in matched_cases(pred_dir, ref_dir):
-        pred, ref = read_pair(case, pred_path, ref_path)
-        check_predicted_values(case, set(np.unique(pred).tolist()), values, "the regions' labels")
-        counts[case] = region_counts(pred, ref, regions, ignore_label)
+    counts = {case: checked_region_counts(case, *read_pair(case, pred_path, ref_path), regions, ignore_label)
+              for case, pred_path, ref_path in matched_cases(pred_dir, ref_dir)}
     return summarize(counts, [region.name for region in regions])
+
+
+def checked_region_counts(case: str, pred: np.ndarray, ref: np.ndarray, regions: Sequence[Region],
+                          ignore_label: int | None = None) -> dict[str, Counts]:
+    """`region_counts` of one case after checking every predicted value lies in some region."""
+    values = sorted({v for region in regions for v in region.labels})
+    check_predicted_values(case, set(np.unique(pred).tolist()), values, "the regions' labels")
+    return region_counts(pred, ref, regions, ignore_label)
 
 
 def check_predicted_values(case: str, predicted: set[int], labels: Sequence[int],
