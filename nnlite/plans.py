@@ -93,6 +93,7 @@ class NetworkPlan:
     conv_per_stage_decoder: int = 2
     encoder: str = "plain"  # "plain" (PlainConvUNet) or "residual" (ResEnc: blocks_per_stage)
     blocks_per_stage: tuple[int, ...] = ()
+    class_head: int = 0  # case classes of the classification head on the bottleneck; 0: no head
 
     def __post_init__(self) -> None:
         n = len(self.strides)
@@ -107,6 +108,8 @@ class NetworkPlan:
             raise UserError("plans.json", f"unknown encoder '{self.encoder}'")
         if self.encoder == "residual" and len(self.blocks_per_stage) != n:
             raise UserError("plans.json", "a residual encoder needs blocks_per_stage per stage")
+        if self.class_head == 1 or self.class_head < 0:
+            raise UserError("plans.json", "class_head must be 0 (no head) or at least 2 classes")
 
     @property
     def ndim(self) -> int:
@@ -185,6 +188,7 @@ class Plans:
     schema_version: int = SCHEMA_VERSION
     reasons: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
+    case_classes: tuple[str, ...] = ()  # case-level class names (dataset.json "classes"); () if none
 
     def __post_init__(self) -> None:
         _check_version(self.schema_version, "plans.json")

@@ -6,7 +6,12 @@ both varying per case so preprocessing has real resampling to do). The body is o
 chest wall over zero background. Inside it: fat, patchy fibroglandular tissue that enhances a
 little, one or two lesions (label 1) and two to four vessels. Lesions and vessels enhance equally
 strongly, so no threshold on one channel separates them: the network must use shape (compact,
-textured blob vs thin tube). Everything is drawn from `np.random.default_rng([seed, case])`, and
+textured blob vs thin tube). Every case of a dataset with two or more cases also has a class,
+benign or malignant (dataset.json `classes` + classes.csv, docs/classification.md), which its
+lesions show the way a radiologist reads them, each sign with overlap (`DemoClassSigns`):
+kinetics (malignant lesions wash out by the second post-contrast phase: a bright rim around a
+fading centre; benign ones enhance persistently and evenly) and margin (malignant irregular and
+spiculated, benign smooth). Everything is drawn from `np.random.default_rng([seed, case])`, and
 files are written with fixed gzip headers, so a seed always gives the same bytes.
 """
 
@@ -19,7 +24,8 @@ import numpy as np
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 from nnlite.common.errors import UserError
-from nnlite.common.files import staged_dir, write_json_atomic
+from nnlite.common.files import staged_dir, write_json_atomic, write_text_atomic
+from nnlite.data.case_classes import CLASSES_FILE, CLASSES_KEY, format_classes_csv
 from nnlite.data.image_io import write_image, write_seg
 
 CHANNEL_NAMES = {"0": "VIBRANT", "1": "VIBRANT_C2", "2": "SUB2"}
@@ -38,6 +44,30 @@ GLAND = (160.0, 195.0)
 MUSCLE = (120.0, 150.0)
 LESION = (150.0, 430.0)
 VESSEL = (130.0, 430.0)
+CLASS_NAMES = ("benign", "malignant")  # case class i: cases alternate benign, malignant, benign, …
+CLASS_STREAM = 7  # the class signs come from rng([seed, case, CLASS_STREAM]), apart from the anatomy
+SIGN_FLIP = 0.15  # chance that one sign (kinetics or margin) looks like the other class's
+
+
+@dataclass(frozen=True)
+class DemoClassSigns:
+    """How a case's lesions look: `washout` (rim enhancement, fading centre) or persistent, and
+    the margin's irregularity (amplitude and correlation length of the roughening, mm)."""
+
+    washout: bool
+    roughness: float
+    roughness_mm: float
+    peak_gain: float  # enhancement of the brightest part relative to the tissue range
+
+
+def class_signs(rng: np.random.Generator, case_class: int) -> DemoClassSigns:
+    """Draw the signs of a benign (0) or malignant (1) case; each may contradict the class."""
+    malignant_kinetics = bool(case_class) != (rng.random() < SIGN_FLIP)
+    malignant_margin = bool(case_class) != (rng.random() < SIGN_FLIP)
+    roughness = rng.uniform(0.15, 0.4) if malignant_margin else rng.uniform(0.0, 0.2)
+    roughness_mm = rng.uniform(1.5, 2.5) if malignant_margin else rng.uniform(2.5, 4.0)
+    return DemoClassSigns(malignant_kinetics, float(roughness), float(roughness_mm),
+                          float(rng.uniform(0.85, 1.3)))
 
 
 @dataclass(frozen=True)
@@ -57,16 +87,27 @@ def generate_demo_dataset(raw: str | Path, n_cases: int = 24, seed: int = 0) -> 
     """
     if n_cases < 1:
         raise UserError("--cases", f"must be at least 1, got {n_cases}")
+    with_classes = n_cases >= 2  # one case cannot hold two classes
+    classes = {}
     with staged_dir(raw) as staging:
         for index in range(n_cases):
             name = f"{CASE_PREFIX}_{index + 1:03d}"
-            case = make_demo_case(np.random.default_rng([seed, index]))
+            case_class = index % 2 if with_classes else None
+            signs = None if case_class is None else class_signs(
+                np.random.default_rng([seed, index, CLASS_STREAM]), case_class)
+            case = make_demo_case(np.random.default_rng([seed, index]), signs)
+            if case_class is not None:
+                classes[name] = CLASS_NAMES[case_class]
             affine = _affine(case.spacing, case.seg.shape)
             for channel, image in enumerate(case.images):
                 voxels = np.round(image).astype(np.int16)  # MR scanners store integers
                 write_image(staging / "imagesTr" / f"{name}_{channel:04d}.nii.gz", voxels, affine)
             write_seg(staging / "labelsTr" / f"{name}.nii.gz", case.seg, affine)
-        write_json_atomic(staging / "dataset.json", _dataset_json(n_cases, seed))
+        meta = _dataset_json(n_cases, seed)
+        if classes:
+            meta[CLASSES_KEY] = list(CLASS_NAMES)
+            write_text_atomic(staging / CLASSES_FILE, format_classes_csv(classes))
+        write_json_atomic(staging / "dataset.json", meta)
     return Path(raw)
 
 
@@ -90,8 +131,9 @@ def _affine(spacing: tuple[float, float, float], shape: tuple[int, ...]) -> np.n
     return affine
 
 
-def make_demo_case(rng: np.random.Generator) -> DemoCase:
-    """Draw one case: pre, post and subtraction images plus the lesion mask."""
+def make_demo_case(rng: np.random.Generator, signs: DemoClassSigns | None = None) -> DemoCase:
+    """Draw one case: pre, post and subtraction images plus the lesion mask (lesions showing
+    `signs` when given)."""
     shape = tuple(int(rng.integers(lo, hi + 1)) for lo, hi in SHAPE_RANGE)
     inplane = float(rng.uniform(*INPLANE_SPACING_MM))
     spacing = (float(rng.uniform(*SLICE_SPACING_MM)), inplane, inplane)
@@ -102,7 +144,7 @@ def make_demo_case(rng: np.random.Generator) -> DemoCase:
     gland = breast & (_smooth_noise(rng, shape, spacing, 6.0) > 0.3)
     lesion, gain = np.zeros(shape, bool), np.ones(shape, np.float32)
     for _ in range(int(rng.integers(1, 3))):
-        mask, lesion_gain = _lesion(grid, rng, centre, radii, shape, spacing)
+        mask, lesion_gain = _lesion(grid, rng, centre, radii, shape, spacing, signs)
         lesion |= mask & breast
         gain = np.where(mask, lesion_gain, gain)
     vessels = np.zeros(shape, bool)
@@ -142,12 +184,16 @@ def _smooth_noise(rng: np.random.Generator, shape, spacing, sigma_mm: float) -> 
     return field / (field.std() + 1e-8)
 
 
-def _lesion(grid, rng, centre, radii, shape, spacing) -> tuple[np.ndarray, np.ndarray]:
+def _lesion(grid, rng, centre, radii, shape, spacing, signs: DemoClassSigns | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
     """An irregular, randomly rotated ellipsoid inside the breast, and its enhancement gain.
 
     Half the lesions enhance patchily throughout, the others mostly at the rim (dim centre), as
-    DCE-MRI lesions do; a threshold on the subtraction therefore misses parts of them.
+    DCE-MRI lesions do; a threshold on the subtraction therefore misses parts of them. With
+    `signs` the case's class decides margin and kinetics instead (`_classed_lesion`).
     """
+    if signs is not None:
+        return _classed_lesion(grid, rng, centre, radii, shape, spacing, signs)
     semi = rng.uniform(*LESION_RADIUS_MM, size=3)
     position = centre + radii * rng.uniform([-0.35, -0.75, -0.5], [0.35, -0.25, 0.5])
     angle = rng.uniform(0, np.pi)
@@ -160,6 +206,27 @@ def _lesion(grid, rng, centre, radii, shape, spacing) -> tuple[np.ndarray, np.nd
         gain = 0.75 + 0.5 * (_smooth_noise(rng, shape, spacing, 2.0) > 0)  # patchy
     else:
         gain = 0.4 + 0.85 * np.clip(distance, 0, 1) ** 2  # rim enhancement
+    return distance < 1, gain.astype(np.float32)
+
+
+def _classed_lesion(grid, rng, centre, radii, shape, spacing, signs: DemoClassSigns
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """A lesion showing `signs`: its margin roughened by `roughness` at `roughness_mm`, and washout
+    (rim bright, centre faded) or persistent (even, slightly patchy) enhancement."""
+    semi = rng.uniform(*LESION_RADIUS_MM, size=3)
+    position = centre + radii * rng.uniform([-0.35, -0.75, -0.5], [0.35, -0.25, 0.5])
+    angle = rng.uniform(0, np.pi)
+    dz, dy, dx = (grid[i] - position[i] for i in range(3))
+    u = np.cos(angle) * dy + np.sin(angle) * dx
+    v = -np.sin(angle) * dy + np.cos(angle) * dx
+    distance = np.sqrt((dz / semi[0]) ** 2 + (u / semi[1]) ** 2 + (v / semi[2]) ** 2)
+    distance += signs.roughness * _smooth_noise(rng, shape, spacing, signs.roughness_mm)
+    texture = 0.15 * _smooth_noise(rng, shape, spacing, 2.0)
+    if signs.washout:
+        gain = 0.35 + 0.9 * np.clip(distance, 0, 1) ** 3  # rim keeps contrast, centre washed out
+    else:
+        gain = np.full(shape, 0.72)  # persistent: still enhancing, evenly
+    gain = signs.peak_gain * (gain + texture)
     return distance < 1, gain.astype(np.float32)
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from nnlite.common.errors import UserError
 from nnlite.network.blocks import CONV, CONV_TRANSPOSE, ConvStack, ConvUnit, ResidualStack, init_he
+from nnlite.network.classifier import ClassificationHead, SegmentAndClass
 from nnlite.plans import NetworkPlan
 
 
@@ -118,7 +119,8 @@ class UNet(nn.Module):
     """Encoder + decoder. `deep_supervision` and `skip_lowest_head` may be switched at any time.
 
     x (B, C_in, *P) → with deep supervision a list of n_stages-1 logits (B, K, *P / scale_i), highest
-    resolution first; without, the logits (B, K, *P). With `skip_lowest_head` (deep supervision only)
+    resolution first; without, the logits (B, K, *P). A plan with `class_head` wraps that output
+    with the case-class logits in a `SegmentAndClass`. With `skip_lowest_head` (deep supervision only)
     the lowest-resolution head, whose loss weight is 0, is not computed and the list is one shorter.
     """
 
@@ -131,9 +133,19 @@ class UNet(nn.Module):
         self.skip_lowest_head = False
         self.encoder = ENCODERS[plan.encoder](plan, in_channels)
         self.decoder = Decoder(plan, num_classes)
+        # plan.class_head > 0: case-class logits from the bottleneck (network/classifier.py)
+        self.classifier = (ClassificationHead(plan.features_per_stage[-1], plan.class_head)
+                           if plan.class_head else None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor] | SegmentAndClass:
         skips = self.encoder(x)
+        seg = self.segment(skips)
+        if self.classifier is None:
+            return seg
+        return SegmentAndClass(seg, self.classifier(skips[-1]))  # + (B, K) case-class logits
+
+    def segment(self, skips: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """The decoder's logits from the encoder's skips (high → low resolution)."""
         if not self.deep_supervision:
             return self.decoder(skips, heads=1)[0]
         n_outputs = self.plan.n_stages - 1

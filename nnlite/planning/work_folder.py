@@ -21,12 +21,14 @@ from nnlite.common.errors import UserError
 from nnlite.common.files import (ensure_writable_dir, read_json_checked, remove_tmp_leftovers,
                                  write_atomic, write_json_atomic)
 from nnlite.common.schema import to_jsonable
+from nnlite.data.case_classes import classes_of_dataset
 from nnlite.data.dataset import load_dataset
+from nnlite.planning.class_head import attach_class_head, write_work_classes
 from nnlite.planning.fingerprint import extract_fingerprint, load_fingerprint_file
 from nnlite.planning.memory_budget import DEFAULT_GPU_MEMORY_GB, GIB
 from nnlite.planning.planner import check_arguments, plan_experiment
 from nnlite.planning.splits import (N_FOLDS, Splits, check_splits_cases, check_splits_shape, fold_count,
-                                    make_splits)
+                                    make_splits, make_stratified_splits)
 from nnlite.plans import (FINGERPRINT_HASH_KEY, RAW_PATH_KEY, Fingerprint, Plans, load_fingerprint,
                           save_fingerprint, save_plans)
 
@@ -43,6 +45,7 @@ def plan_dataset(raw: Path, work: Path, gpu_memory_gb: float = DEFAULT_GPU_MEMOR
     """RAW → WORK/dataset.json, fingerprint.json, splits.json, plans.json (all written at the end)."""
     check_arguments(gpu_memory_gb, configs, memory_model)  # before the (long) fingerprint
     dataset = load_dataset(raw)
+    classes = classes_of_dataset(dataset)  # checked before the (long) fingerprint
     n_folds = fold_count(len(dataset.cases), folds)
     ensure_writable_dir(work, "work folder")
     previous = None if overwrite else previous_fingerprint(work)
@@ -55,9 +58,12 @@ def plan_dataset(raw: Path, work: Path, gpu_memory_gb: float = DEFAULT_GPU_MEMOR
                             memory_model=memory_model)
     # preprocess, postprocess and the final validation find the raw images and labels through this
     plans = _with_origin(plans, fingerprint, raw=str(Path(raw).resolve()))
+    if classes is not None:
+        plans = attach_class_head(plans, classes.names)
+        write_work_classes(work, classes)  # before plans.json, which is written last
     names = [c.case for c in fingerprint.cases]
     _write_outputs(work, (Path(raw) / "dataset.json").read_bytes(), fingerprint, plans, names,
-                   n_folds, folds is not None, overwrite)
+                   n_folds, folds is not None, overwrite, None if classes is None else classes.of_case)
     return plans
 
 
@@ -135,7 +141,7 @@ def refuse_other_fingerprint(work: Path, old: Fingerprint, new: Fingerprint) -> 
 
 def _write_outputs(work: Path, dataset_json: bytes, fingerprint: Fingerprint, plans: Plans,
                    case_names: Sequence[str] | None, n_folds: int, folds_given: bool,
-                   overwrite: bool) -> None:
+                   overwrite: bool, class_of: dict[str, int] | None = None) -> None:
     """Decide the splits, then write everything atomically, plans.json last."""
     work = Path(work)
     splits = None if overwrite else kept_splits(work, case_names, n_folds if folds_given else None)
@@ -147,7 +153,7 @@ def _write_outputs(work: Path, dataset_json: bytes, fingerprint: Fingerprint, pl
         write_atomic(target, lambda tmp: tmp.write_bytes(dataset_json))
     save_fingerprint(fingerprint, work / "fingerprint.json")
     if splits is None:
-        write_new_splits(work, case_names, n_folds)
+        write_new_splits(work, case_names, n_folds, class_of)
     save_plans(plans, work / "plans.json")
 
 
@@ -166,7 +172,9 @@ def kept_splits(work: Path, case_names: Sequence[str] | None, n_folds: int | Non
     return splits
 
 
-def write_new_splits(work: Path, case_names: Sequence[str] | None, n_folds: int) -> None:
+def write_new_splits(work: Path, case_names: Sequence[str] | None, n_folds: int,
+                     class_of: dict[str, int] | None = None) -> None:
+    """splits.json: nnU-Net's seeded k folds, stratified by case class when the dataset has classes."""
     if not case_names:
         log.info("no splits.json: an nnU-Net fingerprint does not name its cases")
     elif n_folds == 0:
@@ -174,7 +182,9 @@ def write_new_splits(work: Path, case_names: Sequence[str] | None, n_folds: int)
     else:
         if len(case_names) < N_FOLDS:
             log.info("%d cases: %d folds instead of %d", len(case_names), n_folds, N_FOLDS)
-        write_json_atomic(work / "splits.json", make_splits(case_names, n_folds))
+        splits = (make_splits(case_names, n_folds) if class_of is None
+                  else make_stratified_splits(case_names, class_of, n_folds))
+        write_json_atomic(work / "splits.json", splits)
 
 
 def clear_work(work: Path) -> None:

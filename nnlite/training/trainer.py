@@ -32,10 +32,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from nnlite.common.files import ensure_writable_dir
 from nnlite.common.schema import to_jsonable
 from nnlite.network import build_unet
+from nnlite.network.classifier import ClassTargets, joint_loss, segmentation_output
 from nnlite.network.loss import build_loss
 from nnlite.plans import Plans, load_plans
 from nnlite.preprocessing.cascade import input_channels
 from nnlite.training import checkpoints, progress
+from nnlite.training.class_targets import class_targets
 from nnlite.training.config import TrainConfig, config_to_dict
 from nnlite.training.distributed import (Rank, barrier, close_distributed, init_distributed,
                                          mean_across_ranks, sum_across_ranks)
@@ -60,6 +62,7 @@ class RunState:
     device: torch.device
     epoch: int  # epochs completed
     metrics: list[dict[str, Any]]
+    classes: ClassTargets | None = None  # a network with a classification head: the class loss's inputs
 
 
 def poly_lr(initial_lr: float, step: int, total_steps: int, exponent: float) -> float:
@@ -122,6 +125,7 @@ def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: R
     config = run.config
     train_cases, val_cases = cases
     state = build_state(plans, config, device, run.checkpoint, rank)
+    state.classes = class_targets(work, plans, config, train_cases)
     if run.finished:
         if config.validation.enabled and rank.is_main and not validation_done(run.folder):
             validate_fold_cases(work, run, state, plans, val_cases)
@@ -220,7 +224,7 @@ def train_step(state: RunState, loss_fn: nn.Module, batch: dict[str, Any], grad_
     targets = [t.to(state.device, non_blocking=True).long() for t in batch["target"]]
     state.optimizer.zero_grad(set_to_none=True)
     with autocast(state):
-        loss = loss_fn(state.model(data), targets)
+        loss = joint_loss(loss_fn, state.model(data), targets, batch["cases"], state.classes)
     if state.scaler is not None:
         state.scaler.scale(loss).backward()
         state.scaler.unscale_(state.optimizer)  # clip the true gradients, not the scaled ones
@@ -252,8 +256,8 @@ def validate(state: RunState, loss_fn: nn.Module, batches: Iterator[dict[str, An
         targets = [t.to(state.device).long() for t in batch["target"]]
         with autocast(state):
             outputs = state.model(data)
-            total += float(loss_fn(outputs, targets))
-        counts += confusion_counts(outputs[0].argmax(1), targets[0][:, 0], num_classes, ignore_label)
+            total += float(joint_loss(loss_fn, outputs, targets, batch["cases"], state.classes))
+        counts += confusion_counts(segmentation_output(outputs)[0].argmax(1), targets[0][:, 0], num_classes, ignore_label)
         n += 1
     tp, fp, fn = sum_across_ranks(counts, rank)
     loss_sum, batches_seen = sum_across_ranks(torch.tensor([total, n], dtype=torch.float64), rank)
