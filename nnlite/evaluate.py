@@ -10,6 +10,7 @@ from typing import Sequence
 
 from nnlite.common.cli import ArgumentParser, run
 from nnlite.evaluation.scoring_inputs import absent_labels, labels_to_score, summary_path
+from nnlite.evaluation.class_scores import score_prediction_folder
 from nnlite.evaluation.metrics import evaluate_folder, format_table, write_summary
 
 
@@ -36,8 +37,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for label in absent_labels(summary):
         logging.getLogger(__name__).warning("warning: label %d occurs in no reference: its Dice is "
                                             "null or 0", label)
+    classification = score_prediction_folder(args.pred_dir, args.dataset_json)  # classification.csv
+    if classification is not None:
+        summary["classification"] = classification
     write_summary(summary, output)
     print(format_table(summary))
+    if classification is not None:
+        auc = classification["auc"]
+        print(f"classification: AUC {'n/a' if auc is None else f'{auc:.4f}'}, balanced accuracy "
+              f"{classification['balanced_accuracy']:.4f} on {classification['num_cases']} cases")
     print(f"summary: {output}")
     return 0
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from nnlite.common.cli import ArgumentParser, run
-from nnlite.evaluation.pictures import MAX_SLICES, visualize_folder
+from nnlite.evaluation.pictures import MAX_SLICES, roc_of_folder, visualize_folder
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     written = visualize_folder(args.images_dir, args.ref_dir, args.pred_dir, args.out_dir,
                                args.postprocessed, args.cases, args.max_slices)
     print(f"wrote {len(written)} pictures to {args.out_dir}")
+    roc = roc_of_folder(args.pred_dir, args.out_dir)  # PRED_DIR/summary.json with a classification
+    if roc is not None:
+        print(f"wrote the ROC curve to {roc}")
     return 0
 
 

@@ -11,6 +11,7 @@ resamples that lack a class are skipped for the AUC).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -127,6 +128,30 @@ def classification_summary(true: dict[str, int], probs: dict[str, np.ndarray],
         "per_case": {c: {"true": names[t[i]], "predicted": names[predicted[i]],
                          "probabilities": [float(x) for x in p[i]]} for i, c in enumerate(cases)},
     }
+
+
+def score_prediction_folder(pred_dir: Path, dataset_json: Path | None) -> dict | None:
+    """`evaluate`'s classification block: PRED_DIR/classification.csv against the classes of
+    `dataset_json` (its `classes` + the classes.csv beside it); None when either is absent."""
+    from nnlite.common.errors import UserError
+    from nnlite.common.files import read_json_checked
+    from nnlite.data.case_classes import CLASSES_FILE, CLASSES_KEY, parse_class_names, read_classes_csv
+    from nnlite.inference.case_classification import CLASSIFICATION_FILE, read_classification
+
+    predicted = Path(pred_dir) / CLASSIFICATION_FILE
+    if dataset_json is None or not predicted.is_file():
+        return None
+    meta = read_json_checked(dataset_json)
+    if not isinstance(meta, dict) or CLASSES_KEY not in meta:
+        return None
+    names = parse_class_names(Path(dataset_json), meta[CLASSES_KEY])
+    true = read_classes_csv(Path(dataset_json).parent / CLASSES_FILE, names)
+    probs = read_classification(predicted, names)
+    unknown = sorted(set(probs) - set(true))
+    if unknown:
+        raise UserError(predicted, f"case '{unknown[0]}' has no class in "
+                        f"{Path(dataset_json).parent / CLASSES_FILE}")
+    return classification_summary(true, probs, names)
 
 
 def _none_if_nan(value: float) -> float | None:

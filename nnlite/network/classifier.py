@@ -3,7 +3,7 @@
 A `NetworkPlan` with `class_head = K > 0` gets a `ClassificationHead` on the bottleneck:
 
     bottleneck (B, f, *S) → global average and global max pooling → (B, 2f)
-                          → Linear(2f, h) → LeakyReLU → Dropout → Linear(h, K) → logits (B, K)
+                          → Linear(2f, h) → LeakyReLU → Linear(h, K) → logits (B, K)
 
 Average pooling says what the patch holds overall, max pooling whether some small region (a
 lesion) has a feature at all; with patches that are mostly background the max carries the lesion.
@@ -26,7 +26,8 @@ from torch import nn
 from nnlite.network.blocks import LEAKY_SLOPE
 
 HIDDEN_MIN = 32  # hidden width of the head's MLP: max(HIDDEN_MIN, bottleneck width)
-DROPOUT = 0.2  # dropout before the last layer: the head sees few distinct cases per epoch
+# No dropout: its masks would draw from the global torch RNG, which the loader's iterators also
+# draw from when they are created, so a resumed run would see other masks than a straight one.
 
 
 class SegmentAndClass(NamedTuple):
@@ -44,8 +45,7 @@ class ClassificationHead(nn.Module):
         super().__init__()
         hidden = max(HIDDEN_MIN, features)
         self.mlp = nn.Sequential(
-            nn.Linear(2 * features, hidden), nn.LeakyReLU(LEAKY_SLOPE), nn.Dropout(DROPOUT),
-            nn.Linear(hidden, num_classes),
+            nn.Linear(2 * features, hidden), nn.LeakyReLU(LEAKY_SLOPE), nn.Linear(hidden, num_classes),
         )
 
     def forward(self, bottleneck: torch.Tensor) -> torch.Tensor:
