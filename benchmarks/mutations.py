@@ -104,6 +104,21 @@ MUTATIONS = (
     Mutation("evaluation: Dice computed as IoU", "nnlite/evaluation/metrics.py",
              '"dice": 2 * tp / (2 * tp + fp + fn) if union else math.nan',
              '"dice": tp / (tp + fp + fn) if union else math.nan', ("tests/test_metrics.py",)),
+    Mutation("classification: tiles averaged without their foreground weight",
+             "nnlite/inference/case_classification.py",
+             'weights = np.ones(len(class_probs)) if how == "mean" else foreground + TILE_WEIGHT_FLOOR',
+             "weights = np.ones(len(class_probs))",
+             ("tests/test_classification.py::test_foreground_weighting_by_hand",)),
+    Mutation("classification: class weights not balanced", "nnlite/network/classifier.py",
+             "total / (k * counts_t.clamp_min(1))", "torch.ones_like(counts_t)",
+             ("tests/test_classification.py::test_balanced_weights_make_each_class_count_equally",)),
+    Mutation("classification: AUC ties counted as wins", "nnlite/evaluation/class_scores.py",
+             "ranks[order[start:end]] = (start + 1 + end) / 2", "ranks[order[start:end]] = end",
+             ("tests/test_class_scores.py",)),
+    Mutation("classification: the head-off loss path changed", "nnlite/network/classifier.py",
+             "        return seg_loss(outputs, targets)\n    target",
+             "        return seg_loss(outputs, targets) * 1.0000001\n    target",
+             ("tests/test_classification.py::test_head_off_seeded_training_is_bit_identical_to_before_the_head",)),
 )
 
 

@@ -241,8 +241,10 @@ def test_plan_switches_the_head_on_and_stratifies(classed_work):
 
 
 @pytest.mark.slow
-def test_head_trains_resumes_exactly_and_predicts_classes(classed_work, tmp_path, capsys):
+def test_head_trains_resumes_exactly_and_predicts_classes(classed_work, tmp_path, capsys, monkeypatch):
     import shutil
+
+    from nnlite.training import trainer
 
     from nnlite.evaluate import main as evaluate_main
     from nnlite.predict import main as predict_main
@@ -253,7 +255,17 @@ def test_head_trains_resumes_exactly_and_predicts_classes(classed_work, tmp_path
     for work in (straight, resumed):
         shutil.copytree(classed_work, work)
     assert train_main([str(straight), "--epochs", "2", *SCHEDULE]) == 0
-    assert train_main([str(resumed), "--epochs", "1", *SCHEDULE, "--set", "validation.enabled=false"]) == 0
+    one_epoch = trainer.train_one_epoch
+
+    def crash_in_second_epoch(state, loss_fn, batches, config, epoch, bar):
+        if epoch == 1:
+            raise RuntimeError("crash after the first checkpoint")
+        return one_epoch(state, loss_fn, batches, config, epoch, bar)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "train_one_epoch", crash_in_second_epoch)
+        with pytest.raises(RuntimeError, match="crash"):
+            train_main([str(resumed), "--epochs", "2", *SCHEDULE])
     assert train_main([str(resumed), "--epochs", "2", *SCHEDULE, "--resume"]) == 0
     fold = "results/3d_fullres/fold_0"
     a = torch.load(straight / fold / "checkpoint_final.pt", weights_only=True)["network"]

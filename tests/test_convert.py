@@ -104,6 +104,9 @@ def test_breastdm_class_layout_and_keep_blank(tmp_path):
     assert {c: m["class"] for c, m in meta["case_metadata"].items()} == {
         "BC_001": "Benign", "BC_002": "Malignant", "BC_003": "Malignant"}
     assert meta["case_metadata"]["BC_003"]["patient"] == "m2"
+    assert meta["classes"] == ["Benign", "Malignant"]  # case classes for the classification head
+    assert (tmp_path / "raw" / "classes.csv").read_text().splitlines() == [
+        "case,class", "BC_001,Benign", "BC_002,Malignant", "BC_003,Malignant"]
     assert read(tmp_path / "raw" / "labelsTr" / "BC_001.nii.gz").shape == (5, 7, 9)
     assert load_dataset(tmp_path / "raw").num_training == 3
 
