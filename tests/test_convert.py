@@ -171,7 +171,7 @@ def test_demo_is_deterministic(tmp_path):
     first = hashes(generate_demo_dataset(tmp_path / "a", n_cases=3, seed=7))
     second = hashes(generate_demo_dataset(tmp_path / "b", n_cases=3, seed=7))
     other = hashes(generate_demo_dataset(tmp_path / "c", n_cases=3, seed=8))
-    assert len(first) == 3 * 4 + 1
+    assert len(first) == 3 * 4 + 2  # + dataset.json and classes.csv (the case classes)
     assert first == second
     assert first["imagesTr/demo_001_0000.nii.gz"] != other["imagesTr/demo_001_0000.nii.gz"]
     gz_header = (tmp_path / "a" / "imagesTr" / "demo_001_0000.nii.gz").read_bytes()[:10]
