@@ -20,9 +20,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"processes reading cases (default: the CPU count, at most 8: "
                              f"{default_workers()})")
     args = parser.parse_args(argv)
+    from nnlite.data.case_classes import classes_of_dataset
     from nnlite.data.dataset import check_dataset, load_dataset
 
     dataset = load_dataset(args.raw)
+    classes = classes_of_dataset(dataset)  # dataset.json "classes" + classes.csv, when declared
     report = check_dataset(dataset, workers=max(1, args.workers))
     labels = ", ".join(f"{value}={name}" for name, value in sorted(dataset.labels.items(),
                                                                    key=lambda item: item[1]))
@@ -31,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"OK: {report.num_cases} cases, {dataset.num_channels} channel(s) "
           f"({', '.join(dataset.channel_names.values())}), labels {labels}; "
           f"{len(report.warnings)} warning(s)")
+    if classes is not None:
+        counts = classes.counts(list(classes.of_case))
+        print("case classes: " + ", ".join(f"{n} {name}" for name, n in zip(classes.names, counts)))
     return 0
 
 

@@ -34,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="summary.json layout: nnlite's (default) or nnU-Net v2's (foreground_mean, mean, "
                              "metric_per_case with Dice, IoU, PPV, TP, FP, FN, TN, n_pred, n_ref)")
     args = parser.parse_args(argv)
+    from nnlite.evaluation.class_scores import score_prediction_folder
     from nnlite.evaluation.metrics import evaluate_folder, evaluate_regions, format_table, write_summary
     from nnlite.evaluation.nnunet_summary import evaluate_folder_nnunet, format_nnunet_table
     from nnlite.evaluation.scoring_inputs import absent_labels, labels_to_score, summary_path
@@ -54,8 +55,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for label in absent_labels(summary):
         logging.getLogger(__name__).warning("warning: label %s occurs in no reference: its Dice is "
                                             "null or 0", label)
+    classification = score_prediction_folder(args.pred_dir, args.dataset_json)  # classification.csv
+    if classification is not None:
+        summary["classification"] = classification
     write_summary(summary, output)
     print(format_table(summary))
+    if classification is not None:
+        auc = classification["auc"]
+        print(f"classification: AUC {'n/a' if auc is None else f'{auc:.4f}'}, balanced accuracy "
+              f"{classification['balanced_accuracy']:.4f} on {classification['num_cases']} cases")
     print(f"summary: {output}")
     return 0
 

@@ -114,6 +114,7 @@ class NetworkPlan:
     encoder: str = "plain"  # "plain" (PlainConvUNet, conv_per_stage) or "residual" (ResEnc: blocks_per_stage)
     blocks_per_stage: tuple[int, ...] = ()  # residual blocks per encoder stage (residual encoder only)
     attention_gates: bool = False  # additive attention gate on every skip connection (Oktay et al. 2018)
+    class_head: int = 0  # case classes of the classification head on the bottleneck; 0: no head
 
     def __post_init__(self) -> None:
         n = len(self.strides)
@@ -132,6 +133,8 @@ class NetworkPlan:
             raise UserError("plans.json", "every stage needs at least one block / conv unit")
         if any(f < 1 for f in self.features_per_stage):
             raise UserError("plans.json", "features_per_stage must be positive")
+        if self.class_head == 1 or self.class_head < 0:
+            raise UserError("plans.json", "class_head must be 0 (no head) or at least 2 classes")
 
     @property
     def ndim(self) -> int:
@@ -220,6 +223,7 @@ class Plans:
     reasons: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
     regions: tuple[Region, ...] = ()  # region-based training (data/regions.py); () for plain labels
+    case_classes: tuple[str, ...] = ()  # case-level class names (dataset.json "classes"); () if none
 
     def __post_init__(self) -> None:
         _check_version(self.schema_version, "plans.json")

@@ -29,11 +29,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_slices is not None and args.max_slices < 1:
         parser.error("--max-slices must be ≥ 1")
-    from nnlite.evaluation.pictures import MAX_SLICES, visualize_folder
+    from nnlite.evaluation.pictures import MAX_SLICES, roc_of_folder, visualize_folder
 
     written = visualize_folder(args.images_dir, args.ref_dir, args.pred_dir, args.out_dir, args.postprocessed,
                                args.cases, MAX_SLICES if args.max_slices is None else args.max_slices)
     print(f"wrote {len(written)} pictures to {args.out_dir}")
+    roc = roc_of_folder(args.pred_dir, args.out_dir)  # PRED_DIR/summary.json with a classification
+    if roc is not None:
+        print(f"wrote the ROC curve to {roc}")
     return 0
 
 

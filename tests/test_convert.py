@@ -104,6 +104,9 @@ def test_breastdm_class_layout_and_keep_blank(tmp_path):
     assert {c: m["class"] for c, m in meta["case_metadata"].items()} == {
         "BC_001": "Benign", "BC_002": "Malignant", "BC_003": "Malignant"}
     assert meta["case_metadata"]["BC_003"]["patient"] == "m2"
+    assert meta["classes"] == ["Benign", "Malignant"]  # case classes for the classification head
+    assert (tmp_path / "raw" / "classes.csv").read_text().splitlines() == [
+        "case,class", "BC_001,Benign", "BC_002,Malignant", "BC_003,Malignant"]
     assert read(tmp_path / "raw" / "labelsTr" / "BC_001.nii.gz").shape == (5, 7, 9)
     assert load_dataset(tmp_path / "raw").num_training == 3
 
@@ -168,7 +171,7 @@ def test_demo_is_deterministic(tmp_path):
     first = hashes(generate_demo_dataset(tmp_path / "a", n_cases=3, seed=7))
     second = hashes(generate_demo_dataset(tmp_path / "b", n_cases=3, seed=7))
     other = hashes(generate_demo_dataset(tmp_path / "c", n_cases=3, seed=8))
-    assert len(first) == 3 * 4 + 1
+    assert len(first) == 3 * 4 + 2  # + dataset.json and classes.csv (the case classes)
     assert first == second
     assert first["imagesTr/demo_001_0000.nii.gz"] != other["imagesTr/demo_001_0000.nii.gz"]
     gz_header = (tmp_path / "a" / "imagesTr" / "demo_001_0000.nii.gz").read_bytes()[:10]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,17 @@ import pytest
 from inference_fixtures import tiny_plans
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_json_atomic
+from nnlite.data.case_classes import format_classes_csv
+from nnlite.evaluation.class_scores import classification_summary
+from nnlite.evaluation.selection import _candidate
+from nnlite.inference.case_classification import read_classification, write_classification
 from nnlite.planning.splits import make_splits
 from nnlite.data.image_io import read_image, write_seg
 from nnlite.evaluation.cross_validation import crossval_dir, has_probabilities, merge_crossval
 from nnlite.evaluation.ensembles import ensemble_crossval, ensemble_dir
 from nnlite.inference.export import (average_probabilities, load_probabilities, seg_from_probabilities,
                                      write_probabilities)
-from nnlite.plans import save_plans
+from nnlite.plans import load_plans, save_plans
 from nnlite.training.folds import cv_folds
 
 SHAPE = (6, 9, 8)
@@ -165,3 +170,40 @@ def test_ensembling_needs_the_probabilities(work):
 def test_cv_runs_every_fold_of_the_splits_file(work, tmp_path):
     assert cv_folds(work) == ["0", "1", "2"]  # the fixture's user-made 3-fold splits.json
     assert cv_folds(tmp_path / "no_splits_yet") == ["0", "1", "2", "3", "4"]
+
+
+CLASS_NAMES = ("benign", "malignant")
+
+
+def write_fold_classes(work: Path, config: str, splits: list[dict], seed: int) -> dict[str, np.ndarray]:
+    """Each fold's validation/classification.csv (rows for its training cases too, as decoys);
+    returns case → the probabilities its validating fold wrote, as read back."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for fold, split in enumerate(splits):
+        folder = work / "results" / config / f"fold_{fold}" / "validation"
+        rows = {case: rng.dirichlet([1.0, 1.0]) for case in split["val"] + split["train"]}
+        table = read_classification(write_classification(folder, rows, CLASS_NAMES), CLASS_NAMES)
+        written.update({case: table[case] for case in split["val"]})
+    return written
+
+
+def test_crossval_ensemble_and_best_carry_the_classification(work):
+    save_plans(replace(load_plans(work / "plans.json"), case_classes=CLASS_NAMES), work / "plans.json")
+    true = {case: i % 2 for i, case in enumerate(CASES)}
+    (work / "classes.csv").write_text(format_classes_csv({c: CLASS_NAMES[k] for c, k in true.items()}))
+    splits = splits_of(work)
+    for config, seed in (("3d_fullres", 1), ("2d", 2)):
+        write_fold_results(work, config, splits, seed=seed)
+    first = write_fold_classes(work, "3d_fullres", splits, seed=3)
+    second = write_fold_classes(work, "2d", splits, seed=4)
+    summary = merge_crossval(work, "3d_fullres")
+    merge_crossval(work, "2d")
+    assert summary["classification"] == classification_summary(true, first, CLASS_NAMES)
+    merged = read_classification(crossval_dir(work, "3d_fullres") / "classification.csv", CLASS_NAMES)
+    assert sorted(merged) == CASES and all(np.allclose(merged[c], first[c], atol=1e-6) for c in CASES)
+    ensemble = ensemble_crossval(work, ["3d_fullres", "2d"])
+    mean = {case: (first[case] + second[case]) / 2 for case in CASES}
+    assert ensemble["classification"]["auc"] == pytest.approx(classification_summary(true, mean, CLASS_NAMES)["auc"])
+    candidate = _candidate(["3d_fullres"], summary, crossval_dir(work, "3d_fullres"))
+    assert candidate["classification"]["auc"] == summary["classification"]["auc"]

@@ -64,6 +64,16 @@ def test_cases_with_nothing_to_find_go_last_and_nan_labels_are_left_out():
     assert math.isnan(case_mean_dice(summary["per_case"][0]))
 
 
+def test_the_case_table_shows_true_and_predicted_classes():
+    a_class = {"true": "benign", "predicted": "malignant", "probabilities": [0.2, 0.8]}
+    summary = {"per_case": [{"case": "a", "metrics": {"1": {"dice": 0.5}}},
+                            {"case": "b", "metrics": {"1": {"dice": 0.9}}}],
+               "classification": {"per_case": {"a": a_class}}}
+    rows = case_table(summary)
+    assert (rows[0]["true class"], rows[0]["predicted class"]) == ("benign", "malignant")
+    assert "true class" not in rows[1]
+
+
 def test_curves_come_from_metrics_jsonl(work):
     curves = read_curves(most_recent(find_sources(work)))
     assert curves["epoch"] == [1.0, 2.0, 3.0]

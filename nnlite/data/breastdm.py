@@ -7,7 +7,9 @@ whose foreground is 255. Two layouts are accepted:
     SRC/images/<patient>/{VIBRANT,VIBRANT+C2,SUB2}.npy     SRC/labels/<patient>/SUB2.npy
     SRC/images/<Class>/<patient>/…                         SRC/labels/<Class>/<patient>/SUB2.npy
 
-with <Class> = Benign or Malignant; the class is kept per case in dataset.json (`case_metadata`).
+with <Class> = Benign or Malignant; the class is kept per case in dataset.json (`case_metadata`)
+and, when every patient has one and both occur, as the dataset's case classes (`classes` +
+classes.csv, docs/classification.md).
 
 **Spacing.** `.npy` files carry no geometry at all: no voxel size, origin or orientation. The
 NIfTI headers get the spacing given with `--spacing Z Y X` (mm; slice axis first) and an axis-aligned
@@ -29,7 +31,8 @@ from typing import Sequence
 import numpy as np
 
 from nnlite.common.errors import UserError
-from nnlite.common.files import staged_dir, write_json_atomic
+from nnlite.common.files import staged_dir, write_json_atomic, write_text_atomic
+from nnlite.data.case_classes import CLASSES_FILE, CLASSES_KEY, format_classes_csv
 from nnlite.data.image_io import write_image, write_seg
 
 IMAGE_FILES = ("VIBRANT.npy", "VIBRANT+C2.npy", "SUB2.npy")  # channel order 0, 1, 2
@@ -88,7 +91,12 @@ def convert_breastdm(src: str | Path, raw: str | Path, spacing: Sequence[float] 
         if not report.converted:
             raise UserError(src, "no patient could be converted: " + "; ".join(
                 f"{p}: {r}" for p, r in report.skipped.items()))
-        write_json_atomic(staging / "dataset.json", _dataset_json(metadata, spacing))
+        meta = _dataset_json(metadata, spacing)
+        of_case = {case: m["class"] for case, m in metadata.items() if m["class"]}
+        if len(of_case) == len(metadata) and len(set(of_case.values())) > 1:  # the class layout:
+            meta[CLASSES_KEY] = list(CLASSES)  # case classes for the classification head
+            write_text_atomic(staging / CLASSES_FILE, format_classes_csv(of_case))
+        write_json_atomic(staging / "dataset.json", meta)
     return report
 
 

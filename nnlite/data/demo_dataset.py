@@ -6,7 +6,14 @@ both varying per case so preprocessing has real resampling to do). The body is o
 chest wall over zero background. Inside it: fat, patchy fibroglandular tissue that enhances a
 little, one or two lesions (label 1) and two to four vessels. Lesions and vessels enhance equally
 strongly, so no threshold on one channel separates them: the network must use shape (compact,
-textured blob vs thin tube). Everything is drawn from `np.random.default_rng([seed, case])`, and
+textured blob vs thin tube). Every case of a dataset with two or more cases (not the region
+variant) also has a class, benign or malignant (dataset.json `classes` + classes.csv,
+docs/classification.md), which its lesions show the way a radiologist reads them, each sign with
+overlap (`DemoClassSigns`): kinetics (malignant lesions have washed out by the second
+post-contrast phase, enhancing about half as much as the vessels; benign ones still enhance as
+strongly as the vessels) and margin (malignant irregular and spiculated, benign smooth). Each
+patient also takes up contrast differently (`contrast`, every enhancing tissue alike), so a
+lesion's enhancement says little on its own and much against the vessels beside it. Everything is drawn from `np.random.default_rng([seed, case])`, and
 files are written with fixed gzip headers, so a seed always gives the same bytes.
 
 The region variant (`regions=True`, `convert demo --regions`) is the smallest BraTS-like dataset:
@@ -24,7 +31,8 @@ import numpy as np
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 from nnlite.common.errors import UserError
-from nnlite.common.files import staged_dir, write_json_atomic
+from nnlite.common.files import staged_dir, write_json_atomic, write_text_atomic
+from nnlite.data.case_classes import CLASSES_FILE, CLASSES_KEY, format_classes_csv
 from nnlite.data.image_io import write_image, write_seg
 
 CHANNEL_NAMES = {"0": "VIBRANT", "1": "VIBRANT_C2", "2": "SUB2"}
@@ -48,6 +56,36 @@ GLAND = (160.0, 195.0)
 MUSCLE = (120.0, 150.0)
 LESION = (150.0, 430.0)
 VESSEL = (130.0, 430.0)
+CLASS_NAMES = ("benign", "malignant")  # case class i: cases alternate benign, malignant, benign, …
+CLASS_STREAM = 7  # the class signs come from rng([seed, case, CLASS_STREAM]), apart from the anatomy
+SIGN_FLIP = 0.1  # chance that one sign (kinetics or margin) looks like the other class's
+WASHOUT_GAIN = (0.3, 0.5)  # lesion enhancement by the second phase, vessels' = 1: washed out
+PERSISTENT_GAIN = (0.9, 1.2)  # still enhancing like the vessels
+CONTRAST_RANGE = (0.4, 1.6)  # the patient's contrast uptake (dose, cardiac output), scales all enhancement
+
+
+@dataclass(frozen=True)
+class DemoClassSigns:
+    """How a case's lesions look: washout or persistent kinetics (`gain`, the lesion's enhancement
+    relative to the vessels'), the margin's irregularity (amplitude and correlation length of the
+    roughening, mm) and the patient's contrast uptake (a factor on every enhancing tissue)."""
+
+    washout: bool
+    gain: float
+    roughness: float
+    roughness_mm: float
+    contrast: float
+
+
+def class_signs(rng: np.random.Generator, case_class: int) -> DemoClassSigns:
+    """Draw the signs of a benign (0) or malignant (1) case; each may contradict the class."""
+    malignant_kinetics = bool(case_class) != (rng.random() < SIGN_FLIP)
+    malignant_margin = bool(case_class) != (rng.random() < SIGN_FLIP)
+    gain = rng.uniform(*WASHOUT_GAIN) if malignant_kinetics else rng.uniform(*PERSISTENT_GAIN)
+    roughness = rng.uniform(0.15, 0.4) if malignant_margin else rng.uniform(0.0, 0.2)
+    roughness_mm = rng.uniform(1.5, 2.5) if malignant_margin else rng.uniform(2.5, 4.0)
+    return DemoClassSigns(malignant_kinetics, float(gain), float(roughness), float(roughness_mm),
+                          float(rng.uniform(*CONTRAST_RANGE)))
 
 
 @dataclass(frozen=True)
@@ -68,16 +106,27 @@ def generate_demo_dataset(raw: str | Path, n_cases: int = 24, seed: int = 0, reg
     """
     if n_cases < 1:
         raise UserError("--cases", f"must be at least 1, got {n_cases}")
+    with_classes = n_cases >= 2 and not regions  # one case cannot hold two classes
+    classes = {}
     with staged_dir(raw) as staging:
         for index in range(n_cases):
             name = f"{CASE_PREFIX}_{index + 1:03d}"
-            case = make_demo_case(np.random.default_rng([seed, index]), regions)
+            case_class = index % 2 if with_classes else None
+            signs = None if case_class is None else class_signs(
+                np.random.default_rng([seed, index, CLASS_STREAM]), case_class)
+            case = make_demo_case(np.random.default_rng([seed, index]), regions, signs)
+            if case_class is not None:
+                classes[name] = CLASS_NAMES[case_class]
             affine = _affine(case.spacing, case.seg.shape)
             for channel, image in enumerate(case.images):
                 voxels = np.round(image).astype(np.int16)  # MR scanners store integers
                 write_image(staging / "imagesTr" / f"{name}_{channel:04d}.nii.gz", voxels, affine)
             write_seg(staging / "labelsTr" / f"{name}.nii.gz", case.seg, affine)
-        write_json_atomic(staging / "dataset.json", _dataset_json(n_cases, seed, regions))
+        meta = _dataset_json(n_cases, seed, regions)
+        if classes:
+            meta[CLASSES_KEY] = list(CLASS_NAMES)
+            write_text_atomic(staging / CLASSES_FILE, format_classes_csv(classes))
+        write_json_atomic(staging / "dataset.json", meta)
     return Path(raw)
 
 
@@ -103,9 +152,11 @@ def _affine(spacing: tuple[float, float, float], shape: tuple[int, ...]) -> np.n
     return affine
 
 
-def make_demo_case(rng: np.random.Generator, regions: bool = False) -> DemoCase:
+def make_demo_case(rng: np.random.Generator, regions: bool = False, signs: DemoClassSigns | None = None
+                   ) -> DemoCase:
     """Draw one case: pre, post and subtraction images plus the lesion mask (region variant: rim-
-    enhancing lesions, seg 1 = enhancing rim, 2 = necrotic core)."""
+    enhancing lesions, seg 1 = enhancing rim, 2 = necrotic core; lesions showing a class's `signs`
+    when given)."""
     shape = tuple(int(rng.integers(lo, hi + 1)) for lo, hi in SHAPE_RANGE)
     inplane = float(rng.uniform(*INPLANE_SPACING_MM))
     spacing = (float(rng.uniform(*SLICE_SPACING_MM)), inplane, inplane)
@@ -117,7 +168,8 @@ def make_demo_case(rng: np.random.Generator, regions: bool = False) -> DemoCase:
     lesion, gain = np.zeros(shape, bool), np.ones(shape, np.float32)
     core = np.zeros(shape, bool)
     for _ in range(int(rng.integers(1, 3))):
-        mask, lesion_gain, depth = _lesion(grid, rng, centre, radii, shape, spacing, rim_only=regions)
+        mask, lesion_gain, depth = _lesion(grid, rng, centre, radii, shape, spacing, rim_only=regions,
+                                          signs=signs)
         lesion |= mask & breast
         deep = (depth < CORE_DISTANCE) & breast if regions else np.zeros(shape, bool)
         core |= deep
@@ -130,6 +182,9 @@ def make_demo_case(rng: np.random.Generator, regions: bool = False) -> DemoCase:
         pre[mask], post[mask] = a, b
     pre[lesion] = LESION[0]
     post[lesion] = (LESION[0] + (LESION[1] - LESION[0]) * gain)[lesion]
+    if signs is not None:  # the patient's contrast uptake scales every enhancement alike
+        enhancing = gland | vessels | lesion
+        post[enhancing] = pre[enhancing] + signs.contrast * (post[enhancing] - pre[enhancing])
     if regions:  # fluid-filled necrosis: dark before contrast, and it stays dark
         pre[core & lesion] = post[core & lesion] = NECROSIS_PRE
     scale = rng.uniform(0.7, 1.3)  # scanners differ in gain: normalization has work to do
@@ -164,14 +219,15 @@ def _smooth_noise(rng: np.random.Generator, shape, spacing, sigma_mm: float) -> 
     return field / (field.std() + 1e-8)
 
 
-def _lesion(grid, rng, centre, radii, shape, spacing,
-            rim_only: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _lesion(grid, rng, centre, radii, shape, spacing, rim_only: bool = False,
+            signs: DemoClassSigns | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """An irregular, randomly rotated ellipsoid inside the breast, its enhancement gain and its
     roughened normalised depth (< 1 inside, 0 at the centre).
 
     Half the lesions enhance patchily throughout, the others mostly at the rim (dim centre), as
     DCE-MRI lesions do; a threshold on the subtraction therefore misses parts of them. `rim_only`
-    (the region variant) makes every lesion rim-enhancing.
+    (the region variant) makes every lesion rim-enhancing. With `signs` the case's class decides
+    margin and kinetics instead (`_classed_lesion`).
     """
     semi = rng.uniform(*LESION_RADIUS_MM, size=3)
     position = centre + radii * rng.uniform([-0.35, -0.75, -0.5], [0.35, -0.25, 0.5])
@@ -180,11 +236,22 @@ def _lesion(grid, rng, centre, radii, shape, spacing,
     u = np.cos(angle) * dy + np.sin(angle) * dx
     v = -np.sin(angle) * dy + np.cos(angle) * dx
     distance = np.sqrt((dz / semi[0]) ** 2 + (u / semi[1]) ** 2 + (v / semi[2]) ** 2)
+    if signs is not None:
+        return _classed_lesion(distance, rng, shape, spacing, signs)
     distance += rng.uniform(0.1, 0.3) * _smooth_noise(rng, shape, spacing, 2.5)
     if rng.random() < 0.5 and not rim_only:
         gain = 0.75 + 0.5 * (_smooth_noise(rng, shape, spacing, 2.0) > 0)  # patchy
     else:
         gain = 0.4 + 0.85 * np.clip(distance, 0, 1) ** 2  # rim enhancement
+    return distance < 1, gain.astype(np.float32), distance
+
+
+def _classed_lesion(distance: np.ndarray, rng, shape, spacing, signs: DemoClassSigns
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A lesion (its smooth normalised `distance`) showing `signs`: the margin roughened by
+    `roughness` at `roughness_mm`, enhancing by `gain` with a little texture."""
+    distance = distance + signs.roughness * _smooth_noise(rng, shape, spacing, signs.roughness_mm)
+    gain = signs.gain * (1 + 0.15 * _smooth_noise(rng, shape, spacing, 2.0))
     return distance < 1, gain.astype(np.float32), distance
 
 

@@ -7,7 +7,9 @@ model that trained on it), and fails when a case is validated by two folds or a 
 validated one of its cases. The result, `results/<config>/crossval/`, holds every training case's
 label map (and its `.npz` probabilities when the folds saved them, for ensembling) and a
 `summary.json` scored against the raw labels, as the reference's
-`crossval_results_folds_0_1_2_3_4/`.
+`crossval_results_folds_0_1_2_3_4/`. A network with a classification head also merges each fold's
+`validation/classification.csv` rows of its "val" cases into `crossval/classification.csv`, scored
+into the summary's `classification` block.
 """
 
 from __future__ import annotations
@@ -18,8 +20,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from nnlite.common.errors import UserError
 from nnlite.common.files import staged_dir
+from nnlite.evaluation.class_scores import score_class_rows
 from nnlite.evaluation.metrics import SUMMARY_FILE, evaluate_for_plans, write_summary
+from nnlite.inference.case_classification import CLASSIFICATION_FILE, read_classification
 from nnlite.inference.export import npz_path_for
 from nnlite.plans import load_plans
 from nnlite.training.folds import SEG_ENDING, fold_sources
@@ -48,10 +55,34 @@ def merge_crossval(work: str | Path, config_name: str) -> dict[str, Any]:
                 _link_or_copy(npz_path_for(path), npz_path_for(staging / path.name))
         summary = evaluate_for_plans(staging, plans)
         summary["folds"] = {case: fold for case, (fold, _) in sorted(sources.items())}
+        class_rows = fold_class_rows(sources, plans.case_classes)
+        if class_rows is not None:
+            summary["classification"] = score_class_rows(work, plans, staging, class_rows)
         write_summary(summary, staging / SUMMARY_FILE)
     log.info("%s cross-validation: foreground Dice %.4f on %d cases (%s)", config_name,
              summary["foreground_mean"]["dice"], len(sources), target / SUMMARY_FILE)
     return summary
+
+
+def fold_class_rows(sources: dict[str, tuple[int, Path]], names: tuple[str, ...]
+                    ) -> dict[str, np.ndarray] | None:
+    """Each case's class probabilities from the classification.csv beside its fold's label map;
+    None for plans without case classes or when a fold wrote no classification.csv."""
+    if not names:
+        return None
+    tables: dict[Path, dict[str, np.ndarray]] = {}
+    rows = {}
+    for case, (_, path) in sorted(sources.items()):
+        table_path = path.parent / CLASSIFICATION_FILE
+        if not table_path.is_file():
+            log.warning("%s is missing: the cross-validation has no classification scores", table_path)
+            return None
+        if table_path not in tables:
+            tables[table_path] = read_classification(table_path, names)
+        if case not in tables[table_path]:
+            raise UserError(table_path, f"has no row for validation case '{case}'")
+        rows[case] = tables[table_path][case]
+    return rows
 
 
 def has_probabilities(work: Path, config_name: str) -> bool:

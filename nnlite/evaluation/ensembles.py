@@ -7,6 +7,8 @@ same float16 arrays from the raw images, and both go through `average_probabilit
 `seg_from_probabilities`, so a chosen ensemble's predictions are reproduced exactly.
 
 Files: `WORK/results/ensembles/<a>+<b>/<case>.nii.gz` and `summary.json` (the contract's layout).
+Members with a classification head: their cross-validation class probabilities are averaged too
+(`classification.csv`, scored into the summary), as `predict --best` averages them.
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ from tqdm import tqdm
 from nnlite.common.errors import UserError
 from nnlite.common.files import staged_dir
 from nnlite.data.image_io import read_image, write_seg
+import numpy as np
+
+from nnlite.evaluation.class_scores import score_class_rows
 from nnlite.evaluation.cross_validation import crossval_dir
 from nnlite.evaluation.metrics import SUMMARY_FILE, evaluate_for_plans, list_segs, write_summary
+from nnlite.inference.case_classification import CLASSIFICATION_FILE, read_classification
 from nnlite.inference.export import (average_probabilities, load_probabilities, npz_path_for,
                                      seg_from_probabilities)
 from nnlite.plans import load_plans
@@ -63,10 +69,28 @@ def ensemble_crossval(work: str | Path, configs: Sequence[str]) -> dict[str, Any
             write_seg(staging / f"{case}{SEG_ENDING}", seg, affine)
         summary = evaluate_for_plans(staging, plans)
         summary["members"] = list(configs)
+        class_rows = averaged_class_rows(work, configs, cases, plans.case_classes)
+        if class_rows is not None:
+            summary["classification"] = score_class_rows(work, plans, staging, class_rows)
         write_summary(summary, staging / SUMMARY_FILE)
     log.info("ensemble %s cross-validation: foreground Dice %.4f on %d cases", ensemble_name(configs),
              summary["foreground_mean"]["dice"], len(cases))
     return summary
+
+
+def averaged_class_rows(work: Path, configs: Sequence[str], cases: Sequence[str], names: tuple[str, ...]
+                        ) -> dict[str, np.ndarray] | None:
+    """The mean of the members' cross-validation class probabilities per case; None unless every
+    member has a crossval/classification.csv."""
+    paths = [crossval_dir(work, c) / CLASSIFICATION_FILE for c in configs]
+    if not names or not all(path.is_file() for path in paths):
+        return None
+    tables = [read_classification(path, names) for path in paths]
+    for path, table in zip(paths, tables):
+        missing = sorted(set(cases) - set(table))
+        if missing:
+            raise UserError(path, f"has no row for case '{missing[0]}'")
+    return {case: np.mean([table[case] for table in tables], axis=0) for case in cases}
 
 
 def _common_cases(work: Path, configs: Sequence[str]) -> list[str]:

@@ -23,9 +23,11 @@ from torch import nn
 from tqdm import tqdm
 
 from nnlite.common.errors import UserError
+from nnlite.evaluation.class_scores import score_class_rows
 from nnlite.evaluation.metrics import (SUMMARY_FILE, Counts, check_predicted_values, checked_region_counts,
                                        label_counts, list_segs, read_pair, reference_labels, summarize,
                                        write_summary)
+from nnlite.inference.case_classification import ClassCollector
 from nnlite.inference.export import export_prediction
 from nnlite.inference.sliding_window import predict_preprocessed
 from nnlite.plans import Plans
@@ -67,6 +69,9 @@ def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, co
     counts = merge_counts(gather_objects({cases[i]: c for i, c in mine.items()}, rank), cases)
     summary = summarize(counts, scored_names(plans))
     summary["pseudo_dice"] = last_pseudo_dice(metrics)
+    class_rows = merge_class_rows(gather_objects(predict.class_rows, rank))
+    if class_rows and rank.is_main:
+        summary["classification"] = score_class_rows(work, plans, out_dir, class_rows)
     if rank.is_main:
         write_summary(summary, out_dir / SUMMARY_FILE)
         log.info("validation: Dice %.4f on %d cases (last EMA pseudo-Dice %.4f): %s",
@@ -76,20 +81,27 @@ def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, co
 
 
 class CasePredictor:
-    """Predicts one preprocessed validation case and exports it: case → `<case>.nii.gz`."""
+    """Predicts one preprocessed validation case and exports it: case → `<case>.nii.gz`; a network
+    with a classification head also leaves the case's class probabilities in `class_rows`."""
 
     def __init__(self, work: Path, out_dir: Path, network: nn.Module, plans: Plans, config: TrainConfig):
         self.work, self.out_dir, self.network, self.plans, self.config = work, out_dir, network, plans, config
         self.source = preprocessed_dir(work, plans, config)
         self.device = resolve_device(config.device)
+        self.collector = ClassCollector([network])
+        self.class_rows: dict[str, np.ndarray] = {}  # case → (K,) class probabilities
 
     def __call__(self, case: str) -> Path:
         config, plans = self.config, self.plans
         data = np.load(self.source / f"{case}.npy", mmap_mode="r")
         data = stage_input(self.work, plans, config.configuration, case, np.array(data))  # + cascade input
-        probs = predict_preprocessed([self.network], data, plans.configurations[config.configuration],
-                                     mirror=config.validation.mirroring, step=config.validation.step,
-                                     device=self.device, sigmoid=bool(plans.regions))
+        with self.collector:
+            self.collector.reset()
+            probs = predict_preprocessed([self.network], data, plans.configurations[config.configuration],
+                                         mirror=config.validation.mirroring, step=config.validation.step,
+                                         device=self.device, sigmoid=bool(plans.regions))
+        if self.collector.has_head:
+            self.class_rows[case] = self.collector.case_probabilities()
         props = load_case_properties(self.source / f"{case}.json")
         path = self.out_dir / f"{case}.nii.gz"
         export_prediction(probs, props, plans, config.configuration, path,
@@ -126,6 +138,11 @@ def merge_counts(per_rank: Sequence[dict[str, dict[int, Counts]]], cases: Sequen
     if missing:
         raise RuntimeError(f"validation case {missing[0]} was predicted by no rank")
     return {case: merged[case] for case in cases}
+
+
+def merge_class_rows(per_rank: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One {case: class probabilities} from every rank's share (empty without a head)."""
+    return {case: row for rows in per_rank for case, row in rows.items()}
 
 
 def is_validated(folder: Path) -> bool:

@@ -125,3 +125,46 @@ def visualize_folder(images_dir: str | Path, ref_dir: str | Path, pred_dir: str 
                                    image.spacing, slices, title=case))
         log.info("wrote %s", written[-1])
     return written
+
+
+ROC_FILE = "roc.png"  # visualize: the ROC curve(s) of a folder whose summary.json has a classification
+
+
+def render_roc(path: str | Path, scores: dict) -> Path:
+    """Write a PNG of the ROC curve of summary.json's `classification` block: one curve for two
+    classes (the second class positive), one per class (one-vs-rest) for more."""
+    from nnlite.evaluation.class_scores import roc_curve
+
+    names = scores["classes"]
+    cases = scores["per_case"].values()
+    true = np.array([names.index(c["true"]) for c in cases])
+    probs = np.array([c["probabilities"] for c in cases])
+    positives = [1] if len(names) == 2 else range(len(names))
+    fig, ax = plt.subplots(figsize=(4, 4))
+    for k in positives:
+        fpr, tpr = roc_curve(true == k, probs[:, k])
+        ax.plot(fpr, tpr, drawstyle="steps-post", label=f"{names[k]} vs rest")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    auc = "n/a" if scores["auc"] is None else f"{scores['auc']:.3f}"
+    ax.set(xlabel="1 − specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.02),
+           title=f"ROC, AUC {auc} ({scores['num_cases']} cases)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    try:
+        return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+    finally:
+        plt.close(fig)
+
+
+def roc_of_folder(pred_dir: str | Path, out_dir: str | Path) -> Path | None:
+    """out_dir/roc.png when pred_dir/summary.json holds a classification block, else None."""
+    import json
+
+    summary = Path(pred_dir) / "summary.json"
+    if not summary.is_file():
+        return None
+    scores = json.loads(summary.read_text()).get("classification")
+    if not scores or not scores.get("per_case"):
+        return None
+    ensure_writable_dir(out_dir, "output folder")
+    return render_roc(Path(out_dir) / ROC_FILE, scores)

@@ -93,10 +93,16 @@ def evaluate_candidates(work: Path, configs: Sequence[str], ensembles: bool) -> 
 
 
 def _candidate(configs: list[str], summary: dict[str, Any], folder: Path) -> dict[str, Any]:
-    return {"name": ensemble_name(configs), "configurations": configs,
-            "foreground_dice": summary["foreground_mean"]["dice"],
-            "dice_per_label": {label: values["dice"] for label, values in summary["mean"].items()},
-            "cases": len(summary["per_case"]), "crossval": str(folder), "_score": score(summary)}
+    """A ranked candidate: its cross-validated Dice (the score) and, with a classification head,
+    its cross-validated classification AUC and balanced accuracy (reported, not ranked by)."""
+    candidate = {"name": ensemble_name(configs), "configurations": configs,
+                 "foreground_dice": summary["foreground_mean"]["dice"],
+                 "dice_per_label": {label: values["dice"] for label, values in summary["mean"].items()},
+                 "cases": len(summary["per_case"]), "crossval": str(folder), "_score": score(summary)}
+    if "classification" in summary:
+        scores = summary["classification"]
+        candidate["classification"] = {key: scores[key] for key in ("auc", "auc_ci95", "balanced_accuracy")}
+    return candidate
 
 
 def rank(candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -60,8 +60,9 @@ def load_fold_network(work: Path, config_name: str, fold: str, checkpoint: str =
     path = Path(work) / "results" / config_name / f"fold_{fold}" / CHECKPOINTS[checkpoint]
     channels = input_channels(plans, config_name)
     network = build_unet(plans.configurations[config_name].network, channels, plans.num_classes,
-                         deep_supervision=False)
+                         deep_supervision=False, region_outputs=bool(plans.regions))
     network.load_state_dict(load_checkpoint(path)["network"])
+    network.classifier = None  # a classification head is not exported: the file segments only
     return network.eval(), channels, plans.num_classes
 
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir, remove_tmp_leftovers
+from nnlite.inference.case_classification import ClassCollector, update_classification
 from nnlite.inference.export import export_prediction
 from nnlite.inference.largest_component import POSTPROCESSING_FILE, load_postprocessing
 from nnlite.inference.onnx_model import OnnxNetwork
@@ -53,7 +54,7 @@ def load_networks(work: Path, options: PredictOptions, device: torch.device
     for folder in fold_folders(work / "results" / options.config, options.folds,
                                CHECKPOINTS[options.checkpoint]):
         checkpoint = load_checkpoint(folder / CHECKPOINTS[options.checkpoint])
-        network = build_unet(config.network, plans.num_channels, plans.num_classes)
+        network = build_unet(config.network, plans.num_channels, plans.num_classes, region_outputs=bool(plans.regions))
         network.load_state_dict(checkpoint["network"])
         network.deep_supervision = False
         networks.append(network.to(device).eval())
@@ -125,7 +126,8 @@ def predict_folder(work: str | Path, input_dir: str | Path, output_dir: str | Pa
     if report.skipped:
         log.info("skipping %d already predicted cases (--overwrite redoes them)", len(report.skipped))
     config = plans.configurations[options.config]
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+    collector, class_rows = ClassCollector(networks), {}  # a classification head: one row per case
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, collector:
         def load(i: int) -> Future:
             return reader.submit(read_and_preprocess, todo[i], cases[todo[i]], plans, options.config)
 
@@ -135,9 +137,12 @@ def predict_folder(work: str | Path, input_dir: str | Path, output_dir: str | Pa
             current, upcoming = upcoming, load(i + 1) if i + 1 < len(todo) else None
             try:
                 data, props, affine = current.result()
+                collector.reset()
                 probs = predict_preprocessed(networks, data, config, mirror=options.mirror,
                                              step=options.step, tile_batch=options.tile_batch,
                                              device=device, sigmoid=bool(plans.regions))
+                if collector.has_head:
+                    class_rows[case] = collector.case_probabilities()
             except Exception as error:  # noqa: BLE001  report the case, finish the others
                 record_failure(report, case, error)
                 continue
@@ -146,4 +151,6 @@ def predict_folder(work: str | Path, input_dir: str | Path, output_dir: str | Pa
                 export_case, probs, props, plans, options, outputs[case], cases[case],
                 affine=affine, postprocessing=steps))
         _collect(pending, report)
+    if class_rows:
+        update_classification(output_dir, class_rows, plans.case_classes)
     return report

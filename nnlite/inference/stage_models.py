@@ -6,7 +6,9 @@ them, run the previous stage first when there is one (its label map in the origi
 through `cascade.seg_to_stage_input`, exactly as the training inputs were made), and predict.
 One member: its probabilities are exported as a single configuration's (`export`). Several: their
 float16 probabilities in the original geometry are averaged (`export.average_probabilities`),
-exactly as the cross-validation ensemble was scored. Post-processing steps apply last.
+exactly as the cross-validation ensemble was scored. Post-processing steps apply last. Members
+with a classification head give one class-probability vector per case (tiles aggregated as in
+`case_classification`), averaged over the members into OUTPUT_DIR/classification.csv.
 
 `results/best.json` (written by `evaluation/selection.py`) is read here: `predict --best` follows it.
 """
@@ -26,6 +28,7 @@ from tqdm import tqdm
 from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir, read_json, remove_tmp_leftovers
 from nnlite.data.image_io import Case, write_seg
+from nnlite.inference.case_classification import ClassCollector, update_classification
 from nnlite.inference.export import (average_probabilities, npz_path_for, probabilities_in_crop,
                                      probabilities_in_original, seg_from_probabilities, seg_in_original,
                                      write_probabilities)
@@ -54,6 +57,7 @@ class StageModel:
 
 
 Cropped = tuple[np.ndarray, CaseProperties]  # probabilities (K, *shape_after_crop), properties
+ClassRows = dict[str, np.ndarray]  # configuration → (K,) case-class probabilities of one case
 
 
 def load_stage_model(work: Path, plans: Plans, config_name: str, options: PredictOptions,
@@ -74,7 +78,8 @@ def load_stage_model(work: Path, plans: Plans, config_name: str, options: Predic
     for folder in fold_folders(work / "results" / config_name, options.folds,
                                CHECKPOINTS[options.checkpoint]):
         checkpoint = load_checkpoint(folder / CHECKPOINTS[options.checkpoint])
-        network = build_unet(config.network, input_channels(plans, config_name), plans.num_classes)
+        network = build_unet(config.network, input_channels(plans, config_name), plans.num_classes,
+                             region_outputs=bool(plans.regions))
         network.load_state_dict(checkpoint["network"])
         network.deep_supervision = False
         networks.append(network.to(device).eval())
@@ -86,42 +91,52 @@ def load_stage_model(work: Path, plans: Plans, config_name: str, options: Predic
 
 
 def predict_cropped(model: StageModel, raw: Case, case: str, plans: Plans, options: PredictOptions,
-                    device: torch.device, done: dict[str, Cropped]) -> Cropped:
+                    device: torch.device, done: dict[str, Cropped], classes: ClassRows | None = None) -> Cropped:
     """Probabilities (K, *shape_after_crop) float32 of a raw case, and its properties.
 
-    done: this case's results so far by configuration (3d_lowres+3d_cascade_fullres runs lowres once).
+    done: this case's results so far by configuration (3d_lowres+3d_cascade_fullres runs lowres once);
+    classes: where a configuration with a classification head leaves the case's class probabilities.
     """
     if model.config_name in done:
         return done[model.config_name]
+    classes = {} if classes is None else classes
     data, _, props = preprocess_case(raw.data, None, raw.spacing, plans, model.config_name,
                                      case=case, affine=raw.affine)
     if model.previous is not None:
-        cropped, prev_props = predict_cropped(model.previous, raw, case, plans, options, device, done)
+        cropped, prev_props = predict_cropped(model.previous, raw, case, plans, options, device, done, classes)
         prev_seg = seg_in_original(cropped, prev_props, plans)
         data = with_previous_stage(data, seg_to_stage_input(prev_seg, props, plans, model.config_name),
                                    stage_labels(plans))
-    probs = predict_preprocessed(model.networks, data, plans.configurations[model.config_name],
-                                 mirror=options.mirror, step=options.step,
-                                 tile_batch=options.tile_batch, device=device,
-                                 sigmoid=bool(plans.regions))
+    with ClassCollector(model.networks) as collector:
+        probs = predict_preprocessed(model.networks, data, plans.configurations[model.config_name],
+                                     mirror=options.mirror, step=options.step,
+                                     tile_batch=options.tile_batch, device=device,
+                                     sigmoid=bool(plans.regions))
+    if collector.has_head:
+        classes[model.config_name] = collector.case_probabilities()
     done[model.config_name] = probabilities_in_crop(probs, props, plans, model.config_name), props
     return done[model.config_name]
 
 
-def predict_case(models: Sequence[StageModel], raw: Case, case: str, plans: Plans,
-                 options: PredictOptions, device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
-    """Label map (*raw shape) of a case, and its probabilities (K, *raw shape) when asked for."""
+def predict_case(models: Sequence[StageModel], raw: Case, case: str, plans: Plans, options: PredictOptions,
+                 device: torch.device) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Label map (*raw shape) of a case, its probabilities (K, *raw shape) when asked for, and its
+    class probabilities (mean over the members) when every member has a classification head."""
     done: dict[str, Cropped] = {}
-    if len(models) == 1:
-        cropped, props = predict_cropped(models[0], raw, case, plans, options, device, done)
-        probs = probabilities_in_original(cropped, props, plans) if options.save_probabilities else None
-        return seg_in_original(cropped, props, plans), probs
+    classes: ClassRows = {}
     members = []
     for model in models:
-        cropped, props = predict_cropped(model, raw, case, plans, options, device, done)
-        members.append(probabilities_in_original(cropped, props, plans))
-    probs = average_probabilities(members)
-    return seg_from_probabilities(probs, plans.regions), probs.astype(np.float16) if options.save_probabilities else None
+        cropped, props = predict_cropped(model, raw, case, plans, options, device, done, classes)
+        members.append((cropped, props))
+    have_heads = all(model.config_name in classes for model in models)
+    class_probs = np.mean([classes[m.config_name] for m in models], axis=0) if have_heads else None
+    if len(models) == 1:
+        cropped, props = members[0]
+        probs = probabilities_in_original(cropped, props, plans) if options.save_probabilities else None
+        return seg_in_original(cropped, props, plans), probs, class_probs
+    probs = average_probabilities([probabilities_in_original(c, p, plans) for c, p in members])
+    seg = seg_from_probabilities(probs, plans.regions)
+    return seg, probs.astype(np.float16) if options.save_probabilities else None, class_probs
 
 
 def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Path,
@@ -146,10 +161,13 @@ def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Pa
     outputs = {case: output_path(output_dir, case, paths) for case, paths in cases.items()}
     todo = [case for case in cases if options.overwrite or not is_done(outputs[case], options)]
     report.skipped = [case for case in cases if case not in todo]
+    class_rows: dict[str, np.ndarray] = {}  # classification heads: one row per case
     for case in tqdm(todo, desc="predict", unit="case"):
         try:
             raw = read_input_case(case, cases[case], plans.num_channels)
-            seg, probs = predict_case(models, raw, case, plans, options, device)
+            seg, probs, class_probs = predict_case(models, raw, case, plans, options, device)
+            if class_probs is not None:
+                class_rows[case] = class_probs
             write_seg(outputs[case], apply_postprocessing(seg, postprocessing), raw.affine)
             if probs is not None:
                 write_probabilities(npz_path_for(outputs[case]), probs)
@@ -160,6 +178,8 @@ def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Pa
             report.predicted.append(case)
         except Exception as error:  # noqa: BLE001  report the case, finish the others
             record_failure(report, case, error)
+    if class_rows:
+        update_classification(output_dir, class_rows, plans.case_classes)
     return report
 
 

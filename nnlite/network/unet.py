@@ -37,6 +37,7 @@ from torch import nn
 from nnlite.common.errors import UserError
 from nnlite.network.blocks import (CONV, CONV_TRANSPOSE, AttentionGate, ConvStack, ConvUnit, ResidualStack,
                                    init_he)
+from nnlite.network.classifier import ClassificationHead, SegmentAndClass
 from nnlite.plans import NetworkPlan
 
 
@@ -136,11 +137,13 @@ class UNet(nn.Module):
     """Encoder + decoder. `deep_supervision` and `skip_lowest_head` may be switched at any time.
 
     x (B, C_in, *P) → with deep supervision a list of n_stages-1 logits (B, K, *P / scale_i), highest
-    resolution first; without, the logits (B, K, *P). With `skip_lowest_head` (deep supervision only)
+    resolution first; without, the logits (B, K, *P). A plan with `class_head` wraps that output
+    with the case-class logits in a `SegmentAndClass`. With `skip_lowest_head` (deep supervision only)
     the lowest-resolution head, whose loss weight is 0, is not computed and the list is one shorter.
     """
 
-    def __init__(self, plan: NetworkPlan, in_channels: int, num_classes: int, deep_supervision: bool) -> None:
+    def __init__(self, plan: NetworkPlan, in_channels: int, num_classes: int, deep_supervision: bool,
+                 region_outputs: bool = False) -> None:
         super().__init__()
         if plan.n_stages < 2:
             raise UserError("plans.json", "a U-Net needs at least 2 stages")
@@ -149,9 +152,23 @@ class UNet(nn.Module):
         self.skip_lowest_head = False
         self.encoder = ENCODERS[plan.encoder](plan, in_channels)
         self.decoder = Decoder(plan, num_classes)
+        # plan.class_head > 0: case-class logits from the encoder's deepest stages (network/classifier.py),
+        # built on a forked RNG so that every other weight is initialised as without a head
+        self.classifier = None
+        if plan.class_head:
+            with torch.random.fork_rng(devices=[]):
+                self.classifier = ClassificationHead(plan.features_per_stage, plan.class_head, region_outputs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor] | SegmentAndClass:
         skips = self.encoder(x)
+        seg = self.segment(skips)
+        if self.classifier is None:
+            return seg
+        full_resolution = seg[0] if isinstance(seg, list) else seg  # (B, K_seg, *P)
+        return SegmentAndClass(seg, self.classifier(skips, full_resolution))  # + (B, K) case-class logits
+
+    def segment(self, skips: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """The decoder's logits from the encoder's skips (high → low resolution)."""
         if not self.deep_supervision:
             return self.decoder(skips, heads=1)[0]
         n_outputs = self.plan.n_stages - 1
@@ -160,9 +177,11 @@ class UNet(nn.Module):
         return self.decoder(skips, heads=n_outputs)
 
 
-def build_unet(plan: NetworkPlan, in_channels: int, num_classes: int, deep_supervision: bool = True) -> UNet:
-    """Build the U-Net of `plan` (2D or 3D, plain or residual encoder) with He-initialised weights."""
-    net = UNet(plan, in_channels, num_classes, deep_supervision)
+def build_unet(plan: NetworkPlan, in_channels: int, num_classes: int, deep_supervision: bool = True,
+               region_outputs: bool = False) -> UNet:
+    """Build the U-Net of `plan` (2D or 3D, plain or residual encoder) with He-initialised weights;
+    `region_outputs`: its outputs are region sigmoids (what a classification head pools by)."""
+    net = UNet(plan, in_channels, num_classes, deep_supervision, region_outputs)
     init_he(net)
     return net
 

@@ -56,6 +56,29 @@ def make_splits(case_names: Sequence[str], n_folds: int = N_FOLDS, seed: int = S
     return splits
 
 
+def make_stratified_splits(case_names: Sequence[str], class_of: dict[str, int], n_folds: int = N_FOLDS,
+                           seed: int = SPLIT_SEED) -> Splits:
+    """Folds stratified by case class: every fold's validation holds every class that has at
+    least `n_folds` cases, and fold sizes differ by at most one.
+
+    Per class (in class order) the sorted names are shuffled with RandomState(seed) and dealt to
+    the folds in turn, the dealing continuing across classes so the sizes stay balanced.
+    """
+    names = sorted(case_names)
+    if len(names) < n_folds:
+        raise UserError("splits", f"{len(names)} cases cannot be split into {n_folds} folds")
+    val: list[list[str]] = [[] for _ in range(n_folds)]
+    dealt = 0
+    for label in sorted({class_of[n] for n in names}):
+        members = [n for n in names if class_of[n] == label]
+        order = np.arange(len(members))
+        np.random.RandomState(seed).shuffle(order)
+        for i in order:
+            val[dealt % n_folds].append(members[i])
+            dealt += 1
+    return [{"train": [n for n in names if n not in set(fold)], "val": sorted(fold)} for fold in val]
+
+
 def check_splits_shape(path: Path, splits: Any) -> Splits:
     """A list of {"train": [names], "val": [names]} folds, or a UserError naming the file."""
     if not isinstance(splits, list) or not splits or not all(

@@ -21,14 +21,16 @@ from nnlite.common.errors import UserError
 from nnlite.common.files import (ensure_writable_dir, read_json_checked, remove_tmp_leftovers,
                                  write_atomic, write_json_atomic)
 from nnlite.common.schema import to_jsonable
+from nnlite.data.case_classes import CaseClasses, classes_of_dataset
 from nnlite.data.dataset import RawDataset, load_dataset
+from nnlite.planning.class_head import attach_class_head, write_work_classes
 from nnlite.planning.fingerprint import extract_fingerprint, load_fingerprint_file
 from nnlite.planning.inheritance import keep_added_configurations
 from nnlite.planning.memory_budget import GIB
 from nnlite.planning.nnunet_plans import plans_from_nnunet, read_nnunet_plans
 from nnlite.planning.planner import check_arguments, plan_experiment
 from nnlite.planning.splits import (N_FOLDS, Splits, check_splits_cases, check_splits_shape, fold_count,
-                                    make_splits)
+                                    make_splits, make_stratified_splits)
 from nnlite.plans import (FINGERPRINT_HASH_KEY, RAW_PATH_KEY, Fingerprint, Plans, load_fingerprint,
                           save_fingerprint, save_plans)
 
@@ -37,7 +39,8 @@ log = logging.getLogger(__name__)
 # What `plan --overwrite` removes: everything a plan and the stages after it made in WORK.
 NNUNET_SPLITS = "splits_final.json"  # nnU-Net's name for the same list of folds
 SPLITS_SOURCE_KEY = "splits_from"  # plans.extra: the nnU-Net splits_final.json that splits.json copies
-WORK_OUTPUTS = ("plans.json", "splits.json", "fingerprint.json", "dataset.json", "preprocessed", "results")
+WORK_OUTPUTS = ("plans.json", "splits.json", "fingerprint.json", "dataset.json", "classes.csv", "preprocessed",
+                "results")
 NEW_WORK_HINT = "plan into a new WORK folder, or add --overwrite to start this one afresh"
 
 
@@ -49,11 +52,12 @@ def plan_dataset(raw: Path, work: Path, gpu_memory_gb: float | None = None,
     `gpu_memory_gb` None: the preset's budget (8 GB, ResEnc L 24, XL 40)."""
     check_arguments(gpu_memory_gb, configs, memory_model, preset)  # before the (long) fingerprint
     dataset = load_dataset(raw)
+    classes = classes_of_dataset(dataset)  # checked before the (long) fingerprint
     n_folds = fold_count(len(dataset.cases), folds)
     fingerprint = _fresh_fingerprint(dataset, work, workers, overwrite)
     plans = plan_experiment(fingerprint, gpu_memory_gb, configs, dataset_name=Path(raw).resolve().name,
                             memory_model=memory_model, preset=preset)
-    return _write_raw_outputs(raw, work, fingerprint, plans, n_folds, folds is not None, overwrite)
+    return _write_raw_outputs(raw, work, fingerprint, plans, n_folds, folds is not None, overwrite, classes)
 
 
 def _fresh_fingerprint(dataset: RawDataset, work: Path, workers: int, overwrite: bool) -> Fingerprint:
@@ -70,13 +74,16 @@ def _fresh_fingerprint(dataset: RawDataset, work: Path, workers: int, overwrite:
 
 
 def _write_raw_outputs(raw: Path, work: Path, fingerprint: Fingerprint, plans: Plans, n_folds: int,
-                       folds_given: bool, overwrite: bool) -> Plans:
-    """Write WORK's files for plans made from RAW (whose path the plans record)."""
+                       folds_given: bool, overwrite: bool, classes: CaseClasses | None) -> Plans:
+    """Write WORK's files for plans made from RAW (whose path the plans record); a dataset with
+    case `classes` gets the classification head and WORK/classes.csv."""
     # preprocess, postprocess and the final validation find the raw images and labels through this
     plans = _with_origin(plans, fingerprint, raw=str(Path(raw).resolve()))
+    if classes is not None:
+        plans = attach_class_head(plans, classes.names)
     names = [c.case for c in fingerprint.cases]
     return _write_outputs(work, (Path(raw) / "dataset.json").read_bytes(), fingerprint, plans, names,
-                          n_folds, folds_given, overwrite, raw=Path(raw))
+                          n_folds, folds_given, overwrite, raw=Path(raw), classes=classes)
 
 
 def plan_from_nnunet_plans(raw: Path, work: Path, nnunet_plans_file: Path, configs: Sequence[str] | None = None,
@@ -88,11 +95,12 @@ def plan_from_nnunet_plans(raw: Path, work: Path, nnunet_plans_file: Path, confi
     if unknown:
         raise UserError("--configs", f"{unknown[0]!r} is not a configuration of {nnunet_plans_file}")
     dataset = load_dataset(raw)
+    classes = classes_of_dataset(dataset)
     n_folds = fold_count(len(dataset.cases), folds)
     plans = plans_from_nnunet(nnunet, read_json_checked(Path(raw) / "dataset.json"),
                               list(configs) if configs else None)
     fingerprint = _fresh_fingerprint(dataset, work, workers, overwrite)
-    return _write_raw_outputs(raw, work, fingerprint, plans, n_folds, folds is not None, overwrite)
+    return _write_raw_outputs(raw, work, fingerprint, plans, n_folds, folds is not None, overwrite, classes)
 
 
 def plan_from_fingerprint(fingerprint_file: Path, work: Path, gpu_memory_gb: float | None = None,
@@ -169,9 +177,10 @@ def refuse_other_fingerprint(work: Path, old: Fingerprint, new: Fingerprint) -> 
 
 def _write_outputs(work: Path, dataset_json: bytes, fingerprint: Fingerprint, plans: Plans,
                    case_names: Sequence[str] | None, n_folds: int, folds_given: bool,
-                   overwrite: bool, raw: Path | None = None) -> Plans:
-    """Decide the splits, then write everything atomically, plans.json last; returns the plans written
-    (`extra` names the nnU-Net splits_final.json when splits.json was copied from one)."""
+                   overwrite: bool, raw: Path | None = None, classes: CaseClasses | None = None) -> Plans:
+    """Decide the splits (stratified by case class when the dataset has `classes`), then write
+    everything atomically, plans.json last; returns the plans written (`extra` names the nnU-Net
+    splits_final.json when splits.json was copied from one)."""
     work = Path(work)
     splits = None if overwrite else kept_splits(work, case_names, n_folds if folds_given else None)
     nnunet_splits = None
@@ -184,12 +193,13 @@ def _write_outputs(work: Path, dataset_json: bytes, fingerprint: Fingerprint, pl
     if not target.is_file() or target.read_bytes() != dataset_json:
         write_atomic(target, lambda tmp: tmp.write_bytes(dataset_json))
     save_fingerprint(fingerprint, work / "fingerprint.json")
+    write_work_classes(work, classes)
     if nnunet_splits is not None:
         path, splits = nnunet_splits
         write_json_atomic(work / "splits.json", splits)
         plans = replace(plans, extra={**plans.extra, SPLITS_SOURCE_KEY: str(path.resolve())})
     elif splits is None:
-        write_new_splits(work, case_names, n_folds)
+        write_new_splits(work, case_names, n_folds, None if classes is None else classes.of_case)
     if not overwrite:
         plans = keep_added_configurations(work, plans)
     save_plans(plans, work / "plans.json")
@@ -227,7 +237,9 @@ def kept_splits(work: Path, case_names: Sequence[str] | None, n_folds: int | Non
     return splits
 
 
-def write_new_splits(work: Path, case_names: Sequence[str] | None, n_folds: int) -> None:
+def write_new_splits(work: Path, case_names: Sequence[str] | None, n_folds: int,
+                     class_of: dict[str, int] | None = None) -> None:
+    """splits.json: nnU-Net's seeded k folds, stratified by case class when the dataset has classes."""
     if not case_names:
         log.info("no splits.json: an nnU-Net fingerprint does not name its cases")
     elif n_folds == 0:
@@ -235,7 +247,9 @@ def write_new_splits(work: Path, case_names: Sequence[str] | None, n_folds: int)
     else:
         if len(case_names) < N_FOLDS:
             log.info("%d cases: %d folds instead of %d", len(case_names), n_folds, N_FOLDS)
-        write_json_atomic(work / "splits.json", make_splits(case_names, n_folds))
+        splits = (make_splits(case_names, n_folds) if class_of is None
+                  else make_stratified_splits(case_names, class_of, n_folds))
+        write_json_atomic(work / "splits.json", splits)
 
 
 def clear_work(work: Path) -> None:

@@ -45,9 +45,11 @@ class TrainingSettings:
     ema_momentum: float = 0.9  # ema = m * ema + (1 - m) * pseudo-Dice
     amp: str = "auto"  # auto: bf16 (fp16 without it) on CUDA, bf16 on a CPU with bf16 instructions
     compile: str = "auto"  # torch.compile the network: on, off, auto = on for CUDA
+    class_loss_weight: float = 1.0  # classification head (case classes): its loss relative to Dice + CE
 
     def __post_init__(self) -> None:
         _check_choice("training.lr_step", self.lr_step, LR_STEPS)
+        _check_range("training.class_loss_weight", self.class_loss_weight, self.class_loss_weight >= 0, "≥ 0")
         _check_choice("training.amp", self.amp, AMP_MODES)
         _check_choice("training.compile", self.compile, COMPILE_MODES)
         for name, lowest in (("epochs", 1), ("iters_per_epoch", 1), ("val_iters", 0)):

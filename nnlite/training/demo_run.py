@@ -31,7 +31,8 @@ DEMO_WORKERS = 2  # fingerprint / preprocessing processes
 
 
 def run_demo(root: Path, config: TrainConfig, *, overwrite: bool = False) -> str:
-    """Run the demo under `root` (raw/ and work/); returns the closing `demo: …` line."""
+    """Run the demo under `root` (raw/ and work/); returns the closing `demo: …` line (preceded by
+    a `demo: classification AUC …` line when the dataset has case classes)."""
     raw, work = root / "raw", root / "work"
     if not (raw / "dataset.json").is_file():
         log.info("demo: generating the synthetic dataset in %s", raw)
@@ -45,7 +46,15 @@ def run_demo(root: Path, config: TrainConfig, *, overwrite: bool = False) -> str
     folder = train_folds(work, config, ["0"], resume=resume, overwrite=overwrite)[0]
     summary = read_json(folder / "validation" / "summary.json")
     dice = summary["foreground_mean"]["dice"]
-    return f"demo: validation Dice {dice:.4f} on {len(summary['per_case'])} cases; results in {folder}"
+    lines = [classification_line(summary["classification"])] if "classification" in summary else []
+    lines.append(f"demo: validation Dice {dice:.4f} on {len(summary['per_case'])} cases; results in {folder}")
+    return "\n".join(lines)
+
+
+def classification_line(scores: dict) -> str:
+    """`demo: classification AUC X on N cases` from summary.json's classification block."""
+    auc = "n/a" if scores["auc"] is None else f"{scores['auc']:.4f}"
+    return f"demo: classification AUC {auc} on {scores['num_cases']} cases"
 
 
 def plan_demo(raw: Path, work: Path) -> Plans:

@@ -32,11 +32,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from nnlite.common.files import ensure_writable_dir
 from nnlite.common.schema import to_jsonable
 from nnlite.network import build_unet, compile_network
+from nnlite.network.classifier import ClassTargets, joint_loss, segmentation_output
 from nnlite.network.loss import build_loss
 from nnlite.network.region_loss import build_region_loss, region_confusion_counts
 from nnlite.plans import Plans, load_plans
 from nnlite.preprocessing.cascade import input_channels
 from nnlite.training import checkpoints, progress
+from nnlite.training.class_targets import class_targets
 from nnlite.training.config import TrainConfig, config_to_dict
 from nnlite.training.distributed import (Rank, barrier, broadcast_int, close_distributed, init_distributed,
                                          mean_across_ranks, sum_across_ranks)
@@ -61,6 +63,7 @@ class RunState:
     device: torch.device
     epoch: int  # epochs completed
     metrics: list[dict[str, Any]]
+    classes: ClassTargets | None = None  # a network with a classification head: the class loss's inputs
 
 
 def poly_lr(initial_lr: float, step: int, total_steps: int, exponent: float) -> float:
@@ -124,6 +127,7 @@ def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: R
     config = run.config
     train_cases, val_cases = cases
     state = build_state(plans, config, device, run.checkpoint, rank)
+    state.classes = class_targets(work, plans, config, train_cases)
     if run.finished:
         # rank 0 decides, so every rank takes part in the shared validation or none does
         if config.validation.enabled and not broadcast_int(int(validation_done(run.folder)), rank):
@@ -180,7 +184,7 @@ def build_state(plans: Plans, config: TrainConfig, device: torch.device,
     seed_everything(config.seed, config.deterministic and device.type == "cpu")
     plan = plans.configurations[config.configuration]
     network = build_unet(plan.network, input_channels(plans, config.configuration), plans.num_classes,
-                         deep_supervision=True)
+                         deep_supervision=True, region_outputs=bool(plans.regions))
     network.skip_lowest_head = True  # its loss weight is 0 (reference §6): do not compute it
     network.to(device)
     t = config.training
@@ -239,7 +243,7 @@ def train_step(state: RunState, loss_fn: nn.Module, batch: dict[str, Any], grad_
     targets = [t.to(state.device, non_blocking=True).long() for t in batch["target"]]
     state.optimizer.zero_grad(set_to_none=True)
     with autocast(state):
-        loss = loss_fn(state.model(data), targets)
+        loss = joint_loss(loss_fn, state.model(data), targets, batch["cases"], state.classes)
     if state.scaler is not None:
         state.scaler.scale(loss).backward()
         state.scaler.unscale_(state.optimizer)  # clip the true gradients, not the scaled ones
@@ -272,11 +276,12 @@ def validate(state: RunState, loss_fn: nn.Module, batches: Iterator[dict[str, An
         targets = [t.to(state.device).long() for t in batch["target"]]
         with autocast(state):
             outputs = state.model(data)
-            total += float(loss_fn(outputs, targets))
+            total += float(joint_loss(loss_fn, outputs, targets, batch["cases"], state.classes))
+        seg = segmentation_output(outputs)[0]  # (B, K, *patch): the full-resolution logits
         if regions:
-            counts += region_confusion_counts(outputs[0], targets[0], regions)
+            counts += region_confusion_counts(seg, targets[0], regions)
         else:
-            counts += confusion_counts(outputs[0].argmax(1), targets[0][:, 0], num_classes, ignore_label)
+            counts += confusion_counts(seg.argmax(1), targets[0][:, 0], num_classes, ignore_label)
         n += 1
     tp, fp, fn = sum_across_ranks(counts, rank)
     loss_sum, batches_seen = sum_across_ranks(torch.tensor([total, n], dtype=torch.float64), rank)

@@ -124,8 +124,10 @@ def case_mean_dice(entry: dict[str, Any]) -> float:
 
 def case_table(summary: dict[str, Any], label_names: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """One row per case, worst mean foreground Dice first: case, (fold), mean Dice, then Dice,
-    IoU and PPV per label (columns named `dice <label>`), classification when the summary has it."""
+    IoU and PPV per label (columns named `dice <label>`), then the true and predicted case class
+    when the summary has a classification block (a network with a classification head)."""
     names = label_names or {}
+    classes = summary.get("classification", {}).get("per_case", {})
     rows = []
     for entry in summary["per_case"]:
         row: dict[str, Any] = {"case": entry["case"]}
@@ -136,8 +138,9 @@ def case_table(summary: dict[str, Any], label_names: dict[str, str] | None = Non
             for metric in TABLE_METRICS:
                 value = values.get(metric)
                 row[f"{metric} {names.get(label, label)}"] = math.nan if value is None else float(value)
-        if "classification" in entry:
-            row["classification"] = entry["classification"]
+        if entry["case"] in classes:
+            row["true class"] = classes[entry["case"]]["true"]
+            row["predicted class"] = classes[entry["case"]]["predicted"]
         rows.append(row)
     return sorted(rows, key=lambda r: (math.isnan(r["mean dice"]), r["mean dice"], r["case"]))
 
