@@ -165,6 +165,8 @@ def test_joint_loss_adds_the_weighted_class_loss():
     assert float(total) == pytest.approx(float(seg_loss(seg, targets) + 0.7 * by_hand), rel=1e-6)
     assert float(class_loss(logits, torch.tensor([1, 0]), weights)) == pytest.approx(float(by_hand))
     assert torch.equal(joint_loss(seg_loss, seg, targets, ["a", "b"], None), seg_loss(seg, targets))
+    # DistributedDataParallel hands the output back as a plain tuple: the same loss
+    assert torch.equal(joint_loss(seg_loss, (seg, logits), targets, ["a", "b"], classes), total)
 
 
 # --- tile aggregation ---------------------------------------------------------------------------
@@ -182,7 +184,9 @@ class _FixedHead(torch.nn.Module):
     """Segmentation: foreground everywhere the input's channel 0 is > 0; class logits: the mean
     of channel 0 and its negation — so tiles with foreground say 'class 1'."""
 
-    classifier = True
+    def __init__(self):
+        super().__init__()
+        self.classifier = ClassificationHead((4, 8), 2)  # only its foreground rule is used
 
     def forward(self, x):
         fg = (x[:, :1] > 0).float() * 20 - 10
@@ -324,6 +328,13 @@ def test_head_trains_resumes_exactly_and_predicts_classes(classed_work, tmp_path
                          "--no-mirroring"]) == 0
     predicted = read_classification(out / "classification.csv", ["benign", "malignant"])
     assert sorted(predicted) == val_cases
+    from nnlite.inference.options import PredictOptions
+    from nnlite.inference.stage_models import predict_models
+
+    staged = tmp_path / "pred_best_path"  # the path of predict --best, cascades and ensembles
+    predict_models(straight, images, staged, ["3d_fullres"], PredictOptions(folds=("0",), device="cpu", mirror=False))
+    via_stages = read_classification(staged / "classification.csv", ["benign", "malignant"])
+    assert all(np.allclose(via_stages[c], predicted[c], atol=1e-5) for c in val_cases)
     assert evaluate_main([str(out), str(raw / "labelsTr"), "--dataset-json", str(raw / "dataset.json")]) == 0
     assert "classification: AUC" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())

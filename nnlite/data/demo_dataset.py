@@ -4,17 +4,19 @@ Each case mimics one BreastDM acquisition: a pre-contrast image (VIBRANT), a pos
 (VIBRANT_C2) and their subtraction (SUB2), on an anisotropic grid (≈3 mm slices, ≈0.8 mm in-plane,
 both varying per case so preprocessing has real resampling to do). The body is one breast on a
 chest wall over zero background. Inside it: fat, patchy fibroglandular tissue that enhances a
-little, one or two lesions (label 1) and two to four vessels. Lesions and vessels enhance equally
-strongly, so no threshold on one channel separates them: the network must use shape (compact,
-textured blob vs thin tube). Every case of a dataset with two or more cases (not the region
+little, one or two lesions (label 1) and two to four vessels. Lesions enhance about as strongly as
+the vessels (or, washed out, half as much: below), so no threshold on one channel separates them:
+the network must use shape (compact, textured blob vs thin tube). Every case of a dataset with two or more cases (not the region
 variant) also has a class, benign or malignant (dataset.json `classes` + classes.csv,
 docs/classification.md), which its lesions show the way a radiologist reads them, each sign with
 overlap (`DemoClassSigns`): kinetics (malignant lesions have washed out by the second
 post-contrast phase, enhancing about half as much as the vessels; benign ones still enhance as
 strongly as the vessels) and margin (malignant irregular and spiculated, benign smooth). Each
 patient also takes up contrast differently (`contrast`, every enhancing tissue alike), so a
-lesion's enhancement says little on its own and much against the vessels beside it. Everything is drawn from `np.random.default_rng([seed, case])`, and
-files are written with fixed gzip headers, so a seed always gives the same bytes.
+lesion's enhancement says little on its own and much against the vessels beside it. Everything
+is drawn from `np.random.default_rng([seed, case])` (the class signs from
+`rng([seed, case, CLASS_STREAM])`), and files are written with fixed gzip headers, so a seed
+always gives the same bytes.
 
 The region variant (`regions=True`, `convert demo --regions`) is the smallest BraTS-like dataset:
 every lesion enhances at its rim around a necrotic core that barely enhances; the label map holds

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from nnlite.common.files import write_text_atomic
-from nnlite.network.classifier import SegmentAndClass
+from nnlite.network.classifier import split_output
 
 CLASSIFICATION_FILE = "classification.csv"  # beside the label maps: case, predicted_class, p_<class>…
 AGGREGATIONS = ("foreground", "mean")
@@ -62,12 +62,13 @@ class ClassCollector:
         self._foreground: list[np.ndarray] = []
 
     def _record(self, module: nn.Module, inputs: tuple, output: object) -> None:
-        if not isinstance(output, SegmentAndClass):
+        seg, class_logits = split_output(output)
+        if class_logits is None:
             return
-        seg = output.seg[0] if isinstance(output.seg, list) else output.seg  # (N, C, *tile)
-        seg_probs = torch.softmax(seg.float(), dim=1)
-        self._foreground.append((1 - seg_probs[:, 0]).flatten(1).sum(1).cpu().numpy())
-        self._probs.append(torch.softmax(output.class_logits.float(), dim=1).cpu().numpy())
+        seg = seg[0] if isinstance(seg, list) else seg  # (N, C, *tile)
+        foreground = module.classifier.foreground(seg.float())  # (N, 1, *tile), as the head pools
+        self._foreground.append(foreground.flatten(1).sum(1).cpu().numpy())
+        self._probs.append(torch.softmax(class_logits.float(), dim=1).cpu().numpy())
 
     def case_probabilities(self, how: str | None = None) -> np.ndarray:
         """(K,) probabilities of the case predicted since the last reset (aggregated `how`,

@@ -83,10 +83,19 @@ def lesion_pooled(features: torch.Tensor, foreground: torch.Tensor) -> torch.Ten
     return (flat * weights).sum(2) / (weights.sum(2) + POOL_EPSILON)
 
 
-def segmentation_output(outputs: torch.Tensor | list[torch.Tensor] | SegmentAndClass
-                        ) -> torch.Tensor | list[torch.Tensor]:
+def split_output(outputs: torch.Tensor | list[torch.Tensor] | tuple
+                 ) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor | None]:
+    """(segmentation output, class logits or None). A head-on network returns a 2-tuple (a
+    `SegmentAndClass`; DistributedDataParallel hands it back as a plain tuple), a head-off one a
+    tensor or a deep-supervision list, never a tuple."""
+    if isinstance(outputs, tuple):
+        return outputs[0], outputs[1]
+    return outputs, None
+
+
+def segmentation_output(outputs: torch.Tensor | list[torch.Tensor] | tuple) -> torch.Tensor | list[torch.Tensor]:
     """The segmentation part of a network's output, with or without a head."""
-    return outputs.seg if isinstance(outputs, SegmentAndClass) else outputs
+    return split_output(outputs)[0]
 
 
 def balanced_class_weights(counts: Sequence[int]) -> torch.Tensor:
@@ -115,15 +124,15 @@ class ClassTargets:
         return torch.tensor([self.of_case[c] for c in cases], dtype=torch.long, device=device)
 
 
-def joint_loss(seg_loss: nn.Module, outputs: torch.Tensor | list[torch.Tensor] | SegmentAndClass,
+def joint_loss(seg_loss: nn.Module, outputs: torch.Tensor | list[torch.Tensor] | tuple,
                targets: list[torch.Tensor], cases: Sequence[str], classes: ClassTargets | None
                ) -> torch.Tensor:
     """Segmentation loss, plus loss_weight · class loss when the network has a head.
 
     Without a head this is exactly `seg_loss(outputs, targets)` (same operations, same bits).
     """
-    if not isinstance(outputs, SegmentAndClass) or classes is None:
-        return seg_loss(outputs, targets)
-    target = classes.targets(cases, outputs.class_logits.device)
-    return seg_loss(outputs.seg, targets) + classes.loss_weight * class_loss(
-        outputs.class_logits, target, classes.weights)
+    seg, class_logits = split_output(outputs)
+    if class_logits is None or classes is None:
+        return seg_loss(seg, targets)
+    target = classes.targets(cases, class_logits.device)
+    return seg_loss(seg, targets) + classes.loss_weight * class_loss(class_logits, target, classes.weights)
