@@ -243,7 +243,7 @@ def train_step(state: RunState, loss_fn: nn.Module, batch: dict[str, Any], grad_
     targets = [t.to(state.device, non_blocking=True).long() for t in batch["target"]]
     state.optimizer.zero_grad(set_to_none=True)
     with autocast(state):
-        loss = joint_loss(loss_fn, state.model(data), targets, batch["cases"], state.classes)
+        loss = joint_loss(loss_fn, state.model(data), targets, batch.get("cases", ()), state.classes)
     if state.scaler is not None:
         state.scaler.scale(loss).backward()
         state.scaler.unscale_(state.optimizer)  # clip the true gradients, not the scaled ones
@@ -276,7 +276,7 @@ def validate(state: RunState, loss_fn: nn.Module, batches: Iterator[dict[str, An
         targets = [t.to(state.device).long() for t in batch["target"]]
         with autocast(state):
             outputs = state.model(data)
-            total += float(joint_loss(loss_fn, outputs, targets, batch["cases"], state.classes))
+            total += float(joint_loss(loss_fn, outputs, targets, batch.get("cases", ()), state.classes))
         seg = segmentation_output(outputs)[0]  # (B, K, *patch): the full-resolution logits
         if regions:
             counts += region_confusion_counts(seg, targets[0], regions)
