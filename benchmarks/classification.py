@@ -11,8 +11,7 @@ ground-truth masks — lesion volume, mean enhancement ratio (post / pre contras
 With a trained WORK it then compares on fold 0's validation cases (the same split):
 
 - the joint head: `results/3d_fullres/fold_0/validation/classification.csv`, and the head
-  re-run on the same cases with both tile aggregations (foreground-weighted, plain mean), as
-  they are and padded with background so that most tiles hold no lesion;
+  re-run on the same cases with both tile aggregations (foreground-weighted, plain mean);
 - the baseline: logistic regression (numpy, standardised features, L2) on the three features,
   fitted on the training cases' ground-truth masks and applied to the features of the
   *predicted* segmentation of the validation cases.
@@ -37,7 +36,6 @@ MAX_SINGLE_FEATURE_AUC = 0.9  # the issue's bound for the demo
 L2 = 1e-2
 STEPS = 3000
 LR = 0.1
-PAD_FOR_TILES = 80  # the demo's in-plane patch: 3 × 3 tiles per slice, most of them without lesion
 
 
 def lesion_features(pre: np.ndarray, post: np.ndarray, mask: np.ndarray, spacing) -> np.ndarray:
@@ -119,18 +117,14 @@ def compare(raw: Path, work: Path) -> None:
     baseline = binary_auc(y_val, predict_logistic(fit_logistic(x_train, y_train), x_val))
     summary = read_json(validation / "summary.json")
     print(f"joint head (validation summary):          AUC {summary['classification']['auc']:.3f}")
-    for pad in (0, PAD_FOR_TILES):
-        where = "" if not pad else f", cases padded by {pad} background voxels in y and x"
-        for how, auc in head_aucs(work, split["val"], y_val, pad).items():
-            print(f"joint head, tiles aggregated by {how:>10}: AUC {auc:.3f}{where}")
+    for how, auc in head_aucs(work, split["val"], y_val).items():
+        print(f"joint head, tiles aggregated by {how:>10}: AUC {auc:.3f}")
     print(f"logistic regression on predicted-segmentation features: AUC {baseline:.3f} "
           f"({len(split['val'])} validation cases, {len(split['train'])} training cases)")
 
 
-def head_aucs(work: Path, cases: list[str], y_val: np.ndarray, pad: int = 0) -> dict[str, float]:
-    """Re-run fold 0's network on its validation cases; AUC of each tile aggregation. `pad`:
-    surround each case in y and x with that many voxels of its background (each channel's
-    minimum), so that most tiles hold no lesion, as in a large scan."""
+def head_aucs(work: Path, cases: list[str], y_val: np.ndarray) -> dict[str, float]:
+    """Re-run fold 0's network on its validation cases; AUC of each tile aggregation."""
     import torch
 
     from nnlite.inference.case_classification import ClassCollector
@@ -149,10 +143,6 @@ def head_aucs(work: Path, cases: list[str], y_val: np.ndarray, pad: int = 0) -> 
     collector = ClassCollector([network])
     for case in cases:
         data = np.load(work / "preprocessed" / config.data_identifier / f"{case}.npy")
-        if pad:
-            background = data.reshape(len(data), -1).min(1)
-            data = np.stack([np.pad(channel, ((0, 0), (pad, pad), (pad, pad)), constant_values=value)
-                             for channel, value in zip(data, background)])
         with collector, torch.no_grad():
             collector.reset()
             predict_preprocessed([network], data, config, mirror=False)

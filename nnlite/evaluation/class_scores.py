@@ -17,7 +17,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from nnlite.inference.case_classification import write_classification
+from nnlite.common.errors import UserError
+from nnlite.common.files import read_json_checked
+from nnlite.data.case_classes import CLASSES_FILE, CLASSES_KEY, parse_class_names, read_classes_csv
+from nnlite.inference.case_classification import CLASSIFICATION_FILE, read_classification, write_classification
 from nnlite.planning.class_head import read_work_classes
 from nnlite.plans import Plans
 
@@ -151,11 +154,6 @@ def score_class_rows(work: Path, plans: Plans, folder: Path, rows: dict[str, np.
 def score_prediction_folder(pred_dir: Path, dataset_json: Path | None) -> dict | None:
     """`evaluate`'s classification block: PRED_DIR/classification.csv against the classes of
     `dataset_json` (its `classes` + the classes.csv beside it); None when either is absent."""
-    from nnlite.common.errors import UserError
-    from nnlite.common.files import read_json_checked
-    from nnlite.data.case_classes import CLASSES_FILE, CLASSES_KEY, parse_class_names, read_classes_csv
-    from nnlite.inference.case_classification import CLASSIFICATION_FILE, read_classification
-
     predicted = Path(pred_dir) / CLASSIFICATION_FILE
     if dataset_json is None or not predicted.is_file():
         return None

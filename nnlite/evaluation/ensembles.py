@@ -18,13 +18,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import staged_dir
 from nnlite.data.image_io import read_image, write_seg
-import numpy as np
-
 from nnlite.evaluation.class_scores import score_class_rows
 from nnlite.evaluation.cross_validation import crossval_dir
 from nnlite.evaluation.metrics import SUMMARY_FILE, evaluate_for_plans, list_segs, write_summary
