@@ -228,3 +228,16 @@ def test_converter_warnings_go_to_stderr(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "warning:" not in out
     assert any(line.startswith("warning: no --spacing given") for line in err.splitlines())
+
+
+@pytest.mark.parametrize("regions, voxel_sum, label_sum", [(False, 21432725.13449861, 1243),
+                                                           (True, 21211255.636796232, 1811)])
+def test_cases_without_a_class_are_drawn_as_before_the_classes(regions, voxel_sum, label_sum):
+    """A case drawn without class signs (a one-case demo, the region variant) is the case nnlite
+    drew before the demo had classes: the sums were recorded with that code (commit 38e713d)."""
+    from nnlite.data.demo_dataset import make_demo_case
+
+    case = make_demo_case(np.random.default_rng([0, 1]), regions)
+    assert case.images.shape == (3, 16, 103, 104)
+    assert float(case.images.astype(np.float64).sum()) == pytest.approx(voxel_sum, rel=1e-9)
+    assert int(case.seg.astype(np.int64).sum()) == label_sum

@@ -35,7 +35,7 @@ from nnlite.network.blocks import LEAKY_SLOPE
 
 HIDDEN_MIN = 32  # hidden width of the head's MLP: max(HIDDEN_MIN, bottleneck width)
 POOLED_STAGES = 3  # the bottleneck and the two stages above it
-POOL_EPSILON = 1e-3  # voxels of foreground a stage counts at least (a patch without lesion → ~0)
+POOL_EPSILON = 1e-3  # added to a stage's summed weights: a patch without lesion pools to ≈ 0
 # No dropout: its masks would draw from the global torch RNG, which the loader's iterators also
 # draw from when they are created, so a resumed run would see other masks than a straight one.
 

@@ -19,7 +19,8 @@ from nnlite.plans import Plans
 def attach_class_head(plans: Plans, names: tuple[str, ...]) -> Plans:
     """Every configuration's network gets a head with len(names) outputs; names go into the plans."""
     reason = (f"classification head: the dataset declares {len(names)} case classes "
-              f"({', '.join(names)}), pooled bottleneck features → MLP → {len(names)} logits")
+              f"({', '.join(names)}): the deepest 3 encoder stages pooled over the predicted lesion → MLP → "
+              f"{len(names)} logits")
     configurations = {
         name: replace(config, network=replace(config.network, class_head=len(names)),
                       reasons=(*config.reasons, reason))
