@@ -165,6 +165,9 @@ def test_joint_loss_adds_the_weighted_class_loss():
     assert float(total) == pytest.approx(float(seg_loss(seg, targets) + 0.7 * by_hand), rel=1e-6)
     assert float(class_loss(logits, torch.tensor([1, 0]), weights)) == pytest.approx(float(by_hand))
     assert torch.equal(joint_loss(seg_loss, seg, targets, ["a", "b"], None), seg_loss(seg, targets))
+    parts = {}
+    joint_loss(seg_loss, SegmentAndClass(seg, logits), targets, ["a", "b"], classes, parts)
+    assert float(parts["class"]) == pytest.approx(float(by_hand))  # logged per epoch as class_loss
     # DistributedDataParallel hands the output back as a plain tuple: the same loss
     assert torch.equal(joint_loss(seg_loss, (seg, logits), targets, ["a", "b"], classes), total)
 
@@ -311,6 +314,8 @@ def test_head_trains_resumes_exactly_and_predicts_classes(classed_work, tmp_path
     assert any(k.startswith("classifier.") for k in a)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
+    metrics = [json.loads(line) for line in (straight / fold / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(0 < m["class_loss"] < 10 for m in metrics)
     validation = straight / fold / "validation"
     scores = json.loads((validation / "summary.json").read_text())["classification"]
     val_cases = json.loads((straight / "splits.json").read_text())[0]["val"]

@@ -125,9 +125,10 @@ class ClassTargets:
 
 
 def joint_loss(seg_loss: nn.Module, outputs: torch.Tensor | list[torch.Tensor] | tuple,
-               targets: list[torch.Tensor], cases: Sequence[str], classes: ClassTargets | None
-               ) -> torch.Tensor:
-    """Segmentation loss, plus loss_weight · class loss when the network has a head.
+               targets: list[torch.Tensor], cases: Sequence[str], classes: ClassTargets | None,
+               parts: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Segmentation loss, plus loss_weight · class loss when the network has a head (whose
+    unweighted value, detached, goes to `parts["class"]` when `parts` is given).
 
     Without a head this is exactly `seg_loss(outputs, targets)` (same operations, same bits).
     """
@@ -135,4 +136,7 @@ def joint_loss(seg_loss: nn.Module, outputs: torch.Tensor | list[torch.Tensor] |
     if class_logits is None or classes is None:
         return seg_loss(seg, targets)
     target = classes.targets(cases, class_logits.device)
-    return seg_loss(seg, targets) + classes.loss_weight * class_loss(class_logits, target, classes.weights)
+    head_loss = class_loss(class_logits, target, classes.weights)
+    if parts is not None:
+        parts["class"] = head_loss.detach()
+    return seg_loss(seg, targets) + classes.loss_weight * head_loss

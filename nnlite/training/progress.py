@@ -75,7 +75,8 @@ def attach_log_file(folder: Path) -> logging.Handler:
 def format_epoch(record: dict[str, Any], epochs: int) -> str:
     """One log line per epoch."""
     dice = ", ".join(f"{d:.4f}" for d in record["pseudo_dice"])
-    return (f"epoch {record['epoch'] + 1}/{epochs}: train loss {record['train_loss']:.4f}, "
+    head = f" (class loss {record['class_loss']:.4f})" if "class_loss" in record else ""
+    return (f"epoch {record['epoch'] + 1}/{epochs}: train loss {record['train_loss']:.4f}{head}, "
             f"val loss {record['val_loss']:.4f}, pseudo-Dice [{dice}], "
             f"EMA {record['ema_pseudo_dice']:.4f}, lr {record['lr']:.2e}, "
             f"{record['epoch_time']:.1f} s")
@@ -87,6 +88,8 @@ def plot_progress(records: Sequence[dict[str, Any]], path: Path) -> None:
     figure, (ax_loss, ax_time, ax_lr) = plt.subplots(3, 1, figsize=PLOT_SIZE_INCHES)
     ax_loss.plot(epochs, [r["train_loss"] for r in records], "b-", label="train loss")
     ax_loss.plot(epochs, [_nan(r["val_loss"]) for r in records], "r-", label="val loss")
+    if any("class_loss" in r for r in records):  # a classification head
+        ax_loss.plot(epochs, [r.get("class_loss", math.nan) for r in records], "m-", label="class loss")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_dice = ax_loss.twinx()

@@ -64,6 +64,7 @@ class RunState:
     epoch: int  # epochs completed
     metrics: list[dict[str, Any]]
     classes: ClassTargets | None = None  # a network with a classification head: the class loss's inputs
+    class_loss: float | None = None  # with a head: the last epoch's mean class loss (this rank's)
 
 
 def poly_lr(initial_lr: float, step: int, total_steps: int, exponent: float) -> float:
@@ -148,6 +149,8 @@ def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: R
             val_loss, pseudo_dice = validate(state, loss_fn, batches.val, config, plans.num_classes, rank,
                                              plans.ignore_label, regions=len(plans.regions))
             record = epoch_record(state, epoch, train_loss, val_loss, pseudo_dice, config, started)
+            if state.class_loss is not None:  # a classification head: is it learning?
+                record["class_loss"] = mean_across_ranks(state.class_loss, rank)
             end_epoch(run, state, record, plans, config, rank)
             bar.set_postfix(loss=f"{train_loss:.3f}", ema=f"{record['ema_pseudo_dice']:.3f}")
     finish(run, state, plans, config, rank)
@@ -229,21 +232,29 @@ def train_one_epoch(state: RunState, loss_fn: nn.Module, batches: Iterator[dict[
     """`iters_per_epoch` SGD steps; returns this rank's mean training loss."""
     state.model.train()
     total = torch.zeros((), dtype=torch.float64, device=state.device)
+    class_total = torch.zeros((), dtype=torch.float64, device=state.device)
     for iteration, batch in enumerate(itertools.islice(batches, config.training.iters_per_epoch)):
         for group in state.optimizer.param_groups:
             group["lr"] = learning_rate(config, epoch, iteration)
-        total += train_step(state, loss_fn, batch, config.training.grad_clip)
+        parts: dict[str, torch.Tensor] = {}
+        total += train_step(state, loss_fn, batch, config.training.grad_clip, parts)
+        if "class" in parts:
+            class_total += parts["class"]
         bar.update(1)
+    if state.classes is not None:
+        state.class_loss = float(class_total.cpu()) / config.training.iters_per_epoch
     return float(total.cpu()) / config.training.iters_per_epoch
 
 
-def train_step(state: RunState, loss_fn: nn.Module, batch: dict[str, Any], grad_clip: float) -> torch.Tensor:
-    """One forward/backward/step on batch {"data": (B, C, *P), "target": [(B, 1, *P_i) per DS level]}."""
+def train_step(state: RunState, loss_fn: nn.Module, batch: dict[str, Any], grad_clip: float,
+               parts: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """One forward/backward/step on batch {"data": (B, C, *P), "target": [(B, 1, *P_i) per DS level]}
+    (`parts`: see `joint_loss`)."""
     data = batch["data"].to(state.device, non_blocking=True)
     targets = [t.to(state.device, non_blocking=True).long() for t in batch["target"]]
     state.optimizer.zero_grad(set_to_none=True)
     with autocast(state):
-        loss = joint_loss(loss_fn, state.model(data), targets, batch.get("cases", ()), state.classes)
+        loss = joint_loss(loss_fn, state.model(data), targets, batch.get("cases", ()), state.classes, parts)
     if state.scaler is not None:
         state.scaler.scale(loss).backward()
         state.scaler.unscale_(state.optimizer)  # clip the true gradients, not the scaled ones
