@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nnlite.common.errors import UserError
+from nnlite.data.file_names import CHANNEL_DIGITS, split_channel_stem
 from nnlite.data.image_io import (COMPANION_ENDINGS, FORMAT_BY_ENDING, READER_KEY, dataset_reader, header_spacing, image_format,
                                   read_affine, read_case, read_image)
 from nnlite.data.regions import ORDER_KEY, has_regions, parse_region_labels
@@ -33,7 +33,6 @@ from nnlite.plans import IGNORE_KEY, Region
 log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
-CHANNEL_DIGITS = 4  # image files are <case>_<CCCC><ending>
 SPACING_RTOL = 1e-3  # spacings of a case's files must agree this closely (nnU-Net: np.allclose)
 AFFINE_ATOL = 1e-3  # affines (mm) differing by more than this only warn, as in nnU-Net
 
@@ -200,14 +199,13 @@ def _discover_cases(dataset: RawDataset) -> list[CaseFiles]:
     """Cases of imagesTr/labelsTr by nnU-Net's rule: a case owns files matching `<case>_\\d{4}<ending>`."""
     ending = dataset.file_ending
     images_dir, labels_dir = dataset.root / "imagesTr", dataset.root / "labelsTr"
-    pattern = re.compile(rf"(.+)_(\d{{{CHANNEL_DIGITS}}}){re.escape(ending)}")
     channels: dict[str, dict[int, Path]] = {}
     for path in _visible_files(images_dir, ending):
         _check_ending(path, ending)
-        match = pattern.fullmatch(path.name)
-        if match is None:
+        case_channel = split_channel_stem(path.name[: -len(ending)])
+        if case_channel is None:
             raise UserError(path, f"image name must be <case>_<CCCC>{ending}")
-        channels.setdefault(match.group(1), {})[int(match.group(2))] = path
+        channels.setdefault(case_channel[0], {})[case_channel[1]] = path
     label_names = set()
     for path in _visible_files(labels_dir, ending):
         _check_ending(path, ending)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import zlib
 from pathlib import Path
 
@@ -18,9 +17,9 @@ import numpy as np
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_atomic, write_json_atomic
+from nnlite.data.file_names import split_channel_stem
 
 UNIT_SPACING_MM = 1.0  # what a pixel measures when the file cannot say
-CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_\d{4}$")  # an image file's `_CCCC`
 
 # tifffile logs what it repairs in damaged files as warnings on stderr; the checks below report
 # the damage as one UserError instead.
@@ -71,9 +70,9 @@ def write_picture(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
 def sidecar_path(path: Path) -> Path:
     """`<case>.json` beside `<case>_CCCC.tif` (an image) or `<case>.tif` (a label map)."""
     stem = path.name[: path.name.rindex(".")]
-    match = CHANNEL_SUFFIX.match(stem)
-    if match and (path.parent / f"{match['case']}.json").is_file():
-        return path.parent / f"{match['case']}.json"
+    case_channel = split_channel_stem(stem)
+    if case_channel and (path.parent / f"{case_channel[0]}.json").is_file():
+        return path.parent / f"{case_channel[0]}.json"
     return path.parent / f"{stem}.json"
 
 

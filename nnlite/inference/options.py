@@ -15,6 +15,7 @@ from typing import Sequence
 
 
 from nnlite.common.errors import UserError
+from nnlite.data.file_names import split_channel_stem
 from nnlite.data.image_io import Case, file_ending, image_format, label_path_for, read_case
 from nnlite.inference.export import npz_path_for
 from nnlite.inference.sliding_window import STEP_SIZE
@@ -24,7 +25,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = {"final": FINAL, "best": BEST}
 NUMBERED_FOLD = re.compile(r"^fold_(\d+)$")  # a cross-validation fold's result folder
-CHANNEL_NAME = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # <case>_<CCCC> without the ending
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,7 @@ def channel_of(path: Path) -> tuple[str, int] | None:
         stem = path.name[: -len(ending)]
     else:
         return None
-    match = CHANNEL_NAME.match(stem)
-    return (match["case"], int(match["channel"])) if match else None
+    return split_channel_stem(stem)
 
 
 def find_input_cases(input_dir: Path) -> dict[str, list[Path]]:
