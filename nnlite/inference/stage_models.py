@@ -91,7 +91,7 @@ def load_stage_model(work: Path, plans: Plans, config_name: str, options: Predic
 
 
 def predict_cropped(model: StageModel, raw: Case, case: str, plans: Plans, options: PredictOptions,
-                    device: torch.device, done: dict[str, Cropped], classes: ClassRows | None = None) -> Cropped:
+                    device: torch.device, done: dict[str, Cropped], classes: ClassRows) -> Cropped:
     """Probabilities (K, *shape_after_crop) float32 of a raw case, and its properties.
 
     done: this case's results so far by configuration (3d_lowres+3d_cascade_fullres runs lowres once);
@@ -99,7 +99,6 @@ def predict_cropped(model: StageModel, raw: Case, case: str, plans: Plans, optio
     """
     if model.config_name in done:
         return done[model.config_name]
-    classes = {} if classes is None else classes
     data, _, props = preprocess_case(raw.data, None, raw.spacing, plans, model.config_name,
                                      case=case, affine=raw.affine)
     if model.previous is not None:
