@@ -27,9 +27,8 @@ from nnlite.evaluation.class_scores import score_class_rows
 from nnlite.evaluation.metrics import (SUMMARY_FILE, Counts, check_predicted_values, checked_region_counts,
                                        label_counts, list_segs, read_pair, reference_labels, summarize,
                                        write_summary)
-from nnlite.inference.case_classification import ClassCollector
+from nnlite.inference.case_classification import predict_with_classes
 from nnlite.inference.export import export_prediction
-from nnlite.inference.sliding_window import predict_preprocessed
 from nnlite.plans import Plans
 from nnlite.preprocessing.cascade import stage_input
 from nnlite.preprocessing.pipeline import load_case_properties
@@ -88,20 +87,17 @@ class CasePredictor:
         self.work, self.out_dir, self.network, self.plans, self.config = work, out_dir, network, plans, config
         self.source = preprocessed_dir(work, plans, config)
         self.device = resolve_device(config.device)
-        self.collector = ClassCollector([network])
         self.class_rows: dict[str, np.ndarray] = {}  # case → (K,) class probabilities
 
     def __call__(self, case: str) -> Path:
         config, plans = self.config, self.plans
         data = np.load(self.source / f"{case}.npy", mmap_mode="r")
         data = stage_input(self.work, plans, config.configuration, case, np.array(data))  # + cascade input
-        with self.collector:
-            self.collector.reset()
-            probs = predict_preprocessed([self.network], data, plans.configurations[config.configuration],
-                                         mirror=config.validation.mirroring, step=config.validation.step,
-                                         device=self.device, sigmoid=bool(plans.regions))
-        if self.collector.has_head:
-            self.class_rows[case] = self.collector.case_probabilities()
+        probs, class_probs = predict_with_classes(
+            [self.network], data, plans.configurations[config.configuration], mirror=config.validation.mirroring,
+            step=config.validation.step, device=self.device, sigmoid=bool(plans.regions))
+        if class_probs is not None:
+            self.class_rows[case] = class_probs
         props = load_case_properties(self.source / f"{case}.json")
         path = self.out_dir / f"{case}.nii.gz"
         export_prediction(probs, props, plans, config.configuration, path,

@@ -27,7 +27,9 @@ import torch
 from torch import nn
 
 from nnlite.common.files import write_text_atomic
+from nnlite.inference.sliding_window import predict_preprocessed
 from nnlite.network.classifier import split_output
+from nnlite.plans import ConfigurationPlan
 
 CLASSIFICATION_FILE = "classification.csv"  # beside the label maps: case, predicted_class, p_<class>…
 AGGREGATIONS = ("foreground", "mean")
@@ -86,6 +88,15 @@ class ClassCollector:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+def predict_with_classes(networks: Sequence[nn.Module], data: np.ndarray | torch.Tensor, config: ConfigurationPlan,
+                         **options) -> tuple[torch.Tensor, np.ndarray | None]:
+    """`predict_preprocessed(networks, data, config, **options)` of one case, and the case's (K,)
+    class probabilities when the networks have a classification head (else None)."""
+    with ClassCollector(networks) as collector:
+        probs = predict_preprocessed(networks, data, config, **options)
+    return probs, collector.case_probabilities() if collector.has_head else None
 
 
 def format_classification(rows: dict[str, np.ndarray], names: Sequence[str]) -> str:

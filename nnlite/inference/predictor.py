@@ -19,14 +19,13 @@ from tqdm import tqdm
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir, remove_tmp_leftovers
-from nnlite.inference.case_classification import ClassCollector, update_classification
+from nnlite.inference.case_classification import predict_with_classes, update_classification
 from nnlite.inference.export import export_prediction
 from nnlite.inference.largest_component import POSTPROCESSING_FILE, load_postprocessing
 from nnlite.inference.onnx_model import OnnxNetwork
 from nnlite.inference.options import (CHECKPOINTS, PredictOptions, PredictReport, check_dicom_seg, check_folders,
                                       dicom_seg_path, find_input_cases, fold_folders, is_done, output_path,
                                       read_input_case, record_failure)
-from nnlite.inference.sliding_window import predict_preprocessed
 from nnlite.inference.stage_models import predict_models
 from nnlite.network import build_unet
 from nnlite.plans import Plans, load_plans
@@ -126,8 +125,8 @@ def predict_folder(work: str | Path, input_dir: str | Path, output_dir: str | Pa
     if report.skipped:
         log.info("skipping %d already predicted cases (--overwrite redoes them)", len(report.skipped))
     config = plans.configurations[options.config]
-    collector, class_rows = ClassCollector(networks), {}  # a classification head: one row per case
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, collector:
+    class_rows = {}  # a classification head: one row per case
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
         def load(i: int) -> Future:
             return reader.submit(read_and_preprocess, todo[i], cases[todo[i]], plans, options.config)
 
@@ -137,12 +136,11 @@ def predict_folder(work: str | Path, input_dir: str | Path, output_dir: str | Pa
             current, upcoming = upcoming, load(i + 1) if i + 1 < len(todo) else None
             try:
                 data, props, affine = current.result()
-                collector.reset()
-                probs = predict_preprocessed(networks, data, config, mirror=options.mirror,
-                                             step=options.step, tile_batch=options.tile_batch,
-                                             device=device, sigmoid=bool(plans.regions))
-                if collector.has_head:
-                    class_rows[case] = collector.case_probabilities()
+                probs, class_probs = predict_with_classes(networks, data, config, mirror=options.mirror,
+                                                          step=options.step, tile_batch=options.tile_batch,
+                                                          device=device, sigmoid=bool(plans.regions))
+                if class_probs is not None:
+                    class_rows[case] = class_probs
             except Exception as error:  # noqa: BLE001  report the case, finish the others
                 record_failure(report, case, error)
                 continue

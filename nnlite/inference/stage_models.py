@@ -28,7 +28,7 @@ from tqdm import tqdm
 from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir, read_json, remove_tmp_leftovers
 from nnlite.data.image_io import Case, write_seg
-from nnlite.inference.case_classification import ClassCollector, update_classification
+from nnlite.inference.case_classification import predict_with_classes, update_classification
 from nnlite.inference.export import (average_probabilities, npz_path_for, probabilities_in_crop,
                                      probabilities_in_original, seg_from_probabilities, seg_in_original,
                                      write_probabilities)
@@ -36,7 +36,6 @@ from nnlite.inference.largest_component import POSTPROCESSING_FILE, apply_postpr
 from nnlite.inference.options import (CHECKPOINTS, PredictOptions, PredictReport, check_dicom_seg, check_folders,
                                       dicom_seg_path, find_input_cases, fold_folders, is_done, output_path,
                                       read_input_case, record_failure)
-from nnlite.inference.sliding_window import predict_preprocessed
 from nnlite.network import build_unet
 from nnlite.plans import Plans, load_plans
 from nnlite.preprocessing.cascade import input_channels, seg_to_stage_input, stage_labels, with_previous_stage
@@ -106,13 +105,12 @@ def predict_cropped(model: StageModel, raw: Case, case: str, plans: Plans, optio
         prev_seg = seg_in_original(cropped, prev_props, plans)
         data = with_previous_stage(data, seg_to_stage_input(prev_seg, props, plans, model.config_name),
                                    stage_labels(plans))
-    with ClassCollector(model.networks) as collector:
-        probs = predict_preprocessed(model.networks, data, plans.configurations[model.config_name],
-                                     mirror=options.mirror, step=options.step,
-                                     tile_batch=options.tile_batch, device=device,
-                                     sigmoid=bool(plans.regions))
-    if collector.has_head:
-        classes[model.config_name] = collector.case_probabilities()
+    probs, class_probs = predict_with_classes(model.networks, data, plans.configurations[model.config_name],
+                                              mirror=options.mirror, step=options.step,
+                                              tile_batch=options.tile_batch, device=device,
+                                              sigmoid=bool(plans.regions))
+    if class_probs is not None:
+        classes[model.config_name] = class_probs
     done[model.config_name] = probabilities_in_crop(probs, props, plans, model.config_name), props
     return done[model.config_name]
 
