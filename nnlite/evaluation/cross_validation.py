@@ -22,11 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from nnlite.common.errors import UserError
 from nnlite.common.files import staged_dir
 from nnlite.evaluation.class_scores import score_class_rows
 from nnlite.evaluation.metrics import SUMMARY_FILE, evaluate_for_plans, write_summary
-from nnlite.inference.case_classification import CLASSIFICATION_FILE, read_classification
+from nnlite.inference.case_classification import CLASSIFICATION_FILE, class_rows_of
 from nnlite.inference.export import npz_path_for
 from nnlite.plans import load_plans
 from nnlite.training.folds import SEG_ENDING, fold_sources
@@ -70,19 +69,17 @@ def fold_class_rows(sources: dict[str, tuple[int, Path]], names: tuple[str, ...]
     None for plans without case classes or when a fold wrote no classification.csv."""
     if not names:
         return None
-    tables: dict[Path, dict[str, np.ndarray]] = {}
-    rows = {}
+    cases_by_table: dict[Path, list[str]] = {}
     for case, (_, path) in sorted(sources.items()):
-        table_path = path.parent / CLASSIFICATION_FILE
-        if not table_path.is_file():
-            log.warning("%s is missing: the cross-validation has no classification scores", table_path)
-            return None
-        if table_path not in tables:
-            tables[table_path] = read_classification(table_path, names)
-        if case not in tables[table_path]:
-            raise UserError(table_path, f"has no row for validation case '{case}'")
-        rows[case] = tables[table_path][case]
-    return rows
+        cases_by_table.setdefault(path.parent / CLASSIFICATION_FILE, []).append(case)
+    missing = [table for table in cases_by_table if not table.is_file()]
+    if missing:
+        log.warning("%s is missing: the cross-validation has no classification scores", missing[0])
+        return None
+    rows = {}
+    for table, cases in cases_by_table.items():
+        rows.update(class_rows_of(table, names, cases))
+    return dict(sorted(rows.items()))
 
 
 def has_probabilities(work: Path, config_name: str) -> bool:

@@ -27,7 +27,7 @@ from nnlite.data.image_io import read_image, write_seg
 from nnlite.evaluation.class_scores import score_class_rows
 from nnlite.evaluation.cross_validation import crossval_dir
 from nnlite.evaluation.metrics import SUMMARY_FILE, evaluate_for_plans, list_segs, write_summary
-from nnlite.inference.case_classification import CLASSIFICATION_FILE, read_classification
+from nnlite.inference.case_classification import CLASSIFICATION_FILE, class_rows_of
 from nnlite.inference.export import (average_probabilities, load_probabilities, npz_path_for,
                                      seg_from_probabilities)
 from nnlite.plans import load_plans
@@ -84,11 +84,7 @@ def averaged_class_rows(work: Path, configs: Sequence[str], cases: Sequence[str]
     paths = [crossval_dir(work, c) / CLASSIFICATION_FILE for c in configs]
     if not names or not all(path.is_file() for path in paths):
         return None
-    tables = [read_classification(path, names) for path in paths]
-    for path, table in zip(paths, tables):
-        missing = sorted(set(cases) - set(table))
-        if missing:
-            raise UserError(path, f"has no row for case '{missing[0]}'")
+    tables = [class_rows_of(path, names, cases) for path in paths]
     return {case: np.mean([table[case] for table in tables], axis=0) for case in cases}
 
 

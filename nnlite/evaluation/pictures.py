@@ -20,9 +20,9 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
 from nnlite.common.errors import UserError  # noqa: E402
-from nnlite.common.files import ensure_writable_dir, write_atomic  # noqa: E402
+from nnlite.common.files import ensure_writable_dir, read_json_checked, write_atomic  # noqa: E402
 from nnlite.data.image_io import read_case, read_image  # noqa: E402
-from nnlite.evaluation.metrics import list_segs  # noqa: E402
+from nnlite.evaluation.metrics import SUMMARY_FILE, list_segs  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +158,10 @@ def render_roc(path: str | Path, scores: dict) -> Path:
 
 def roc_of_folder(pred_dir: str | Path, out_dir: str | Path) -> Path | None:
     """out_dir/roc.png when pred_dir/summary.json holds a classification block, else None."""
-    import json
-
-    summary = Path(pred_dir) / "summary.json"
+    summary = Path(pred_dir) / SUMMARY_FILE
     if not summary.is_file():
         return None
-    scores = json.loads(summary.read_text()).get("classification")
+    scores = read_json_checked(summary).get("classification")
     if not scores or not scores.get("per_case"):
         return None
     ensure_writable_dir(out_dir, "output folder")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnlite.common.errors import UserError
 from nnlite.common.files import write_text_atomic
 from nnlite.inference.sliding_window import predict_preprocessed
 from nnlite.network.classifier import split_output
@@ -123,10 +124,17 @@ def update_classification(folder: Path, rows: dict[str, np.ndarray], names: Sequ
     return write_classification(folder, {**earlier, **rows}, names)
 
 
+def class_rows_of(path: Path, names: Sequence[str], cases: Sequence[str]) -> dict[str, np.ndarray]:
+    """The rows of `cases` in classification.csv at `path`; a case without a row is an error."""
+    table = read_classification(path, names)
+    missing = sorted(set(cases) - set(table))
+    if missing:
+        raise UserError(path, f"has no row for case '{missing[0]}'")
+    return {case: table[case] for case in cases}
+
+
 def read_classification(path: Path, names: Sequence[str]) -> dict[str, np.ndarray]:
     """classification.csv → {case: (K,) probabilities in the order of `names`}."""
-    from nnlite.common.errors import UserError
-
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         wanted = [f"p_{n}" for n in names]
