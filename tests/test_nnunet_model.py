@@ -183,3 +183,20 @@ def test_the_allow_list_is_exactly_what_nnunets_checkpoints_were_recorded_to_nee
     names = {f"{g.__module__}.{g.__qualname__}" for g in nnunet_checkpoint_globals()}
     names = {n.replace("numpy.core.", "numpy._core.") for n in names}
     assert names == set(CHECKPOINT_FACTS["weights_only_refuses"])
+
+
+def test_a_model_whose_plans_predate_nnunet_2_4_converts(tmp_path):
+    """Before v2.4 nnU-Net wrote the network as flat keys (UNet_class_name, …): the weights must
+    be mapped by that class as plans_from_nnunet reads it, not by a missing `architecture` entry."""
+    plans = nnunet_plans()
+    config = plans["configurations"]["3d_fullres"]
+    kw = config.pop("architecture")["arch_kwargs"]
+    features = kw["features_per_stage"]
+    config.update(UNet_class_name="PlainConvUNet", UNet_base_num_features=features[0],
+                  unet_max_num_features=max(features), conv_kernel_sizes=kw["kernel_sizes"],
+                  pool_op_kernel_sizes=kw["strides"], n_conv_per_stage_encoder=kw["n_conv_per_stage"],
+                  n_conv_per_stage_decoder=kw["n_conv_per_stage_decoder"])
+    model = write_model_folder(tmp_path / "results", plans)
+    report = convert_nnunet_model(model, tmp_path / "work")
+    assert report.checkpoints == 1
+    assert load_plans(tmp_path / "work" / "plans.json").configurations["3d_fullres"].network.encoder == "plain"

@@ -34,7 +34,8 @@ from nnlite.common.files import ensure_writable_dir, read_json_checked, write_at
 from nnlite.common.schema import to_jsonable
 from nnlite.network import build_unet
 from nnlite.network.nnunet_weights import nnunet_to_nnlite
-from nnlite.planning.nnunet_plans import plans_from_nnunet, read_nnunet_plans, resolve_configuration
+from nnlite.planning.nnunet_plans import (architecture_of, plans_from_nnunet, read_nnunet_plans,
+                                          resolve_configuration)
 from nnlite.plans import Plans, load_plans, save_plans
 from nnlite.preprocessing.cascade import input_channels
 from nnlite.training.checkpoints import BEST, FINAL, save_checkpoint
@@ -145,8 +146,9 @@ def convert_nnunet_model(model_dir: str | Path, work: str | Path, overwrite: boo
 
 
 def _resolved_class(nnunet_plans: dict, config_name: str) -> str:
+    """The configuration's network class, read as plans_from_nnunet reads it (older plans: flat keys)."""
     config = resolve_configuration(nnunet_plans["configurations"], config_name)
-    return str(config.get("architecture", {}).get("network_class_name", "?"))
+    return str(architecture_of(config, f"plans.json: {config_name}").get("network_class_name", "?"))
 
 
 def _with_mirror_axes(plans: Plans, config_name: str, axes: Any) -> Plans:
