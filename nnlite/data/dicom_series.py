@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nnlite.common.errors import UserError
-from nnlite.data.itk_files import LPS_TO_RAS
+from nnlite.data.itk_files import lps_to_affine
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -92,8 +92,6 @@ def read_dicom_series(folder: Path) -> tuple[np.ndarray, tuple[float, ...], np.n
         slice_spacing = float((last - first) @ direction[:, 2]) / (len(slices) - 1)
     else:
         slice_spacing = float(getattr(slices[0], "SliceThickness", 1.0) or 1.0)
-    affine = np.eye(4)
-    affine[:3, :3] = LPS_TO_RAS @ direction @ np.diag([column_spacing, row_spacing, slice_spacing])
-    affine[:3, 3] = LPS_TO_RAS @ first
+    affine = lps_to_affine(direction.ravel(), (column_spacing, row_spacing, slice_spacing), first)
     array = np.stack(planes)[None]  # (1, Z, Y, X): rows are y, columns x
     return np.ascontiguousarray(array), (slice_spacing, row_spacing, column_spacing), affine
