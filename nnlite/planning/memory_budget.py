@@ -19,7 +19,6 @@ from nnlite.plans import NetworkPlan
 
 
 MIN_BATCH = 2  # UNet_min_batch_size: the patch shrinks until this batch fits
-DEFAULT_GPU_MEMORY_GB = 8.0  # the reference's budget: plans are portable between machines
 GIB = 2**30
 
 

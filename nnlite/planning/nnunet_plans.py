@@ -17,9 +17,9 @@ from typing import Any
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json_checked
 from nnlite.data.regions import ORDER_KEY, has_regions, parse_region_labels
+from nnlite.planning.presets import PRESETS
 from nnlite.plans import DATA_FIELDS, ConfigurationPlan, IntensityStats, NetworkPlan, Plans
 
-DEFAULT_GPU_MEMORY_GB = 8.0  # nnU-Net's default planner budget; its plans do not record the budget
 NORMALIZATION_NAMES = {  # nnU-Net class name → nnlite scheme
     "ZScoreNormalization": "zscore",
     "CTNormalization": "ct",
@@ -222,7 +222,8 @@ def plans_from_nnunet(nnunet: dict, dataset: dict, configurations: list[str] | N
         original_median_shape=tuple(float(s) for s in nnunet["original_median_shape_after_transp"]),
         configurations=configs, intensity_per_channel=stats,
         channel_names={str(k): str(v) for k, v in channels.items()},
-        labels={str(k): int(v) for k, v in labels.items()}, regions=regions, gpu_memory_gb=DEFAULT_GPU_MEMORY_GB,
+        labels={str(k): int(v) for k, v in labels.items()}, regions=regions,
+        gpu_memory_gb=PRESETS["default"].gpu_memory_gb,  # nnU-Net's plans do not record their budget
         reasons=(f"translated from nnU-Net's plans {nnunet.get('plans_name', '?')!r}; configurations "
                  "with inherits_from kept as inheriting configurations",),
         extra={SOURCE_KEY: str(nnunet.get("plans_name", ""))})
