@@ -24,13 +24,11 @@ from nnlite.inference.export import export_prediction
 from nnlite.inference.largest_component import POSTPROCESSING_FILE, load_postprocessing
 from nnlite.inference.onnx_model import OnnxNetwork
 from nnlite.inference.options import (CHECKPOINTS, PredictOptions, PredictReport, check_dicom_seg, check_folders,
-                                      dicom_seg_path, find_input_cases, fold_folders, is_done, output_path,
+                                      dicom_seg_path, find_input_cases, is_done, output_path,
                                       read_input_case, record_failure)
-from nnlite.inference.stage_models import predict_models
-from nnlite.network import build_unet
+from nnlite.inference.stage_models import load_fold_networks, predict_models
 from nnlite.plans import Plans, load_plans
 from nnlite.preprocessing.pipeline import CaseProperties, preprocess_case
-from nnlite.training.checkpoints import load_checkpoint
 from nnlite.training.precision import resolve_device
 
 log = logging.getLogger(__name__)
@@ -49,15 +47,7 @@ def load_networks(work: Path, options: PredictOptions, device: torch.device
         raise UserError("--checkpoint", f"must be one of {sorted(CHECKPOINTS)}")
     if options.onnx is not None:  # the exported network, run by onnxruntime in the same sliding window
         return plans, [OnnxNetwork(options.onnx)]
-    networks = []
-    for folder in fold_folders(work / "results" / options.config, options.folds,
-                               CHECKPOINTS[options.checkpoint]):
-        checkpoint = load_checkpoint(folder / CHECKPOINTS[options.checkpoint])
-        network = build_unet(config.network, plans.num_channels, plans.num_classes, region_outputs=bool(plans.regions))
-        network.load_state_dict(checkpoint["network"])
-        network.deep_supervision = False
-        networks.append(network.to(device).eval())
-    return plans, networks
+    return plans, load_fold_networks(work, plans, options.config, options, device)
 
 
 def read_and_preprocess(case: str, paths: list[Path], plans: Plans, config_name: str

@@ -68,25 +68,33 @@ def load_stage_model(work: Path, plans: Plans, config_name: str, options: Predic
     loaded = {} if loaded is None else loaded
     if config_name in loaded:
         return loaded[config_name]
+    networks = load_fold_networks(work, plans, config_name, options, device)
+    config = plans.configurations[config_name]
+    previous = None
+    if config.previous_stage:
+        previous = load_stage_model(work, plans, config.previous_stage, options, device, loaded)
+    loaded[config_name] = StageModel(config_name, networks, previous)
+    return loaded[config_name]
+
+
+def load_fold_networks(work: Path, plans: Plans, config_name: str, options: PredictOptions,
+                       device: torch.device) -> list[nn.Module]:
+    """One network per fold of `config_name` (options.folds, default every trained fold), weights
+    from checkpoint_<final|best>.pt, without deep supervision, in eval mode on `device`."""
     if config_name not in plans.configurations:
         raise UserError("--config", f"'{config_name}' is not in {work / 'plans.json'}")
     if options.checkpoint not in CHECKPOINTS:
         raise UserError("--checkpoint", f"must be one of {sorted(CHECKPOINTS)}")
     config = plans.configurations[config_name]
     networks = []
-    for folder in fold_folders(work / "results" / config_name, options.folds,
-                               CHECKPOINTS[options.checkpoint]):
+    for folder in fold_folders(work / "results" / config_name, options.folds, CHECKPOINTS[options.checkpoint]):
         checkpoint = load_checkpoint(folder / CHECKPOINTS[options.checkpoint])
         network = build_unet(config.network, input_channels(plans, config_name), plans.num_classes,
                              region_outputs=bool(plans.regions))
         network.load_state_dict(checkpoint["network"])
         network.deep_supervision = False
         networks.append(network.to(device).eval())
-    previous = None
-    if config.previous_stage:
-        previous = load_stage_model(work, plans, config.previous_stage, options, device, loaded)
-    loaded[config_name] = StageModel(config_name, networks, previous)
-    return loaded[config_name]
+    return networks
 
 
 def predict_cropped(model: StageModel, raw: Case, case: str, plans: Plans, options: PredictOptions,
