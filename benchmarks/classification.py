@@ -131,7 +131,7 @@ def head_aucs(work: Path, cases: list[str], y_val: np.ndarray) -> dict[str, floa
     from nnlite.inference.sliding_window import predict_preprocessed
     from nnlite.network import build_unet
     from nnlite.plans import load_plans
-    from nnlite.training.checkpoints import load_checkpoint
+    from nnlite.network.checkpoints import load_checkpoint
 
     plans = load_plans(work / "plans.json")
     config = plans.configurations["3d_fullres"]

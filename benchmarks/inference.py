@@ -221,16 +221,19 @@ def run_reference(python: str, work: Path, plans: Plans, state: dict, inputs: Pa
 
 def predict_logit_rule(work: Path, inputs: Path, out: Path, device: str) -> None:
     """nnlite's pipeline with the reference's combination rule (logits averaged), for agreement."""
-    from nnlite.inference.export import export_prediction
-    from nnlite.inference.options import find_input_cases
-    from nnlite.inference.predictor import load_networks, read_and_preprocess
+    from nnlite.inference.outputs import export_prediction
+    from nnlite.inference.models import load_fold_networks
+    from nnlite.inference.options import find_input_cases, read_input_case
+    from nnlite.inference.predictor import preprocess_raw
     from nnlite.inference.sliding_window import predict_sliding_window
+    from nnlite.plans import load_plans
 
-    options = PredictOptions(folds=("0",), device=device)
-    plans, networks = load_networks(work, options, torch.device(device))
+    plans = load_plans(work / "plans.json")
+    networks = load_fold_networks(work, plans, CONFIG, ("0",), "final", torch.device(device))
     patch = plans.configurations[CONFIG].patch_size
     for case, paths in find_input_cases(inputs).items():
-        data, props, affine = read_and_preprocess(case, paths, plans, CONFIG)
+        raw = read_input_case(case, paths, plans.num_channels)
+        (data, props), affine = preprocess_raw(raw, case, plans, CONFIG), raw.affine
         logits = predict_sliding_window(networks, torch.from_numpy(data), patch, device=device,
                                         output="logits")
         export_prediction(logits, props, plans, CONFIG, out / f"{case}.nii.gz", affine=affine)
@@ -283,7 +286,7 @@ def trained_model(path: Path) -> tuple[Plans, dict]:
     from dataclasses import replace
 
     from nnlite.common.schema import from_dict
-    from nnlite.training.checkpoints import load_checkpoint
+    from nnlite.network.checkpoints import load_checkpoint
 
     checkpoint = load_checkpoint(path)
     plans = from_dict(Plans, checkpoint["plan"])

@@ -64,7 +64,7 @@ from nnlite.preprocess import main as preprocess_main  # noqa: E402
 from nnlite.training.config import load_train_config  # noqa: E402
 from nnlite.training.distributed import Rank  # noqa: E402
 from nnlite.training.folds import preprocessed_dir  # noqa: E402
-from nnlite.training.precision import resolve_device  # noqa: E402
+from nnlite.network.hardware import resolve_device  # noqa: E402
 from nnlite.training.trainer import RunState, build_state, train_step  # noqa: E402
 
 HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset004_Hippocampus"

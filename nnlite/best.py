@@ -23,8 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="configurations to compare (default: every one with trained folds)")
     parser.add_argument("--no-ensembles", action="store_true", help="compare single configurations only")
     args = parser.parse_args(argv)
-    from nnlite.evaluation.selection import find_best
-    from nnlite.inference.stage_models import best_path  # after parsing: `--help` stays fast
+    from nnlite.evaluation.selection import find_best  # after parsing: `--help` stays fast
+    from nnlite.common.layout import best_file
 
     best = find_best(args.work, args.configs, ensembles=not args.no_ensembles)
     for candidate in best["candidates"]:
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     post = best["postprocessing"]
     print(f"best: {best['winner']['name']}; post-processing {post['steps'] or 'none'} "
           f"(Dice {post['foreground_dice_before']:.4f} -> {post['foreground_dice_after']:.4f}); "
-          f"{best_path(args.work)}")
+          f"{best_file(args.work)}")
     print(f"predict with: {best['predict_command']}")
     return 0
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nnlite.common.layout import PLANS_FILE
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json_checked, write_json_atomic
 from nnlite.common.schema import from_dict, to_jsonable
@@ -35,6 +36,23 @@ def output_classes(labels: dict[str, int], regions: tuple["Region", ...] = ()) -
     if regions:
         return len(regions)
     return len(labels) - (IGNORE_KEY in labels)
+
+
+@dataclass(frozen=True)
+class ScoredClass:
+    """One class that evaluation scores: a plain label (key: the label, labels: just it) or a
+    region (key: its name, labels: the labels whose union it is) — nnU-Net's labels_or_regions."""
+
+    key: int | str
+    labels: tuple[int, ...]
+
+
+def scored_classes(labels: dict[str, int], regions: tuple["Region", ...] = ()) -> tuple[ScoredClass, ...]:
+    """What a dataset's predictions are scored by: its regions, else every foreground label."""
+    if regions:
+        return tuple(ScoredClass(region.name, tuple(region.labels)) for region in regions)
+    ignore = labels.get(IGNORE_KEY)
+    return tuple(ScoredClass(v, (v,)) for v in sorted(set(labels.values()) - {0, ignore}))
 
 
 @dataclass(frozen=True)
@@ -119,22 +137,22 @@ class NetworkPlan:
     def __post_init__(self) -> None:
         n = len(self.strides)
         if n < 1 or len(self.kernel_sizes) != n or len(self.features_per_stage) != n:
-            raise UserError("plans.json", "network needs one stride, kernel and width per stage")
+            raise UserError(PLANS_FILE, "network needs one stride, kernel and width per stage")
         ndim = len(self.strides[0])
         if ndim not in (2, 3) or any(len(s) != ndim for s in self.strides + self.kernel_sizes):
-            raise UserError("plans.json", "network strides/kernels need one entry per axis (2 or 3)")
+            raise UserError(PLANS_FILE, "network strides/kernels need one entry per axis (2 or 3)")
         if any(s != 1 for s in self.strides[0]):
-            raise UserError("plans.json", "stage 0 must have stride 1")
+            raise UserError(PLANS_FILE, "stage 0 must have stride 1")
         if self.encoder not in ENCODER_TYPES:
-            raise UserError("plans.json", f"unknown encoder '{self.encoder}'")
+            raise UserError(PLANS_FILE, f"unknown encoder '{self.encoder}'")
         if self.encoder == "residual" and len(self.blocks_per_stage) != n:
-            raise UserError("plans.json", "a residual encoder needs blocks_per_stage per stage")
+            raise UserError(PLANS_FILE, "a residual encoder needs blocks_per_stage per stage")
         if any(b < 1 for b in self.blocks_per_stage) or min(self.conv_per_stage, self.conv_per_stage_decoder) < 1:
-            raise UserError("plans.json", "every stage needs at least one block / conv unit")
+            raise UserError(PLANS_FILE, "every stage needs at least one block / conv unit")
         if any(f < 1 for f in self.features_per_stage):
-            raise UserError("plans.json", "features_per_stage must be positive")
+            raise UserError(PLANS_FILE, "features_per_stage must be positive")
         if self.class_head == 1 or self.class_head < 0:
-            raise UserError("plans.json", "class_head must be 0 (no head) or at least 2 classes")
+            raise UserError(PLANS_FILE, "class_head must be 0 (no head) or at least 2 classes")
 
     @property
     def ndim(self) -> int:
@@ -183,26 +201,26 @@ class ConfigurationPlan:
     def __post_init__(self) -> None:
         ndim = self.network.ndim
         if len(self.patch_size) != ndim or len(self.spacing) != ndim:
-            raise UserError("plans.json", "patch_size and spacing need one entry per network axis")
+            raise UserError(PLANS_FILE, "patch_size and spacing need one entry per network axis")
         if any(p % t for p, t in zip(self.patch_size, self.network.total_stride)):
-            raise UserError("plans.json", f"patch {self.patch_size} not divisible by the total stride")
+            raise UserError(PLANS_FILE, f"patch {self.patch_size} not divisible by the total stride")
         if len(self.normalization) != len(self.use_mask_for_norm):
-            raise UserError("plans.json", "normalization and use_mask_for_norm differ in length")
+            raise UserError(PLANS_FILE, "normalization and use_mask_for_norm differ in length")
         unknown = set(self.normalization) - set(NORMALIZATION_SCHEMES)
         if unknown:
-            raise UserError("plans.json", f"unknown normalization scheme {sorted(unknown)[0]!r}")
+            raise UserError(PLANS_FILE, f"unknown normalization scheme {sorted(unknown)[0]!r}")
         if self.batch_size < 1:
-            raise UserError("plans.json", "batch_size must be ≥ 1")
+            raise UserError(PLANS_FILE, "batch_size must be ≥ 1")
         for name in ("resampling_order_data", "resampling_order_seg", "resampling_order_probabilities"):
             if not 0 <= getattr(self, name) <= MAX_SPLINE_ORDER:
-                raise UserError("plans.json", f"{name} must be a spline order 0-{MAX_SPLINE_ORDER}, "
+                raise UserError(PLANS_FILE, f"{name} must be a spline order 0-{MAX_SPLINE_ORDER}, "
                                 f"not {getattr(self, name)}")
         if self.inference_mirror_axes is not None and any(
                 not 0 <= a < ndim for a in self.inference_mirror_axes):
-            raise UserError("plans.json", f"inference_mirror_axes {self.inference_mirror_axes} are not "
+            raise UserError(PLANS_FILE, f"inference_mirror_axes {self.inference_mirror_axes} are not "
                             f"axes of a {ndim}D network")
         if self.resampling_order_z != 0:
-            raise UserError("plans.json", "resampling_order_z must be 0: only nearest neighbour is "
+            raise UserError(PLANS_FILE, "resampling_order_z must be 0: only nearest neighbour is "
                             "supported along the coarse axis of anisotropic data")
 
 
@@ -226,17 +244,17 @@ class Plans:
     case_classes: tuple[str, ...] = ()  # case-level class names (dataset.json "classes"); () if none
 
     def __post_init__(self) -> None:
-        _check_version(self.schema_version, "plans.json")
+        _check_version(self.schema_version, PLANS_FILE)
         if sorted(self.transpose) != list(range(len(self.transpose))):
-            raise UserError("plans.json", f"transpose {self.transpose} is not a permutation")
+            raise UserError(PLANS_FILE, f"transpose {self.transpose} is not a permutation")
         folders: dict[str, str] = {}
         for name, config in self.configurations.items():
             if config.inherits_from is not None and config.inherits_from not in self.configurations:
-                raise UserError("plans.json", f"{name} inherits from '{config.inherits_from}', which is not planned")
+                raise UserError(PLANS_FILE, f"{name} inherits from '{config.inherits_from}', which is not planned")
             other = folders.setdefault(config.data_identifier, name)
             differ = [f for f in DATA_FIELDS if getattr(config, f) != getattr(self.configurations[other], f)]
             if differ:
-                raise UserError("plans.json", f"{name} and {other} share data_identifier "
+                raise UserError(PLANS_FILE, f"{name} and {other} share data_identifier "
                                 f"'{config.data_identifier}' but differ in {', '.join(differ)}")
 
     @property
@@ -262,6 +280,16 @@ class Plans:
     def foreground_labels(self) -> list[int]:
         """The labels that are scored and sampled: all but background and the ignore label."""
         return sorted(v for v in self.labels.values() if v not in (0, self.ignore_label))
+
+    @property
+    def scored(self) -> tuple[ScoredClass, ...]:
+        """The classes predictions are scored by (regions, else the foreground labels)."""
+        return scored_classes(self.labels, self.regions)
+
+    @property
+    def sigmoid_outputs(self) -> bool:
+        """The network outputs one sigmoid per region (a region dataset) instead of softmax classes."""
+        return bool(self.regions)
 
 
 def _check_version(version: int, where: str) -> None:

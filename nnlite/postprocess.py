@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from nnlite.common.layout import postprocessed_folder, postprocessing_file
 from nnlite.common.cli import ArgumentParser, run
 
 # The library is imported in main, after the arguments are parsed: --help starts instantly.
@@ -20,8 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reference", type=Path, default=None, metavar="LABELS_DIR",
                         help="reference label maps (default: <raw_path from plans>/labelsTr)")
     args = parser.parse_args(argv)
-    from nnlite.evaluation.postprocessing import POSTPROCESSED_DIR, determine_postprocessing
-    from nnlite.inference.largest_component import POSTPROCESSING_FILE
+    from nnlite.evaluation.postprocessing import determine_postprocessing
 
     decision = determine_postprocessing(args.work, args.config, args.reference)
     for step in decision["decisions"]:
@@ -30,8 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{step['dice_after']:.4f} {verdict}")
     print(f"foreground Dice {decision['foreground_dice_before']:.4f} -> "
           f"{decision['foreground_dice_after']:.4f} on {decision['cases']} cases; "
-          f"{args.work / 'results' / args.config / POSTPROCESSING_FILE}; post-processed CV "
-          f"predictions in {args.work / 'results' / args.config / POSTPROCESSED_DIR}")
+          f"{postprocessing_file(args.work, args.config)}; post-processed CV "
+          f"predictions in {postprocessed_folder(args.work, args.config)}")
     return 0
 
 

@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         overwrite=args.overwrite, device=args.device, tile_batch=args.tile_batch,
         dicom_seg=args.dicom_seg, onnx=None if args.onnx is None else str(args.onnx))
     if args.best:
-        from nnlite.inference.stage_models import predict_best
+        from nnlite.inference.predictor import predict_best
 
         report = predict_best(args.work, args.input_dir, args.output_dir, options)
     else:

@@ -334,7 +334,7 @@ def test_head_trains_resumes_exactly_and_predicts_classes(classed_work, tmp_path
     predicted = read_classification(out / "classification.csv", ["benign", "malignant"])
     assert sorted(predicted) == val_cases
     from nnlite.inference.options import PredictOptions
-    from nnlite.inference.stage_models import predict_models
+    from nnlite.inference.predictor import predict_models
 
     staged = tmp_path / "pred_best_path"  # the path of predict --best, cascades and ensembles
     predict_models(straight, images, staged, ["3d_fullres"], PredictOptions(folds=("0",), device="cpu", mirror=False))

@@ -22,7 +22,8 @@ from nnlite.best import main as best_main
 from nnlite.data.demo_dataset import generate_demo_dataset
 from nnlite.data.image_io import read_image
 from nnlite.inference.options import PredictOptions
-from nnlite.inference.stage_models import load_best, predict_models
+from nnlite.inference.models import load_best
+from nnlite.inference.predictor import predict_models
 from nnlite.planning.work_folder import plan_dataset
 from nnlite.plans import load_plans, save_plans
 from nnlite.predict import main as predict_main

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from inference_fixtures import tiny_plans
+from nnlite.common.layout import crossval_folder
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_json_atomic
 from nnlite.data.case_classes import format_classes_csv
@@ -18,9 +19,9 @@ from nnlite.evaluation.selection import _candidate
 from nnlite.inference.case_classification import read_classification, write_classification
 from nnlite.planning.splits import make_splits
 from nnlite.data.image_io import read_image, write_seg
-from nnlite.evaluation.cross_validation import crossval_dir, has_probabilities, merge_crossval
+from nnlite.evaluation.cross_validation import has_probabilities, merge_crossval
 from nnlite.evaluation.ensembles import ensemble_crossval, ensemble_dir
-from nnlite.inference.export import (average_probabilities, load_probabilities, seg_from_probabilities,
+from nnlite.inference.outputs import (average_probabilities, load_probabilities, seg_from_probabilities,
                                      write_probabilities)
 from nnlite.plans import load_plans, save_plans
 from nnlite.training.folds import cv_folds
@@ -88,7 +89,7 @@ def test_merge_takes_each_case_from_its_validating_fold_only(work):
     splits = splits_of(work)
     written = write_fold_results(work, "3d_fullres", splits, seed=1)
     summary = merge_crossval(work, "3d_fullres")
-    merged = crossval_dir(work, "3d_fullres")
+    merged = crossval_folder(work, "3d_fullres")
     assert sorted(p.name for p in merged.glob("*.nii.gz")) == [f"{c}.nii.gz" for c in CASES]
     for case, probs in written.items():
         np.testing.assert_array_equal(read_image(merged / f"{case}.nii.gz").array,
@@ -105,9 +106,9 @@ def test_merge_takes_each_case_from_its_validating_fold_only(work):
 def test_merge_is_rebuilt_from_the_folds(work):
     write_fold_results(work, "3d_fullres", splits_of(work), seed=1)
     merge_crossval(work, "3d_fullres")
-    (crossval_dir(work, "3d_fullres") / "stale.nii.gz").write_bytes(b"")
+    (crossval_folder(work, "3d_fullres") / "stale.nii.gz").write_bytes(b"")
     merge_crossval(work, "3d_fullres")
-    assert not (crossval_dir(work, "3d_fullres") / "stale.nii.gz").exists()
+    assert not (crossval_folder(work, "3d_fullres") / "stale.nii.gz").exists()
 
 
 def test_a_case_validated_by_two_folds_is_an_error(work):
@@ -200,10 +201,10 @@ def test_crossval_ensemble_and_best_carry_the_classification(work):
     summary = merge_crossval(work, "3d_fullres")
     merge_crossval(work, "2d")
     assert summary["classification"] == classification_summary(true, first, CLASS_NAMES)
-    merged = read_classification(crossval_dir(work, "3d_fullres") / "classification.csv", CLASS_NAMES)
+    merged = read_classification(crossval_folder(work, "3d_fullres") / "classification.csv", CLASS_NAMES)
     assert sorted(merged) == CASES and all(np.allclose(merged[c], first[c], atol=1e-6) for c in CASES)
     ensemble = ensemble_crossval(work, ["3d_fullres", "2d"])
     mean = {case: (first[case] + second[case]) / 2 for case in CASES}
     assert ensemble["classification"]["auc"] == pytest.approx(classification_summary(true, mean, CLASS_NAMES)["auc"])
-    candidate = _candidate(["3d_fullres"], summary, crossval_dir(work, "3d_fullres"))
+    candidate = _candidate(["3d_fullres"], summary, crossval_folder(work, "3d_fullres"))
     assert candidate["classification"]["auc"] == summary["classification"]["auc"]

@@ -15,13 +15,13 @@ from torch import nn
 from inference_fixtures import CONFIG, save_random_model, tiny_plans
 from nnlite.common.cli import run
 from nnlite.data.image_io import read_image, write_image
-from nnlite.inference.export import export_prediction, load_probabilities
+from nnlite.inference.outputs import export_prediction, load_probabilities
 from nnlite.inference.largest_component import apply_postprocessing
 from nnlite.inference.sliding_window import (gaussian_weights, mirror_subsets, pad_to_tile, predict_preprocessed,
                                              predict_sliding_window, tile_starts)
 from nnlite.predict import main as predict_main
 from nnlite.preprocessing.pipeline import preprocess_case
-from nnlite.training.precision import inference_autocast
+from nnlite.network.hardware import inference_autocast
 
 
 def add_one_network(channels: int, ndim: int) -> nn.Module:

@@ -133,7 +133,7 @@ def test_an_inheriting_gated_configuration_trains_predicts_and_enters_best(tmp_p
     ensemble, and `predict --config 3d_gated` reproduces its fold validation."""
     from nnlite.best import main as best_main
     from nnlite.data.image_io import read_image
-    from nnlite.inference.stage_models import load_best
+    from nnlite.inference.models import load_best
     from nnlite.predict import main as predict_main
     from nnlite.train import main as train_main
     from tests.work_fixtures import small_work

@@ -15,7 +15,7 @@ from nnlite.convert import main as convert_main
 from nnlite.network import build_unet
 from nnlite.plans import load_plans
 from nnlite.predict import main as predict_main
-from nnlite.training.checkpoints import load_checkpoint
+from nnlite.network.checkpoints import load_checkpoint
 from nnlite.training.nnunet_model import convert_nnunet_model, load_nnunet_checkpoint
 from tests import nnunet_fixtures
 from tests.command_line import assert_one_line_error, run_command

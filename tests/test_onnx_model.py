@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from nnlite.common.errors import UserError
-from nnlite.inference.onnx_model import OnnxNetwork, export_onnx, load_fold_network
+from nnlite.inference.onnx_model import OnnxNetwork, export_onnx
+from nnlite.inference.onnx_model import load_exported_network as load_fold_network
 from nnlite.plans import load_plans, save_plans
 from nnlite.predict import main as predict_main
 from nnlite.preprocessing.runner import run_preprocessing

@@ -18,7 +18,7 @@ from nnlite.data.regions import paint_regions, parse_region_labels, region_masks
 from nnlite.evaluate import main as evaluate_main
 from nnlite.evaluation.metrics import evaluate_regions, region_counts
 from nnlite.evaluation.scoring_inputs import labels_to_score
-from nnlite.inference.export import seg_from_probabilities
+from nnlite.inference.outputs import seg_from_probabilities
 from nnlite.network.region_loss import RegionDiceBCELoss, region_confusion_counts, region_targets
 from nnlite.plans import Region
 
@@ -346,8 +346,8 @@ def test_best_ensembles_region_probabilities_and_scores_regions(tmp_path):
     from inference_fixtures import tiny_plans
     from nnlite.best import main as best_main
     from nnlite.common.files import write_json_atomic
-    from nnlite.inference.export import write_probabilities
-    from nnlite.inference.stage_models import load_best
+    from nnlite.inference.outputs import write_probabilities
+    from nnlite.inference.models import load_best
     from nnlite.planning.splits import make_splits
     from nnlite.plans import save_plans
 

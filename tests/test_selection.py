@@ -11,17 +11,16 @@ import numpy as np
 import pytest
 
 from inference_fixtures import tiny_plans
+from nnlite.common.layout import POSTPROCESSED_DIR, POSTPROCESSING_FILE
 from nnlite.best import main as best_main
 from nnlite.common.cli import run
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_json_atomic
 from nnlite.planning.splits import make_splits
 from nnlite.data.image_io import write_seg
-from nnlite.evaluation.postprocessing import POSTPROCESSED_DIR
 from nnlite.evaluation.selection import predict_command, rank
-from nnlite.inference.export import seg_from_probabilities, write_probabilities
-from nnlite.inference.largest_component import POSTPROCESSING_FILE
-from nnlite.inference.stage_models import load_best
+from nnlite.inference.outputs import seg_from_probabilities, write_probabilities
+from nnlite.inference.models import load_best
 from nnlite.plans import save_plans
 
 SHAPE = (6, 10, 10)

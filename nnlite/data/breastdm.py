@@ -33,7 +33,7 @@ import numpy as np
 from nnlite.common.errors import UserError
 from nnlite.common.files import staged_dir, write_json_atomic, write_text_atomic
 from nnlite.data.case_classes import CLASSES_FILE, CLASSES_KEY, format_classes_csv
-from nnlite.data.image_io import write_image, write_seg
+from nnlite.data.image_io import write_raw_case
 
 IMAGE_FILES = ("VIBRANT.npy", "VIBRANT+C2.npy", "SUB2.npy")  # channel order 0, 1, 2
 MASK_FILE = "SUB2.npy"
@@ -210,10 +210,7 @@ def _non_blank_slices(images: np.ndarray, mask: np.ndarray, patient: Patient,
 def _write_case(staging: Path, case: str, images: np.ndarray, mask: np.ndarray,
                 spacing: Sequence[float]) -> None:
     affine = np.diag([*reversed([float(s) for s in spacing]), 1.0])
-    images = images.astype(_nifti_dtype(images))
-    for channel, image in enumerate(images):
-        write_image(staging / "imagesTr" / f"{case}_{channel:04d}.nii.gz", image, affine)
-    write_seg(staging / "labelsTr" / f"{case}.nii.gz", mask, affine)
+    write_raw_case(staging, case, list(images.astype(_nifti_dtype(images))), mask, affine)
 
 
 def _nifti_dtype(images: np.ndarray) -> np.dtype:

@@ -35,7 +35,7 @@ from scipy.ndimage import distance_transform_edt, gaussian_filter
 from nnlite.common.errors import UserError
 from nnlite.common.files import staged_dir, write_json_atomic, write_text_atomic
 from nnlite.data.case_classes import CLASSES_FILE, CLASSES_KEY, format_classes_csv
-from nnlite.data.image_io import write_image, write_seg
+from nnlite.data.image_io import write_raw_case
 
 CHANNEL_NAMES = {"0": "VIBRANT", "1": "VIBRANT_C2", "2": "SUB2"}
 LABELS = {"background": 0, "tumor": 1}
@@ -120,10 +120,8 @@ def generate_demo_dataset(raw: str | Path, n_cases: int = 24, seed: int = 0, reg
             if case_class is not None:
                 classes[name] = CLASS_NAMES[case_class]
             affine = _affine(case.spacing, case.seg.shape)
-            for channel, image in enumerate(case.images):
-                voxels = np.round(image).astype(np.int16)  # MR scanners store integers
-                write_image(staging / "imagesTr" / f"{name}_{channel:04d}.nii.gz", voxels, affine)
-            write_seg(staging / "labelsTr" / f"{name}.nii.gz", case.seg, affine)
+            voxels = [np.round(image).astype(np.int16) for image in case.images]  # MR scanners store integers
+            write_raw_case(staging, name, voxels, case.seg, affine)
         meta = _dataset_json(n_cases, seed, regions)
         if classes:
             meta[CLASSES_KEY] = list(CLASS_NAMES)

@@ -182,6 +182,15 @@ def write_seg(path: str | Path, seg: np.ndarray, affine: np.ndarray) -> Path:
     return write_image(path, seg.astype(dtype), affine)
 
 
+def write_raw_case(raw: Path, case: str, images: Sequence[np.ndarray], seg: np.ndarray,
+                   affine: np.ndarray) -> None:
+    """A training case in nnU-Net's raw layout: `imagesTr/<case>_<CCCC>.nii.gz` per channel (dtype
+    kept) and `labelsTr/<case>.nii.gz` (what the converters and the demo generator write)."""
+    for channel, image in enumerate(images):
+        write_image(Path(raw) / "imagesTr" / f"{case}_{channel:04d}.nii.gz", image, affine)
+    write_seg(Path(raw) / "labelsTr" / f"{case}.nii.gz", seg, affine)
+
+
 def write_image(path: str | Path, array: np.ndarray, affine: np.ndarray) -> Path:
     """Write a (Z, Y, X) image atomically with the given affine (dtype kept)."""
     path = Path(path)

@@ -22,29 +22,25 @@ from typing import Any
 
 import numpy as np
 
+from nnlite.common.layout import SEG_ENDING, SUMMARY_FILE, crossval_folder, plans_file
 from nnlite.common.files import staged_dir
 from nnlite.evaluation.class_scores import score_class_rows
-from nnlite.evaluation.metrics import SUMMARY_FILE, evaluate_for_plans, write_summary
+from nnlite.evaluation.metrics import evaluate_for_plans, write_summary
 from nnlite.inference.case_classification import CLASSIFICATION_FILE, class_rows_of
-from nnlite.inference.export import npz_path_for
+from nnlite.inference.outputs import npz_path_for
 from nnlite.plans import load_plans
-from nnlite.training.folds import SEG_ENDING, fold_sources
+from nnlite.planning.splits import fold_sources
 
 log = logging.getLogger(__name__)
 
-CROSSVAL_DIR = "crossval"
-
-
-def crossval_dir(work: Path, config_name: str) -> Path:
-    return Path(work) / "results" / config_name / CROSSVAL_DIR
 
 
 def merge_crossval(work: str | Path, config_name: str) -> dict[str, Any]:
     """(Re)build results/<config>/crossval/ from the folds; returns its summary (also on disk)."""
     work = Path(work)
-    plans = load_plans(work / "plans.json")
+    plans = load_plans(plans_file(work))
     sources = fold_sources(work, config_name)
-    target = crossval_dir(work, config_name)
+    target = crossval_folder(work, config_name)
     if target.exists():
         shutil.rmtree(target)  # rebuilt from the folds every time: it never goes stale
     with staged_dir(target) as staging:
@@ -84,7 +80,7 @@ def fold_class_rows(sources: dict[str, tuple[int, Path]], names: tuple[str, ...]
 
 def has_probabilities(work: Path, config_name: str) -> bool:
     """Does results/<config>/crossval/ hold a `.npz` for every label map?"""
-    folder = crossval_dir(work, config_name)
+    folder = crossval_folder(work, config_name)
     segs = sorted(folder.glob(f"*{SEG_ENDING}"))
     return bool(segs) and all(npz_path_for(path).is_file() for path in segs)
 

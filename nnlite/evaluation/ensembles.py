@@ -21,21 +21,19 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from nnlite.common.layout import SEG_ENDING, SUMMARY_FILE, crossval_folder, ensemble_folder, plans_file
 from nnlite.common.errors import UserError
 from nnlite.common.files import staged_dir
-from nnlite.data.image_io import read_image, write_seg
+from nnlite.data.image_io import read_image
 from nnlite.evaluation.class_scores import score_class_rows
-from nnlite.evaluation.cross_validation import crossval_dir
-from nnlite.evaluation.metrics import SUMMARY_FILE, evaluate_for_plans, list_segs, write_summary
+from nnlite.evaluation.metrics import evaluate_for_plans, list_segs, write_summary
 from nnlite.inference.case_classification import CLASSIFICATION_FILE, class_rows_of
-from nnlite.inference.export import (average_probabilities, load_probabilities, npz_path_for,
-                                     seg_from_probabilities)
+from nnlite.inference.outputs import (average_probabilities, load_probabilities, npz_path_for,
+                                      seg_from_probabilities, write_case_outputs)
 from nnlite.plans import load_plans
-from nnlite.training.folds import SEG_ENDING
 
 log = logging.getLogger(__name__)
 
-ENSEMBLES_DIR = "ensembles"
 NAME_SEPARATOR = "+"
 
 
@@ -44,7 +42,7 @@ def ensemble_name(configs: Sequence[str]) -> str:
 
 
 def ensemble_dir(work: Path, configs: Sequence[str]) -> Path:
-    return Path(work) / "results" / ENSEMBLES_DIR / ensemble_name(configs)
+    return ensemble_folder(work, ensemble_name(configs))
 
 
 def ensemble_crossval(work: str | Path, configs: Sequence[str]) -> dict[str, Any]:
@@ -55,17 +53,17 @@ def ensemble_crossval(work: str | Path, configs: Sequence[str]) -> dict[str, Any
     (`cross_validation.merge_crossval`; training saves them with validation.save_probabilities).
     """
     work = Path(work)
-    plans = load_plans(work / "plans.json")
+    plans = load_plans(plans_file(work))
     cases = _common_cases(work, configs)
     target = ensemble_dir(work, configs)
     if target.exists():
         shutil.rmtree(target)
     with staged_dir(target) as staging:
         for case in tqdm(cases, desc=f"ensemble {ensemble_name(configs)}", unit="case", leave=False):
-            members = [load_probabilities(crossval_dir(work, c) / f"{case}.npz") for c in configs]
+            members = [load_probabilities(crossval_folder(work, c) / f"{case}.npz") for c in configs]
             seg = seg_from_probabilities(average_probabilities(members), plans.regions)
-            affine = read_image(crossval_dir(work, configs[0]) / f"{case}{SEG_ENDING}").affine
-            write_seg(staging / f"{case}{SEG_ENDING}", seg, affine)
+            affine = read_image(crossval_folder(work, configs[0]) / f"{case}{SEG_ENDING}").affine
+            write_case_outputs(staging / f"{case}{SEG_ENDING}", seg, affine)
         summary = evaluate_for_plans(staging, plans)
         summary["members"] = list(configs)
         class_rows = averaged_class_rows(work, configs, cases, plans.case_classes)
@@ -81,7 +79,7 @@ def averaged_class_rows(work: Path, configs: Sequence[str], cases: Sequence[str]
                         ) -> dict[str, np.ndarray] | None:
     """The mean of the members' cross-validation class probabilities per case; None unless every
     member has a crossval/classification.csv."""
-    paths = [crossval_dir(work, c) / CLASSIFICATION_FILE for c in configs]
+    paths = [crossval_folder(work, c) / CLASSIFICATION_FILE for c in configs]
     if not names or not all(path.is_file() for path in paths):
         return None
     tables = [class_rows_of(path, names, cases) for path in paths]
@@ -94,13 +92,13 @@ def _common_cases(work: Path, configs: Sequence[str]) -> list[str]:
         raise UserError("ensemble", "needs at least two configurations")
     cases = None
     for config in configs:
-        segs = list_segs(crossval_dir(work, config))
+        segs = list_segs(crossval_folder(work, config))
         for case, path in segs.items():
             if not npz_path_for(path).is_file():
                 raise UserError(npz_path_for(path), "missing: ensembling needs the validation "
                                 "probabilities (train with validation.save_probabilities=true)")
         if cases is not None and set(segs) != cases:
-            raise UserError(crossval_dir(work, config), f"holds other cases than {configs[0]}'s "
+            raise UserError(crossval_folder(work, config), f"holds other cases than {configs[0]}'s "
                             "cross-validation")
         cases = set(segs)
     return sorted(cases)

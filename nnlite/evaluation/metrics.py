@@ -31,6 +31,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from nnlite.common.layout import PLANS_FILE
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_json_atomic
 from nnlite.data.dataset import AFFINE_ATOL
@@ -40,7 +41,6 @@ from nnlite.plans import RAW_PATH_KEY, Plans, Region
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"  # evaluate's default output, and every folder's scores
 MEAN_METRICS = ("dice", "iou", "ppv")  # averaged over cases; tp/fp/fn stay per case
 
 
@@ -263,7 +263,7 @@ def reference_labels(plans: Plans) -> Path:
     """labelsTr of the raw dataset the plans were made from (plans.extra["raw_path"])."""
     raw = plans.extra.get(RAW_PATH_KEY)
     if not raw:
-        raise UserError("plans.json", f"extra.{RAW_PATH_KEY} is missing: no reference labels to score "
+        raise UserError(PLANS_FILE, f"extra.{RAW_PATH_KEY} is missing: no reference labels to score "
                         "against (re-run nnlite.plan)")
     folder = Path(raw) / "labelsTr"
     if not folder.is_dir():

@@ -19,10 +19,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
+from nnlite.common.layout import SUMMARY_FILE
 from nnlite.common.errors import UserError  # noqa: E402
 from nnlite.common.files import ensure_writable_dir, read_json_checked, write_atomic  # noqa: E402
 from nnlite.data.image_io import read_case, read_image  # noqa: E402
-from nnlite.evaluation.metrics import SUMMARY_FILE, list_segs  # noqa: E402
+from nnlite.evaluation.metrics import list_segs  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -28,18 +28,20 @@ from typing import Sequence
 
 import numpy as np
 
+from nnlite.inference.outputs import write_case_outputs
+from nnlite.planning.splits import fold_sources
+from nnlite.common.layout import (config_results, crossval_folder, plans_file, postprocessed_folder,
+                                  postprocessing_file)
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_json_atomic
-from nnlite.data.image_io import read_image, write_seg
+from nnlite.data.image_io import read_image
 from nnlite.evaluation.metrics import (Counts, json_ready, label_counts, list_segs, match_cases, read_pair,
                                        reference_labels, region_counts, summarize)
-from nnlite.inference.largest_component import (POSTPROCESSING_FILE, apply_postprocessing,
-                                                keep_largest_component)
+from nnlite.inference.largest_component import keep_largest_component
 from nnlite.plans import Region, load_plans
 
 log = logging.getLogger(__name__)
 
-POSTPROCESSED_DIR = "postprocessed"  # results/<config>/postprocessed/: CV predictions after the steps
 
 
 def save_postprocessing(decision: dict, path: str | Path) -> Path:
@@ -142,22 +144,16 @@ def decide_postprocessing(pairs: Sequence[tuple[str, Path, Path]], labels: Seque
             "foreground_dice_before": fg_before, "foreground_dice_after": fg_final}
 
 
-def validation_predictions(results: Path) -> dict[str, Path]:
-    """Case → file of the cross-validation predictions: `crossval/` if present, else the
-    `fold_<k>/validation/` folders (a case predicted by two folds is an error)."""
-    crossval = results / "crossval"
+def validation_predictions(work: Path, config_name: str) -> dict[str, Path]:
+    """Case → file of the cross-validation predictions: `crossval/` if present, else those of the
+    folds validated so far (`planning.splits.fold_sources`)."""
+    crossval = crossval_folder(work, config_name)
     if crossval.is_dir() and list_segs(crossval):
         return list_segs(crossval)
-    found: dict[str, Path] = {}
-    for fold in sorted(results.glob("fold_[0-9]*")):
-        if not (fold / "validation").is_dir():
-            continue
-        for case, path in list_segs(fold / "validation").items():
-            if case in found:
-                raise UserError(case, f"predicted twice: {found[case]} and {path}")
-            found[case] = path
+    found = {case: path for case, (_, path) in fold_sources(work, config_name, complete=False).items()}
     if not found:
-        raise UserError(results, "no validation predictions (crossval/ or fold_<k>/validation/)")
+        raise UserError(config_results(work, config_name),
+                        "no validation predictions (crossval/ or fold_<k>/validation/)")
     return found
 
 
@@ -166,16 +162,16 @@ def determine_postprocessing(work: str | Path, config_name: str = "3d_fullres",
     """Decide post-processing on WORK/results/<config>'s validation predictions; writes and
     returns `results/<config>/postprocessing.json`."""
     work = Path(work)
-    plans = load_plans(work / "plans.json")
-    results = work / "results" / config_name
+    plans = load_plans(plans_file(work))
+    results = config_results(work, config_name)
     if not results.is_dir():
         raise UserError(results, f"no results for configuration '{config_name}'")
     ref_dir = Path(reference) if reference is not None else reference_labels(plans)
-    pairs = match_cases(validation_predictions(results), list_segs(ref_dir), results, ref_dir)
+    pairs = match_cases(validation_predictions(work, config_name), list_segs(ref_dir), results, ref_dir)
     decision = decide_postprocessing(pairs, plans.foreground_labels, plans.ignore_label, plans.regions)
     decision["configuration"] = config_name
-    save_postprocessing(decision, results / POSTPROCESSING_FILE)
-    write_postprocessed([pred for _, pred, _ in pairs], decision["steps"], results / POSTPROCESSED_DIR)
+    save_postprocessing(decision, postprocessing_file(work, config_name))
+    write_postprocessed([pred for _, pred, _ in pairs], decision["steps"], postprocessed_folder(work, config_name))
     return decision
 
 
@@ -183,5 +179,5 @@ def write_postprocessed(preds: Sequence[Path], steps: Sequence[Sequence[int]], o
     """Apply the steps to each prediction file and write it to out_dir (same name and affine)."""
     for path in preds:
         image = read_image(path)
-        seg = apply_postprocessing(np.rint(image.array).astype(np.int16), steps)
-        write_seg(out_dir / path.name, seg, image.affine)
+        write_case_outputs(out_dir / path.name, np.rint(image.array).astype(np.int16), image.affine,
+                           postprocessing=steps)

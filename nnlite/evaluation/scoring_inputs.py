@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from nnlite.common.layout import SUMMARY_FILE
 from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir, read_json_checked
 from nnlite.data.regions import ORDER_KEY, has_regions, parse_region_labels
-from nnlite.evaluation.metrics import SUMMARY_FILE
 from nnlite.plans import IGNORE_KEY, Region
 
 

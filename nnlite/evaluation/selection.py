@@ -18,17 +18,16 @@ import shlex
 from pathlib import Path
 from typing import Any, Sequence
 
+from nnlite.common.layout import (FOLD_PREFIX, POSTPROCESSED_DIR, POSTPROCESSING_FILE, VALIDATION_DIR,
+                                  best_file, config_results, crossval_folder, plans_file,
+                                  postprocessing_file, results_root)
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json, write_json_atomic
-from nnlite.evaluation.cross_validation import crossval_dir, has_probabilities, merge_crossval
+from nnlite.evaluation.cross_validation import has_probabilities, merge_crossval
 from nnlite.evaluation.ensembles import ensemble_crossval, ensemble_dir, ensemble_name
 from nnlite.evaluation.metrics import json_ready, list_segs, match_cases, reference_labels
-from nnlite.evaluation.postprocessing import (POSTPROCESSED_DIR, decide_postprocessing,
-                                              determine_postprocessing, save_postprocessing,
-                                              write_postprocessed)
-from nnlite.inference.largest_component import POSTPROCESSING_FILE
+from nnlite.evaluation.postprocessing import decide_postprocessing, determine_postprocessing, save_postprocessing, write_postprocessed
 from nnlite.inference.sliding_window import STEP_SIZE
-from nnlite.inference.stage_models import best_path
 from nnlite.plans import Plans, load_plans
 
 log = logging.getLogger(__name__)
@@ -47,12 +46,12 @@ def candidate_configs(work: Path, plans: Plans, configs: Sequence[str] | None) -
         if unknown:
             raise UserError("--configs", f"'{unknown[0]}' is not planned (planned: {', '.join(order)})")
         return [c for c in order if c in configs]
-    trained = [c for c in order if any((Path(work) / "results" / c).glob("fold_*/validation"))]
+    trained = [c for c in order if any(config_results(work, c).glob(f"{FOLD_PREFIX}*/{VALIDATION_DIR}"))]
     skipped = [c for c in order if c not in trained]
     if skipped:
         log.info("not compared (no trained folds): %s", ", ".join(skipped))
     if not trained:
-        raise UserError(Path(work) / "results", "no configuration has validated folds; train with "
+        raise UserError(results_root(work), "no configuration has validated folds; train with "
                         "`python -m nnlite.train WORK --config C --fold cv` first")
     return trained
 
@@ -60,7 +59,7 @@ def candidate_configs(work: Path, plans: Plans, configs: Sequence[str] | None) -
 def validation_settings(work: Path, config: str) -> dict[str, Any]:
     """Step and mirroring the fold validations of `config` used (from each fold's config.json)."""
     settings = []
-    for path in sorted((Path(work) / "results" / config).glob(f"fold_*/{FOLD_CONFIG_FILE}")):
+    for path in sorted(config_results(work, config).glob(f"{FOLD_PREFIX}*/{FOLD_CONFIG_FILE}")):
         validation = read_json(path).get("validation", {})
         settings.append({"step": float(validation.get("step", STEP_SIZE)),
                          "mirroring": bool(validation.get("mirroring", True))})
@@ -81,7 +80,7 @@ def evaluate_candidates(work: Path, configs: Sequence[str], ensembles: bool) -> 
     candidates = []
     for config in configs:
         summary = merge_crossval(work, config)
-        candidates.append(_candidate([config], summary, crossval_dir(work, config)))
+        candidates.append(_candidate([config], summary, crossval_folder(work, config)))
     with_npz = [c for c in configs if has_probabilities(work, c)]
     if ensembles and len(with_npz) < len(configs):
         log.warning("no validation probabilities (.npz) for %s: not ensembled",
@@ -115,7 +114,7 @@ def decide_winner_postprocessing(work: Path, plans: Plans, winner: dict[str, Any
     configs = winner["configurations"]
     if len(configs) == 1:
         decision = determine_postprocessing(work, configs[0])
-        return {**decision, "file": str(Path(work) / "results" / configs[0] / POSTPROCESSING_FILE)}
+        return {**decision, "file": str(postprocessing_file(work, configs[0]))}
     folder = ensemble_dir(work, configs)
     ref_dir = reference_labels(plans)
     pairs = match_cases(list_segs(folder), list_segs(ref_dir), folder, ref_dir)
@@ -140,12 +139,12 @@ def find_best(work: str | Path, configs: Sequence[str] | None = None,
               ensembles: bool = True) -> dict[str, Any]:
     """Compare, choose, decide post-processing; writes and returns results/best.json's content."""
     work = Path(work)
-    plans = load_plans(work / "plans.json")
+    plans = load_plans(plans_file(work))
     names = candidate_configs(work, plans, configs)
     ranked = rank(evaluate_candidates(work, names, ensembles))
     winner = ranked[0]
     if winner["_score"] == -math.inf:
-        raise UserError(work / "results", "no candidate has a defined cross-validated Dice")
+        raise UserError(results_root(work), "no candidate has a defined cross-validated Dice")
     postprocessing = decide_winner_postprocessing(work, plans, winner)
     settings = validation_settings(work, winner["configurations"][0])
     for config in winner["configurations"][1:]:
@@ -161,5 +160,5 @@ def find_best(work: str | Path, configs: Sequence[str] | None = None,
         "candidates": [{k: v for k, v in c.items() if not k.startswith("_")} for c in ranked],
         "predict_command": predict_command(work, settings),
     }
-    write_json_atomic(best_path(work), json_ready(best))
+    write_json_atomic(best_file(work), json_ready(best))
     return best

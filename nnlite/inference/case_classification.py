@@ -28,9 +28,7 @@ from torch import nn
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_text_atomic
-from nnlite.inference.sliding_window import predict_preprocessed
 from nnlite.network.classifier import split_output
-from nnlite.plans import ConfigurationPlan
 
 CLASSIFICATION_FILE = "classification.csv"  # beside the label maps: case, predicted_class, p_<class>…
 AGGREGATIONS = ("foreground", "mean")
@@ -48,8 +46,8 @@ def aggregate_tiles(class_probs: np.ndarray, foreground: np.ndarray, how: str = 
 class ClassCollector:
     """Forward hooks on `networks` recording each input's class probabilities and foreground.
 
-    Use as a context manager around the sliding window of one case; `case_probabilities()`
-    then aggregates what was recorded and `reset()` starts the next case. Networks without a
+    Use as a context manager around the sliding windows of a prediction; after each case
+    `case_probabilities()` aggregates what was recorded and `reset()` starts the next case. Networks without a
     head record nothing (`has_head` is False).
     """
 
@@ -89,15 +87,6 @@ class ClassCollector:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-
-
-def predict_with_classes(networks: Sequence[nn.Module], data: np.ndarray | torch.Tensor, config: ConfigurationPlan,
-                         **options) -> tuple[torch.Tensor, np.ndarray | None]:
-    """`predict_preprocessed(networks, data, config, **options)` of one case, and the case's (K,)
-    class probabilities when the networks have a classification head (else None)."""
-    with ClassCollector(networks) as collector:
-        probs = predict_preprocessed(networks, data, config, **options)
-    return probs, collector.case_probabilities() if collector.has_head else None
 
 
 def format_classification(rows: dict[str, np.ndarray], names: Sequence[str]) -> str:

@@ -18,7 +18,6 @@ from nnlite.common.errors import UserError
 from nnlite.common.files import read_json
 
 
-POSTPROCESSING_FILE = "postprocessing.json"
 
 
 def keep_largest_component(seg: np.ndarray, labels: Sequence[int]) -> np.ndarray:

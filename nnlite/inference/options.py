@@ -1,14 +1,12 @@
-"""What a prediction run is given and what it reports, and how it finds its cases and models.
+"""What a prediction run is given and what it reports, and how it finds its cases.
 
-Shared by the folder predictor (`predictor.py`) and the cascade/ensemble predictor
-(`stage_models.py`): the user's options, the input folder's `<case>_<CCCC>` channel files, the
-output folder's finished cases, the trained fold folders and the per-case failure report.
+The user's options, the input folder's `<case>_<CCCC>` channel files, the output folder's
+finished cases and the per-case failure report (`predictor.py` runs them).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -17,14 +15,11 @@ from typing import Sequence
 from nnlite.common.errors import UserError
 from nnlite.data.file_names import split_channel_stem
 from nnlite.data.image_io import Case, file_ending, image_format, label_path_for, read_case
-from nnlite.inference.export import npz_path_for
+from nnlite.inference.outputs import dicom_seg_path, npz_path_for
 from nnlite.inference.sliding_window import STEP_SIZE
-from nnlite.training.checkpoints import BEST, FINAL
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = {"final": FINAL, "best": BEST}
-NUMBERED_FOLD = re.compile(r"^fold_(\d+)$")  # a cross-validation fold's result folder
 
 
 @dataclass(frozen=True)
@@ -52,29 +47,6 @@ class PredictReport:
     failed: dict[str, str] = field(default_factory=dict)  # case → problem
     crashed: list[str] = field(default_factory=list)  # failed cases that were not input errors
 
-
-
-def fold_folders(results: Path, folds: Sequence[str] | None, checkpoint_file: str) -> list[Path]:
-    """The fold folders to ensemble (default: every numbered fold, else fold_all); each must hold
-    `checkpoint_file`, or the fold has no finished training."""
-    if folds is not None:
-        folders = [results / f"fold_{fold}" for fold in folds]
-        for folder in folders:
-            if not folder.is_dir():
-                raise UserError(folder, "no such trained fold")
-    else:
-        numbered = sorted((int(m[1]), p) for p in results.glob("fold_*")
-                          if (m := NUMBERED_FOLD.match(p.name)) and p.is_dir())
-        folders = [p for _, p in numbered] or [f for f in [results / "fold_all"] if f.is_dir()]
-    if not folders:
-        raise UserError(results, "no trained fold (fold_0, fold_1, … or fold_all)")
-    for folder in folders:
-        if not (folder / checkpoint_file).is_file():
-            raise UserError(folder, f"fold {folder.name[len('fold_'):]} of {results.name} has no finished "
-                            f"training ({checkpoint_file} is missing)",
-                            hint="train it to the end (python -m nnlite.train … --resume), or choose "
-                                 "other --folds")
-    return folders
 
 
 def channel_of(path: Path) -> tuple[str, int] | None:
@@ -138,11 +110,6 @@ def check_dicom_seg(cases: dict[str, list[Path]], options: PredictOptions) -> No
         if not paths[0].is_dir():
             raise UserError("--dicom-seg", f"only for DICOM series inputs (<case>_<CCCC>/ folders); "
                                            f"case {case} is {paths[0].name}")
-
-
-def dicom_seg_path(seg_path: Path) -> Path:
-    """`<dir>/<case>.dcm` beside `<dir>/<case>.nii.gz`."""
-    return npz_path_for(seg_path).with_suffix(".dcm")
 
 
 def is_done(seg_path: Path, options: PredictOptions) -> bool:

@@ -1,75 +1,181 @@
-"""Predict a folder of raw cases with trained models: `python -m nnlite.predict`'s library side.
+"""Predict cases with trained models: the one per-case path of `predict`, `predict --best`,
+ensembles, cascades and the final validation.
 
-Per case: read → preprocess (a background thread, one case ahead) → sliding window over every
-fold's network (probabilities averaged) → export in another background thread (resample back,
-argmax, optional post-processing, write). A case that fails (unreadable file, wrong number of
-channels) is reported by name and the others still finish; the caller turns failures into exit 2.
+Per case: read (raw channels, preprocessed for each member configuration; or a preprocessed case
+of WORK) → each member's sliding window over its folds (a cascade stage runs its previous stage
+first: that label map in the original geometry goes through `cascade.seg_to_stage_input`, exactly
+as the training inputs were made) → the members' probabilities back in the original geometry,
+averaged for an ensemble → the case's files (`outputs.write_case_outputs`). A folder is read one
+case ahead in a reader thread and exported in a writer thread (one case's probabilities in flight
+at most). Case classification observes the sliding window: one `ClassCollector` per
+configuration records the head's outputs; members' case probabilities are averaged.
+
+A case that fails (unreadable file, wrong number of channels) is reported by name and the others
+still finish; the caller turns failures into exit 2.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir, remove_tmp_leftovers
-from nnlite.inference.case_classification import predict_with_classes, update_classification
-from nnlite.inference.export import export_prediction
-from nnlite.inference.largest_component import POSTPROCESSING_FILE, load_postprocessing
-from nnlite.inference.onnx_model import OnnxNetwork
-from nnlite.inference.options import (CHECKPOINTS, PredictOptions, PredictReport, check_dicom_seg, check_folders,
-                                      dicom_seg_path, find_input_cases, is_done, output_path,
-                                      read_input_case, record_failure)
-from nnlite.inference.stage_models import load_fold_networks, predict_models
+from nnlite.common.layout import plans_file, postprocessing_file
+from nnlite.data.image_io import Case
+from nnlite.inference.case_classification import ClassCollector, update_classification
+from nnlite.inference.largest_component import load_postprocessing
+from nnlite.inference.models import StageModel, load_best, load_models
+from nnlite.inference.options import (PredictOptions, PredictReport, check_dicom_seg, check_folders,
+                                      find_input_cases, is_done, output_path, read_input_case, record_failure)
+from nnlite.inference.outputs import (Cropped, members_in_original, output_affine, probabilities_in_crop,
+                                      seg_in_original, write_case_outputs)
+from nnlite.inference.sliding_window import predict_preprocessed
+from nnlite.network.hardware import resolve_device
 from nnlite.plans import Plans, load_plans
+from nnlite.preprocessing.cascade import seg_to_stage_input, stage_labels, with_previous_stage
 from nnlite.preprocessing.pipeline import CaseProperties, preprocess_case
-from nnlite.training.precision import resolve_device
 
 log = logging.getLogger(__name__)
 
-
-def load_networks(work: Path, options: PredictOptions, device: torch.device
-                  ) -> tuple[Plans, list[nn.Module]]:
-    """plans.json and one network per fold, weights from checkpoint_<final|best>.pt, eval mode."""
-    plans = load_plans(work / "plans.json")
-    if options.config not in plans.configurations:
-        raise UserError("--config", f"'{options.config}' is not in {work / 'plans.json'}")
-    config = plans.configurations[options.config]
-    if config.previous_stage:  # predict_folder hands cascade stages to prediction_models
-        raise UserError("--config", f"'{options.config}' is a cascade stage: use predict_folder")
-    if options.checkpoint not in CHECKPOINTS:
-        raise UserError("--checkpoint", f"must be one of {sorted(CHECKPOINTS)}")
-    if options.onnx is not None:  # the exported network, run by onnxruntime in the same sliding window
-        return plans, [OnnxNetwork(options.onnx)]
-    return plans, load_fold_networks(work, plans, options.config, options, device)
+NetworkInput = tuple[np.ndarray | torch.Tensor, CaseProperties]  # (C, *network space), properties
 
 
-def read_and_preprocess(case: str, paths: list[Path], plans: Plans, config_name: str
-                        ) -> tuple[np.ndarray, CaseProperties, np.ndarray]:
-    """Read a case's channels and preprocess them → (data, properties, affine)."""
-    raw = read_input_case(case, paths, plans.num_channels)
-    data, _, props = preprocess_case(raw.data, None, raw.spacing, plans, config_name,
-                                     case=case, affine=raw.affine)
-    return data, props, raw.affine
+@dataclass
+class CaseInput:
+    """A case as read: its network input per configuration it was preprocessed for, the raw case
+    (cascade stages preprocess it for their previous stage) and the affine of its label map."""
+
+    data: dict[str, NetworkInput]
+    raw: Case | None = None
+    affine: np.ndarray | None = None  # None: the one stored in the properties
 
 
-def export_case(probs: torch.Tensor, props: CaseProperties, plans: Plans, options: PredictOptions,
-                out_path: Path, inputs: list[Path], *, affine: np.ndarray,
-                postprocessing: list[list[int]]) -> Path:
-    """Write the case's label map (+ probabilities, + a DICOM-SEG of a DICOM series input)."""
-    export_prediction(probs, props, plans, options.config, out_path, options.save_probabilities,
-                      affine=affine, postprocessing=postprocessing)
-    if options.dicom_seg:
-        from nnlite.inference.dicom_seg import write_dicom_seg  # highdicom: only when asked for
+@dataclass
+class Member:
+    """One member configuration's probabilities of a case: network space until `cropped()`."""
 
-        write_dicom_seg(out_path, inputs[0], plans.labels, dicom_seg_path(out_path))
-    return out_path
+    config_name: str
+    props: CaseProperties
+    probs: np.ndarray | torch.Tensor  # (K, *network space), or (K, *shape_after_crop) once cropped
+    is_cropped: bool = False
+
+    def cropped(self, plans: Plans) -> Cropped:
+        """(K, *shape_after_crop) float32 in the preprocessed axis order, and the properties."""
+        if not self.is_cropped:
+            self.probs = probabilities_in_crop(self.probs, self.props, plans, self.config_name)
+            self.is_cropped = True
+        return self.probs, self.props
+
+
+@dataclass
+class CasePrediction:
+    members: list[Member]
+    class_probs: np.ndarray | None  # (K,) case-class probabilities when every member has a head
+    given: CaseInput = field(repr=False)
+
+
+class CasePredictor:
+    """The sliding window of a prediction's models on one case at a time.
+
+    Use as a context manager: the class collectors observe the networks while it is open.
+    """
+
+    def __init__(self, models: Sequence[StageModel], plans: Plans, options: PredictOptions,
+                 device: torch.device) -> None:
+        self.models, self.plans, self.options, self.device = list(models), plans, options, device
+        self.collectors = {model.config_name: ClassCollector(model.networks) for model in _with_previous(models)}
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "CasePredictor":
+        for collector in self.collectors.values():
+            self._stack.enter_context(collector)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def __call__(self, case: str, given: CaseInput) -> CasePrediction:
+        done: dict[str, Member] = {}
+        classes: dict[str, np.ndarray] = {}
+        members = [self._member(model, case, given, done, classes) for model in self.models]
+        have_heads = all(model.config_name in classes for model in self.models)
+        class_probs = np.mean([classes[m.config_name] for m in self.models], axis=0) if have_heads else None
+        return CasePrediction(members, class_probs, given)
+
+    def _member(self, model: StageModel, case: str, given: CaseInput, done: dict[str, Member],
+                classes: dict[str, np.ndarray]) -> Member:
+        """The probabilities of one configuration (its previous stage first); `done`: this case's
+        members so far (3d_lowres + 3d_cascade_fullres runs lowres once)."""
+        if model.config_name in done:
+            return done[model.config_name]
+        data, props = given.data.get(model.config_name) or preprocess_raw(given.raw, case, self.plans,
+                                                                          model.config_name)
+        if model.previous is not None:
+            cropped, prev_props = self._member(model.previous, case, given, done, classes).cropped(self.plans)
+            prev_seg = seg_in_original(cropped, prev_props, self.plans)
+            data = with_previous_stage(data, seg_to_stage_input(prev_seg, props, self.plans, model.config_name),
+                                       stage_labels(self.plans))
+        options = self.options
+        probs = predict_preprocessed(model.networks, data, self.plans.configurations[model.config_name],
+                                     mirror=options.mirror, step=options.step, tile_batch=options.tile_batch,
+                                     device=self.device, sigmoid=bool(self.plans.regions))
+        collector = self.collectors[model.config_name]
+        if collector.has_head:
+            classes[model.config_name] = collector.case_probabilities()
+            collector.reset()
+        done[model.config_name] = Member(model.config_name, props, probs)
+        return done[model.config_name]
+
+
+def _with_previous(models: Sequence[StageModel]) -> list[StageModel]:
+    """The models and every previous stage they run, each once."""
+    found: dict[str, StageModel] = {}
+    for model in models:
+        while model is not None:
+            found.setdefault(model.config_name, model)
+            model = model.previous
+    return list(found.values())
+
+
+def preprocess_raw(raw: Case, case: str, plans: Plans, config_name: str) -> NetworkInput:
+    """A raw case preprocessed for `config_name` → (data, properties)."""
+    data, _, props = preprocess_case(raw.data, None, raw.spacing, plans, config_name, case=case, affine=raw.affine)
+    return data, props
+
+
+Writer = Callable[[str, CasePrediction], object]
+
+
+def predict_cases(predictor: CasePredictor, todo: Sequence[str], read: Callable[[str], CaseInput],
+                  write: Writer, report: PredictReport) -> dict[str, np.ndarray]:
+    """Read one case ahead, predict, write in the background; failures go into `report`.
+    Returns the case-class probabilities of the cases whose models have a classification head."""
+    class_rows: dict[str, np.ndarray] = {}
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        upcoming = reader.submit(read, todo[0]) if todo else None
+        pending = None
+        for i, case in enumerate(tqdm(todo, desc="predict", unit="case")):
+            current, upcoming = upcoming, reader.submit(read, todo[i + 1]) if i + 1 < len(todo) else None
+            try:
+                prediction = predictor(case, current.result())
+            except Exception as error:  # noqa: BLE001  report the case, finish the others
+                record_failure(report, case, error)
+                continue
+            if prediction.class_probs is not None:
+                class_rows[case] = prediction.class_probs
+            _collect(pending, report)
+            pending = (case, writer.submit(write, case, prediction))
+        _collect(pending, report)
+    return class_rows
 
 
 def _collect(pending: tuple[str, Future] | None, report: PredictReport) -> None:
@@ -84,28 +190,33 @@ def _collect(pending: tuple[str, Future] | None, report: PredictReport) -> None:
         record_failure(report, case, error)
 
 
-def _is_cascade_stage(work: Path, config_name: str) -> bool:
-    config = load_plans(work / "plans.json").configurations.get(config_name)
-    return config is not None and bool(config.previous_stage)
+def write_prediction(out_path: Path, prediction: CasePrediction, plans: Plans, *, save_probabilities: bool,
+                     postprocessing: Sequence[Sequence[int]] = (), dicom_source: Path | None = None) -> Path:
+    """A case's files from its members' probabilities (see `outputs.write_case_outputs`)."""
+    members = [member.cropped(plans) for member in prediction.members]
+    seg, probabilities = members_in_original(members, plans, save_probabilities)
+    affine = output_affine(members[0][1], prediction.given.affine)
+    dicom = None if dicom_source is None else (dicom_source, plans.labels)
+    return write_case_outputs(out_path, seg, affine, probabilities=probabilities,
+                              postprocessing=postprocessing, dicom=dicom)
 
 
-def predict_folder(work: str | Path, input_dir: str | Path, output_dir: str | Path,
-                   options: PredictOptions = PredictOptions()) -> PredictReport:
-    """Predict every case of input_dir into output_dir/<case><the input's ending> (see the module
-    docstring); a DICOM series gives <case>.nii.gz (+ <case>.dcm with options.dicom_seg)."""
+def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Path,
+                   configs: Sequence[str], options: PredictOptions,
+                   postprocessing: Sequence[Sequence[int]] | None = None) -> PredictReport:
+    """Predict every case of input_dir into output_dir/<case><the input's ending> with the ensemble
+    of `configs` (one or more; a DICOM series gives <case>.nii.gz, + <case>.dcm with
+    options.dicom_seg). postprocessing: the steps to apply; None → with `options.postprocess`,
+    results/<config>/postprocessing.json of a single configuration."""
     work, input_dir, output_dir = Path(work), Path(input_dir), Path(output_dir)
-    if _is_cascade_stage(work, options.config):  # two stages: the previous one runs first
-        if options.onnx is not None:
-            raise UserError("--onnx", f"'{options.config}' is a cascade stage; --onnx runs one network")
-        return predict_models(work, input_dir, output_dir, [options.config], options)
+    plans = load_plans(plans_file(work))
     check_folders(input_dir, output_dir)
     cases = find_input_cases(input_dir)
     check_dicom_seg(cases, options)
     device = resolve_device(options.device)
-    plans, networks = load_networks(work, options, device)
-    steps = []
-    if options.postprocess:
-        steps = load_postprocessing(work / "results" / options.config / POSTPROCESSING_FILE)
+    if postprocessing is None:
+        postprocessing = _postprocessing_for(work, configs, options)
+    models = load_models(work, plans, configs, options.folds, options.checkpoint, device, options.onnx)
     ensure_writable_dir(output_dir, "output folder")
     remove_tmp_leftovers(output_dir)
     report = PredictReport()
@@ -114,31 +225,44 @@ def predict_folder(work: str | Path, input_dir: str | Path, output_dir: str | Pa
     report.skipped = [case for case in cases if case not in todo]
     if report.skipped:
         log.info("skipping %d already predicted cases (--overwrite redoes them)", len(report.skipped))
-    config = plans.configurations[options.config]
-    class_rows = {}  # a classification head: one row per case
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
-        def load(i: int) -> Future:
-            return reader.submit(read_and_preprocess, todo[i], cases[todo[i]], plans, options.config)
 
-        upcoming = load(0) if todo else None
-        pending = None
-        for i, case in enumerate(tqdm(todo, desc="predict", unit="case")):
-            current, upcoming = upcoming, load(i + 1) if i + 1 < len(todo) else None
-            try:
-                data, props, affine = current.result()
-                probs, class_probs = predict_with_classes(networks, data, config, mirror=options.mirror,
-                                                          step=options.step, tile_batch=options.tile_batch,
-                                                          device=device, sigmoid=bool(plans.regions))
-                if class_probs is not None:
-                    class_rows[case] = class_probs
-            except Exception as error:  # noqa: BLE001  report the case, finish the others
-                record_failure(report, case, error)
-                continue
-            _collect(pending, report)
-            pending = (case, writer.submit(
-                export_case, probs, props, plans, options, outputs[case], cases[case],
-                affine=affine, postprocessing=steps))
-        _collect(pending, report)
+    def read(case: str) -> CaseInput:
+        raw = read_input_case(case, cases[case], plans.num_channels)
+        return CaseInput({m.config_name: preprocess_raw(raw, case, plans, m.config_name) for m in models},
+                         raw, raw.affine)
+
+    def write(case: str, prediction: CasePrediction) -> Path:
+        return write_prediction(outputs[case], prediction, plans, save_probabilities=options.save_probabilities,
+                                postprocessing=postprocessing,
+                                dicom_source=cases[case][0] if options.dicom_seg else None)
+
+    with CasePredictor(models, plans, options, device) as predictor:
+        class_rows = predict_cases(predictor, todo, read, write, report)
     if class_rows:
         update_classification(output_dir, class_rows, plans.case_classes)
     return report
+
+
+def _postprocessing_for(work: Path, configs: Sequence[str], options: PredictOptions) -> list[list[int]]:
+    if not options.postprocess:
+        return []
+    if len(configs) != 1:
+        raise UserError("--postprocess", "an ensemble's post-processing comes from best.json (--best)")
+    return load_postprocessing(postprocessing_file(work, configs[0]))
+
+
+def predict_folder(work: str | Path, input_dir: str | Path, output_dir: str | Path,
+                   options: PredictOptions = PredictOptions()) -> PredictReport:
+    """Predict every case of input_dir with the configuration `options.config` (its folds, or
+    `options.onnx`); a cascade stage runs its previous stage first."""
+    return predict_models(work, input_dir, output_dir, [options.config], options)
+
+
+def predict_best(work: str | Path, input_dir: str | Path, output_dir: str | Path,
+                 options: PredictOptions) -> PredictReport:
+    """Predict with the configuration or ensemble and the post-processing of results/best.json."""
+    best = load_best(work)
+    log.info("best.json: %s, post-processing steps %s", best["winner"]["name"],
+             best["postprocessing"]["steps"])
+    return predict_models(work, input_dir, output_dir, best["winner"]["configurations"], options,
+                          postprocessing=best["postprocessing"]["steps"])

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from nnlite.plans import ConfigurationPlan
-from nnlite.training.precision import inference_autocast
+from nnlite.network.hardware import inference_autocast
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from nnlite.common.layout import PLANS_FILE, preprocessed_folder
 from nnlite.common.cli import default_workers
 from nnlite.common.errors import UserError
 from nnlite.loading.augmentation import (IDENTITY, AugmentConfig, AugmentParams, augment_config,
@@ -231,7 +232,7 @@ def build_loader(work: str | Path, plans: Plans, config_name: str, case_names: S
     in this process, `device_augmentation`) or "auto" (device when `device` is CUDA).
     """
     if config_name not in plans.configurations:
-        raise UserError("plans.json", f"has no configuration '{config_name}'")
+        raise UserError(PLANS_FILE, f"has no configuration '{config_name}'")
     if seed < 0 or start_batch < 0 or batch_size < 1:
         raise UserError("loader", "seed and start_batch must be ≥ 0 and batch_size ≥ 1")
     config = plans.configurations[config_name]
@@ -239,7 +240,7 @@ def build_loader(work: str | Path, plans: Plans, config_name: str, case_names: S
     if len(forced) != batch_size:
         raise UserError("loader", f"forced has {len(forced)} entries for batch size {batch_size}")
     scales = tuple(deep_supervision_scales(config.network)) if deep_supervision else ()
-    store = CaseStore(Path(work) / "preprocessed" / config.data_identifier, list(case_names))
+    store = CaseStore(preprocessed_folder(work, config.data_identifier), list(case_names))
     for case in store.cases:
         if case.channels != len(config.normalization):
             raise UserError(store.folder / f"{case.name}.npy", f"has {case.channels} channels, the "

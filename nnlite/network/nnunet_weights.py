@@ -20,6 +20,7 @@ from typing import Mapping
 
 import torch
 
+from nnlite.common.layout import PLANS_FILE
 from nnlite.common.errors import UserError
 
 PLAIN_CLASS = "PlainConvUNet"
@@ -96,7 +97,7 @@ def architecture_rules(class_name: str) -> tuple[tuple[str, str], ...]:
     """The rows for nnU-Net's `network_class_name` (dotted or short); other classes are an error."""
     short = class_name.rsplit(".", 1)[-1]
     if short not in RULES:
-        raise UserError("plans.json", f"network class {class_name!r} cannot be converted (nnlite converts "
+        raise UserError(PLANS_FILE, f"network class {class_name!r} cannot be converted (nnlite converts "
                         f"{', '.join(RULES)})")
     return RULES[short]
 

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from nnlite.common.layout import plans_file
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json
 from nnlite.common.schema import from_dict, to_jsonable
@@ -30,7 +31,7 @@ CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # also a folder name un
 
 def add_configuration(work: Path, name: str, parent: str, overrides: Sequence[str]) -> Plans:
     """WORK/plans.json gains configuration `name`: `parent` with `overrides` ("KEY=VALUE") applied."""
-    path = Path(work) / "plans.json"
+    path = plans_file(work)
     plans = load_plans(path)
     if parent not in plans.configurations:
         raise UserError("--from", f"'{parent}' is not planned (planned: {', '.join(plans.configurations)})")
@@ -95,7 +96,7 @@ def keep_added_configurations(work: Path, plans: Plans) -> Plans:
     """A fresh `plans` plus the inheriting configurations of WORK's previous plans.json whose parent
     is still planned (nnU-Net keeps a user's added configurations when it saves plans, too)."""
     try:
-        previous = read_json(Path(work) / "plans.json")["configurations"]
+        previous = read_json(plans_file(work))["configurations"]
     except (OSError, ValueError, KeyError, TypeError):
         return plans
     added = {n: c for n, c in previous.items() if isinstance(c, dict) and c.get("inherits_from")

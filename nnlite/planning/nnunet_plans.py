@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from nnlite.common.layout import PLANS_FILE
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json_checked
 from nnlite.data.regions import ORDER_KEY, has_regions, parse_region_labels
@@ -44,10 +45,10 @@ def read_nnunet_plans(path: str | Path) -> dict[str, Any]:
 def resolve_configuration(configurations: dict[str, dict], name: str, seen: tuple[str, ...] = ()) -> dict:
     """A configuration with its `inherits_from` chain resolved as nnU-Net does (parent, then own keys)."""
     if name not in configurations:
-        raise UserError("plans.json", f"configuration {name!r} (inherited by {seen[-1]!r}) is not in the plans"
+        raise UserError(PLANS_FILE, f"configuration {name!r} (inherited by {seen[-1]!r}) is not in the plans"
                         if seen else f"configuration {name!r} is not in the plans")
     if name in seen:
-        raise UserError("plans.json", f"configurations inherit in a circle: {' → '.join(seen + (name,))}")
+        raise UserError(PLANS_FILE, f"configurations inherit in a circle: {' → '.join(seen + (name,))}")
     own = dict(configurations[name])
     parent = own.pop("inherits_from", None)
     if parent is None:

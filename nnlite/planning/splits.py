@@ -4,16 +4,25 @@ nnU-Net splits the sorted case names with sklearn's KFold(5, shuffle=True, rando
 nnlite does the same without sklearn, and with fewer cases than folds makes one fold per case
 (`fold_count`); a single case has no cross-validation at all (train it with `--fold all`).
 A user's splits.json is respected, but it must name exactly the dataset's cases.
+
+WORK/splits.json is written here only (`write_splits`, stratified by case class when the dataset
+has classes) and read here only (`read_splits`); `fold_sources` finds each case's
+cross-validation prediction: the validation of the one fold whose "val" list holds it.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from nnlite.common.errors import UserError
+from nnlite.common.files import read_json_checked, write_json_atomic
+from nnlite.common.layout import SEG_ENDING, splits_file, validation_folder
+
+log = logging.getLogger(__name__)
 
 SPLIT_SEED = 12345  # nnU-Net's KFold(shuffle=True, random_state=12345)
 N_FOLDS = 5  # nnU-Net's 5-fold cross-validation
@@ -32,6 +41,58 @@ def fold_count(n_cases: int, requested: int | None = None) -> int:
         raise UserError("--folds", f"{requested} folds need at least {requested} cases; the "
                         f"dataset has {n_cases}")
     return requested
+
+
+def write_splits(work: Path, case_names: Sequence[str] | None, n_folds: int,
+                 class_of: dict[str, int] | None = None) -> None:
+    """WORK/splits.json: nnU-Net's seeded k folds, stratified by case class when the dataset has
+    classes (`class_of`: case → class index)."""
+    if not case_names:
+        log.info("no splits.json: an nnU-Net fingerprint does not name its cases")
+    elif n_folds == 0:
+        log.info("a single case: no cross-validation folds; train it with --fold all")
+    else:
+        if len(case_names) < N_FOLDS:
+            log.info("%d cases: %d folds instead of %d", len(case_names), n_folds, N_FOLDS)
+        splits = (make_splits(case_names, n_folds) if class_of is None
+                  else make_stratified_splits(case_names, class_of, n_folds))
+        write_json_atomic(splits_file(work), splits)
+        log.info("wrote %s (%d folds)", splits_file(work), n_folds)
+
+
+def read_splits(work: Path) -> Splits:
+    """WORK/splits.json: a list of {"train": [...], "val": [...]} (written by plan or train)."""
+    path = splits_file(work)
+    if not path.is_file():
+        raise UserError(path, "not found: plan and train the folds first")
+    return check_splits_shape(path, read_json_checked(path))
+
+
+def fold_sources(work: Path, config_name: str, splits: Splits | None = None, *,
+                 complete: bool = True) -> dict[str, tuple[int, Path]]:
+    """Case → (fold, its validation label map) over the folds of splits.json.
+
+    Only the fold whose "val" list holds a case may provide its prediction; a case in two "val"
+    lists is a UserError naming it, and so is a missing prediction when `complete` (otherwise
+    folds not validated yet are left out).
+    """
+    work = Path(work)
+    splits = read_splits(work) if splits is None else splits
+    found: dict[str, tuple[int, Path]] = {}
+    for fold, split in enumerate(splits):
+        folder = validation_folder(work, config_name, fold)
+        for case in split["val"]:
+            if case in found:
+                raise UserError(case, f"predicted twice: folds {found[case][0]} and {fold} of "
+                                f"{splits_file(work)} both validate it")
+            path = folder / f"{case}{SEG_ENDING}"
+            if path.is_file():
+                found[case] = (fold, path)
+            elif complete:
+                raise UserError(path, f"missing: fold {fold} of {config_name} has not validated "
+                                f"case '{case}' (python -m nnlite.train {work} --config "
+                                f"{config_name} --fold {fold})")
+    return found
 
 
 def make_splits(case_names: Sequence[str], n_folds: int = N_FOLDS, seed: int = SPLIT_SEED) -> Splits:

@@ -17,11 +17,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
+from nnlite.common.layout import (DATASET_FILE, FINGERPRINT_FILE, PLANS_FILE, PREPROCESSED_DIR, RESULTS_DIR,
+                                  SPLITS_FILE, fingerprint_file, plans_file, splits_file, work_dataset_file)
 from nnlite.common.errors import UserError
 from nnlite.common.files import (ensure_writable_dir, read_json_checked, remove_tmp_leftovers,
                                  write_atomic, write_json_atomic)
 from nnlite.common.schema import to_jsonable
-from nnlite.data.case_classes import CaseClasses, classes_of_dataset
+from nnlite.data.case_classes import CLASSES_FILE, CaseClasses, classes_of_dataset
 from nnlite.data.dataset import RawDataset, load_dataset
 from nnlite.planning.class_head import attach_class_head, write_work_classes
 from nnlite.planning.fingerprint import extract_fingerprint, load_fingerprint_file
@@ -29,8 +31,7 @@ from nnlite.planning.inheritance import keep_added_configurations
 from nnlite.planning.memory_budget import GIB
 from nnlite.planning.nnunet_plans import plans_from_nnunet, read_nnunet_plans
 from nnlite.planning.planner import check_arguments, plan_experiment
-from nnlite.planning.splits import (N_FOLDS, Splits, check_splits_cases, check_splits_shape, fold_count,
-                                    make_splits, make_stratified_splits)
+from nnlite.planning.splits import Splits, check_splits_cases, check_splits_shape, fold_count, write_splits
 from nnlite.plans import (FINGERPRINT_HASH_KEY, RAW_PATH_KEY, Fingerprint, Plans, load_fingerprint,
                           save_fingerprint, save_plans)
 
@@ -39,8 +40,7 @@ log = logging.getLogger(__name__)
 # What `plan --overwrite` removes: everything a plan and the stages after it made in WORK.
 NNUNET_SPLITS = "splits_final.json"  # nnU-Net's name for the same list of folds
 SPLITS_SOURCE_KEY = "splits_from"  # plans.extra: the nnU-Net splits_final.json that splits.json copies
-WORK_OUTPUTS = ("plans.json", "splits.json", "fingerprint.json", "dataset.json", "classes.csv", "preprocessed",
-                "results")
+WORK_OUTPUTS = (PLANS_FILE, SPLITS_FILE, FINGERPRINT_FILE, DATASET_FILE, CLASSES_FILE, PREPROCESSED_DIR, RESULTS_DIR)
 NEW_WORK_HINT = "plan into a new WORK folder, or add --overwrite to start this one afresh"
 
 
@@ -110,7 +110,7 @@ def plan_from_fingerprint(fingerprint_file: Path, work: Path, gpu_memory_gb: flo
     or in WORK) → WORK/plans.json, fingerprint.json, dataset.json and, with real case names, splits.json."""
     check_arguments(gpu_memory_gb, configs, memory_model, preset)
     fingerprint_file, work = Path(fingerprint_file), Path(work)
-    candidates = [fingerprint_file.parent / "dataset.json", work / "dataset.json"]
+    candidates = [fingerprint_file.parent / "dataset.json", work_dataset_file(work)]
     dataset_json = next((p for p in candidates if p.is_file()), None)
     if dataset_json is None:
         raise UserError(fingerprint_file, f"needs a dataset.json next to it or in {work}")
@@ -146,7 +146,7 @@ def _with_origin(plans: Plans, fingerprint: Fingerprint, raw: str | None = None)
 
 def previous_fingerprint(work: Path) -> Fingerprint | None:
     """The fingerprint WORK was planned from, or None for a fresh WORK."""
-    path = Path(work) / "fingerprint.json"
+    path = fingerprint_file(work)
     if not path.is_file():
         return None
     try:
@@ -189,20 +189,20 @@ def _write_outputs(work: Path, dataset_json: bytes, fingerprint: Fingerprint, pl
     if overwrite:
         clear_work(work)
     remove_tmp_leftovers(work)
-    target = work / "dataset.json"
+    target = work_dataset_file(work)
     if not target.is_file() or target.read_bytes() != dataset_json:
         write_atomic(target, lambda tmp: tmp.write_bytes(dataset_json))
-    save_fingerprint(fingerprint, work / "fingerprint.json")
+    save_fingerprint(fingerprint, fingerprint_file(work))
     write_work_classes(work, classes)
     if nnunet_splits is not None:
         path, splits = nnunet_splits
-        write_json_atomic(work / "splits.json", splits)
+        write_json_atomic(splits_file(work), splits)
         plans = replace(plans, extra={**plans.extra, SPLITS_SOURCE_KEY: str(path.resolve())})
     elif splits is None:
-        write_new_splits(work, case_names, n_folds, None if classes is None else classes.of_case)
+        write_splits(work, case_names, n_folds, None if classes is None else classes.of_case)
     if not overwrite:
         plans = keep_added_configurations(work, plans)
-    save_plans(plans, work / "plans.json")
+    save_plans(plans, plans_file(work))
     return plans
 
 
@@ -224,7 +224,7 @@ def find_nnunet_splits(work: Path, raw: Path | None, case_names: Sequence[str] |
 
 def kept_splits(work: Path, case_names: Sequence[str] | None, n_folds: int | None) -> Splits | None:
     """An existing splits.json, checked against the cases (and `--folds`), or None."""
-    path = work / "splits.json"
+    path = splits_file(work)
     if not path.is_file():
         return None
     splits = check_splits_shape(path, read_json_checked(path))
@@ -235,21 +235,6 @@ def kept_splits(work: Path, case_names: Sequence[str] | None, n_folds: int | Non
                         hint="delete splits.json to split the cases again")
     log.info("keeping the existing %s (%d folds)", path, len(splits))
     return splits
-
-
-def write_new_splits(work: Path, case_names: Sequence[str] | None, n_folds: int,
-                     class_of: dict[str, int] | None = None) -> None:
-    """splits.json: nnU-Net's seeded k folds, stratified by case class when the dataset has classes."""
-    if not case_names:
-        log.info("no splits.json: an nnU-Net fingerprint does not name its cases")
-    elif n_folds == 0:
-        log.info("a single case: no cross-validation folds; train it with --fold all")
-    else:
-        if len(case_names) < N_FOLDS:
-            log.info("%d cases: %d folds instead of %d", len(case_names), n_folds, N_FOLDS)
-        splits = (make_splits(case_names, n_folds) if class_of is None
-                  else make_stratified_splits(case_names, class_of, n_folds))
-        write_json_atomic(work / "splits.json", splits)
 
 
 def clear_work(work: Path) -> None:

@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from nnlite.common.layout import preprocessed_folder
 from nnlite.common.errors import UserError
 from nnlite.plans import Plans
 from nnlite.preprocessing.pipeline import INT8_MAX_LABEL, CaseProperties, transposed_spacing
@@ -53,7 +54,7 @@ def previous_stage_dir(work: Path, plans: Plans, config_name: str) -> Path:
     lowres = previous_stage_name(plans, config_name)
     if not lowres:
         raise UserError(config_name, "is not a cascade stage (no previous_stage in plans.json)")
-    return Path(work) / "preprocessed" / f"{lowres}{NEXT_STAGE_SUFFIX}"
+    return preprocessed_folder(work, f"{lowres}{NEXT_STAGE_SUFFIX}")
 
 
 def seg_to_stage_input(seg: np.ndarray, props: CaseProperties, plans: Plans, config_name: str

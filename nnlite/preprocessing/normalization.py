@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from nnlite.common.layout import PLANS_FILE
 from nnlite.common.errors import UserError
 from nnlite.plans import IntensityStats
 
@@ -62,13 +63,13 @@ def normalize_channel(image: np.ndarray, scheme: str, mask: np.ndarray | None = 
         return zscore(image, mask)
     if scheme == "ct":
         if stats is None:
-            raise UserError("plans.json", "CT normalization needs intensity_per_channel statistics")
+            raise UserError(PLANS_FILE, "CT normalization needs intensity_per_channel statistics")
         return ct_normalize(image, stats)
     if scheme == "rescale_0_1":
         return rescale_0_1(image)
     if scheme == "none":
         return image.astype(np.float32, copy=False)
-    raise UserError("plans.json", f"unknown normalization scheme {scheme!r}")
+    raise UserError(PLANS_FILE, f"unknown normalization scheme {scheme!r}")
 
 
 def normalize(data: np.ndarray, seg: np.ndarray, schemes: Sequence[str],
@@ -80,7 +81,7 @@ def normalize(data: np.ndarray, seg: np.ndarray, schemes: Sequence[str],
     seg >= 0 form the mask of masked z-score. Only "zscore" honours use_mask_for_norm, as in nnU-Net.
     """
     if len(schemes) != data.shape[0]:
-        raise UserError("plans.json", f"{len(schemes)} normalization schemes for {data.shape[0]} channels")
+        raise UserError(PLANS_FILE, f"{len(schemes)} normalization schemes for {data.shape[0]} channels")
     mask = seg[0] >= 0
     for c, scheme in enumerate(schemes):
         channel_mask = mask if use_mask_for_norm[c] and scheme == "zscore" else None

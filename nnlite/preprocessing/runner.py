@@ -21,6 +21,7 @@ from typing import Iterator, Sequence
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from nnlite.common.layout import fingerprint_file, plans_file, preprocessed_folder, preprocessed_root
 from nnlite.common.errors import UserError
 from nnlite.common.cli import default_workers
 from nnlite.common.files import ensure_writable_dir, remove_tmp_leftovers
@@ -59,7 +60,7 @@ def folders_to_fill(work: Path, plans: Plans, configs: Sequence[str] | None) -> 
                                      f"{', '.join(plans.configurations)})")
     chosen: dict[str, Path] = {}
     for name in names:
-        folder = work / "preprocessed" / plans.configurations[name].data_identifier
+        folder = preprocessed_folder(work, plans.configurations[name].data_identifier)
         if folder not in chosen.values():
             chosen[name] = folder
     return chosen
@@ -127,7 +128,7 @@ def check_raw_matches_plan(dataset: RawDataset, plans: Plans, work: Path) -> Non
     if dataset.labels != plans.labels:
         raise UserError(where, f"has labels {dataset.labels}; plans.json was made for {plans.labels}",
                         hint=REPLAN_HINT)
-    fingerprint = work / "fingerprint.json"
+    fingerprint = fingerprint_file(work)
     if not fingerprint.is_file():
         return
     planned = {c.case for c in load_fingerprint(fingerprint).cases}
@@ -166,15 +167,15 @@ def run_preprocessing(work: str | Path, configs: Sequence[str] | None = None,
     """
     work = Path(work)
     workers = workers or default_workers()
-    plans = load_plans(work / "plans.json")
+    plans = load_plans(plans_file(work))
     folders = folders_to_fill(work, plans, configs)
     raw = raw if raw is not None else plans.extra.get(RAW_PATH_KEY)
     if not raw:
-        raise UserError(work / "plans.json",
+        raise UserError(plans_file(work),
                         f"extra.{RAW_PATH_KEY} is missing (re-run nnlite.plan, or pass --raw)")
     dataset = load_dataset(raw)
     check_raw_matches_plan(dataset, plans, work)
-    ensure_writable_dir(work / "preprocessed", "preprocessed folder")
+    ensure_writable_dir(preprocessed_root(work), "preprocessed folder")
     start_folders(plans, folders, [case.name for case in dataset.cases])
     jobs = _jobs(dataset, folders, overwrite)
     log.info("preprocessing %d of %d cases for %s (%d workers)", len(jobs), len(dataset.cases),

@@ -1,10 +1,6 @@
-"""Checkpoints: atomic saves, verified loads, RNG states as plain tensors and lists.
-
-A checkpoint is a dict of the contract's keys, all loadable with `torch.load(weights_only=True)`:
-`network` (state_dict), `optimizer`, `grad_scaler` (absent without a scaler), `epoch` (epochs
-completed), `metrics` (list of per-epoch dicts), `rng`, `plan` (the whole Plans as a dict) and
-`config` (the resolved TrainConfig as a dict).
-"""
+"""Checkpoints while training: atomic saves, the newest loadable one for exact resume, RNG states
+as plain tensors and lists. The file names, the keys and the verified load are the network's
+(`nnlite.network.checkpoints`)."""
 
 from __future__ import annotations
 
@@ -19,14 +15,9 @@ import torch
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_atomic
+from nnlite.network.checkpoints import BEST, FINAL, LATEST, REQUIRED_KEYS, load_checkpoint  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-LATEST = "checkpoint_latest.pt"
-BEST = "checkpoint_best.pt"
-FINAL = "checkpoint_final.pt"
-REQUIRED_KEYS = ("network", "optimizer", "epoch", "metrics", "rng", "plan", "config")
-
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> Path:
     """Write `checkpoint` under `<path>.tmp`, then rename: a crash never leaves a torn file."""
@@ -39,20 +30,6 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> Path:
 def copy_checkpoint(source: Path, target: Path) -> Path:
     """Atomic copy (checkpoint_best is the latest one, copied instead of serialised twice)."""
     return write_atomic(target, lambda tmp: shutil.copyfile(source, tmp))
-
-
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and verify a checkpoint; a truncated or foreign file is a UserError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(path, "checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # truncated zip, foreign pickle: torch raises several types
-        raise UserError(path, f"unreadable checkpoint (truncated or corrupt: {error})") from None
-    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in REQUIRED_KEYS):
-        raise UserError(path, f"not an nnlite checkpoint (needs keys {list(REQUIRED_KEYS)})")
-    return checkpoint
 
 
 def load_resumable(folder: Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from nnlite.common.layout import plans_file
 from nnlite.common.errors import UserError
 from nnlite.network.classifier import ClassTargets, balanced_class_weights
 from nnlite.planning.class_head import read_work_classes
@@ -24,7 +25,7 @@ def class_targets(work: Path, plans: Plans, config: TrainConfig, train_cases: Se
         return None
     classes = read_work_classes(work, plans)
     if classes is None:
-        raise UserError(Path(work) / "plans.json", "plans a classification head but names no case "
+        raise UserError(plans_file(work), "plans a classification head but names no case "
                         "classes (plans.case_classes is empty)")
     missing = sorted(set(train_cases) - set(classes.of_case))
     if missing:

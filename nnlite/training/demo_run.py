@@ -14,6 +14,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+from nnlite.common.layout import SUMMARY_FILE, VALIDATION_DIR, fold_folder, plans_file
 from nnlite.common.files import read_json
 from nnlite.data.demo_dataset import generate_demo_dataset
 from nnlite.planning.work_folder import plan_dataset
@@ -37,14 +38,14 @@ def run_demo(root: Path, config: TrainConfig, *, overwrite: bool = False) -> str
     if not (raw / "dataset.json").is_file():
         log.info("demo: generating the synthetic dataset in %s", raw)
         generate_demo_dataset(raw)
-    if not (work / "plans.json").is_file():
+    if not (plans_file(work)).is_file():
         plan_demo(raw, work)
     run_preprocessing(work, [DEMO_CONFIGURATION], workers=DEMO_WORKERS)
     config = replace(config, configuration=DEMO_CONFIGURATION, fold="0")
-    started = any((work / "results" / DEMO_CONFIGURATION / "fold_0").glob("checkpoint_*.pt"))
+    started = any(fold_folder(work, DEMO_CONFIGURATION, 0).glob("checkpoint_*.pt"))
     resume = started and not overwrite  # a second demo run continues (or just reports) the first
     folder = train_folds(work, config, ["0"], resume=resume, overwrite=overwrite)[0]
-    summary = read_json(folder / "validation" / "summary.json")
+    summary = read_json(folder / VALIDATION_DIR / SUMMARY_FILE)
     dice = summary["foreground_mean"]["dice"]
     lines = [classification_line(summary["classification"])] if "classification" in summary else []
     lines.append(f"demo: validation Dice {dice:.4f} on {len(summary['per_case'])} cases; results in {folder}")
@@ -60,7 +61,7 @@ def classification_line(scores: dict) -> str:
 def plan_demo(raw: Path, work: Path) -> Plans:
     """Plan the 3D configuration at the demo budget, narrow the network, write plans.json."""
     plan_dataset(raw, work, DEMO_GPU_MEMORY_GB, [DEMO_CONFIGURATION], workers=DEMO_WORKERS)
-    plans = load_plans(work / "plans.json")
+    plans = load_plans(plans_file(work))
     config = plans.configurations[DEMO_CONFIGURATION]
     widths = tuple(max(1, f // DEMO_WIDTH_DIVISOR) for f in config.network.features_per_stage)
     network = replace(config.network, features_per_stage=widths)
@@ -68,5 +69,5 @@ def plan_demo(raw: Path, work: Path) -> Plans:
     config = replace(config, network=network, reasons=(*config.reasons, reason))
     extra = {**plans.extra, RAW_PATH_KEY: str(raw.resolve())}
     plans = replace(plans, configurations={DEMO_CONFIGURATION: config}, extra=extra)
-    save_plans(plans, work / "plans.json")
+    save_plans(plans, plans_file(work))
     return plans

@@ -2,7 +2,7 @@
 
 Every training case of `3d_cascade_fullres` needs a low-resolution prediction from a model that
 never saw it: the 3d_lowres cross-validation. Fold k's validation folder provides exactly the cases
-of fold k's "val" list (`folds.fold_sources`), so a case's extra channels come from the one lowres
+of fold k's "val" list (`planning.splits.fold_sources`), so a case's extra channels come from the one lowres
 model that did not train on it. Each prediction (a label map in the original geometry,
 `fold_<k>/validation/<case>.nii.gz`) is brought into the cascade's preprocessed space by
 `preprocessing.cascade.seg_to_stage_input` and stored as
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nnlite.common.layout import plans_file, preprocessed_folder
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json, remove_tmp_leftovers, save_npy_atomic, write_json_atomic
 from nnlite.data.image_io import read_image
@@ -34,7 +35,7 @@ from nnlite.preprocessing.cascade import (PREV_FILE, previous_stage_dir, previou
                                           seg_to_stage_input)
 from nnlite.preprocessing.pipeline import load_case_properties
 from nnlite.training.distributed import Rank, barrier, for_each_shared, share, sum_across_ranks
-from nnlite.training.folds import fold_sources
+from nnlite.planning.splits import fold_sources
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,8 @@ def prepare_previous_stage(work: Path, plans: Plans, config_name: str, rank: Ran
     lowres = previous_stage_name(plans, config_name)
     out = previous_stage_dir(work, plans, config_name)
     if lowres not in plans.configurations:
-        raise UserError(work / "plans.json", f"'{config_name}' needs '{lowres}', which is not planned")
-    data_dir = work / "preprocessed" / plans.configurations[config_name].data_identifier
+        raise UserError(plans_file(work), f"'{config_name}' needs '{lowres}', which is not planned")
+    data_dir = preprocessed_folder(work, plans.configurations[config_name].data_identifier)
     cases = sorted(p.name[: -len("_seg.npy")] for p in data_dir.glob("*_seg.npy"))
     if not cases:
         raise UserError(data_dir, "no preprocessed training cases; run `python -m nnlite.preprocess` first")

@@ -21,7 +21,6 @@ tests/data/nnunet_checkpoint.json); anything else refuses to load.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,21 +28,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from nnlite.common.layout import (ALL_FOLD, DATASET_FILE, FOLD_PREFIX, PLANS_FILE, fold_folder, fold_name,
+                                  plans_file, work_dataset_file)
 from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir, read_json_checked, write_atomic
 from nnlite.common.schema import to_jsonable
-from nnlite.network import build_unet
+from nnlite.network import build_network
 from nnlite.network.nnunet_weights import nnunet_to_nnlite
 from nnlite.planning.nnunet_plans import (architecture_of, plans_from_nnunet, read_nnunet_plans,
                                           resolve_configuration)
 from nnlite.plans import Plans, load_plans, save_plans
-from nnlite.preprocessing.cascade import input_channels
 from nnlite.training.checkpoints import BEST, FINAL, save_checkpoint
 
 log = logging.getLogger(__name__)
 
 NNUNET_CHECKPOINTS = {"checkpoint_final.pth": FINAL, "checkpoint_best.pth": BEST}
-FOLD_FOLDER = re.compile(r"^fold_(\d+|all)$")
 NNUNET_REQUIRED_KEYS = ("network_weights", "init_args")
 
 
@@ -87,11 +86,11 @@ class ConversionReport:
 def find_fold_checkpoints(model_dir: Path) -> dict[str, dict[str, Path]]:
     """fold name ('0', 'all') → {nnU-Net checkpoint file name: path}, for every fold that has one."""
     folds: dict[str, dict[str, Path]] = {}
-    for folder in sorted(model_dir.glob("fold_*")):
-        match = FOLD_FOLDER.match(folder.name)
+    for folder in sorted(model_dir.glob(f"{FOLD_PREFIX}*")):  # nnU-Net names its folds as nnlite does
+        fold = fold_name(folder)
         files = {name: folder / name for name in NNUNET_CHECKPOINTS if (folder / name).is_file()}
-        if match and folder.is_dir() and files:
-            folds[match[1]] = files
+        if fold is not None and (fold.isdigit() or fold == ALL_FOLD) and folder.is_dir() and files:
+            folds[fold] = files
     if not folds:
         raise UserError(model_dir, "holds no fold_<k>/checkpoint_final.pth or checkpoint_best.pth")
     return folds
@@ -111,21 +110,20 @@ def configuration_name(model_dir: Path, checkpoint: dict[str, Any]) -> str:
 def convert_nnunet_model(model_dir: str | Path, work: str | Path, overwrite: bool = False) -> ConversionReport:
     """MODEL_DIR (nnU-Net's trained model folder) → WORK (see the module docstring)."""
     model_dir, work = Path(model_dir), Path(work)
-    for name in ("plans.json", "dataset.json"):
+    for name in (PLANS_FILE, DATASET_FILE):
         if not (model_dir / name).is_file():
             raise UserError(model_dir, f"is not an nnU-Net trained model folder ({name} is missing)")
-    nnunet_plans = read_nnunet_plans(model_dir / "plans.json")
-    dataset = read_json_checked(model_dir / "dataset.json")
+    nnunet_plans = read_nnunet_plans(model_dir / PLANS_FILE)
+    dataset = read_json_checked(model_dir / DATASET_FILE)
     folds = find_fold_checkpoints(model_dir)
     first = load_nnunet_checkpoint(next(iter(next(iter(folds.values())).values())))
     config_name = configuration_name(model_dir, first)
     if config_name not in nnunet_plans["configurations"]:
-        raise UserError(model_dir / "plans.json", f"has no configuration {config_name!r} (the checkpoint's)")
+        raise UserError(model_dir / PLANS_FILE, f"has no configuration {config_name!r} (the checkpoint's)")
     plans = plans_from_nnunet(nnunet_plans, dataset)
     plans = _with_mirror_axes(plans, config_name, first.get("inference_allowed_mirroring_axes"))
     plans = _merged_with_existing(work, plans, config_name)
-    results = work / "results" / config_name
-    _refuse_existing(results, folds, overwrite)
+    _refuse_existing(work, config_name, folds, overwrite)
     report = ConversionReport(config_name, str(first.get("trainer_name", "?")))
     class_name = _resolved_class(nnunet_plans, config_name)
     converted = {}
@@ -136,11 +134,11 @@ def convert_nnunet_model(model_dir: str | Path, work: str | Path, overwrite: boo
                 checkpoint, plans, config_name, class_name, path)
         report.folds.append(fold)
     ensure_writable_dir(work, "work folder")
-    dataset_bytes = (model_dir / "dataset.json").read_bytes()
-    write_atomic(work / "dataset.json", lambda tmp: tmp.write_bytes(dataset_bytes))
-    save_plans(plans, work / "plans.json")
+    dataset_bytes = (model_dir / DATASET_FILE).read_bytes()
+    write_atomic(work_dataset_file(work), lambda tmp: tmp.write_bytes(dataset_bytes))
+    save_plans(plans, plans_file(work))
     for (fold, target), checkpoint in converted.items():
-        save_checkpoint(results / f"fold_{fold}" / target, checkpoint)
+        save_checkpoint(fold_folder(work, config_name, fold) / target, checkpoint)
         report.checkpoints += 1
     return report
 
@@ -162,7 +160,7 @@ def _with_mirror_axes(plans: Plans, config_name: str, axes: Any) -> Plans:
 def _merged_with_existing(work: Path, plans: Plans, config_name: str) -> Plans:
     """Keep what an earlier conversion into WORK recorded for its own configurations (their mirror
     axes); a WORK of another dataset (other labels or channels) is refused."""
-    path = work / "plans.json"
+    path = plans_file(work)
     if not path.is_file():
         return plans
     old = load_plans(path)
@@ -176,9 +174,9 @@ def _merged_with_existing(work: Path, plans: Plans, config_name: str) -> Plans:
     return replace(plans, configurations=configs)
 
 
-def _refuse_existing(results: Path, folds: dict[str, dict[str, Path]], overwrite: bool) -> None:
+def _refuse_existing(work: Path, config_name: str, folds: dict[str, dict[str, Path]], overwrite: bool) -> None:
     for fold in folds:
-        folder = results / f"fold_{fold}"
+        folder = fold_folder(work, config_name, fold)
         if not overwrite and folder.is_dir() and any(folder.glob("checkpoint_*.pt")):
             raise UserError(folder, "already holds a trained model", hint="add --overwrite to replace it")
 
@@ -190,8 +188,7 @@ def _nnlite_checkpoint(checkpoint: dict[str, Any], plans: Plans, config_name: st
         state = nnunet_to_nnlite(checkpoint["network_weights"], class_name)
     except UserError as error:
         raise UserError(path, error.problem) from None
-    config = plans.configurations[config_name]
-    network = build_unet(config.network, input_channels(plans, config_name), plans.num_classes)
+    network = build_network(plans, config_name)
     mine = network.state_dict()
     missing = sorted(set(mine) - set(state))
     if missing:

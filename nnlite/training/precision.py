@@ -1,35 +1,19 @@
-"""The device and autocast dtype of training and inference: `--device auto|cpu|cuda` resolved,
-and which reduced precision that device computes natively."""
+"""The autocast dtype of training: which reduced precision `training.amp` trains a plan in on a
+device (the device itself: `nnlite.network.hardware`)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Sequence
 
 import torch
 
 from nnlite.common.errors import UserError
+from nnlite.network.hardware import cpu_has_native_bf16
 from nnlite.network.geometry import stage_shapes
 from nnlite.plans import NetworkPlan
 
 log = logging.getLogger(__name__)
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 convs there take about half the fp32 time; elsewhere bf16 is
-    emulated and slower than fp32."""
-    capabilities = getattr(torch.cpu, "get_capabilities", dict)()
-    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
-
-
-def inference_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """fp16 on CUDA (as the reference predicts), bf16 on a CPU that computes it natively, else fp32."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def amp_dtype(mode: str, device: torch.device, plan: NetworkPlan, patch: Sequence[int]) -> torch.dtype | None:
@@ -73,15 +57,3 @@ def first_cpu_bf16_hazard(plan: NetworkPlan, patch: Sequence[int]) -> int | None
         if shape[0] == 2 and kernel[0] == 3:
             return stage
     return None
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto" → CUDA when present, else CPU; "cuda" without a GPU is a UserError."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda", "no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        index = torch.cuda.current_device()
-        return torch.device("cuda", index)
-    return torch.device("cpu")

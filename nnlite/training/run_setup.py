@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from nnlite.common.layout import plans_file
 from nnlite.common.cli import default_workers
 from nnlite.common.errors import UserError
 from nnlite.common.files import remove_tmp_leftovers, write_json_atomic
@@ -65,7 +66,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def check_configuration(work: Path, plans: Plans, config: TrainConfig) -> None:
     if config.configuration not in plans.configurations:
-        raise UserError(work / "plans.json", f"has no configuration '{config.configuration}' "
+        raise UserError(plans_file(work), f"has no configuration '{config.configuration}' "
                         f"(planned: {', '.join(plans.configurations)})")
 
 

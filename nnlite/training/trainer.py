@@ -29,14 +29,14 @@ from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from nnlite.common.layout import plans_file, results_root
 from nnlite.common.files import ensure_writable_dir
 from nnlite.common.schema import to_jsonable
-from nnlite.network import build_unet, compile_network
+from nnlite.network import build_network, compile_network
 from nnlite.network.classifier import ClassTargets, joint_loss, segmentation_output
 from nnlite.network.loss import build_loss
 from nnlite.network.region_loss import build_region_loss, region_confusion_counts
 from nnlite.plans import Plans, load_plans
-from nnlite.preprocessing.cascade import input_channels
 from nnlite.training import checkpoints, progress
 from nnlite.training.class_targets import class_targets
 from nnlite.training.config import TrainConfig, config_to_dict
@@ -44,7 +44,8 @@ from nnlite.training.distributed import (Rank, barrier, broadcast_int, close_dis
                                          mean_across_ranks, sum_across_ranks)
 from nnlite.training.folds import fold_cases
 from nnlite.training.lowres_predictions import prepare_if_cascade
-from nnlite.training.precision import amp_dtype, resolve_device
+from nnlite.network.hardware import resolve_device
+from nnlite.training.precision import amp_dtype
 from nnlite.training.run_setup import (Run, build_batches, check_configuration, discard_unstarted,
                                        prepare_run, seed_everything)
 
@@ -100,11 +101,11 @@ def train(work: Path, config: TrainConfig, *, resume: bool = False, overwrite: b
     Everything that needs no training is checked before the fold folder is made; a run that fails
     before its first checkpoint removes the folder it made.
     """
-    plans = load_plans(work / "plans.json")
+    plans = load_plans(plans_file(work))
     check_configuration(work, plans, config)
     cases = fold_cases(work, plans, config)
     if rank.is_main:
-        ensure_writable_dir(work / "results", "results folder")
+        ensure_writable_dir(results_root(work), "results folder")
     barrier(rank)
     # a cascade stage: the lowres cross-validation becomes extra input channels (shared by the ranks)
     prepare_if_cascade(work, plans, config.configuration, rank)
@@ -169,14 +170,14 @@ def training_loss(plans: Plans, config: TrainConfig, across_ranks: bool = False)
 
 
 def validation_done(folder: Path) -> bool:
-    from nnlite.evaluation.fold_validation import is_validated
+    from nnlite.training.validation import is_validated
 
     return is_validated(folder)
 
 
 def validate_fold_cases(work: Path, run: Run, state: RunState, plans: Plans, val_cases: list[str],
                         rank: Rank) -> None:
-    from nnlite.evaluation.fold_validation import validate_fold  # the predictor is only needed here
+    from nnlite.training.validation import validate_fold  # the predictor is only needed here
 
     validate_fold(work, run.folder, state.network, plans, run.config, val_cases, state.metrics, rank)
 
@@ -186,8 +187,7 @@ def build_state(plans: Plans, config: TrainConfig, device: torch.device,
     """Network, SGD, grad scaler and AMP type; restored from `checkpoint` when resuming."""
     seed_everything(config.seed, config.deterministic and device.type == "cpu")
     plan = plans.configurations[config.configuration]
-    network = build_unet(plan.network, input_channels(plans, config.configuration), plans.num_classes,
-                         deep_supervision=True, region_outputs=bool(plans.regions))
+    network = build_network(plans, config.configuration)
     network.skip_lowest_head = True  # its loss weight is 0 (reference §6): do not compute it
     network.to(device)
     t = config.training

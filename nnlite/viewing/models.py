@@ -2,7 +2,7 @@
 
 A choice is `results/best.json` (its configuration or ensemble and post-processing, as
 `predict --best`), or one configuration with its finished folds (all together, or one); the
-prediction itself is `inference.predictor.predict_folder` / `inference.stage_models.predict_best`
+prediction itself is `inference.predictor.predict_folder` / `inference.predictor.predict_best`
 on a folder that holds only that case, so the app predicts exactly as `nnlite predict` does.
 """
 
@@ -14,11 +14,12 @@ from typing import Callable
 
 import numpy as np
 
+from nnlite.common.layout import best_file, plans_file, trained_folds
 from nnlite.common.errors import UserError
 from nnlite.data.image_io import read_case, read_image
-from nnlite.inference.options import (CHECKPOINTS, NUMBERED_FOLD, PredictOptions, PredictReport,
-                                      dicom_seg_path, find_input_cases, output_path)
-from nnlite.inference.stage_models import best_path
+from nnlite.inference.models import CHECKPOINTS
+from nnlite.inference.options import PredictOptions, PredictReport, find_input_cases, output_path
+from nnlite.inference.outputs import dicom_seg_path
 from nnlite.plans import Plans, load_plans
 
 Progress = Callable[[float, str], None]  # fraction done in [0, 1], what happens now
@@ -47,17 +48,15 @@ class PredictedCase:
 
 def finished_folds(work: Path, config: str) -> list[str]:
     """The folds of `config` with a final checkpoint, numbered ones in order, then `all`."""
-    results = Path(work) / "results" / config
-    folds = [p.name[len("fold_"):] for p in results.glob("fold_*") if (p / CHECKPOINTS["final"]).is_file()]
-    return sorted(folds, key=lambda f: (not NUMBERED_FOLD.match(f"fold_{f}"), int(f) if f.isdigit() else 0))
+    return trained_folds(work, config, CHECKPOINTS["final"])
 
 
 def model_choices(work: Path, plans: Plans | None = None) -> list[ModelChoice]:
     """best.json first (when written), then every configuration's finished folds together and
     each fold alone."""
-    plans = plans or load_plans(Path(work) / "plans.json")
+    plans = plans or load_plans(plans_file(work))
     choices = []
-    if best_path(Path(work)).is_file():
+    if best_file(Path(work)).is_file():
         choices.append(ModelChoice("best.json (the cross-validated winner)"))
     for config in plans.configurations:
         folds = finished_folds(work, config)
@@ -79,8 +78,7 @@ def check_report(report: PredictReport, case: str) -> None:
 def predict_case(work: Path, choice: ModelChoice, input_dir: Path, output_dir: Path, case: str,
                  progress: Progress = lambda fraction, text: None, device: str = "auto") -> PredictedCase:
     """Predict the one case staged in input_dir into output_dir/<case>.nii.gz and read it back."""
-    from nnlite.inference.predictor import predict_folder  # torch: only once a prediction is asked
-    from nnlite.inference.stage_models import predict_best
+    from nnlite.inference.predictor import predict_best, predict_folder  # torch: only once a prediction is asked
 
     progress(0.1, "loading the model")
     paths = find_input_cases(Path(input_dir))[case]

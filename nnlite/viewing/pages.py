@@ -14,9 +14,9 @@ from pathlib import Path
 
 import streamlit as st
 
+from nnlite.common.layout import SUMMARY_FILE, plans_file
 from nnlite.common.errors import UserError
 from nnlite.data.image_io import SUPPORTED_ENDINGS
-from nnlite.evaluation.metrics import SUMMARY_FILE
 from nnlite.plans import load_plans
 from nnlite.viewing.models import model_choices, predict_case
 from nnlite.viewing.runs import (Source, case_table, find_sources, label_names, load_case_volumes,
@@ -70,7 +70,7 @@ def results_page(settings: AppSettings) -> None:
     opened = most_recent(sources)
     source = st.selectbox("Configuration and fold", sources, index=sources.index(opened),
                           format_func=lambda s: s.label)
-    plans = load_plans(settings.work / "plans.json")
+    plans = load_plans(plans_file(settings.work))
     rows = case_table(read_summary(source), label_names(plans))
     if not rows:
         st.info(f"{source.label} has no scored cases")
@@ -120,7 +120,7 @@ def run_prediction(settings: AppSettings, choice, origin: str, picked, channels:
 
 def predict_page(settings: AppSettings) -> None:
     st.title("Predict")
-    plans = load_plans(settings.work / "plans.json")
+    plans = load_plans(plans_file(settings.work))
     channels = list(plans.channel_names.values())
     choices = model_choices(settings.work, plans)
     if not choices:

@@ -11,27 +11,24 @@ plans.json (`extra.raw_path`), read-only; predictions from the source folder.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nnlite.common.layout import (CROSSVAL_DIR, SUMMARY_FILE, best_file, crossval_folder, fold_folders_of,
+                                  plans_file, results_root)
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json
 from nnlite.data.dataset import load_dataset
 from nnlite.data.image_io import read_case, read_image
-from nnlite.evaluation.cross_validation import crossval_dir
-from nnlite.evaluation.fold_validation import VALIDATION_DIR
-from nnlite.evaluation.metrics import SUMMARY_FILE
-from nnlite.inference.stage_models import best_path
+from nnlite.common.layout import VALIDATION_DIR
 from nnlite.plans import RAW_PATH_KEY, Plans, load_plans
 from nnlite.training.progress import METRICS_FILE, read_metrics
 from nnlite.viewing.uploads import confined
 
-FOLD_FOLDER = re.compile(r"^fold_(\w+)$")
-CROSSVAL = "crossval"
+CROSSVAL = CROSSVAL_DIR  # the "fold" of a configuration's merged cross-validation
 BEST = "best"
 CURVES = ("train_loss", "val_loss", "mean_pseudo_dice", "ema_pseudo_dice", "lr", "epoch_time")
 TABLE_METRICS = ("dice", "iou", "ppv")
@@ -66,26 +63,19 @@ class CaseVolumes:
 def find_sources(work: Path) -> list[Source]:
     """Every scored validation under WORK/results: best first, then per configuration its folds
     (in number order) and its cross-validation."""
-    results = Path(work) / "results"
     sources = [s for s in [best_source(work)] if s is not None]
-    for config_dir in sorted(p for p in results.glob("*") if p.is_dir()):
-        folds = [(m[1], p) for p in config_dir.glob("fold_*") if (m := FOLD_FOLDER.match(p.name))]
-        for fold, folder in sorted(folds, key=lambda f: _fold_order(f[0])):
+    for config_dir in sorted(p for p in results_root(work).glob("*") if p.is_dir()):
+        for fold, folder in fold_folders_of(work, config_dir.name):
             if (folder / VALIDATION_DIR / SUMMARY_FILE).is_file():
                 sources.append(Source(config_dir.name, fold, folder / VALIDATION_DIR, folder))
-        if (crossval_dir(work, config_dir.name) / SUMMARY_FILE).is_file():
-            sources.append(Source(config_dir.name, CROSSVAL, crossval_dir(work, config_dir.name)))
+        if (crossval_folder(work, config_dir.name) / SUMMARY_FILE).is_file():
+            sources.append(Source(config_dir.name, CROSSVAL, crossval_folder(work, config_dir.name)))
     return sources
-
-
-def _fold_order(fold: str) -> tuple[bool, int, str]:
-    """Numbered folds in number order, then fold_all and other names."""
-    return (not fold.isdigit(), int(fold) if fold.isdigit() else 0, fold)
 
 
 def best_source(work: Path) -> Source | None:
     """best.json's winner as a source (its cross-validation folder), when it is there."""
-    path = best_path(Path(work))
+    path = best_file(Path(work))
     if not path.is_file():
         return None
     winner = read_json(path).get("winner", {})
@@ -162,10 +152,10 @@ def label_names(plans: Plans) -> dict[str, str]:
 
 def raw_folder(work: Path, plans: Plans | None = None) -> Path:
     """The raw dataset WORK was planned from (plans.json `extra.raw_path`)."""
-    plans = plans or load_plans(Path(work) / "plans.json")
+    plans = plans or load_plans(plans_file(work))
     raw = plans.extra.get(RAW_PATH_KEY)
     if not raw or not (Path(raw) / "dataset.json").is_file():
-        raise UserError(Path(work) / "plans.json", f"the raw dataset it records ({raw or 'none'}) is not "
+        raise UserError(plans_file(work), f"the raw dataset it records ({raw or 'none'}) is not "
                         "found: the viewer needs its images and reference labels")
     return Path(raw)
 

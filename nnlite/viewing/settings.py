@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from nnlite.common.layout import plans_file
 from nnlite.common.cli import ArgumentParser
 from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir
@@ -65,7 +66,7 @@ def parse_settings(argv: Sequence[str] | None) -> AppSettings:
 
 def check_settings(settings: AppSettings) -> None:
     """Before the server starts: WORK is planned, --inputs is a folder, --outputs can be written."""
-    if not (settings.work / "plans.json").is_file():
+    if not (plans_file(settings.work)).is_file():
         raise UserError(settings.work, "is not a planned work folder (no plans.json)",
                         hint="python -m nnlite.plan RAW WORK, then train")
     if settings.inputs is not None and not settings.inputs.is_dir():

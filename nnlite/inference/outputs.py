@@ -1,4 +1,4 @@
-"""From network-space probabilities to files in the original geometry.
+"""A predicted case's files: network-space probabilities back to the original geometry, written.
 
 Path back (reference: export_prediction.py): resample the probabilities to the cropped original
 shape (preprocessing's inverse, order 1 with the separate-z rule), argmax, put the label map back
@@ -8,6 +8,11 @@ Optional `<case>.npz` (key "probabilities", float16 (K, Z, Y, X) in the original
 pickle): outside the crop the background probability is 1. A region dataset has one sigmoid
 probability per region instead (0 outside the crop) and its label map is painted from them in
 `regions_class_order` (`nnlite.data.regions.paint_regions`) rather than taken by argmax.
+
+An ensemble (several configurations, `predict --best`) averages its members' float16
+probabilities in the original geometry (`members_in_original`). `write_case_outputs` is the one
+writer of a predicted case's files — label map (after the post-processing steps), probabilities,
+DICOM-SEG — for `predict`, the final validation, the cross-validation ensembles and post-processing.
 """
 
 from __future__ import annotations
@@ -70,25 +75,53 @@ def load_probabilities(path: str | Path) -> np.ndarray:
         return archive[PROBABILITIES_KEY]
 
 
+Cropped = tuple[np.ndarray, CaseProperties]  # probabilities (K, *shape_after_crop) float32, properties
+
+
+def members_in_original(members: Sequence[Cropped], plans: Plans, save_probabilities: bool
+                        ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Label map (*raw shape) of one configuration's or an ensemble's cropped probabilities, and
+    the probabilities (K, *raw shape) float16 when `save_probabilities`."""
+    if len(members) == 1:
+        cropped, props = members[0]
+        probs = probabilities_in_original(cropped, props, plans) if save_probabilities else None
+        return seg_in_original(cropped, props, plans), probs
+    probs = average_probabilities([probabilities_in_original(c, p, plans) for c, p in members])
+    seg = seg_from_probabilities(probs, plans.regions)
+    return seg, probs.astype(np.float16) if save_probabilities else None
+
+
+def write_case_outputs(out_path: str | Path, seg: np.ndarray, affine: np.ndarray, *,
+                       probabilities: np.ndarray | None = None, postprocessing: Sequence[Sequence[int]] = (),
+                       dicom: tuple[Path, dict] | None = None) -> Path:
+    """Write a case's label map (*raw shape) as `out_path` after the keep-largest-component steps
+    (never applied to the probabilities), `<case>.npz` beside it when `probabilities` are given,
+    and `<case>.dcm` when `dicom` = (the DICOM series it segments, the dataset's labels)."""
+    out_path = Path(out_path)
+    write_seg(out_path, apply_postprocessing(seg, postprocessing), affine)
+    if probabilities is not None:
+        write_probabilities(npz_path_for(out_path), probabilities)
+    if dicom is not None:
+        from nnlite.inference.dicom_seg import write_dicom_seg  # highdicom: only when asked for
+
+        write_dicom_seg(out_path, dicom[0], dicom[1], dicom_seg_path(out_path))
+    return out_path
+
+
 def export_prediction(probs: np.ndarray | torch.Tensor, props: CaseProperties, plans: Plans,
                       config_name: str, out_path: str | Path, save_probabilities: bool = False,
                       *, affine: np.ndarray | None = None,
                       postprocessing: Sequence[Sequence[int]] = ()) -> Path:
-    """Write the label map of probs (K, *network space) as `out_path` (<case>.nii.gz).
+    """Write the label map of one configuration's probs (K, *network space) as `out_path`
+    (<case>.nii.gz), with `<case>.npz` beside it when `save_probabilities`.
 
     affine: the input's affine (default: the one stored in props). postprocessing: the accepted
     keep-largest-component steps (applied to the label map only, never to the probabilities).
-    With save_probabilities, `<case>.npz` is written next to it.
     """
-    out_path = Path(out_path)
     cropped = probabilities_in_crop(probs, props, plans, config_name)
-    seg = seg_in_original(cropped, props, plans)
-    if postprocessing:
-        seg = apply_postprocessing(seg, postprocessing)
-    write_seg(out_path, seg, output_affine(props, affine))
-    if save_probabilities:
-        write_probabilities(npz_path_for(out_path), probabilities_in_original(cropped, props, plans))
-    return out_path
+    seg, probabilities = members_in_original([(cropped, props)], plans, save_probabilities)
+    return write_case_outputs(out_path, seg, output_affine(props, affine), probabilities=probabilities,
+                              postprocessing=postprocessing)
 
 
 def output_affine(props: CaseProperties, affine: np.ndarray | None) -> np.ndarray:
@@ -108,6 +141,11 @@ def npz_path_for(seg_path: str | Path) -> Path:
     ending = file_ending(seg_path)
     name = seg_path.name[: -len(ending)] if ending else seg_path.name
     return seg_path.with_name(name + ".npz")
+
+
+def dicom_seg_path(seg_path: Path) -> Path:
+    """`<dir>/<case>.dcm` beside `<dir>/<case>.nii.gz`."""
+    return npz_path_for(seg_path).with_suffix(".dcm")
 
 
 def average_probabilities(members: Sequence[np.ndarray]) -> np.ndarray:

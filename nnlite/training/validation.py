@@ -16,31 +16,29 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from torch import nn
 from tqdm import tqdm
 
 from nnlite.common.errors import UserError
+from nnlite.common.layout import SEG_ENDING, SUMMARY_FILE, VALIDATION_DIR
 from nnlite.evaluation.class_scores import score_class_rows
-from nnlite.evaluation.metrics import (SUMMARY_FILE, Counts, check_predicted_values, checked_region_counts,
+from nnlite.evaluation.metrics import (Counts, check_predicted_values, checked_region_counts,
                                        label_counts, list_segs, read_pair, reference_labels, summarize,
                                        write_summary)
-from nnlite.inference.case_classification import predict_with_classes
-from nnlite.inference.export import export_prediction
+from nnlite.inference.predictor import (CaseInput, CasePrediction, CasePredictor, PredictOptions, StageModel,
+                                       write_prediction)
+from nnlite.network.hardware import resolve_device
 from nnlite.plans import Plans
 from nnlite.preprocessing.cascade import stage_input
 from nnlite.preprocessing.pipeline import load_case_properties
 from nnlite.training.config import TrainConfig
 from nnlite.training.distributed import Rank, for_each_shared, gather_objects, share
 from nnlite.training.folds import preprocessed_dir
-from nnlite.training.precision import resolve_device
 
 log = logging.getLogger(__name__)
-
-VALIDATION_DIR = "validation"
-
 
 def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, config: TrainConfig,
                   cases: Sequence[str], metrics: Sequence[dict[str, Any]], rank: Rank = Rank()) -> dict[str, Any]:
@@ -56,10 +54,17 @@ def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, co
     network.deep_supervision = False
     network.eval()
     refs = list_segs(reference_labels(plans))
-    predict = CasePredictor(work, out_dir, network, plans, config)
-    with tqdm(total=len(share(cases, rank)), desc="validation", unit="case", disable=not rank.is_main) as bar:
+    read, write = validation_case_io(work, out_dir, plans, config)
+    options = validation_options(config)
+    class_rows: dict[str, np.ndarray] = {}  # case → (K,) class probabilities (a classification head)
+    with CasePredictor([StageModel(config.configuration, [network])], plans, options,
+                       resolve_device(config.device)) as predict, \
+            tqdm(total=len(share(cases, rank)), desc="validation", unit="case", disable=not rank.is_main) as bar:
         def predict_and_score(case: str) -> dict[int, Counts]:
-            counts = score_case(case, predict(case), refs, plans)
+            prediction = predict(case, read(case))
+            if prediction.class_probs is not None:
+                class_rows[case] = prediction.class_probs
+            counts = score_case(case, write(case, prediction), refs, plans)
             bar.update(1)
             return counts
 
@@ -68,7 +73,7 @@ def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, co
     counts = merge_counts(gather_objects({cases[i]: c for i, c in mine.items()}, rank), cases)
     summary = summarize(counts, scored_names(plans))
     summary["pseudo_dice"] = last_pseudo_dice(metrics)
-    class_rows = merge_class_rows(gather_objects(predict.class_rows, rank))
+    class_rows = merge_class_rows(gather_objects(class_rows, rank))
     if class_rows and rank.is_main:
         summary["classification"] = score_class_rows(work, plans, out_dir, class_rows)
     if rank.is_main:
@@ -79,30 +84,29 @@ def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, co
     return summary
 
 
-class CasePredictor:
-    """Predicts one preprocessed validation case and exports it: case → `<case>.nii.gz`; a network
-    with a classification head also leaves the case's class probabilities in `class_rows`."""
+def validation_options(config: TrainConfig) -> PredictOptions:
+    """The sliding window of the final validation: the run's `validation` settings."""
+    return PredictOptions(config=config.configuration, mirror=config.validation.mirroring,
+                          step=config.validation.step, save_probabilities=config.validation.save_probabilities,
+                          device=config.device)
 
-    def __init__(self, work: Path, out_dir: Path, network: nn.Module, plans: Plans, config: TrainConfig):
-        self.work, self.out_dir, self.network, self.plans, self.config = work, out_dir, network, plans, config
-        self.source = preprocessed_dir(work, plans, config)
-        self.device = resolve_device(config.device)
-        self.class_rows: dict[str, np.ndarray] = {}  # case → (K,) class probabilities
 
-    def __call__(self, case: str) -> Path:
-        config, plans = self.config, self.plans
-        data = np.load(self.source / f"{case}.npy", mmap_mode="r")
-        data = stage_input(self.work, plans, config.configuration, case, np.array(data))  # + cascade input
-        probs, class_probs = predict_with_classes(
-            [self.network], data, plans.configurations[config.configuration], mirror=config.validation.mirroring,
-            step=config.validation.step, device=self.device, sigmoid=bool(plans.regions))
-        if class_probs is not None:
-            self.class_rows[case] = class_probs
-        props = load_case_properties(self.source / f"{case}.json")
-        path = self.out_dir / f"{case}.nii.gz"
-        export_prediction(probs, props, plans, config.configuration, path,
-                          save_probabilities=config.validation.save_probabilities)
-        return path
+def validation_case_io(work: Path, out_dir: Path, plans: Plans, config: TrainConfig
+                       ) -> tuple[Callable[[str], CaseInput], Callable[[str, CasePrediction], Path]]:
+    """How the validation reads a case (its preprocessed array, + the stored cascade input) and
+    writes it (`<case>.nii.gz`, + `<case>.npz` when the run saves probabilities)."""
+    source = preprocessed_dir(work, plans, config)
+
+    def read(case: str) -> CaseInput:
+        data = np.load(source / f"{case}.npy", mmap_mode="r")
+        data = stage_input(work, plans, config.configuration, case, np.array(data))  # + cascade input
+        return CaseInput({config.configuration: (data, load_case_properties(source / f"{case}.json"))})
+
+    def write(case: str, prediction: CasePrediction) -> Path:
+        return write_prediction(out_dir / f"{case}{SEG_ENDING}", prediction, plans,
+                                save_probabilities=config.validation.save_probabilities)
+
+    return read, write
 
 
 def score_case(case: str, prediction: Path, refs: dict[str, Path], plans: Plans) -> dict[int | str, Counts]:
