@@ -20,7 +20,7 @@ import numpy as np
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json_checked, write_json_atomic
-from nnlite.common.layout import SEG_ENDING, splits_file, validation_folder
+from nnlite.common.layout import SEG_ENDING, VALIDATION_DIR, fold_folders_of, splits_file, validation_folder
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,9 @@ def fold_sources(work: Path, config_name: str, splits: Splits | None = None, *,
     folds not validated yet are left out).
     """
     work = Path(work)
-    splits = read_splits(work) if splits is None else splits
+    if splits is None:
+        unsplit = not complete and not splits_file(work).is_file()  # e.g. folds copied in by hand
+        splits = validated_folds(work, config_name) if unsplit else read_splits(work)
     found: dict[str, tuple[int, Path]] = {}
     for fold, split in enumerate(splits):
         folder = validation_folder(work, config_name, fold)
@@ -93,6 +95,14 @@ def fold_sources(work: Path, config_name: str, splits: Splits | None = None, *,
                                 f"case '{case}' (python -m nnlite.train {work} --config "
                                 f"{config_name} --fold {fold})")
     return found
+
+
+def validated_folds(work: Path, config_name: str) -> Splits:
+    """Without splits.json: each numbered fold's "val" list is what its validation/ holds."""
+    folds = {int(fold): folder for fold, folder in fold_folders_of(work, config_name) if fold.isdigit()}
+    return [{"train": [], "val": sorted(p.name[: -len(SEG_ENDING)] for p in
+                                        (folds[k] / VALIDATION_DIR).glob(f"*{SEG_ENDING}"))
+             if k in folds else []} for k in range(max(folds, default=-1) + 1)]
 
 
 def make_splits(case_names: Sequence[str], n_folds: int = N_FOLDS, seed: int = SPLIT_SEED) -> Splits:
