@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from nnlite.common.layout import plans_file
 from nnlite.common.cli import ArgumentParser, default_workers, run
 from nnlite.planning.memory_budget import MEMORY_MODELS, resolve_gpu_memory
 from nnlite.planning.planner import CONFIGURATIONS
@@ -90,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.nnunet_plans:
         plans = plan_from_nnunet_plans(Path(args.paths[0]), work, args.nnunet_plans, args.configs,
                                        max(args.workers, 1), folds=args.folds, overwrite=args.overwrite)
-        print(f"planned {plans.dataset_name} from nnU-Net's {args.nnunet_plans}; wrote {work / 'plans.json'}")
+        print(f"planned {plans.dataset_name} from nnU-Net's {args.nnunet_plans}; wrote {plans_file(work)}")
         return _report(plans)
     gb = None if args.gpu_memory_gb is None else resolve_gpu_memory(args.gpu_memory_gb)
     options = dict(folds=args.folds, overwrite=args.overwrite, preset=args.preset)
@@ -100,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plans = plan_dataset(Path(args.paths[0]), work, gb, args.configs, max(args.workers, 1),
                              args.memory_model, **options)
     print(f"planned {plans.dataset_name} for {plans.gpu_memory_gb:g} GB ({args.preset} preset); "
-          f"wrote {work / 'plans.json'}")
+          f"wrote {plans_file(work)}")
     return _report(plans)
 
 
@@ -130,7 +131,7 @@ def add_config(parser: ArgumentParser, args) -> int:
     plans = add_configuration(work, args.add_config, args.parent, args.set)
     config = plans.configurations[args.add_config]
     print(f"added {args.add_config} (inherits {args.parent}; preprocessed data: {config.data_identifier}) "
-          f"to {work / 'plans.json'}")
+          f"to {plans_file(work)}")
     for line in summarize(plans):
         if line.lstrip().startswith(f"{args.add_config}:"):
             print(line)

@@ -169,6 +169,43 @@ def test_every_documented_crossing_exists():
     assert not stale, f"docs/architecture.md lists crossings the code does not make: {sorted(stale)}"
 
 
+def imports_of_stage_from(imports: list[Import], stages: tuple[str, ...], forbidden: str) -> list[str]:
+    return [str(imp) for imp in imports if stage_of(imp.source) in stages and stage_of(imp.target) == forbidden]
+
+
+def test_inference_and_evaluation_never_import_training():
+    """The final validation lives in training and calls inference, never the other way round."""
+    bad = imports_of_stage_from(import_graph(), ("inference", "evaluation"), "training")
+    assert not bad, "inference/evaluation import training:\n" + "\n".join(bad)
+
+
+def test_an_inference_import_of_training_is_named():
+    imports = [Import("nnlite.inference.predictor", "nnlite.training.checkpoints", 3)]
+    assert imports_of_stage_from(imports, ("inference", "evaluation"), "training") == [
+        "nnlite/inference/predictor.py:3 imports nnlite.training.checkpoints"]
+
+
+def spelled_in(literal: str) -> list[str]:
+    """The modules of nnlite whose source holds the string literal `literal` (docstrings excepted)."""
+    found = []
+    for name, path in all_modules().items():
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)}
+        if any(isinstance(node, ast.Constant) and node.value == literal and id(node) not in docstrings
+               for node in ast.walk(tree)):
+            found.append(name)
+    return found
+
+
+@pytest.mark.parametrize("name", ["results", "plans.json", "splits.json", "fingerprint.json", "best.json",
+                                  "postprocessing.json"])
+def test_the_work_folder_layout_is_spelled_in_one_module(name):
+    """Every path inside WORK is named by nnlite.common.layout; no other module spells it."""
+    assert spelled_in(name) == ["nnlite.common.layout"]
+
+
 def test_no_import_cycles():
     cycles = import_cycles(import_graph())
     assert not cycles, "import cycles: " + "; ".join(" ↔ ".join(c) for c in cycles)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from nnlite.common.layout import SUMMARY_FILE, plans_file
+from nnlite.common.layout import SUMMARY_FILE, plans_file, results_root
 from nnlite.common.errors import UserError
 from nnlite.data.image_io import SUPPORTED_ENDINGS
 from nnlite.plans import load_plans
@@ -64,7 +64,7 @@ def results_page(settings: AppSettings) -> None:
     st.title("Results")
     sources = find_sources(settings.work)
     if not sources:
-        st.info(f"No scored validation in {settings.work / 'results'} yet: train a fold first "
+        st.info(f"No scored validation in {results_root(settings.work)} yet: train a fold first "
                 "(python -m nnlite.train WORK …).")
         return
     opened = most_recent(sources)
