@@ -7,7 +7,7 @@ write `<case>.nii.gz` (or the input's format) with the input's affine (uint8 whe
 Optional `<case>.npz` (key "probabilities", float16 (K, Z, Y, X) in the original geometry, no
 pickle): outside the crop the background probability is 1. A region dataset has one sigmoid
 probability per region instead (0 outside the crop) and its label map is painted from them in
-`regions_class_order` (`nnlite.data.regions.paint_regions`) rather than taken by argmax.
+`regions_class_order` (`paint_regions`) rather than taken by argmax.
 
 An ensemble (several configurations, `predict --best`) averages its members' float16
 probabilities in the original geometry (`members_in_original`). `write_case_outputs` is the one
@@ -49,7 +49,7 @@ def probabilities_in_crop(probs: np.ndarray | torch.Tensor, props: CasePropertie
 def seg_in_original(cropped_probs: np.ndarray, props: CaseProperties, plans: Plans) -> np.ndarray:
     """Argmax (regions: painted) of (K, *cropped) → uint8/int16 label map (*raw shape) in the raw
     axis order."""
-    seg = seg_from_probabilities(cropped_probs, plans.regions)
+    seg = label_map_of(cropped_probs, plans)
     return restore_original_geometry(seg, props, plans, 0)
 
 
@@ -57,7 +57,7 @@ def probabilities_in_original(cropped_probs: np.ndarray, props: CaseProperties,
                               plans: Plans) -> np.ndarray:
     """(K, *cropped) → (K, *raw shape) float16; outside the crop: background 1, others 0 (regions:
     every region 0)."""
-    fill = [0.0 if plans.regions else 1.0] + [0.0] * (cropped_probs.shape[0] - 1)
+    fill = [0.0 if plans.sigmoid_outputs else 1.0] + [0.0] * (cropped_probs.shape[0] - 1)
     return restore_original_geometry(cropped_probs.astype(np.float16), props, plans, fill)
 
 
@@ -87,7 +87,7 @@ def members_in_original(members: Sequence[Cropped], plans: Plans, save_probabili
         probs = probabilities_in_original(cropped, props, plans) if save_probabilities else None
         return seg_in_original(cropped, props, plans), probs
     probs = average_probabilities([probabilities_in_original(c, p, plans) for c, p in members])
-    seg = seg_from_probabilities(probs, plans.regions)
+    seg = label_map_of(probs, plans)
     return seg, probs.astype(np.float16) if save_probabilities else None
 
 
@@ -160,9 +160,14 @@ def average_probabilities(members: Sequence[np.ndarray]) -> np.ndarray:
     return total / np.float32(len(members))
 
 
+def label_map_of(probs: np.ndarray, plans: Plans) -> np.ndarray:
+    """The label map (*S) of a dataset's probabilities (K, *S): argmax, or its regions painted."""
+    return seg_from_probabilities(probs, plans.regions)
+
+
 def seg_from_probabilities(probs: np.ndarray, regions: Sequence[Region] = ()) -> np.ndarray:
     """Argmax over the class axis of (K, *S) → label map (*S), uint8 when the labels fit; for a
-    region dataset, regions above 0.5 painted in `regions_class_order` (`data.regions`)."""
+    region dataset, regions above 0.5 painted in `regions_class_order` (`paint_regions`)."""
     if regions:
         return paint_regions(probs, regions)
     dtype = np.uint8 if probs.shape[0] <= 256 else np.int16

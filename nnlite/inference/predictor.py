@@ -127,7 +127,7 @@ class CasePredictor:
         options = self.options
         probs = predict_preprocessed(model.networks, data, self.plans.configurations[model.config_name],
                                      mirror=options.mirror, step=options.step, tile_batch=options.tile_batch,
-                                     device=self.device, sigmoid=bool(self.plans.regions))
+                                     device=self.device, sigmoid=self.plans.sigmoid_outputs)
         collector = self.collectors[model.config_name]
         if collector.has_head:
             classes[model.config_name] = collector.case_probabilities()

@@ -3,14 +3,14 @@
 The volume is covered by overlapping tiles of the patch size (step 0.5 of a tile); each tile's
 output is weighted by a Gaussian that favours its centre, and the weighted sum is divided by the
 summed weights. Unlike the reference (one tile per forward, fp16 accumulators, logits averaged over
-mirrors and folds, §8 and §11 items 6–7 of the reference notes), nnlite
+mirrors and folds), nnlite
 
 - batches tiles *and* their mirrored copies into one forward (`tile_batch` inputs per forward),
 - accumulates in float32 (on the GPU when the volume fits, else on the CPU with a message),
 - combines mirrors, folds and tiles by averaging softmax PROBABILITIES, the same rule the
   ensembling of folders uses, so "the same ensemble" gives the same answer on every path.
 
-A region dataset (`nnlite.data.regions`) uses `output="sigmoid"`: one independent probability per
+A region dataset (docs/regions.md) uses `output="sigmoid"`: one independent probability per
 region, averaged the same way. `output="logits"` averages raw network outputs instead; it exists for regression-style networks and
 for the stitching test (an add-one network must stitch back to input + 1 exactly).
 

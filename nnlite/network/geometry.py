@@ -37,7 +37,7 @@ AMP_WEIGHT_COPY_BYTES = AMP_BYTES
 # Peak / saved tensors: backward holds activation gradients (several full-resolution tensors at once)
 # next to the saved tensors, and the caching allocator rounds and fragments blocks. Calibrated so that
 # at 8 GiB the planner shrinks 3D patches where nnU-Net's proxy does in ~95 % of random fingerprints
-# (benchmarks/planner_vs_reference.py) and on the worked examples of the reference doc §3.6.
+# (benchmarks/planner_vs_reference.py) and on the worked examples of docs/planning.md.
 ALLOCATOR_FACTOR = 1.62
 # CUDA context, cuDNN/cuBLAS handles and convolution workspace: device memory torch never reports.
 WORKSPACE_BYTES = 384 * 2**20

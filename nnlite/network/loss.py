@@ -4,7 +4,7 @@ The loss follows the reference exactly: loss = CE − mean foreground soft Dice,
 [−1, ∞) and logged values are often negative (a perfect prediction scores ≈ −1).
 Targets are integer label maps (B, 1, *S) in [0, K). The loader maps −1 (outside the image,
 `nnlite.data.cropping.OUTSIDE_LABEL`) to 0 as the reference does; a −1 reaching the loss counts as
-background too, or, with `mask_outside=True`, in neither term (reference §11 item 5). Voxels with
+background too, or, with `mask_outside=True`, in neither term. Voxels with
 the optional ignore label count in neither term.
 
 Deep supervision: the network returns logits at the scales `deep_supervision_scales(plan)`

@@ -1,6 +1,6 @@
 """Region-based training's loss: sigmoid soft Dice + binary cross-entropy (nnU-Net's DC_and_BCE_loss).
 
-The network has one output per region (`nnlite.data.regions`), read through a sigmoid: regions may
+The network has one output per region (docs/regions.md), read through a sigmoid: regions may
 overlap or nest (whole tumour ⊃ tumour core ⊃ enhancing), so they are not one softmax. The loader
 turns each augmented integer patch into region targets with `region_targets` (B, R, *S) uint8, plus
 a last channel marking ignore-label voxels when the dataset has one; those voxels count in neither

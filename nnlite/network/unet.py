@@ -193,7 +193,7 @@ def build_network(plans: Plans, config_name: str, *, deep_supervision: bool = Tr
     previous stage's one-hot labels), the dataset's classes, sigmoid outputs for region datasets.
     Every caller (training, prediction, export, conversion) builds through this one function."""
     return build_unet(plans.configurations[config_name].network, input_channels(plans, config_name),
-                      plans.num_classes, deep_supervision=deep_supervision, region_outputs=bool(plans.regions))
+                      plans.num_classes, deep_supervision=deep_supervision, region_outputs=plans.sigmoid_outputs)
 
 
 def compile_network(net: nn.Module, enabled: bool | None = None) -> nn.Module:

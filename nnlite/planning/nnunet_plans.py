@@ -1,6 +1,6 @@
 """Translate nnU-Net v2's plans (`nnUNetPlans.json`, a trained model's `plans.json`) into nnlite's `Plans`.
 
-nnU-Net's plans are raw dicts (§3.7 of the reference notes); this module reads exactly the keys
+nnU-Net's plans are raw dicts (docs/planning.md); this module reads exactly the keys
 that decide the data and the network and refuses, naming the key, anything nnlite would compute
 differently (another network class, normalization, nonlinearity or norm; dropout; a forced
 separate-z resampling). Configuration names are kept as nnU-Net wrote them. A configuration with

@@ -1,6 +1,6 @@
 """Experiment planning: from a `Fingerprint` and a GPU-memory budget to `Plans`.
 
-The decisions are nnU-Net v2's default planner (reference doc §3): median target spacing with the
+The decisions are nnU-Net v2's default planner (docs/planning.md): median target spacing with the
 anisotropy rule, the coarsest axis first, an initial patch of equal physical extent, the pooling
 loop of `topology.py`, widths 32·2^i, and the configurations 2d / 3d_fullres / 3d_lowres /
 3d_cascade_fullres under the reference's conditions. What differs is the memory model: nnlite

@@ -1,7 +1,7 @@
 """Planner presets: the network family and the memory constants of each of nnU-Net's planners.
 
 `default` is nnU-Net's `ExperimentPlanner` (PlainConvUNet). `resenc-m|l|xl` are its residual-encoder
-planners `nnUNetPlannerResEncM|L|XL` (reference doc §3.8): a residual encoder with 1, 3, 4, 6, 6, …
+planners `nnUNetPlannerResEncM|L|XL` (docs/architectures.md): a residual encoder with 1, 3, 4, 6, 6, …
 blocks per stage, one decoder conv per stage, their own memory targets and proxy reference values,
 a shrink criterion without the reference-batch factor, and no 5 % cap on the batch. Everything a
 preset changes is data here; the planner reads it, nothing else branches on the preset's name.

@@ -1,6 +1,6 @@
 """U-Net topology from spacing and patch: nnU-Net's pooling/kernel loop and patch arithmetic.
 
-Pure functions on tuples; the numbers follow nnU-Net v2 exactly (reference doc §3.5), including its
+Pure functions on tuples; the numbers follow nnU-Net v2 exactly (docs/planning.md), including its
 float patch sizes: the initial patch may be clipped to a non-integer median shape, which
 `pool_and_conv_props` pads up to an integer multiple of the total stride.
 """

@@ -1,7 +1,7 @@
 """The cascade: 3d_lowres predicts, 3d_cascade_fullres refines with that prediction as extra input.
 
 The full-resolution stage sees its image channels plus one one-hot channel per foreground label of
-the low-resolution prediction (reference §3.6, §7 item 14, §8). This module converts such a
+the low-resolution prediction (Isensee et al., Nature Methods 2021). This module converts such a
 prediction into the stage's input, the same way for training and for prediction:
 `seg_to_stage_input` brings a label map in the original geometry into the stage's preprocessed
 space, `with_previous_stage` appends its one-hot channels to the image channels.
@@ -9,7 +9,7 @@ space, `with_previous_stage` appends its one-hot channels to the image channels.
 Where the pieces live, in stage order: this conversion (preprocessing); reading, warping and
 augmenting the stored maps per patch (`loading/previous_stage.py`); preparing every training
 case's map from the lowres cross-validation (`training/lowres_predictions.py`); running the
-lowres stage first at prediction time (`inference/stage_models.py`). At prediction time the lowres
+lowres stage first at prediction time (`inference/predictor.py`). At prediction time the lowres
 stage's label map goes through the same `seg_to_stage_input`, so the cross-validation predictions
 of the cascade are reproduced exactly by `predict`. (The reference instead resamples lowres logits
 during training but a label map at inference.)

@@ -3,7 +3,7 @@
 Order as nnU-Net's DefaultPreprocessor. We keep *normalize before resampling*: the masked z-score
 needs the nonzero mask at the original resolution, and the resampling clips every output to the
 range of its input (skimage's clip=True, see `nnlite.preprocessing.resampling`), so cubic-spline overshoot
-cannot push CT values outside the clipped, normalized range (reference §11 item 8's worry).
+cannot push CT values outside the clipped, normalized range.
 
 Files per case in `WORK/preprocessed/<data_identifier>/` (flat):
   <case>.npy       float32 (C, Z, Y, X), `np.load(path, mmap_mode="r")` reads patches lazily

@@ -1,6 +1,6 @@
 """Training of one fold, readable top to bottom: `train()` → `train_one_epoch`, `validate`, checkpoints.
 
-nnU-Net's trainer (reference §6) with its defaults in configs/default.yaml: SGD (momentum 0.99,
+nnU-Net's trainer (Isensee et al., Nature Methods 2021) with its defaults in configs/default.yaml: SGD (momentum 0.99,
 Nesterov, weight decay 3e-5), poly learning rate from 1e-2 (per epoch by default, per iteration
 as an option), gradient clipping at 12, deep supervision, AMP on CUDA. Differences that matter:
 
@@ -148,7 +148,7 @@ def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: R
             train_loss = mean_across_ranks(train_one_epoch(state, loss_fn, batches.train, config, epoch, bar),
                                            rank)
             val_loss, pseudo_dice = validate(state, loss_fn, batches.val, config, plans.num_classes, rank,
-                                             plans.ignore_label, regions=len(plans.regions))
+                                             plans.ignore_label, regions=plans.num_classes if plans.sigmoid_outputs else 0)
             record = epoch_record(state, epoch, train_loss, val_loss, pseudo_dice, config, started)
             if state.class_loss is not None:  # a classification head: is it learning?
                 record["class_loss"] = mean_across_ranks(state.class_loss, rank)
@@ -164,8 +164,8 @@ def training_loss(plans: Plans, config: TrainConfig, across_ranks: bool = False)
     """Dice + CE on labels, or Dice + BCE per region for a region dataset; deep supervision both.
     across_ranks: under DDP, batch Dice sums its statistics over every rank's batch."""
     plan = plans.configurations[config.configuration]
-    if plans.regions:
-        return build_region_loss(plan.network, plan.batch_dice, len(plans.regions), across_ranks)
+    if plans.sigmoid_outputs:
+        return build_region_loss(plan.network, plan.batch_dice, plans.num_classes, across_ranks)
     return build_loss(plan.network, plan.batch_dice, ignore_label=plans.ignore_label, across_ranks=across_ranks)
 
 
@@ -188,7 +188,7 @@ def build_state(plans: Plans, config: TrainConfig, device: torch.device,
     seed_everything(config.seed, config.deterministic and device.type == "cpu")
     plan = plans.configurations[config.configuration]
     network = build_network(plans, config.configuration)
-    network.skip_lowest_head = True  # its loss weight is 0 (reference §6): do not compute it
+    network.skip_lowest_head = True  # its loss weight is 0 (as in nnU-Net's trainer): do not compute it
     network.to(device)
     t = config.training
     optimizer = torch.optim.SGD(network.parameters(), lr=t.initial_lr, momentum=t.momentum,
@@ -275,7 +275,7 @@ def validate(state: RunState, loss_fn: nn.Module, batches: Iterator[dict[str, An
     """Validation loss and per-class (or, with `regions` > 0, per-region) pseudo-Dice on `val_iters`
     patches.
 
-    Pseudo-Dice (reference §6): full-resolution output → argmax (regions: sigmoid > 0.5); TP/FP/FN
+    Pseudo-Dice (nnU-Net's online evaluation): full-resolution output → argmax (regions: sigmoid > 0.5); TP/FP/FN
     summed over all batches (and ranks), Dice = 2TP / (2TP + FP + FN) per foreground class or region
     (NaN where it never occurs). Voxels with the ignore label count nowhere.
     """
