@@ -28,8 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = check_dataset(dataset, workers=max(1, args.workers))
     labels = ", ".join(f"{value}={name}" for name, value in sorted(dataset.labels.items(),
                                                                    key=lambda item: item[1]))
-    if dataset.regions:  # region labels: name the regions and what each is painted as
-        labels += "; regions " + ", ".join(f"{r.name}={list(r.labels)}→{r.painted_as}" for r in dataset.regions)
+    regions = ", ".join(f"{r.name}={list(r.labels)}→{r.painted_as}" for r in dataset.regions)
+    labels += f"; regions {regions}" if regions else ""  # region labels: each one's labels and painted value
     print(f"OK: {report.num_cases} cases, {dataset.num_channels} channel(s) "
           f"({', '.join(dataset.channel_names.values())}), labels {labels}; "
           f"{len(report.warnings)} warning(s)")

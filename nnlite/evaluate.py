@@ -35,23 +35,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "metric_per_case with Dice, IoU, PPV, TP, FP, FN, TN, n_pred, n_ref)")
     args = parser.parse_args(argv)
     from nnlite.evaluation.class_scores import score_prediction_folder
-    from nnlite.evaluation.metrics import evaluate_folder, evaluate_regions, format_table, write_summary
+    from nnlite.evaluation.metrics import evaluate_folder, format_table, write_summary
     from nnlite.evaluation.nnunet_summary import evaluate_folder_nnunet, format_nnunet_table
     from nnlite.evaluation.scoring_inputs import absent_labels, labels_to_score, summary_path
 
     label_set = labels_to_score(args.labels, args.dataset_json, args.ignore_label)
     output = summary_path(args.output, args.pred_dir, args.ref_dir)
     if args.format == "nnunet":
-        summary = evaluate_folder_nnunet(args.pred_dir, args.ref_dir, label_set.labels, label_set.ignore_label,
-                                         label_set.regions)
+        summary = evaluate_folder_nnunet(args.pred_dir, args.ref_dir, label_set.scored, label_set.ignore_label)
         write_summary(summary, output)
         print(format_nnunet_table(summary))
         print(f"summary: {output} (nnU-Net v2 layout)")
         return 0
-    if label_set.regions:  # a region dataset.json: each region scored by name
-        summary = evaluate_regions(args.pred_dir, args.ref_dir, label_set.regions, label_set.ignore_label)
-    else:
-        summary = evaluate_folder(args.pred_dir, args.ref_dir, label_set.labels, label_set.ignore_label)
+    summary = evaluate_folder(args.pred_dir, args.ref_dir, label_set.scored, label_set.ignore_label)
     for label in absent_labels(summary):
         logging.getLogger(__name__).warning("warning: label %s occurs in no reference: its Dice is "
                                             "null or 0", label)

@@ -12,8 +12,8 @@ import pytest
 from nnlite.common.errors import UserError
 from nnlite.data.image_io import write_seg
 from nnlite.evaluate import main as evaluate_main
-from nnlite.evaluation.metrics import (Counts, evaluate_folder, label_counts, metrics_from_counts, read_seg,
-                                       summarize)
+from nnlite.evaluation.metrics import (Counts, confusion_counts, evaluate_folder, label_classes, metrics_from_counts,
+                                       read_seg, summarize)
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])
 
@@ -21,7 +21,7 @@ AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])
 def test_hand_computed_counts_and_metrics():
     ref = np.array([[[1, 1, 1, 0, 2, 2]]])
     pred = np.array([[[1, 1, 0, 1, 2, 0]]])
-    counts = label_counts(pred, ref, [1, 2])
+    counts = confusion_counts(pred, ref, label_classes([1, 2]))
     assert counts[1] == Counts(tp=2, fp=1, fn=1)
     assert counts[2] == Counts(tp=1, fp=0, fn=1)
     m1 = metrics_from_counts(counts[1])
@@ -116,23 +116,23 @@ def test_label_maps_of_other_formats_score_like_nifti(tmp_path, pred_ending, ref
 
 def test_explicit_labels_are_used(tmp_path):
     pred, ref = _folders(tmp_path)
-    summary = evaluate_folder(pred, ref, labels=[1, 2, 3])
+    summary = evaluate_folder(pred, ref, label_classes([1, 2, 3]))
     assert summary["labels"] == [1, 2, 3] and set(summary["mean"]) == {"1", "2", "3"}
 
 
 def test_a_predicted_label_outside_the_scored_ones_is_an_error(tmp_path):
     pred, ref = _folders(tmp_path)
     with pytest.raises(UserError, match="^a: the prediction holds label 1, which is not among"):
-        evaluate_folder(pred, ref, labels=[2])
+        evaluate_folder(pred, ref, label_classes([2]))
 
 
 def test_ignore_label_voxels_count_nowhere(tmp_path):
     """Reference value 3 = unannotated: predictions there are neither FP nor TP, and 3 is no label."""
     ref = np.array([[[1, 1, 3, 3], [0, 2, 3, 0]]], np.uint8)
     pred = np.array([[[1, 0, 1, 2], [1, 2, 2, 0]]], np.uint8)
-    counts = label_counts(pred, ref, [1, 2], ignore_label=3)
+    counts = confusion_counts(pred, ref, label_classes([1, 2]), ignore_label=3)
     assert counts == {1: Counts(1, 1, 1), 2: Counts(1, 0, 0)}
-    assert label_counts(pred, ref, [1, 2])[2] == Counts(1, 2, 0)  # without: the two at 3 are FP
+    assert confusion_counts(pred, ref, label_classes([1, 2]))[2] == Counts(1, 2, 0)  # without: the two at 3 are FP
     _write(tmp_path / "pred", "a", pred)
     _write(tmp_path / "ref", "a", ref)
     output = tmp_path / "summary.json"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from nnlite.evaluate import main as evaluate_main
+from nnlite.evaluation.metrics import label_classes
 from nnlite.evaluation.nnunet_summary import evaluate_folder_nnunet
 from tests.test_metrics import _folders, _write
 
@@ -52,6 +53,6 @@ def test_ignore_label_voxels_are_not_true_negatives(tmp_path):
     p[0, 0, 0] = 1  # predicted in unannotated voxels: counts nowhere
     _write(pred, "a", p)
     _write(ref, "a", r)
-    summary = evaluate_folder_nnunet(pred, ref, [1], ignore_label=9)
+    summary = evaluate_folder_nnunet(pred, ref, label_classes([1]), ignore_label=9)
     metrics = summary["metric_per_case"][0]["metrics"]["1"]
     assert (metrics["TP"], metrics["FP"], metrics["TN"]) == (1, 0, 3)

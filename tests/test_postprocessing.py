@@ -9,7 +9,7 @@ import pytest
 
 from inference_fixtures import tiny_plans
 from nnlite.data.image_io import read_image, write_seg
-from nnlite.evaluation.metrics import matched_cases
+from nnlite.evaluation.metrics import label_classes, matched_cases
 from nnlite.evaluation.postprocessing import decide_postprocessing
 from nnlite.inference.largest_component import (apply_postprocessing, keep_largest_component,
                                                 load_postprocessing)
@@ -52,7 +52,7 @@ def test_spurious_component_removed_and_dice_rises(tmp_path):
         pred = ref.copy()
         _blob(pred, 1, F)
         _write_pair(tmp_path, f"c{i}", pred, ref)
-    decision = decide_postprocessing(matched_cases(tmp_path / "pred", tmp_path / "ref"), [1])
+    decision = decide_postprocessing(matched_cases(tmp_path / "pred", tmp_path / "ref"), label_classes([1]))
     assert decision["steps"] == [[1]]
     assert decision["foreground_dice_before"] == pytest.approx(54 / 74)
     assert decision["foreground_dice_after"] == pytest.approx(1.0)
@@ -67,9 +67,9 @@ def test_a_component_in_unannotated_voxels_costs_nothing(tmp_path):
         pred = np.where(ref > 0, 1, 0).astype(np.uint8)
         _write_pair(tmp_path, f"c{i}", pred, ref)
     pairs = matched_cases(tmp_path / "pred", tmp_path / "ref")
-    decision = decide_postprocessing(pairs, [1], ignore_label=2)
+    decision = decide_postprocessing(pairs, label_classes([1]), ignore_label=2)
     assert decision["steps"] == [] and decision["foreground_dice_before"] == pytest.approx(1.0)
-    assert decide_postprocessing(pairs, [1])["steps"] == [[1]]  # scored as false positives: removed
+    assert decide_postprocessing(pairs, label_classes([1]))["steps"] == [[1]]  # scored as false positives: removed
 
 
 def _rejecting_folders(root: Path) -> None:
@@ -93,7 +93,7 @@ def _rejecting_folders(root: Path) -> None:
 
 def test_step_rejected_when_a_label_gets_worse(tmp_path):
     _rejecting_folders(tmp_path)
-    decision = decide_postprocessing(matched_cases(tmp_path / "pred", tmp_path / "ref"), [1, 2])
+    decision = decide_postprocessing(matched_cases(tmp_path / "pred", tmp_path / "ref"), label_classes([1, 2]))
     merged, label1, label2 = decision["decisions"]
     assert merged["dice_after"] > merged["dice_before"] and not merged["accepted"]
     assert label1["accepted"] and not label2["accepted"]

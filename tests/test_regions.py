@@ -16,11 +16,11 @@ from nnlite.common.errors import UserError
 from nnlite.data.image_io import write_seg
 from nnlite.data.regions import paint_regions, parse_region_labels, region_masks
 from nnlite.evaluate import main as evaluate_main
-from nnlite.evaluation.metrics import evaluate_regions, region_counts
+from nnlite.evaluation.metrics import confusion_counts, evaluate_folder
 from nnlite.evaluation.scoring_inputs import labels_to_score
 from nnlite.inference.outputs import seg_from_probabilities
 from nnlite.network.region_loss import RegionDiceBCELoss, region_confusion_counts, region_targets
-from nnlite.plans import Region
+from nnlite.plans import Region, scored_classes
 
 BRATS_LABELS = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": 3}
 BRATS_ORDER = [1, 2, 3]
@@ -152,7 +152,7 @@ def test_region_counts_are_union_masks(seed):
     rng = np.random.default_rng(seed)
     pred, ref = rng.integers(0, 4, (2, 5, 6, 7))
     ref[0, 0] = 4  # unannotated row
-    counts = region_counts(pred, ref, BRATS, ignore_label=4)
+    counts = confusion_counts(pred, ref, scored_classes({}, BRATS), ignore_label=4)
     for region in BRATS:
         p, r = np.isin(pred, region.labels) & (ref != 4), np.isin(ref, region.labels)
         got = counts[region.name]
@@ -203,7 +203,7 @@ def test_region_evaluation_refuses_a_value_in_no_region(tmp_path):
     ref = np.zeros((2, 4, 4), np.uint8)
     pred_dir, ref_dir = write_pair(tmp_path, np.full_like(ref, 5), ref)
     with pytest.raises(UserError, match="label 5"):
-        evaluate_regions(pred_dir, ref_dir, BRATS)
+        evaluate_folder(pred_dir, ref_dir, scored_classes({}, BRATS))
 
 
 def test_a_region_dataset_json_gives_regions_and_its_ignore_label(tmp_path):
@@ -291,7 +291,7 @@ def test_postprocessing_decides_per_region(tmp_path):
     pred = ref.copy()
     pred[5, 10, 10] = 3  # a stray enhancing voxel far from the tumour
     pred_dir, ref_dir = write_pair(tmp_path, pred, ref)
-    decision = decide_postprocessing(matched_cases(pred_dir, ref_dir), [], regions=BRATS)
+    decision = decide_postprocessing(matched_cases(pred_dir, ref_dir), scored_classes({}, BRATS))
     assert decision["regions"] == ["whole tumor", "tumor core", "enhancing tumor"]
     assert decision["steps"][0] == [1, 2, 3]  # merging every region removes the stray voxel
     assert [d.get("region") for d in decision["decisions"][1:]] == decision["regions"]

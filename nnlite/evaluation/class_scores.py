@@ -20,6 +20,7 @@ import numpy as np
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json_checked
 from nnlite.data.case_classes import CLASSES_FILE, CLASSES_KEY, parse_class_names, read_classes_csv
+from nnlite.evaluation.metrics import json_ready
 from nnlite.inference.case_classification import CLASSIFICATION_FILE, read_classification, write_classification
 from nnlite.planning.class_head import read_work_classes
 from nnlite.plans import Plans
@@ -130,10 +131,10 @@ def classification_summary(true: dict[str, int], probs: dict[str, np.ndarray],
         "accuracy": float((predicted == t).mean()),
         "balanced_accuracy": balanced_accuracy(t, predicted, k),
         "balanced_accuracy_ci95": bacc_ci,
-        "auc": _none_if_nan(roc_auc(t, p)),
+        "auc": json_ready(roc_auc(t, p)),
         "auc_ci95": auc_ci,
-        "per_class": {name: {"sensitivity": _none_if_nan(sensitivity[i]),
-                             "specificity": _none_if_nan(specificity[i])} for i, name in enumerate(names)},
+        "per_class": {name: {"sensitivity": json_ready(sensitivity[i]),
+                             "specificity": json_ready(specificity[i])} for i, name in enumerate(names)},
         "confusion_matrix": matrix.tolist(),
         "per_case": {c: {"true": names[t[i]], "predicted": names[predicted[i]],
                          "probabilities": [float(x) for x in p[i]]} for i, c in enumerate(cases)},
@@ -168,7 +169,3 @@ def score_prediction_folder(pred_dir: Path, dataset_json: Path | None) -> dict |
         raise UserError(predicted, f"case '{unknown[0]}' has no class in "
                         f"{Path(dataset_json).parent / CLASSES_FILE}")
     return classification_summary(true, probs, names)
-
-
-def _none_if_nan(value: float) -> float | None:
-    return None if np.isnan(value) else float(value)

@@ -1,6 +1,10 @@
-"""Overlap metrics of label maps: Dice, IoU, PPV (and TP/FP/FN) per case and label, and their means.
+"""Overlap metrics of label maps: Dice, IoU, PPV (and TP/FP/FN) per case and scored class, and their means.
 
-Everything is computed from per-case confusion counts (TP, FP, FN per label), so post-processing can
+What is scored is one list of `ScoredClass` (nnU-Net's `labels_or_regions`, `Plans.scored`): a plain
+label is the one-label set {label}, keyed by its value; a region is the union of its labels, keyed
+by its name. Every count, check and mean below runs the same code for both.
+
+Everything is computed from per-case confusion counts (TP, FP, FN per class), so post-processing can
 score candidate label maps without writing them. The layout of `summary.json` is fixed by
 docs/contract.md:
 
@@ -27,7 +31,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -37,7 +41,7 @@ from nnlite.common.files import write_json_atomic
 from nnlite.data.dataset import AFFINE_ATOL
 from nnlite.data.image_io import file_ending, read_image
 from nnlite.data.regions import in_region
-from nnlite.plans import RAW_PATH_KEY, Plans, Region
+from nnlite.plans import RAW_PATH_KEY, Plans, ScoredClass
 
 log = logging.getLogger(__name__)
 
@@ -46,45 +50,61 @@ MEAN_METRICS = ("dice", "iou", "ppv")  # averaged over cases; tp/fp/fn stay per 
 
 @dataclass(frozen=True)
 class Counts:
-    """Confusion counts of one label in one case."""
+    """Confusion counts of one scored class in one case."""
 
     tp: int
     fp: int
     fn: int
 
 
-def label_counts(pred: np.ndarray, ref: np.ndarray, labels: Iterable[int],
-                 ignore_label: int | None = None) -> dict[int, Counts]:
-    """TP/FP/FN per label of two integer label maps of the same shape; reference voxels with
-    `ignore_label` are left out."""
+def label_classes(labels: Iterable[int]) -> tuple[ScoredClass, ...]:
+    """Plain labels as scored classes: each the one-label set {label}, keyed by the label."""
+    return tuple(ScoredClass(int(label), (int(label),)) for label in labels)
+
+
+def scored_labels(scored: Sequence[ScoredClass]) -> list[int]:
+    """Every label value some scored class is made of, sorted."""
+    return sorted({label for cls in scored for label in cls.labels})
+
+
+def are_regions(scored: Sequence[ScoredClass]) -> bool:
+    """Regions are keyed by their names, plain labels by their values."""
+    return any(isinstance(cls.key, str) for cls in scored)
+
+
+def confusion_counts(pred: np.ndarray, ref: np.ndarray, scored: Sequence[ScoredClass],
+                     ignore_label: int | None = None) -> dict[int | str, Counts]:
+    """TP/FP/FN per scored class (keyed by its key) of two integer label maps of the same shape: a
+    class's mask is the union of its labels on each side; reference voxels with `ignore_label` are
+    left out."""
     annotated = None if ignore_label is None else ref != ignore_label
     counts = {}
-    for label in labels:
-        in_pred = pred == label
+    for cls in scored:
+        in_pred = in_region(pred, cls.labels)
         if annotated is not None:
-            in_pred &= annotated
-        in_ref = ref == label
+            in_pred &= annotated  # predicting an unannotated voxel is no false positive
+        in_ref = in_region(ref, cls.labels)
         tp = int(np.count_nonzero(in_pred & in_ref))
-        counts[int(label)] = Counts(tp, int(np.count_nonzero(in_pred)) - tp,
-                                    int(np.count_nonzero(in_ref)) - tp)
+        counts[cls.key] = Counts(tp, int(np.count_nonzero(in_pred)) - tp, int(np.count_nonzero(in_ref)) - tp)
     return counts
 
 
-def region_counts(pred: np.ndarray, ref: np.ndarray, regions: Sequence[Region],
-                  ignore_label: int | None = None) -> dict[str, Counts]:
-    """TP/FP/FN per region (keyed by its name) of two integer label maps: a region's mask is the
-    union of its labels on each side; reference voxels with `ignore_label` are left out."""
-    annotated = None if ignore_label is None else ref != ignore_label
-    counts = {}
-    for region in regions:
-        in_pred = in_region(pred, region.labels)
-        if annotated is not None:
-            in_pred &= annotated
-        in_ref = in_region(ref, region.labels)
-        tp = int(np.count_nonzero(in_pred & in_ref))
-        counts[region.name] = Counts(tp, int(np.count_nonzero(in_pred)) - tp,
-                                     int(np.count_nonzero(in_ref)) - tp)
-    return counts
+def checked_counts(case: str, pred: np.ndarray, ref: np.ndarray, scored: Sequence[ScoredClass],
+                   ignore_label: int | None = None) -> dict[int | str, Counts]:
+    """`confusion_counts` of one case after checking that every predicted value is scored."""
+    check_predicted_values(case, set(np.unique(pred).tolist()), scored)
+    return confusion_counts(pred, ref, scored, ignore_label)
+
+
+def check_predicted_values(case: str, predicted: set[int], scored: Sequence[ScoredClass],
+                           source: str | None = None) -> None:
+    """Every predicted value is background or a label of some scored class."""
+    labels = scored_labels(scored)
+    unknown = sorted(predicted - {0, *labels})
+    if unknown:
+        source = source or ("the regions' labels" if are_regions(scored) else "the labels scored")
+        raise UserError(case, f"the prediction holds label {unknown[0]}, which is not among {source} "
+                        f"({', '.join(map(str, labels)) or 'none'})")
 
 
 def metrics_from_counts(counts: Counts) -> dict[str, float | int]:
@@ -101,25 +121,25 @@ def metrics_from_counts(counts: Counts) -> dict[str, float | int]:
 
 def summarize(case_counts: dict[str, dict], labels: Sequence[int | str]) -> dict:
     """Build the summary.json dict from per-case counts (cases in the given order); `labels` are
-    label values, or region names for a region dataset."""
+    the keys of the scored classes (label values, or region names)."""
     per_case = []
     for case, counts in case_counts.items():
-        metrics = {str(label): metrics_from_counts(counts.get(label, Counts(0, 0, 0)))
-                   for label in labels}
+        metrics = {str(label): metrics_from_counts(counts.get(label, Counts(0, 0, 0))) for label in labels}
         per_case.append({"case": case, "metrics": metrics})
-    mean = {}
-    for label in labels:
-        mean[str(label)] = {
-            metric: _nanmean([entry["metrics"][str(label)][metric] for entry in per_case])
-            for metric in MEAN_METRICS
-        }
-    foreground = {
-        metric: (float(np.mean([mean[str(label)][metric] for label in labels])) if labels
-                 else math.nan)
-        for metric in MEAN_METRICS
-    }
+    mean, foreground = average_cases([entry["metrics"] for entry in per_case], [str(label) for label in labels],
+                                     MEAN_METRICS)
     return {"labels": [label if isinstance(label, str) else int(label) for label in labels], "mean": mean,
             "foreground_mean": foreground, "per_case": per_case}
+
+
+def average_cases(per_case: list[dict[str, dict]], keys: Sequence[str], metrics: Sequence[str]) -> tuple[dict, dict]:
+    """Per key, each metric's mean over the cases that define it (NaN skipped); and per metric the
+    plain mean of those over the keys (NaN when one key's mean is NaN, as in the reference)."""
+    mean = {key: {metric: _nanmean([case[key][metric] for case in per_case]) for metric in metrics}
+            for key in keys}
+    foreground = {metric: float(np.mean([mean[key][metric] for key in keys])) if keys else math.nan
+                  for metric in metrics}
+    return mean, foreground
 
 
 def _nanmean(values: list[float]) -> float:
@@ -205,58 +225,56 @@ def read_pair(case: str, pred_path: Path, ref_path: Path) -> tuple[np.ndarray, n
     return pred, ref
 
 
-def evaluate_folder(pred_dir: str | Path, ref_dir: str | Path, labels: Sequence[int] | None = None,
-                    ignore_label: int | None = None) -> dict:
-    """Score every `<case>.nii.gz` of pred_dir against ref_dir; returns the summary.json dict.
+@dataclass(frozen=True)
+class CaseScore:
+    """One scored case: its two files, TP/FP/FN per scored class and its annotated voxel count."""
 
-    labels: the labels to score; default every nonzero value found in the reference files.
+    pred: Path
+    ref: Path
+    counts: dict[int | str, Counts]
+    annotated: int  # reference voxels that are not the ignore label (nnU-Net's TN needs them)
+
+
+def score_folder(pred_dir: str | Path, ref_dir: str | Path, scored: Sequence[ScoredClass] | None = None,
+                 ignore_label: int | None = None) -> tuple[tuple[ScoredClass, ...], dict[str, CaseScore]]:
+    """Count every `<case>.nii.gz` of pred_dir against ref_dir, each pair read once; returns the
+    classes scored and each case's score.
+
+    scored: the classes to score; default one per nonzero value found in the reference files.
     ignore_label: reference voxels with this value are unannotated and count nowhere.
-    A predicted value outside background and the labels is a UserError naming the case.
+    A predicted value that no scored class holds is a UserError naming the case.
     """
     not_scored = {0, ignore_label}
-    values: dict[str, dict[int, Counts]] = {}
+    cases: dict[str, CaseScore] = {}
     predicted: dict[str, set[int]] = {}
     found: set[int] = set()
     for case, pred_path, ref_path in matched_cases(pred_dir, ref_dir):
         pred, ref = read_pair(case, pred_path, ref_path)
-        present = set(np.unique(ref).tolist())
-        found |= present
-        predicted[case] = set(np.unique(pred).tolist())
-        if labels is not None:
-            check_predicted_values(case, predicted[case], labels)
-        wanted = labels if labels is not None else present | predicted[case]
-        values[case] = label_counts(pred, ref, [v for v in wanted if v not in not_scored], ignore_label)
-    if labels is None:
-        labels = sorted(v for v in found if v not in not_scored)
-        for case, values_of_case in predicted.items():
-            check_predicted_values(case, values_of_case, labels, "the references")
-    return summarize(values, list(labels))
+        if scored is not None:
+            counts = checked_counts(case, pred, ref, scored, ignore_label)
+        else:  # the references decide once every case is read: meanwhile count what this case holds
+            predicted[case], present = set(np.unique(pred).tolist()), set(np.unique(ref).tolist())
+            found |= present
+            counts = confusion_counts(pred, ref, label_classes((present | predicted[case]) - not_scored), ignore_label)
+        cases[case] = CaseScore(pred_path, ref_path, counts, annotated_voxels(ref, ignore_label))
+    if scored is None:
+        scored = label_classes(sorted(found - not_scored))
+        for case, values in predicted.items():
+            check_predicted_values(case, values, scored, "the references")
+    return tuple(scored), cases
 
 
-def evaluate_regions(pred_dir: str | Path, ref_dir: str | Path, regions: Sequence[Region],
-                     ignore_label: int | None = None) -> dict:
-    """Score every prediction of pred_dir per region (summary keys: the region names); a predicted
-    value that is in no region is a UserError naming the case."""
-    counts = {case: checked_region_counts(case, *read_pair(case, pred_path, ref_path), regions, ignore_label)
-              for case, pred_path, ref_path in matched_cases(pred_dir, ref_dir)}
-    return summarize(counts, [region.name for region in regions])
+def annotated_voxels(ref: np.ndarray, ignore_label: int | None) -> int:
+    """Voxels of the reference that are scored: all of them, or all but the ignore label's."""
+    return int(ref.size - (0 if ignore_label is None else np.count_nonzero(ref == ignore_label)))
 
 
-def checked_region_counts(case: str, pred: np.ndarray, ref: np.ndarray, regions: Sequence[Region],
-                          ignore_label: int | None = None) -> dict[str, Counts]:
-    """`region_counts` of one case after checking every predicted value lies in some region."""
-    values = sorted({v for region in regions for v in region.labels})
-    check_predicted_values(case, set(np.unique(pred).tolist()), values, "the regions' labels")
-    return region_counts(pred, ref, regions, ignore_label)
-
-
-def check_predicted_values(case: str, predicted: set[int], labels: Sequence[int],
-                           source: str = "the labels scored") -> None:
-    """Every predicted value is background or one of `labels`."""
-    unknown = sorted(predicted - {0, *labels})
-    if unknown:
-        raise UserError(case, f"the prediction holds label {unknown[0]}, which is not among {source} "
-                        f"({', '.join(map(str, labels)) or 'none'})")
+def evaluate_folder(pred_dir: str | Path, ref_dir: str | Path, scored: Sequence[ScoredClass] | None = None,
+                    ignore_label: int | None = None) -> dict:
+    """Score every prediction of pred_dir against ref_dir (`score_folder`); returns the summary.json
+    dict, keyed by the scored classes' keys (label values, or region names)."""
+    scored, cases = score_folder(pred_dir, ref_dir, scored, ignore_label)
+    return summarize({case: score.counts for case, score in cases.items()}, [cls.key for cls in scored])
 
 
 def reference_labels(plans: Plans) -> Path:
@@ -272,17 +290,14 @@ def reference_labels(plans: Plans) -> Path:
 
 
 def evaluate_for_plans(pred_dir: str | Path, plans: Plans) -> dict:
-    """Score pred_dir against the plans' raw labels: the foreground labels (or regions), annotated
-    voxels only."""
-    if plans.regions:
-        return evaluate_regions(pred_dir, reference_labels(plans), plans.regions, plans.ignore_label)
-    return evaluate_folder(pred_dir, reference_labels(plans), plans.foreground_labels, plans.ignore_label)
+    """Score pred_dir against the plans' raw labels: the plans' scored classes, annotated voxels only."""
+    return evaluate_folder(pred_dir, reference_labels(plans), plans.scored, plans.ignore_label)
 
 
-def json_ready(value):
-    """NaN → None (JSON null), recursively."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
+def json_ready(value: Any) -> Any:
+    """NaN → None (JSON null), recursively through dicts and lists; other floats as plain floats."""
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else float(value)
     if isinstance(value, dict):
         return {key: json_ready(item) for key, item in value.items()}
     if isinstance(value, list):
@@ -291,19 +306,24 @@ def json_ready(value):
 
 
 def write_summary(summary: dict, path: str | Path) -> Path:
-    """Write summary.json atomically with NaN as null (strict JSON)."""
+    """Write a summary (or any scores) atomically as strict JSON: NaN as null."""
     return write_json_atomic(path, json_ready(summary))
 
 
 def format_table(summary: dict) -> str:
     """A short text table: mean Dice/IoU/PPV per label and the foreground mean."""
     width = max([10, *(len(str(label)) for label in summary["labels"])])
-    lines = [f"{'label':>{width}} {'dice':>8} {'iou':>8} {'ppv':>8}"]
-    rows = [(label, summary["mean"][label]) for label in map(str, summary["labels"])]
-    rows.append(("foreground", summary["foreground_mean"]))
-    for name, values in rows:
-        lines.append(f"{name:>{width}} " + " ".join(_fmt(values[m]) for m in MEAN_METRICS))
-    lines.append(f"{len(summary['per_case'])} cases")
+    return format_means(summary["mean"], summary["foreground_mean"], MEAN_METRICS, len(summary["per_case"]),
+                        width)
+
+
+def format_means(mean: dict[str, dict], foreground: dict, metrics: Sequence[str], cases: int,
+                 width: int = 10) -> str:
+    """A text table: one row of `metrics` per key of `mean`, then the foreground row."""
+    lines = [f"{'label':>{width}} " + " ".join(f"{metric:>8}" for metric in metrics)]
+    for name, values in [*mean.items(), ("foreground", foreground)]:
+        lines.append(f"{name:>{width}} " + " ".join(_fmt(values[metric]) for metric in metrics))
+    lines.append(f"{cases} cases")
     return "\n".join(lines)
 
 

@@ -8,89 +8,51 @@ As in nnU-Net (evaluation/evaluate_predictions.py): per case and label TP, FP, F
 annotated voxels (reference voxels with the ignore label count nowhere), n_pred = TP + FP,
 n_ref = TP + FN; Dice and IoU are NaN (null) when the label is absent from both; `mean` is the
 NaN-skipping mean over cases, `foreground_mean` the plain mean over the labels' means (NaN if one
-is NaN). PPV = TP / (TP + FP) is nnlite's addition (NaN when nothing is predicted).
+is NaN). PPV = TP / (TP + FP) is nnlite's addition (NaN when nothing is predicted). The counts,
+checks and formulas are nnlite's own (`metrics.score_folder`); this module only names and arranges them.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
-from nnlite.evaluation.metrics import evaluate_folder, evaluate_regions, matched_cases, read_seg
-from nnlite.plans import Region
+from nnlite.evaluation.metrics import Counts, average_cases, format_means, metrics_from_counts, score_folder
+from nnlite.plans import ScoredClass
 
 NNUNET_METRICS = ("Dice", "IoU", "PPV", "FN", "FP", "TN", "TP", "n_pred", "n_ref")
 
 
-def annotated_voxels(ref_path: Path, ignore_label: int | None) -> int:
-    """Voxels of the reference that are scored: all of them, or all but the ignore label's."""
-    ref = read_seg(ref_path)
-    return int(ref.size - (0 if ignore_label is None else np.count_nonzero(ref == ignore_label)))
+def case_metrics(counts: Counts, annotated: int) -> dict[str, float | int]:
+    """nnU-Net's metric dict of one case and class: nnlite's metrics under nnU-Net's names, plus
+    TN (annotated voxels in neither mask) and the mask sizes."""
+    metrics = metrics_from_counts(counts)
+    tp, fp, fn = counts.tp, counts.fp, counts.fn
+    return {"Dice": metrics["dice"], "IoU": metrics["iou"], "PPV": metrics["ppv"],
+            "FN": fn, "FP": fp, "TN": annotated - (tp + fp + fn), "TP": tp, "n_pred": tp + fp, "n_ref": tp + fn}
 
 
-def case_metrics(counts: dict, n_voxels: int) -> dict[str, float | int]:
-    """nnU-Net's metric dict of one case and label from nnlite's per-case metrics (tp, fp, fn)."""
-    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
-    union = tp + fp + fn
-    return {"Dice": 2 * tp / (2 * tp + fp + fn) if union else math.nan,
-            "IoU": tp / union if union else math.nan,
-            "PPV": tp / (tp + fp) if tp + fp else math.nan,
-            "FN": fn, "FP": fp, "TN": n_voxels - union, "TP": tp, "n_pred": tp + fp, "n_ref": tp + fn}
-
-
-def evaluate_folder_nnunet(pred_dir: str | Path, ref_dir: str | Path, labels: Sequence[int] | None = None,
-                           ignore_label: int | None = None, regions: Sequence[Region] = ()) -> dict:
-    """Score pred_dir against ref_dir (same checks as nnlite's evaluate) into nnU-Net's layout;
-    regions are keyed as nnU-Net keys them ("(1, 2, 3)", or "3" for a one-label region)."""
-    if regions:
-        summary = evaluate_regions(pred_dir, ref_dir, regions, ignore_label)
-        summary = _keyed_like_nnunet(summary, {r.name: region_key(r) for r in regions})
-    else:
-        summary = evaluate_folder(pred_dir, ref_dir, labels, ignore_label)
-    files = {case: (pred, ref) for case, pred, ref in matched_cases(pred_dir, ref_dir)}
+def evaluate_folder_nnunet(pred_dir: str | Path, ref_dir: str | Path, scored: Sequence[ScoredClass] | None = None,
+                           ignore_label: int | None = None) -> dict:
+    """Score pred_dir against ref_dir (the counts and checks of nnlite's evaluate) into nnU-Net's
+    layout; each class is keyed as nnU-Net keys it (`nnunet_key`)."""
+    scored, cases = score_folder(pred_dir, ref_dir, scored, ignore_label)
     per_case = []
-    for entry in summary["per_case"]:
-        pred_path, ref_path = files[entry["case"]]
-        n_voxels = annotated_voxels(ref_path, ignore_label)
-        metrics = {label: case_metrics(counts, n_voxels) for label, counts in entry["metrics"].items()}
-        per_case.append({"metrics": metrics, "prediction_file": str(pred_path), "reference_file": str(ref_path)})
-    keys = [str(label) for label in summary["labels"]]
-    mean = {key: {metric: _nanmean([case["metrics"][key][metric] for case in per_case])
-                  for metric in NNUNET_METRICS} for key in keys}
-    foreground = {metric: float(np.mean([mean[key][metric] for key in keys])) if keys else math.nan
-                  for metric in NNUNET_METRICS}
+    for score in cases.values():
+        metrics = {nnunet_key(cls): case_metrics(score.counts.get(cls.key, Counts(0, 0, 0)), score.annotated)
+                   for cls in scored}
+        per_case.append({"metrics": metrics, "prediction_file": str(score.pred), "reference_file": str(score.ref)})
+    mean, foreground = average_cases([case["metrics"] for case in per_case], [nnunet_key(cls) for cls in scored],
+                                     NNUNET_METRICS)
     return {"foreground_mean": foreground, "mean": mean, "metric_per_case": per_case}
 
 
-def region_key(region: Region) -> str:
-    """nnU-Net's summary key of a region: str() of its label tuple, or of its one label."""
-    return str(region.labels[0]) if len(region.labels) == 1 else str(tuple(region.labels))
-
-
-def _keyed_like_nnunet(summary: dict, keys: dict[str, str]) -> dict:
-    """nnlite's region summary with the region names replaced by nnU-Net's keys."""
-    per_case = [{**entry, "metrics": {keys[name]: counts for name, counts in entry["metrics"].items()}}
-                for entry in summary["per_case"]]
-    return {**summary, "labels": [keys[name] for name in summary["labels"]], "per_case": per_case}
-
-
-def _nanmean(values: list[float]) -> float:
-    kept = [float(v) for v in values if not math.isnan(v)]
-    return float(np.mean(kept)) if kept else math.nan
+def nnunet_key(cls: ScoredClass) -> str:
+    """nnU-Net's summary key of a class: str() of its one label ("3"), or of its label tuple ("(1, 2, 3)")."""
+    return str(cls.labels[0]) if len(cls.labels) == 1 else str(tuple(cls.labels))
 
 
 def format_nnunet_table(summary: dict) -> str:
     """Mean Dice/IoU/PPV per label and the foreground mean, from the nnU-Net layout."""
-    lines = [f"{'label':>10} {'Dice':>8} {'IoU':>8} {'PPV':>8}"]
-    rows = [*summary["mean"].items(), ("foreground", summary["foreground_mean"])]
-    for name, values in rows:
-        lines.append(f"{name:>10} " + " ".join(_fmt(values[m]) for m in ("Dice", "IoU", "PPV")))
-    lines.append(f"{len(summary['metric_per_case'])} cases")
-    return "\n".join(lines)
-
-
-def _fmt(value: float) -> str:
-    return f"{'nan':>8}" if value is None or math.isnan(value) else f"{value:8.4f}"
+    return format_means(summary["mean"], summary["foreground_mean"], ("Dice", "IoU", "PPV"),
+                        len(summary["metric_per_case"]))

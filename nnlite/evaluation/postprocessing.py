@@ -14,9 +14,10 @@ label's counts: one pass over the cases scores every candidate. The decision is 
 largest component of the union of these labels"); no pickled functions. Prediction applies the
 stored steps with `inference/largest_component.py`.
 
-A region dataset (`nnlite.data.regions`) decides per region in the same way: step 1 merges every
-region, step 2 keeps the largest component of each region's labels (removed voxels become
-background, as in the reference) and is judged by that region's Dice; summaries name the regions.
+A region dataset decides per region in the same way (the scored classes of `metrics`: a label is
+the one-label set, a region the union of its labels): step 1 merges every region, step 2 keeps the
+largest component of each region's labels (removed voxels become background, as in the reference)
+and is judged by that region's Dice; summaries name the regions.
 """
 
 from __future__ import annotations
@@ -33,19 +34,13 @@ from nnlite.planning.splits import fold_sources
 from nnlite.common.layout import (config_results, crossval_folder, plans_file, postprocessed_folder,
                                   postprocessing_file)
 from nnlite.common.errors import UserError
-from nnlite.common.files import write_json_atomic
 from nnlite.data.image_io import read_image
-from nnlite.evaluation.metrics import (Counts, json_ready, label_counts, list_segs, match_cases, read_pair,
-                                       reference_labels, region_counts, summarize)
+from nnlite.evaluation.metrics import (Counts, are_regions, confusion_counts, list_segs, match_cases, read_pair,
+                                       reference_labels, scored_labels, summarize, write_summary)
 from nnlite.inference.largest_component import keep_largest_component
-from nnlite.plans import Region, load_plans
+from nnlite.plans import Plans, ScoredClass, load_plans
 
 log = logging.getLogger(__name__)
-
-
-
-def save_postprocessing(decision: dict, path: str | Path) -> Path:
-    return write_json_atomic(path, json_ready(decision))
 
 
 def not_worse(after: float, before: float) -> bool:
@@ -62,85 +57,63 @@ def strictly_better(after: float, before: float) -> bool:
 CaseCounts = dict[str, dict[int | str, Counts]]
 
 
-class Scored:
-    """What is scored: labels (key = the label, members = [label]) or regions (key = the name,
-    members = the region's labels); `count` gives TP/FP/FN per key of one case."""
-
-    def __init__(self, labels: Sequence[int], regions: Sequence[Region], ignore_label: int | None) -> None:
-        self.regions = {region.name: region for region in regions}
-        self.keys = list(self.regions) if regions else [int(label) for label in labels]
-        self.members = {key: list(self.regions[key].labels) if regions else [key] for key in self.keys}
-        self.all_labels = sorted({v for members in self.members.values() for v in members})
-        self.ignore_label = ignore_label
-
-    def count(self, pred: np.ndarray, ref: np.ndarray, keys: Sequence) -> dict:
-        if self.regions:
-            return region_counts(pred, ref, [self.regions[key] for key in keys], self.ignore_label)
-        return label_counts(pred, ref, keys, self.ignore_label)
-
-
-def score_candidates(pairs: Sequence[tuple[str, Path, Path]], labels: Sequence[int],
-                     ignore_label: int | None = None, regions: Sequence[Region] = ()) -> dict:
-    """Counts per case of every candidate: "none", "all" (step 1), and per label (or region) L the
+def score_candidates(pairs: Sequence[tuple[str, Path, Path]], scored: Sequence[ScoredClass],
+                     ignore_label: int | None = None) -> dict:
+    """Counts per case of every candidate: "none", "all" (step 1), and per scored class L the
     L step on top of "none" (key (L, "none")) and of "all" (key (L, "all")). Components are found on
     the whole prediction; only the scoring leaves out the reference's `ignore_label` voxels."""
-    scored = Scored(labels, regions, ignore_label)
     scores: dict = {"none": {}, "all": {}}
-    for key in scored.keys:
-        scores[(key, "none")], scores[(key, "all")] = {}, {}
+    for cls in scored:
+        scores[(cls.key, "none")], scores[(cls.key, "all")] = {}, {}
     for case, pred_path, ref_path in pairs:
         pred, ref = read_pair(case, pred_path, ref_path)
-        merged = keep_largest_component(pred, scored.all_labels)
+        merged = keep_largest_component(pred, scored_labels(scored))
         for base_name, base in (("none", pred), ("all", merged)):
-            scores[base_name][case] = scored.count(base, ref, scored.keys)
-            if len(scored.keys) > 1:
-                for key in scored.keys:
-                    single = keep_largest_component(base, scored.members[key])
-                    scores[(key, base_name)][case] = scored.count(single, ref, [key])
+            scores[base_name][case] = confusion_counts(base, ref, scored, ignore_label)
+            if len(scored) > 1:
+                for cls in scored:
+                    single = keep_largest_component(base, list(cls.labels))
+                    scores[(cls.key, base_name)][case] = confusion_counts(single, ref, [cls], ignore_label)
     return scores
 
 
-def _dice(counts: CaseCounts, labels: Sequence[int]) -> tuple[dict[int, float], float]:
+def _dice(counts: CaseCounts, labels: Sequence[int | str]) -> tuple[dict[int | str, float], float]:
     summary = summarize(counts, labels)
     per_label = {label: summary["mean"][str(label)]["dice"] for label in labels}
     return per_label, summary["foreground_mean"]["dice"]
 
 
-def decide_postprocessing(pairs: Sequence[tuple[str, Path, Path]], labels: Sequence[int],
-                          ignore_label: int | None = None, regions: Sequence[Region] = ()) -> dict:
+def decide_postprocessing(pairs: Sequence[tuple[str, Path, Path]], scored: Sequence[ScoredClass],
+                          ignore_label: int | None = None) -> dict:
     """Decide the steps on (case, prediction, reference) files; returns the JSON-ready decision.
-    With `regions` the candidates and scores are per region (`labels` is then not used); a region
-    step also changes the regions that share its labels, which "foreground_dice_after" ignores."""
-    scored = Scored(labels, regions, ignore_label)
-    if not scored.keys:
+    With regions the candidates and scores are per region; a region step also changes the regions
+    that share its labels, which "foreground_dice_after" ignores."""
+    if not scored:
         raise UserError("labels", "no foreground label to post-process")
-    scores = score_candidates(pairs, labels, ignore_label, regions)
-    members, labels = scored.members, scored.keys
-    before, fg_before = _dice(scores["none"], labels)
-    merged, fg_merged = _dice(scores["all"], labels)
-    accept_all = strictly_better(fg_merged, fg_before) and all(
-        not_worse(merged[label], before[label]) for label in labels)
-    decisions = [{"labels": scored.all_labels if regions else labels, "dice_before": fg_before,
-                  "dice_after": fg_merged, "accepted": accept_all}]
+    scores = score_candidates(pairs, scored, ignore_label)
+    regions, labels, keys = are_regions(scored), scored_labels(scored), [cls.key for cls in scored]
+    before, fg_before = _dice(scores["none"], keys)
+    merged, fg_merged = _dice(scores["all"], keys)
+    accept_all = strictly_better(fg_merged, fg_before) and all(not_worse(merged[key], before[key]) for key in keys)
+    decisions = [{"labels": labels, "dice_before": fg_before, "dice_after": fg_merged, "accepted": accept_all}]
     base_name = "all" if accept_all else "none"
     final = {case: dict(counts) for case, counts in scores[base_name].items()}
     current = merged if accept_all else before
-    for label in labels if len(labels) > 1 else []:
-        single, _ = _dice(scores[(label, base_name)], [label])
-        accepted = strictly_better(single[label], current[label])
-        decisions.append({"labels": members[label], "dice_before": current[label],
-                          "dice_after": single[label], "accepted": accepted,
-                          **({"region": label} if regions else {})})
+    for cls in scored if len(scored) > 1 else []:
+        single, _ = _dice(scores[(cls.key, base_name)], [cls.key])
+        accepted = strictly_better(single[cls.key], current[cls.key])
+        decisions.append({"labels": list(cls.labels), "dice_before": current[cls.key],
+                          "dice_after": single[cls.key], "accepted": accepted,
+                          **({"region": cls.key} if regions else {})})
         if accepted:
-            for case, counts in scores[(label, base_name)].items():
-                final[case][label] = counts[label]
-    _, fg_final = _dice(final, labels)
-    steps = [d["labels"] for d in decisions if d["accepted"]]
+            for case, counts in scores[(cls.key, base_name)].items():
+                final[case][cls.key] = counts[cls.key]
+    _, fg_final = _dice(final, keys)
     for d in decisions:
         log.info("keep largest component of labels %s: Dice %.4f -> %.4f, %s", d["labels"],
                  d["dice_before"], d["dice_after"], "accepted" if d["accepted"] else "rejected")
-    return {"steps": steps, "labels": scored.all_labels if regions else labels, "decisions": decisions,
-            **({"regions": labels} if regions else {}), "cases": len(pairs),
+    return {"steps": [d["labels"] for d in decisions if d["accepted"]], "labels": labels, "decisions": decisions,
+            **({"regions": keys} if regions else {}), "cases": len(pairs),
             "foreground_dice_before": fg_before, "foreground_dice_after": fg_final}
 
 
@@ -168,10 +141,19 @@ def determine_postprocessing(work: str | Path, config_name: str = "3d_fullres",
         raise UserError(results, f"no results for configuration '{config_name}'")
     ref_dir = Path(reference) if reference is not None else reference_labels(plans)
     pairs = match_cases(validation_predictions(work, config_name), list_segs(ref_dir), results, ref_dir)
-    decision = decide_postprocessing(pairs, plans.foreground_labels, plans.ignore_label, plans.regions)
-    decision["configuration"] = config_name
-    save_postprocessing(decision, postprocessing_file(work, config_name))
-    write_postprocessed([pred for _, pred, _ in pairs], decision["steps"], postprocessed_folder(work, config_name))
+    return postprocess_folder(pairs, plans, config_name, postprocessing_file(work, config_name),
+                              postprocessed_folder(work, config_name))
+
+
+def postprocess_folder(pairs: Sequence[tuple[str, Path, Path]], plans: Plans, name: str, decision_file: Path,
+                       out_dir: Path) -> dict:
+    """Decide post-processing for the configuration (or ensemble) `name` on its (case, prediction,
+    reference) files; write the decision to decision_file and the post-processed predictions to
+    out_dir; returns the decision."""
+    decision = decide_postprocessing(pairs, plans.scored, plans.ignore_label)
+    decision["configuration"] = name
+    write_summary(decision, decision_file)
+    write_postprocessed([pred for _, pred, _ in pairs], decision["steps"], out_dir)
     return decision
 
 

@@ -17,7 +17,8 @@ from nnlite.common.layout import SUMMARY_FILE
 from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir, read_json_checked
 from nnlite.data.regions import ORDER_KEY, has_regions, parse_region_labels
-from nnlite.plans import IGNORE_KEY, Region
+from nnlite.evaluation.metrics import label_classes
+from nnlite.plans import IGNORE_KEY, Region, ScoredClass, scored_classes
 
 
 
@@ -29,6 +30,13 @@ class LabelSet:
     labels: list[int] | None
     ignore_label: int | None
     regions: tuple[Region, ...] = ()
+
+    @property
+    def scored(self) -> tuple[ScoredClass, ...] | None:
+        """The classes to score: the regions, else the labels; None when the references decide."""
+        if self.labels is None:  # a region dataset.json, or nothing given
+            return scored_classes({}, self.regions) or None
+        return label_classes(self.labels)
 
 
 def labels_to_score(labels: Sequence[int] | None, dataset_json: Path | None,

@@ -22,11 +22,11 @@ from nnlite.common.layout import (FOLD_PREFIX, POSTPROCESSED_DIR, POSTPROCESSING
                                   best_file, config_results, crossval_folder, plans_file,
                                   postprocessing_file, results_root)
 from nnlite.common.errors import UserError
-from nnlite.common.files import read_json, write_json_atomic
+from nnlite.common.files import read_json
 from nnlite.evaluation.cross_validation import has_probabilities, merge_crossval
 from nnlite.evaluation.ensembles import ensemble_crossval, ensemble_dir, ensemble_name
-from nnlite.evaluation.metrics import json_ready, list_segs, match_cases, reference_labels
-from nnlite.evaluation.postprocessing import decide_postprocessing, determine_postprocessing, save_postprocessing, write_postprocessed
+from nnlite.evaluation.metrics import list_segs, match_cases, reference_labels, write_summary
+from nnlite.evaluation.postprocessing import determine_postprocessing, postprocess_folder
 from nnlite.inference.sliding_window import STEP_SIZE
 from nnlite.plans import Plans, load_plans
 
@@ -118,10 +118,8 @@ def decide_winner_postprocessing(work: Path, plans: Plans, winner: dict[str, Any
     folder = ensemble_dir(work, configs)
     ref_dir = reference_labels(plans)
     pairs = match_cases(list_segs(folder), list_segs(ref_dir), folder, ref_dir)
-    decision = decide_postprocessing(pairs, plans.foreground_labels, plans.ignore_label, plans.regions)
-    decision["configuration"] = winner["name"]
-    save_postprocessing(decision, folder / POSTPROCESSING_FILE)
-    write_postprocessed([pred for _, pred, _ in pairs], decision["steps"], folder / POSTPROCESSED_DIR)
+    decision = postprocess_folder(pairs, plans, winner["name"], folder / POSTPROCESSING_FILE,
+                                  folder / POSTPROCESSED_DIR)
     return {**decision, "file": str(folder / POSTPROCESSING_FILE)}
 
 
@@ -160,5 +158,5 @@ def find_best(work: str | Path, configs: Sequence[str] | None = None,
         "candidates": [{k: v for k, v in c.items() if not k.startswith("_")} for c in ranked],
         "predict_command": predict_command(work, settings),
     }
-    write_json_atomic(best_file(work), json_ready(best))
+    write_summary(best, best_file(work))
     return best

@@ -25,9 +25,8 @@ from tqdm import tqdm
 from nnlite.common.errors import UserError
 from nnlite.common.layout import SEG_ENDING, SUMMARY_FILE, VALIDATION_DIR
 from nnlite.evaluation.class_scores import score_class_rows
-from nnlite.evaluation.metrics import (Counts, check_predicted_values, checked_region_counts,
-                                       label_counts, list_segs, read_pair, reference_labels, summarize,
-                                       write_summary)
+from nnlite.evaluation.metrics import (Counts, checked_counts, json_ready, list_segs, read_pair, reference_labels,
+                                       summarize, write_summary)
 from nnlite.inference.predictor import (CaseInput, CasePrediction, CasePredictor, PredictOptions, StageModel,
                                        write_prediction)
 from nnlite.network.hardware import resolve_device
@@ -71,7 +70,7 @@ def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, co
         mine = for_each_shared(cases, rank, predict_and_score)
     network.deep_supervision = True
     counts = merge_counts(gather_objects({cases[i]: c for i, c in mine.items()}, rank), cases)
-    summary = summarize(counts, scored_names(plans))
+    summary = summarize(counts, [cls.key for cls in plans.scored])
     summary["pseudo_dice"] = last_pseudo_dice(metrics)
     class_rows = merge_class_rows(gather_objects(class_rows, rank))
     if class_rows and rank.is_main:
@@ -110,20 +109,12 @@ def validation_case_io(work: Path, out_dir: Path, plans: Plans, config: TrainCon
 
 
 def score_case(case: str, prediction: Path, refs: dict[str, Path], plans: Plans) -> dict[int | str, Counts]:
-    """TP/FP/FN per foreground label (or per region, keyed by name) of one exported prediction
-    against its raw reference."""
+    """TP/FP/FN per scored class (foreground label, or region keyed by name) of one exported
+    prediction against its raw reference."""
     if case not in refs:
         raise UserError(case, "has no reference label map in labelsTr")
     pred, ref = read_pair(case, prediction, refs[case])
-    if plans.regions:
-        return checked_region_counts(case, pred, ref, plans.regions, plans.ignore_label)
-    check_predicted_values(case, set(np.unique(pred).tolist()), plans.foreground_labels)
-    return label_counts(pred, ref, plans.foreground_labels, plans.ignore_label)
-
-
-def scored_names(plans: Plans) -> list[int] | list[str]:
-    """What a validation summary is keyed by: the foreground labels, or the regions' names."""
-    return [region.name for region in plans.regions] if plans.regions else list(plans.foreground_labels)
+    return checked_counts(case, pred, ref, plans.scored, plans.ignore_label)
 
 
 def merge_counts(per_rank: Sequence[dict[str, dict[int, Counts]]], cases: Sequence[str]) -> dict[str, dict[int, Counts]]:
@@ -155,10 +146,5 @@ def last_pseudo_dice(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if not metrics:
         return {"per_class": [], "mean": None, "ema": None}
     last = metrics[-1]
-    clean = [None if math.isnan(d) else d for d in last["pseudo_dice"]]
-    return {"per_class": clean, "mean": _clean(last["mean_pseudo_dice"]),
-            "ema": _clean(last["ema_pseudo_dice"])}
-
-
-def _clean(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else float(value)
+    return json_ready({"per_class": list(last["pseudo_dice"]), "mean": last["mean_pseudo_dice"],
+                       "ema": last["ema_pseudo_dice"]})
