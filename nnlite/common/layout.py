@@ -113,19 +113,12 @@ def fold_name(folder: Path) -> str | None:
     return match[1] if match else None
 
 
-def fold_order(fold: str) -> tuple[bool, int, str]:
-    """Sort key of fold names: numbered folds in number order, then `all` and other names."""
-    return (not fold.isdigit(), int(fold) if fold.isdigit() else 0, fold)
-
-
-def sorted_folds(folds: Iterable[str]) -> list[str]:
-    return sorted(folds, key=fold_order)
-
-
 def fold_folders_of(work: str | Path, config_name: str) -> list[tuple[str, Path]]:
     """(fold, folder) of every fold folder of a configuration, in fold order."""
     found = {fold_name(p): p for p in config_results(work, config_name).glob(f"{FOLD_PREFIX}*") if p.is_dir()}
-    return [(fold, found[fold]) for fold in sorted_folds(f for f in found if f is not None)]
+    order = sorted((f for f in found if f is not None),
+                   key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0, f))  # numbered, then all
+    return [(fold, found[fold]) for fold in order]
 
 
 def trained_folds(work: str | Path, config_name: str, checkpoint_file: str) -> list[str]:

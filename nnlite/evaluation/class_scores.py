@@ -18,9 +18,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from nnlite.common.errors import UserError
-from nnlite.common.files import read_json_checked
+from nnlite.common.files import json_ready, read_json_checked
 from nnlite.data.case_classes import CLASSES_FILE, CLASSES_KEY, parse_class_names, read_classes_csv
-from nnlite.evaluation.metrics import json_ready
 from nnlite.inference.case_classification import CLASSIFICATION_FILE, read_classification, write_classification
 from nnlite.planning.class_head import read_work_classes
 from nnlite.plans import Plans

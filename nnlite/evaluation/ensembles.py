@@ -1,12 +1,12 @@
 """Ensembles of configurations: the mean of their softmax probabilities, then argmax.
 
-As the reference's `nnUNetv2_ensemble` (§8), members are combined by averaging PROBABILITIES in
+As nnU-Net's `nnUNetv2_ensemble`, members are combined by averaging PROBABILITIES in
 the original geometry. The cross-validation ensemble reads each member's saved validation
 probabilities (`results/<config>/crossval/<case>.npz`, float16) and `predict --best` computes the
 same float16 arrays from the raw images, and both go through `average_probabilities` and
 `seg_from_probabilities`, so a chosen ensemble's predictions are reproduced exactly.
 
-Files: `WORK/results/ensembles/<a>+<b>/<case>.nii.gz` and `summary.json` (the contract's layout).
+Files: `WORK/results/ensembles/<a>+<b>/<case>.nii.gz` and `summary.json` (docs/cli.md).
 Members with a classification head: their cross-validation class probabilities are averaged too
 (`classification.csv`, scored into the summary), as `predict --best` averages them.
 """

@@ -5,8 +5,8 @@ label is the one-label set {label}, keyed by its value; a region is the union of
 by its name. Every count, check and mean below runs the same code for both.
 
 Everything is computed from per-case confusion counts (TP, FP, FN per class), so post-processing can
-score candidate label maps without writing them. The layout of `summary.json` is fixed by
-docs/contract.md:
+score candidate label maps without writing them. The layout of `summary.json` (docs/cli.md,
+"evaluate"):
 
     {"labels": [1, 2],
      "mean": {"1": {"dice", "iou", "ppv"}, ...},
@@ -31,13 +31,13 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from nnlite.common.layout import PLANS_FILE
 from nnlite.common.errors import UserError
-from nnlite.common.files import write_json_atomic
+from nnlite.common.files import json_ready, write_json_atomic
 from nnlite.data.dataset import AFFINE_ATOL
 from nnlite.data.image_io import file_ending, read_image
 from nnlite.data.regions import in_region
@@ -292,17 +292,6 @@ def reference_labels(plans: Plans) -> Path:
 def evaluate_for_plans(pred_dir: str | Path, plans: Plans) -> dict:
     """Score pred_dir against the plans' raw labels: the plans' scored classes, annotated voxels only."""
     return evaluate_folder(pred_dir, reference_labels(plans), plans.scored, plans.ignore_label)
-
-
-def json_ready(value: Any) -> Any:
-    """NaN → None (JSON null), recursively through dicts and lists; other floats as plain floats."""
-    if isinstance(value, (float, np.floating)):
-        return None if math.isnan(value) else float(value)
-    if isinstance(value, dict):
-        return {key: json_ready(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [json_ready(item) for item in value]
-    return value
 
 
 def write_summary(summary: dict, path: str | Path) -> Path:

@@ -1,6 +1,6 @@
 """Choose the best configuration (or pair of configurations) by cross-validation.
 
-The reference's `find_best_configuration` (§8): every trained configuration's fold validations
+nnU-Net's `find_best_configuration`: every trained configuration's fold validations
 are merged (`cross_validation`), every pair of them is ensembled by averaging the saved validation
 probabilities (`ensembles`), and all candidates are ranked by the foreground mean Dice of their
 cross-validation. Ties go to the simpler candidate: single configurations before pairs, and

@@ -1,9 +1,11 @@
 """Stage 7, inference: trained folds and raw images in, label maps in the original geometry out.
 
-`sliding_window` predicts one preprocessed array (Gaussian-weighted tiles, mirroring, several
-networks, probabilities averaged); `export` brings probabilities back to the original geometry
-and writes `<case>.nii.gz` or the input's format (+ `.npz` probabilities); `largest_component` applies the chosen
-post-processing; `predictor` runs a folder of cases for one configuration; `stage_models` loads and
-runs cascade stages and ensembles of configurations (`predict --best`); `options` holds what both
-predictors are given and report and finds their input cases; `dicom_seg` writes a DICOM-SEG beside
-a DICOM series' label map."""
+`models` loads the models of a prediction (configurations × folds, checkpoint or ONNX, a cascade
+stage with its previous stage); `predictor` is the one per-case path (read ahead, sliding window
+of every member, export in the background) of `predict`, `predict --best`, ensembles, cascades
+and the final validation; `sliding_window` predicts one preprocessed array (Gaussian-weighted
+tiles, mirroring, several networks, probabilities averaged); `outputs` brings probabilities back
+to the original geometry and writes a case's files (`<case>.nii.gz` or the input's format, `.npz`
+probabilities, a DICOM-SEG through `dicom_seg`); `largest_component` applies the chosen
+post-processing; `options` holds what a prediction is given and reports and finds its input
+cases; `case_classification` observes the sliding window for a classification head."""

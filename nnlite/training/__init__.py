@@ -7,4 +7,5 @@ bottom, with `precision` (autocast per device), `distributed` (DDP under torchru
 (atomic, `weights_only`) and `progress` (metrics.jsonl, progress.png). `lowres_predictions`
 prepares a cascade stage's inputs; `demo_run` is the built-in demo from dataset to Dice. Writes
 `WORK/results/<config>/fold_<k>/`. After training the trainer calls the fold's final validation,
-which lives in `evaluation/fold_validation.py` (the one documented crossing of this stage)."""
+`validation`, which predicts with inference's one predictor and scores with evaluation's metrics
+(the documented crossings of this stage)."""

@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window (servers, workers, tests)
 import matplotlib.pyplot as plt  # noqa: E402
 
-from nnlite.common.files import write_atomic, write_text_atomic  # noqa: E402
+from nnlite.common.files import json_ready, write_atomic, write_text_atomic  # noqa: E402
 
 METRICS_FILE = "metrics.jsonl"
 LOG_FILE = "log.txt"
@@ -27,7 +27,7 @@ PLOT_SIZE_INCHES = (10, 12)  # three stacked panels
 
 def append_metrics(folder: Path, record: dict[str, Any]) -> None:
     """Append one epoch record as a JSON line (NaN written as null)."""
-    line = json.dumps({key: _null_nan(value) for key, value in record.items()})
+    line = json.dumps({key: json_ready(value) for key, value in record.items()})
     with open(folder / METRICS_FILE, "a") as handle:
         handle.write(line + "\n")
 
@@ -35,7 +35,7 @@ def append_metrics(folder: Path, record: dict[str, Any]) -> None:
 def rewrite_metrics(folder: Path, records: Sequence[dict[str, Any]]) -> None:
     """Make metrics.jsonl hold exactly `records` (on resume: drops a torn last line and epochs
     logged after the checkpoint that the run resumes from)."""
-    text = "".join(json.dumps({k: _null_nan(v) for k, v in r.items()}) + "\n" for r in records)
+    text = "".join(json.dumps({k: json_ready(v) for k, v in r.items()}) + "\n" for r in records)
     write_text_atomic(folder / METRICS_FILE, text)
 
 
@@ -113,11 +113,3 @@ def plot_progress(records: Sequence[dict[str, Any]], path: Path) -> None:
 
 def _nan(value: Any) -> float:
     return math.nan if value is None else float(value)
-
-
-def _null_nan(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, list):
-        return [_null_nan(item) for item in value]
-    return value

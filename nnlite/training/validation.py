@@ -22,10 +22,11 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
+from nnlite.common.files import json_ready
 from nnlite.common.errors import UserError
 from nnlite.common.layout import SEG_ENDING, SUMMARY_FILE, VALIDATION_DIR
 from nnlite.evaluation.class_scores import score_class_rows
-from nnlite.evaluation.metrics import (Counts, checked_counts, json_ready, list_segs, read_pair, reference_labels,
+from nnlite.evaluation.metrics import (Counts, checked_counts, list_segs, read_pair, reference_labels,
                                        summarize, write_summary)
 from nnlite.inference.predictor import (CaseInput, CasePrediction, CasePredictor, PredictOptions, StageModel,
                                        write_prediction)
