@@ -18,7 +18,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -100,22 +100,15 @@ def load_dataset(raw: str | Path) -> RawDataset:
         raise UserError(root, "raw dataset folder not found")
     json_path = root / "dataset.json"
     meta = _read_dataset_json(json_path)
-    labels, regions = (parse_region_labels(json_path, meta["labels"], meta.get(ORDER_KEY))  # data/regions.py
-                       if has_regions(meta["labels"]) else (_parse_labels(json_path, meta["labels"]), ()))
-    dataset = RawDataset(
-        root=root,
-        channel_names=_parse_channel_names(json_path, meta),
-        labels=labels,
-        regions=regions,
-        num_training=_parse_num_training(json_path, meta["numTraining"]),
-        file_ending=_parse_file_ending(json_path, meta["file_ending"]),
-        extra={k: v for k, v in meta.items() if k not in REQUIRED_KEYS and k != "modality"},
-    )
+    labels, regions = labels_and_regions(json_path, meta, _parse_labels)
+    dataset = RawDataset(root, _parse_channel_names(json_path, meta), labels,
+                         _parse_num_training(json_path, meta["numTraining"]),
+                         _parse_file_ending(json_path, meta["file_ending"]),
+                         extra={k: v for k, v in meta.items() if k not in REQUIRED_KEYS and k != "modality"},
+                         regions=regions)
     dataset.reader = dataset_reader(json_path, meta.get(READER_KEY), dataset.file_ending)
-    if "dataset" in meta:
-        dataset.cases = _cases_from_key(dataset, json_path, meta["dataset"])
-    else:
-        dataset.cases = _discover_cases(dataset)
+    has_list = "dataset" in meta  # the files listed in dataset.json instead of imagesTr/labelsTr
+    dataset.cases = _cases_from_key(dataset, json_path, meta["dataset"]) if has_list else _discover_cases(dataset)
     if len(dataset.cases) != dataset.num_training:
         raise UserError(json_path, f"key 'numTraining': is {dataset.num_training} but "
                                    f"{len(dataset.cases)} cases were found")
@@ -149,6 +142,25 @@ def _parse_channel_names(path: Path, meta: dict[str, Any]) -> dict[str, str]:
     if sorted(names, key=lambda k: (len(k), k)) != expected:
         raise UserError(path, f"key 'channel_names': keys must be {expected}, got {list(names)}")
     return {key: str(names[key]) for key in expected}
+
+
+def labels_and_regions(where: str | Path, meta: dict, parse_plain: Callable[[Any, Any], dict[str, int]]
+                       ) -> tuple[dict[str, int], tuple[Region, ...]]:
+    """dataset.json's "labels": a region dataset's integer labels and regions (docs/regions.md), else
+    the plain labels as `parse_plain(where, labels)` checks them."""
+    labels = meta.get("labels")
+    if has_regions(labels):
+        return parse_region_labels(where, labels, meta.get(ORDER_KEY))
+    return parse_plain(where, labels), ()
+
+
+def integer_labels(problem: str) -> Callable[[Any, Any], dict[str, int]]:
+    """The loosest plain-label rule: names → integer values, else `problem`."""
+    def parse(where: Any, labels: Any) -> dict[str, int]:
+        if isinstance(labels, dict) and all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values()):
+            return dict(labels)
+        raise UserError(where, problem)
+    return parse
 
 
 def _parse_labels(path: Path, labels: Any) -> dict[str, int]:

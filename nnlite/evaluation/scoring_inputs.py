@@ -16,7 +16,7 @@ from typing import Sequence
 from nnlite.common.layout import SUMMARY_FILE
 from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir, read_json_checked
-from nnlite.data.regions import ORDER_KEY, has_regions, parse_region_labels
+from nnlite.data.dataset import integer_labels, labels_and_regions
 from nnlite.evaluation.metrics import label_classes
 from nnlite.plans import IGNORE_KEY, Region, ScoredClass, scored_classes
 
@@ -53,15 +53,11 @@ def labels_to_score(labels: Sequence[int] | None, dataset_json: Path | None,
     if dataset_json is None:
         return LabelSet(None, ignore_label)
     meta = read_json_checked(dataset_json) if dataset_json.is_file() else {}
-    declared = meta.get("labels") if isinstance(meta, dict) else None
-    if has_regions(declared):
-        integer_labels, regions = parse_region_labels(dataset_json, declared, meta.get(ORDER_KEY))
-        return LabelSet(None, integer_labels.get(IGNORE_KEY) if ignore_label is None else ignore_label,
-                        regions)
-    if not isinstance(declared, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                 for v in declared.values()):
-        raise UserError(dataset_json, "needs \"labels\": {name: integer value or list of values}")
+    declared, regions = labels_and_regions(dataset_json, meta if isinstance(meta, dict) else {}, integer_labels(
+        "needs \"labels\": {name: integer value or list of values}"))
     ignore = declared.get(IGNORE_KEY) if ignore_label is None else ignore_label
+    if regions:
+        return LabelSet(None, ignore, regions)
     foreground = sorted(v for name, v in declared.items() if v != 0 and name != IGNORE_KEY and v != ignore)
     if not foreground:
         raise UserError(dataset_json, "declares no foreground label")

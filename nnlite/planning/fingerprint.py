@@ -28,8 +28,7 @@ from nnlite.common.errors import UserError
 from nnlite.common.files import read_json_checked
 from nnlite.common.schema import from_dict
 from nnlite.data.cropping import crop_to_nonzero
-from nnlite.data.dataset import RawDataset, check_case
-from nnlite.data.regions import ORDER_KEY, has_regions, parse_region_labels
+from nnlite.data.dataset import RawDataset, check_case, integer_labels, labels_and_regions
 from nnlite.planning.statistics import Drawn, intensity_statistics
 from nnlite.plans import CaseFingerprint, Fingerprint, IntensityStats, Region, load_fingerprint
 
@@ -213,13 +212,9 @@ def _names_and_labels(dataset_json: dict) -> tuple[dict[str, str], dict[str, int
     channels = dataset_json.get("channel_names", dataset_json.get("modality"))
     if not isinstance(channels, dict) or not channels:
         raise UserError("dataset.json", "key 'channel_names' is missing or empty")
-    labels = dataset_json.get("labels")
-    if has_regions(labels):
-        labels, regions = parse_region_labels("dataset.json", labels, dataset_json.get(ORDER_KEY))
-        return {str(k): str(v) for k, v in channels.items()}, labels, regions
-    if not isinstance(labels, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values()):
-        raise UserError("dataset.json", "key 'labels' must map names to integer values or lists of them (regions)")
-    return {str(k): str(v) for k, v in channels.items()}, dict(labels), ()
+    labels, regions = labels_and_regions("dataset.json", dataset_json, integer_labels(
+        "key 'labels' must map names to integer values or lists of them (regions)"))
+    return {str(k): str(v) for k, v in channels.items()}, labels, regions
 
 
 def load_fingerprint_file(path: str | Path, dataset_json: dict) -> tuple[Fingerprint, bool]:

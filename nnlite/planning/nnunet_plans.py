@@ -17,7 +17,7 @@ from typing import Any
 from nnlite.common.layout import PLANS_FILE
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json_checked
-from nnlite.data.regions import ORDER_KEY, has_regions, parse_region_labels
+from nnlite.data.dataset import labels_and_regions
 from nnlite.planning.presets import PRESETS
 from nnlite.plans import DATA_FIELDS, ConfigurationPlan, IntensityStats, NetworkPlan, Plans
 
@@ -202,9 +202,8 @@ def own_data_folders(configs: dict[str, ConfigurationPlan]) -> dict[str, Configu
 
 def plans_from_nnunet(nnunet: dict, dataset: dict, configurations: list[str] | None = None) -> Plans:
     """nnU-Net plans dict + dataset.json dict → Plans with every (or the named) configuration resolved."""
-    labels, regions = dataset.get("labels", {}), ()
-    if has_regions(labels):  # region-based: one sigmoid output per region, painted in regions_class_order
-        labels, regions = parse_region_labels("dataset.json", labels, dataset.get(ORDER_KEY))
+    # region-based: one sigmoid output per region, painted in regions_class_order
+    labels, regions = labels_and_regions("dataset.json", dataset, lambda _, plain: plain or {})
     channels = dataset.get("channel_names") or dataset.get("modality")
     if not channels:
         raise UserError("dataset.json", "missing key 'channel_names'")
