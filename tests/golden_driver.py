@@ -24,7 +24,9 @@ from pathlib import Path
 
 CASES = 4  # the smallest demo dataset whose two folds each validate one case of each class
 FOLDS = 2
-DEMO_CASES = 10  # five folds of two: the demo's fold 0 validates two cases, so its AUC is a number
+# The demo splits seven cases into five folds; fold 0 validates demo_004 and demo_007, one of
+# each class, so its classification AUC is a number.
+DEMO_CASES = 7
 # A small budget makes the fullres patch cover under 25 % of the demo's images: the planner then
 # plans 3d_lowres and 3d_cascade_fullres too (at 1 GB it plans only 2d and 3d_fullres).
 PLAN_BUDGET_GB = "0.5"
@@ -51,24 +53,22 @@ class CommandFailed(RuntimeError):
 
 
 class Runner:
-    """Runs `python -m nnlite.<command>` with one package copy, one thread, logs under the workspace."""
+    """Runs `python -m nnlite.<command>` with one package copy and one thread; logs under the workspace."""
 
     def __init__(self, package_parent: Path, workspace: Path):
         self.package_parent = Path(package_parent).resolve()
         self.workspace = Path(workspace).resolve()
         self.env = {**os.environ, "PYTHONPATH": str(self.package_parent), "OMP_NUM_THREADS": "1"}
-        self.count = 0
 
     def python(self, *args: str, cwd: Path | None = None, name: str) -> str:
-        """Run `python ARGS` in `cwd` (default: the workspace); its stdout; raises when it fails."""
-        self.count += 1
-        result = subprocess.run([sys.executable, *args], cwd=cwd or self.workspace, env=self.env,
+        """Run `python ARGS` in `cwd` (default: the workspace), its output in logs/NAME.out and .err;
+        its stdout; raises when it fails."""
+        result = subprocess.run([sys.executable, *args], cwd=cwd or self.workspace, env=self.env, check=False,
                                 capture_output=True, text=True)
         logs = self.workspace / "logs"
         logs.mkdir(exist_ok=True)
-        stem = f"{self.count:02d}_{name}"
-        (logs / f"{stem}.out").write_text(result.stdout)
-        (logs / f"{stem}.err").write_text(result.stderr)
+        (logs / f"{name}.out").write_text(result.stdout)
+        (logs / f"{name}.err").write_text(result.stderr)
         if result.returncode != 0:
             raise CommandFailed(f"{' '.join(args)} (in {cwd or self.workspace}) exited {result.returncode}:\n"
                                 f"{result.stderr[-3000:]}")
@@ -78,9 +78,11 @@ class Runner:
         return self.python("-m", f"nnlite.{command}", *args, cwd=cwd, name=name or command)
 
     def check_imported_package(self, cwd: Path) -> None:
-        """An editable install could shadow PYTHONPATH: the package imported in `cwd` must be ours."""
-        printed = self.python("-c", "import nnlite; print(nnlite.__file__)", cwd=cwd, name="which_nnlite")
-        imported = Path(printed.strip()).resolve()
+        """An editable install could shadow PYTHONPATH: the package imported in `cwd` must be ours.
+        (Not logged: the printed path differs between the two copies.)"""
+        result = subprocess.run([sys.executable, "-c", "import nnlite; print(nnlite.__file__)"], cwd=cwd,
+                                env=self.env, capture_output=True, text=True, check=True)
+        imported = Path(result.stdout.strip()).resolve()
         expected = self.package_parent / "nnlite" / "__init__.py"
         if imported != expected:
             raise CommandFailed(f"nnlite imported from {imported}, not from {expected}")
@@ -91,7 +93,8 @@ def narrow_networks(plans_file: Path) -> None:
     plans = json.loads(plans_file.read_text())
     for configuration in plans["configurations"].values():
         network = configuration["network"]
-        network["features_per_stage"] = [max(1, width // WIDTH_DIVISOR) for width in network["features_per_stage"]]
+        widths = network["features_per_stage"]
+        network["features_per_stage"] = [max(1, width // WIDTH_DIVISOR) for width in widths]
     plans_file.write_text(json.dumps(plans, indent=2) + "\n")
 
 
@@ -138,13 +141,16 @@ def run_pipeline(runner: Runner) -> None:
 
 def run_demo(runner: Runner) -> list[str]:
     """The built-in demo (`python -m nnlite.train` without WORK) on DEMO_CASES pre-generated cases
-    (it reuses ./nnlite-demo/raw) with a one-epoch schedule; its printed `demo: …` lines."""
+    (it reuses ./nnlite-demo/raw) with a one-epoch schedule; its printed `demo: …` lines, the
+    workspace's path written `<workspace>`."""
     folder = runner.workspace / "demo"
     folder.mkdir()
     runner.check_imported_package(folder)
-    runner.nnlite("convert", "demo", "nnlite-demo/raw", "--cases", str(DEMO_CASES), cwd=folder, name="demo_convert")
+    runner.nnlite("convert", "demo", "nnlite-demo/raw", "--cases", str(DEMO_CASES), cwd=folder,
+                  name="demo_convert")
     printed = runner.nnlite("train", *SHORT_SCHEDULE, cwd=folder, name="demo")
-    return [line for line in printed.splitlines() if line.startswith("demo: ")]
+    lines = [line for line in printed.splitlines() if line.startswith("demo: ")]
+    return [line.replace(str(runner.workspace), "<workspace>") for line in lines]
 
 
 def run_everything(package_parent: Path, workspace: Path) -> list[str]:
