@@ -1,6 +1,6 @@
 """The per-sample augmentation pipeline: crop exactly what the sampled affine needs, warp, intensity.
 
-Order (the reference's, §7 of the notes): spatial (rotation, scaling, mirroring, see
+Order (nnU-Net's, Isensee et al., Nature Methods 2021): spatial (rotation, scaling, mirroring, see
 `spatial_transforms`) → noise → blur → brightness → contrast → low resolution → gamma (inverted) →
 gamma → masked-normalization channels zeroed where seg < 0 → seg -1 → 0. Validation samples use
 `IDENTITY` (crop only). Parameters are drawn first from an explicit `np.random.Generator`

@@ -1,7 +1,7 @@
 """Batched augmentation on the training device (`--augment-on device`): workers only crop.
 
 The CPU pipeline (`augmentation.crop_and_augment`) augments one sample at a time in the loader
-workers; on a fast GPU those workers cannot keep up (§10 and §11 item 3 of the reference notes).
+workers; on a fast GPU those workers cannot keep up (`benchmarks/throughput.py` measures both paths).
 Here the work is split:
 
 - worker (`collate_sources`): the same parameters as the CPU path (`loader.plan_batch`, one
@@ -20,6 +20,9 @@ axis (nearest-exact down, linear up: exactly what `F.interpolate` does, axis by 
 noise fields are another stream of the same seed (CUDA's generator): same distribution, still
 reproducible. Parameters reach the device through pinned, non-blocking copies; the only host
 syncs left are inside `spatial_transforms.warp` (label discovery, the tie check, the grid size tensors).
+The CPU path keeps its own per-sample ops: these on a batch of one differ in the last bits (a
+tensor exponent in `pow`, reductions along a dimension, the low-resolution matrices) and, on an axis
+no longer than a kernel's half-width, in the padding mode (the batch's widest blur kernel picks it).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import torch.nn.functional as F
 from nnlite.common.errors import UserError
 from nnlite.data.cropping import OUTSIDE_LABEL
 from nnlite.loading.augmentation import AugmentConfig, AugmentParams
-from nnlite.loading.intensity_transforms import EPS, IntensityParams, gaussian_kernel
+from nnlite.loading.intensity_transforms import EPS, IntensityParams, conv_axis, gaussian_kernel
 from nnlite.loading.spatial_transforms import sample_matrix, warp, warp_planar
 from nnlite.network.loss import downsample_seg
 
@@ -318,19 +321,6 @@ def _blur(rows: torch.Tensor, sigmas: list) -> torch.Tensor:
             weight[i, start:start + len(kernel)] = kernel
         x = conv_axis(x, host_tensor(weight, rows.dtype, rows.device), axis)
     return x[0]
-
-
-def conv_axis(x: torch.Tensor, weight: torch.Tensor, axis: int) -> torch.Tensor:
-    """Channel i of x (1, n, *S) convolved along spatial `axis` with the odd-length row weight[i]."""
-    n_spatial = x.ndim - 2
-    half = weight.shape[1] // 2
-    shape = [1] * n_spatial
-    shape[axis] = weight.shape[1]
-    pad = [0] * (2 * n_spatial)  # F.pad lists the last axis first
-    pad[2 * (n_spatial - 1 - axis)] = pad[2 * (n_spatial - 1 - axis) + 1] = half
-    mode = "reflect" if x.shape[2 + axis] > half else "replicate"
-    conv = (F.conv1d, F.conv2d, F.conv3d)[n_spatial - 1]
-    return conv(F.pad(x, pad, mode=mode), weight.view(-1, 1, *shape), groups=x.shape[1])
 
 
 def _lowres(rows: torch.Tensor, values: list) -> torch.Tensor:

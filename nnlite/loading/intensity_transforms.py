@@ -151,24 +151,22 @@ def _blur(image: torch.Tensor, step: Blur) -> None:
             continue
         x = image[channel][None, None]
         for axis, sigma in enumerate(sigmas):
-            x = blur_axis(x, sigma, axis)
+            x = conv_axis(x, gaussian_kernel(sigma)[None].to(x.device, x.dtype), axis)
         image[channel] = x[0, 0]
 
 
-def blur_axis(x: torch.Tensor, sigma: float, axis: int) -> torch.Tensor:
-    """Gaussian blur of x (N, C, *spatial) along spatial `axis` (reflect padding, 6σ kernel)."""
-    kernel = gaussian_kernel(sigma).to(x.device, x.dtype)
+def conv_axis(x: torch.Tensor, weight: torch.Tensor, axis: int) -> torch.Tensor:
+    """Channel i of x (N, n, *S) convolved along spatial `axis` with the odd-length row weight[i]
+    (n, width): reflect padding, replicate where the axis is not longer than the half-width."""
     n_spatial = x.ndim - 2
-    half = len(kernel) // 2
+    half = weight.shape[1] // 2
     shape = [1] * n_spatial
-    shape[axis] = len(kernel)
-    pad = [0, 0] * n_spatial
-    pad[2 * (n_spatial - 1 - axis):2 * (n_spatial - axis)] = [half, half]
+    shape[axis] = weight.shape[1]
+    pad = [0] * (2 * n_spatial)  # F.pad lists the last axis first
+    pad[2 * (n_spatial - 1 - axis)] = pad[2 * (n_spatial - 1 - axis) + 1] = half
     mode = "reflect" if x.shape[2 + axis] > half else "replicate"
     conv = (F.conv1d, F.conv2d, F.conv3d)[n_spatial - 1]
-    channels = x.shape[1]
-    weight = kernel.view(1, 1, *shape).expand(channels, 1, *shape)
-    return conv(F.pad(x, pad, mode=mode), weight, groups=channels)
+    return conv(F.pad(x, pad, mode=mode), weight.view(-1, 1, *shape), groups=x.shape[1])
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:

@@ -10,7 +10,7 @@ Positions are lower corners of the FINAL patch. The reference samples an enlarge
 patch inside the image and its forced ones centre it on the voxel, which is what the bounds below
 give directly. The enlargement is replaced by the exact source box of each sample's affine
 (`spatial_transforms.source_box`), so rotated or zoomed-out samples read real data wherever it exists
-(§11 item 4 of the reference notes), and small rotations do not read 4× the voxels.
+and small rotations do not read 4× the voxels.
 """
 
 from __future__ import annotations
