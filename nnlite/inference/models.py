@@ -5,7 +5,8 @@ stage also holds the model of its previous stage, loaded with the same folds. An
 of them (an ensemble member that is also a previous stage is loaded once). Every network is built
 by `network.build_network` and filled from `checkpoint_<final|best>.pt` of its fold folder
 (`common.layout.prediction_folds`), without deep supervision, in eval mode. `--onnx` replaces the
-folds of a single, non-cascade configuration by one exported network run by onnxruntime.
+folds of a single, non-cascade configuration by one exported network (`export onnx`) that
+onnxruntime runs in the same sliding window (`OnnxNetwork`; onnxruntime is imported only then).
 
 `results/best.json` (written by `evaluation/selection.py`) names what `predict --best` loads.
 """
@@ -89,9 +90,39 @@ def load_models(work: Path, plans: Plans, configs: Sequence[str], folds: Sequenc
     check_configuration(work, plans, configs[0], checkpoint)
     if plans.configurations[configs[0]].previous_stage:
         raise UserError("--onnx", f"'{configs[0]}' is a cascade stage; --onnx runs one network")
-    from nnlite.inference.onnx_runtime import OnnxNetwork  # onnxruntime: only when asked for
-
     return [StageModel(configs[0], [OnnxNetwork(onnx)])]
+
+
+def require(module: str):
+    """Import an optional dependency, or a UserError saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(module, "is not installed: pip install 'nnlite[onnx]' (onnx, onnxruntime)") from None
+
+
+class OnnxNetwork(nn.Module):
+    """An ONNX file as a torch module: (B, C, *S) float32 → logits (B, K, *S), computed by onnxruntime
+    on the CPU (the tensors come back on the input's device)."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        onnxruntime = require("onnxruntime")
+        if not Path(path).is_file():
+            raise UserError(path, "ONNX file not found")
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001  onnxruntime raises its own exception types
+            raise UserError(path, f"onnxruntime cannot load it ({str(error).splitlines()[0]})") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.deep_supervision = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        logits = self.session.run(None, {self.input_name: array})[0]
+        return torch.from_numpy(logits).to(x.device)
 
 
 def load_best(work: str | Path) -> dict[str, Any]:

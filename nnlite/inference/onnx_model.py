@@ -6,7 +6,7 @@ divisible by the configuration's total stride (the patch size always is); the sl
 feeds patch-sized tiles. The opset is one that onnxruntime runs on every execution provider we
 know of. After writing, the file is run once with onnxruntime on a random patch and compared with
 PyTorch; the largest absolute difference of the logits is reported.
-`predict --onnx` runs the file again (`onnx_runtime.OnnxNetwork`).
+`predict --onnx` runs the file again (`models.OnnxNetwork`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from torch import nn
 from nnlite.common.layout import fold_folder, plans_file
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_atomic
-from nnlite.inference.models import check_configuration, load_fold_network
-from nnlite.inference.onnx_runtime import OnnxNetwork, require
+from nnlite.inference.models import OnnxNetwork, check_configuration, load_fold_network, require
 from nnlite.plans import load_plans
 from nnlite.preprocessing.cascade import input_channels
 

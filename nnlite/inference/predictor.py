@@ -104,6 +104,8 @@ class CasePredictor:
         self._stack.close()
 
     def __call__(self, case: str, given: CaseInput) -> CasePrediction:
+        for collector in self.collectors.values():  # nothing left over from a case that failed
+            collector.reset()
         done: dict[str, Member] = {}
         classes: dict[str, np.ndarray] = {}
         members = [self._member(model, case, given, done, classes) for model in self.models]
@@ -131,7 +133,6 @@ class CasePredictor:
         collector = self.collectors[model.config_name]
         if collector.has_head:
             classes[model.config_name] = collector.case_probabilities()
-            collector.reset()
         done[model.config_name] = Member(model.config_name, props, probs)
         return done[model.config_name]
 
@@ -152,11 +153,8 @@ def preprocess_raw(raw: Case, case: str, plans: Plans, config_name: str) -> Netw
     return data, props
 
 
-Writer = Callable[[str, CasePrediction], object]
-
-
 def predict_cases(predictor: CasePredictor, todo: Sequence[str], read: Callable[[str], CaseInput],
-                  write: Writer, report: PredictReport) -> dict[str, np.ndarray]:
+                  write: Callable[[str, CasePrediction], object], report: PredictReport) -> dict[str, np.ndarray]:
     """Read one case ahead, predict, write in the background; failures go into `report`.
     Returns the case-class probabilities of the cases whose models have a classification head."""
     class_rows: dict[str, np.ndarray] = {}

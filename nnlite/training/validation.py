@@ -40,6 +40,7 @@ from nnlite.training.folds import preprocessed_dir
 
 log = logging.getLogger(__name__)
 
+
 def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, config: TrainConfig,
                   cases: Sequence[str], metrics: Sequence[dict[str, Any]], rank: Rank = Rank()) -> dict[str, Any]:
     """Predict, export and score `cases` (this rank's share of them); returns the summary, which
