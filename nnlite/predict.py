@@ -56,7 +56,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from nnlite.inference.options import PredictOptions
-    from nnlite.inference.predictor import predict_folder
+    from nnlite.inference.predictor import predict_best, predict_folder
     from nnlite.inference.sliding_window import STEP_SIZE
 
     options = PredictOptions(
@@ -66,12 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         postprocess=args.postprocess, save_probabilities=args.save_probabilities,
         overwrite=args.overwrite, device=args.device, tile_batch=args.tile_batch,
         dicom_seg=args.dicom_seg, onnx=None if args.onnx is None else str(args.onnx))
-    if args.best:
-        from nnlite.inference.predictor import predict_best
-
-        report = predict_best(args.work, args.input_dir, args.output_dir, options)
-    else:
-        report = predict_folder(args.work, args.input_dir, args.output_dir, options)
+    predict = predict_best if args.best else predict_folder
+    report = predict(args.work, args.input_dir, args.output_dir, options)
     print(f"predicted {len(report.predicted)}, skipped {len(report.skipped)} (already done), "
           f"failed {len(report.failed)}; output in {args.output_dir}")
     if report.failed:

@@ -18,8 +18,6 @@ from nnlite.common.errors import UserError
 from nnlite.common.files import read_json
 
 
-
-
 def keep_largest_component(seg: np.ndarray, labels: Sequence[int]) -> np.ndarray:
     """Set to 0 every voxel of `labels` outside the largest full-connectivity component of their
     union (26-neighbourhood in 3D, as skimage's `label` with full connectivity)."""

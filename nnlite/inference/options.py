@@ -21,7 +21,6 @@ from nnlite.inference.sliding_window import STEP_SIZE
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class PredictOptions:
     """What `python -m nnlite.predict` lets the user choose."""
@@ -46,7 +45,6 @@ class PredictReport:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # case → problem
     crashed: list[str] = field(default_factory=list)  # failed cases that were not input errors
-
 
 
 def channel_of(path: Path) -> tuple[str, int] | None:

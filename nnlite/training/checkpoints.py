@@ -19,6 +19,7 @@ from nnlite.network.checkpoints import BEST, FINAL, LATEST, REQUIRED_KEYS, load_
 
 log = logging.getLogger(__name__)
 
+
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> Path:
     """Write `checkpoint` under `<path>.tmp`, then rename: a crash never leaves a torn file."""
     missing = [key for key in REQUIRED_KEYS if key not in checkpoint]

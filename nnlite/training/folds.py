@@ -16,7 +16,7 @@ from typing import Sequence
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json_checked
-from nnlite.common.layout import fold_folder, preprocessed_folder, splits_file
+from nnlite.common.layout import preprocessed_folder, splits_file
 from nnlite.planning.class_head import read_work_classes
 from nnlite.planning.splits import check_splits_cases, check_splits_shape, fold_count, read_splits, write_splits
 from nnlite.plans import Plans
@@ -77,7 +77,3 @@ def fold_cases(work: Path, plans: Plans, config: TrainConfig) -> tuple[list[str]
 
 def preprocessed_dir(work: Path, plans: Plans, config: TrainConfig) -> Path:
     return preprocessed_folder(work, plans.configurations[config.configuration].data_identifier)
-
-
-def result_folder(work: Path, config: TrainConfig) -> Path:
-    return fold_folder(work, config.configuration, config.fold)

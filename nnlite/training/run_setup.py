@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from nnlite.common.layout import plans_file
+from nnlite.common.layout import fold_folder, plans_file
 from nnlite.common.cli import default_workers
 from nnlite.common.errors import UserError
 from nnlite.common.files import remove_tmp_leftovers, write_json_atomic
@@ -27,7 +27,6 @@ from nnlite.training import checkpoints, progress
 from nnlite.training.config import (RESUMABLE_CHANGES, TrainConfig, config_differences, config_from_dict,
                                     config_to_dict)
 from nnlite.training.distributed import Rank, broadcast_int, forced_foreground, split_batch
-from nnlite.training.folds import result_folder
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ def prepare_run(work: Path, plans: Plans, config: TrainConfig, *, resume: bool, 
                 rank: Rank) -> Run:
     """Create / check the fold's result folder and pick the checkpoint to resume from."""
     check_configuration(work, plans, config)
-    folder = result_folder(work, config)
+    folder = fold_folder(work, config.configuration, config.fold)
     has_results = folder.is_dir() and any(folder.glob("checkpoint_*.pt"))
     if has_results and not (resume or overwrite):
         raise UserError(folder, "already holds results; use --resume to continue or --overwrite "
