@@ -46,6 +46,7 @@ from nnlite.training.folds import fold_cases
 from nnlite.training.lowres_predictions import prepare_if_cascade
 from nnlite.network.hardware import resolve_device
 from nnlite.training.precision import amp_dtype
+from nnlite.training.validation import is_validated, validate_fold
 from nnlite.training.run_setup import (Run, build_batches, check_configuration, discard_unstarted,
                                        prepare_run, seed_everything)
 
@@ -132,8 +133,8 @@ def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: R
     state.classes = class_targets(work, plans, config, train_cases)
     if run.finished:
         # rank 0 decides, so every rank takes part in the shared validation or none does
-        if config.validation.enabled and not broadcast_int(int(validation_done(run.folder)), rank):
-            validate_fold_cases(work, run, state, plans, val_cases, rank)
+        if config.validation.enabled and not broadcast_int(int(is_validated(run.folder)), rank):
+            validate_fold(work, run.folder, state.network, plans, config, val_cases, state.metrics, rank)
         return
     batch_size = config.training.batch_size or plans.configurations[config.configuration].batch_size
     batches = build_batches(work, plans, config, train_cases, val_cases, batch_size, state.epoch, rank,
@@ -156,7 +157,7 @@ def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: R
             bar.set_postfix(loss=f"{train_loss:.3f}", ema=f"{record['ema_pseudo_dice']:.3f}")
     finish(run, state, plans, config, rank)
     if config.validation.enabled:  # every rank predicts its share of the cases
-        validate_fold_cases(work, run, state, plans, val_cases, rank)
+        validate_fold(work, run.folder, state.network, plans, config, val_cases, state.metrics, rank)
     barrier(rank)
 
 
@@ -167,19 +168,6 @@ def training_loss(plans: Plans, config: TrainConfig, across_ranks: bool = False)
     if plans.sigmoid_outputs:
         return build_region_loss(plan.network, plan.batch_dice, plans.num_classes, across_ranks)
     return build_loss(plan.network, plan.batch_dice, ignore_label=plans.ignore_label, across_ranks=across_ranks)
-
-
-def validation_done(folder: Path) -> bool:
-    from nnlite.training.validation import is_validated
-
-    return is_validated(folder)
-
-
-def validate_fold_cases(work: Path, run: Run, state: RunState, plans: Plans, val_cases: list[str],
-                        rank: Rank) -> None:
-    from nnlite.training.validation import validate_fold  # the predictor is only needed here
-
-    validate_fold(work, run.folder, state.network, plans, run.config, val_cases, state.metrics, rank)
 
 
 def build_state(plans: Plans, config: TrainConfig, device: torch.device,
