@@ -10,7 +10,7 @@ import numpy as np
 
 from inference_fixtures import CONFIG, save_random_model, tiny_plans
 from nnlite.data.image_io import write_image, write_seg
-from nnlite.evaluation.metrics import evaluate_for_plans, write_summary
+from nnlite.evaluation.metrics import evaluate_folder, reference_labels, write_summary
 from nnlite.training.progress import append_metrics
 
 SHAPE = (12, 20, 16)  # (Z, Y, X)
@@ -74,7 +74,8 @@ def handmade_work(root: Path) -> Path:
     validation.mkdir(parents=True)
     for case in CASES:
         write_seg(validation / f"{case}.nii.gz", prediction(case), SPACING_AFFINE)
-    write_summary(evaluate_for_plans(validation, plans), validation / "summary.json")
+    summary = evaluate_folder(validation, reference_labels(plans), plans.scored, plans.ignore_label)
+    write_summary(summary, validation / "summary.json")
     for epoch in range(3):
         append_metrics(fold, {"epoch": epoch, "train_loss": 1.0 - 0.2 * epoch, "val_loss": 1.1 - 0.2 * epoch,
                               "pseudo_dice": [0.1 * epoch], "mean_pseudo_dice": 0.1 * epoch,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from inference_fixtures import tiny_plans
-from nnlite.common.layout import crossval_folder
+from nnlite.common.layout import crossval_folder, ensemble_folder
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_json_atomic
 from nnlite.data.case_classes import format_classes_csv
@@ -20,7 +20,7 @@ from nnlite.inference.case_classification import read_classification, write_clas
 from nnlite.planning.splits import make_splits
 from nnlite.data.image_io import read_image, write_seg
 from nnlite.evaluation.cross_validation import has_probabilities, merge_crossval
-from nnlite.evaluation.ensembles import ensemble_crossval, ensemble_dir
+from nnlite.evaluation.ensembles import ensemble_crossval, ensemble_name
 from nnlite.inference.outputs import (average_probabilities, load_probabilities, seg_from_probabilities,
                                      write_probabilities)
 from nnlite.plans import load_plans, save_plans
@@ -147,7 +147,7 @@ def test_ensemble_of_two_configurations_averages_their_probabilities(work):
     merge_crossval(work, "3d_fullres")
     merge_crossval(work, "2d")
     summary = ensemble_crossval(work, ["3d_fullres", "2d"])
-    folder = ensemble_dir(work, ["3d_fullres", "2d"])
+    folder = ensemble_folder(work, ensemble_name(["3d_fullres", "2d"]))
     assert folder.name == "3d_fullres+2d"
     for case in CASES:
         expected = np.argmax(first[case].astype(np.float32) + second[case].astype(np.float32), axis=0)

@@ -22,7 +22,7 @@ import torch
 from nnlite.common.errors import UserError
 from nnlite.data.demo_dataset import generate_demo_dataset
 from nnlite.data.image_io import read_image, write_seg
-from nnlite.evaluation.metrics import read_seg
+from nnlite.evaluation.metrics import read_label_map
 from nnlite.plans import load_plans, save_plans
 from nnlite.preprocessing.runner import run_preprocessing
 from nnlite.train import main as train_main
@@ -143,8 +143,8 @@ def test_sparse_annotations_with_an_ignore_label(tmp_path):
     summary = json.loads((fold_dir(work) / "validation" / "summary.json").read_text())
     assert summary["labels"] == [1]
     for case in summary["per_case"]:
-        pred = read_seg(fold_dir(work) / "validation" / f"{case['case']}.nii.gz")
-        ref = read_seg(raw / "labelsTr" / f"{case['case']}.nii.gz")
+        pred = read_label_map(fold_dir(work) / "validation" / f"{case['case']}.nii.gz")[0]
+        ref = read_label_map(raw / "labelsTr" / f"{case['case']}.nii.gz")[0]
         annotated = ref != IGNORE
         assert set(np.unique(pred)) <= {0, 1}
         counts = case["metrics"]["1"]

@@ -13,7 +13,7 @@ from nnlite.common.errors import UserError
 from nnlite.data.image_io import write_seg
 from nnlite.evaluate import main as evaluate_main
 from nnlite.evaluation.metrics import (Counts, confusion_counts, evaluate_folder, label_classes, metrics_from_counts,
-                                       read_seg, summarize)
+                                       read_label_map, summarize)
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])
 
@@ -110,7 +110,7 @@ def test_label_maps_of_other_formats_score_like_nifti(tmp_path, pred_ending, ref
     for folder, ending in ((pred, pred_ending), (ref, ref_ending)):
         for path in sorted(folder.glob("*.nii.gz")):
             case = path.name[: -len(".nii.gz")]
-            write_seg(tmp_path / ending / folder.name / f"{case}{ending}", read_seg(path), AFFINE)
+            write_seg(tmp_path / ending / folder.name / f"{case}{ending}", read_label_map(path)[0], AFFINE)
     assert evaluate_folder(tmp_path / pred_ending / "pred", tmp_path / ref_ending / "ref") == expected
 
 

@@ -83,11 +83,10 @@ def confusion_matrix(true: np.ndarray, predicted: np.ndarray, k: int) -> np.ndar
 
 def sensitivity_specificity(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per class (K,) sensitivity and specificity of a confusion matrix (NaN where undefined)."""
-    total = matrix.sum()
     tp = np.diag(matrix).astype(float)
     fn = matrix.sum(1) - tp
     fp = matrix.sum(0) - tp
-    tn = total - tp - fn - fp
+    tn = matrix.sum() - tp - fn - fp
     with np.errstate(invalid="ignore", divide="ignore"):
         return tp / (tp + fn), tn / (tn + fp)
 

@@ -25,14 +25,13 @@ import numpy as np
 from nnlite.common.layout import SEG_ENDING, SUMMARY_FILE, crossval_folder, plans_file
 from nnlite.common.files import staged_dir
 from nnlite.evaluation.class_scores import score_class_rows
-from nnlite.evaluation.metrics import evaluate_for_plans, write_summary
+from nnlite.evaluation.metrics import evaluate_folder, reference_labels, write_summary
 from nnlite.inference.case_classification import CLASSIFICATION_FILE, class_rows_of
 from nnlite.inference.outputs import npz_path_for
 from nnlite.plans import load_plans
 from nnlite.planning.splits import fold_sources
 
 log = logging.getLogger(__name__)
-
 
 
 def merge_crossval(work: str | Path, config_name: str) -> dict[str, Any]:
@@ -48,7 +47,7 @@ def merge_crossval(work: str | Path, config_name: str) -> dict[str, Any]:
             _link_or_copy(path, staging / path.name)
             if npz_path_for(path).is_file():
                 _link_or_copy(npz_path_for(path), npz_path_for(staging / path.name))
-        summary = evaluate_for_plans(staging, plans)
+        summary = evaluate_folder(staging, reference_labels(plans), plans.scored, plans.ignore_label)
         summary["folds"] = {case: fold for case, (fold, _) in sorted(sources.items())}
         class_rows = fold_class_rows(sources, plans.case_classes)
         if class_rows is not None:
@@ -80,8 +79,7 @@ def fold_class_rows(sources: dict[str, tuple[int, Path]], names: tuple[str, ...]
 
 def has_probabilities(work: Path, config_name: str) -> bool:
     """Does results/<config>/crossval/ hold a `.npz` for every label map?"""
-    folder = crossval_folder(work, config_name)
-    segs = sorted(folder.glob(f"*{SEG_ENDING}"))
+    segs = sorted(crossval_folder(work, config_name).glob(f"*{SEG_ENDING}"))
     return bool(segs) and all(npz_path_for(path).is_file() for path in segs)
 
 

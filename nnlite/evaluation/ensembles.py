@@ -26,7 +26,7 @@ from nnlite.common.errors import UserError
 from nnlite.common.files import staged_dir
 from nnlite.data.image_io import read_image
 from nnlite.evaluation.class_scores import score_class_rows
-from nnlite.evaluation.metrics import evaluate_for_plans, list_segs, write_summary
+from nnlite.evaluation.metrics import evaluate_folder, list_segs, reference_labels, write_summary
 from nnlite.inference.case_classification import CLASSIFICATION_FILE, class_rows_of
 from nnlite.inference.outputs import (average_probabilities, load_probabilities, npz_path_for,
                                       seg_from_probabilities, write_case_outputs)
@@ -41,10 +41,6 @@ def ensemble_name(configs: Sequence[str]) -> str:
     return NAME_SEPARATOR.join(configs)
 
 
-def ensemble_dir(work: Path, configs: Sequence[str]) -> Path:
-    return ensemble_folder(work, ensemble_name(configs))
-
-
 def ensemble_crossval(work: str | Path, configs: Sequence[str]) -> dict[str, Any]:
     """Average the members' cross-validation probabilities case by case into
     results/ensembles/<a>+<b>/ (label maps + summary.json); returns the summary.
@@ -55,7 +51,7 @@ def ensemble_crossval(work: str | Path, configs: Sequence[str]) -> dict[str, Any
     work = Path(work)
     plans = load_plans(plans_file(work))
     cases = _common_cases(work, configs)
-    target = ensemble_dir(work, configs)
+    target = ensemble_folder(work, ensemble_name(configs))
     if target.exists():
         shutil.rmtree(target)
     with staged_dir(target) as staging:
@@ -64,7 +60,7 @@ def ensemble_crossval(work: str | Path, configs: Sequence[str]) -> dict[str, Any
             seg = seg_from_probabilities(average_probabilities(members), plans.regions)
             affine = read_image(crossval_folder(work, configs[0]) / f"{case}{SEG_ENDING}").affine
             write_case_outputs(staging / f"{case}{SEG_ENDING}", seg, affine)
-        summary = evaluate_for_plans(staging, plans)
+        summary = evaluate_folder(staging, reference_labels(plans), plans.scored, plans.ignore_label)
         summary["members"] = list(configs)
         class_rows = averaged_class_rows(work, configs, cases, plans.case_classes)
         if class_rows is not None:

@@ -111,12 +111,10 @@ def metrics_from_counts(counts: Counts) -> dict[str, float | int]:
     """Dice, IoU, PPV (NaN by the empty rules above) plus the raw counts."""
     tp, fp, fn = counts.tp, counts.fp, counts.fn
     union = tp + fp + fn
-    return {
-        "dice": 2 * tp / (2 * tp + fp + fn) if union else math.nan,
-        "iou": tp / union if union else math.nan,
-        "ppv": tp / (tp + fp) if tp + fp else math.nan,
-        "tp": tp, "fp": fp, "fn": fn,
-    }
+    return {"dice": 2 * tp / (2 * tp + fp + fn) if union else math.nan,
+            "iou": tp / union if union else math.nan,
+            "ppv": tp / (tp + fp) if tp + fp else math.nan,
+            "tp": tp, "fp": fp, "fn": fn}
 
 
 def summarize(case_counts: dict[str, dict], labels: Sequence[int | str]) -> dict:
@@ -164,30 +162,18 @@ def read_label_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return voxels.astype(np.int64), np.asarray(image.affine)
 
 
-def read_seg(path: Path) -> np.ndarray:
-    """A label map as an int array in NIfTI voxel order (both sides of a comparison use the same)."""
-    return read_label_map(path)[0]
-
-
-def case_name(path: Path) -> str | None:
-    """`case` for `case.nii.gz`, `case.mha`, … (any ending of data/image_io's table); None for
-    other files."""
-    ending = file_ending(path)
-    return path.name[: -len(ending)] if ending else None
-
-
 def list_segs(folder: str | Path) -> dict[str, Path]:
-    """Case name → label-map file of a folder (sorted by case)."""
+    """Case → label-map file of a folder, sorted by case (`case.nii.gz`, `case.mha`, …: image_io's endings)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(folder, "folder not found")
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        name = case_name(path)
-        if name is not None and path.is_file():
+        ending = file_ending(path)
+        if ending and path.is_file():
+            name = path.name[: -len(ending)]
             if name in found:
-                raise UserError(folder, f"case '{name}' has two files ({found[name].name}, {path.name}); "
-                                "keep one")
+                raise UserError(folder, f"case '{name}' has two files ({found[name].name}, {path.name}); keep one")
             found[name] = path
     return found
 
@@ -289,11 +275,6 @@ def reference_labels(plans: Plans) -> Path:
     return folder
 
 
-def evaluate_for_plans(pred_dir: str | Path, plans: Plans) -> dict:
-    """Score pred_dir against the plans' raw labels: the plans' scored classes, annotated voxels only."""
-    return evaluate_folder(pred_dir, reference_labels(plans), plans.scored, plans.ignore_label)
-
-
 def write_summary(summary: dict, path: str | Path) -> Path:
     """Write a summary (or any scores) atomically as strict JSON: NaN as null."""
     return write_json_atomic(path, json_ready(summary))
@@ -302,8 +283,7 @@ def write_summary(summary: dict, path: str | Path) -> Path:
 def format_table(summary: dict) -> str:
     """A short text table: mean Dice/IoU/PPV per label and the foreground mean."""
     width = max([10, *(len(str(label)) for label in summary["labels"])])
-    return format_means(summary["mean"], summary["foreground_mean"], MEAN_METRICS, len(summary["per_case"]),
-                        width)
+    return format_means(summary["mean"], summary["foreground_mean"], MEAN_METRICS, len(summary["per_case"]), width)
 
 
 def format_means(mean: dict[str, dict], foreground: dict, metrics: Sequence[str], cases: int,

@@ -49,7 +49,8 @@ def foreground_slices(segs: Sequence[np.ndarray], max_slices: int = MAX_SLICES) 
     return found[picks].tolist()
 
 
-def _window(channel: np.ndarray) -> tuple[float, float]:
+def intensity_window(channel: np.ndarray) -> tuple[float, float]:
+    """(low, high) grey window of one channel volume (Z, Y, X), the same for every slice."""
     low, high = np.percentile(channel, WINDOW_PERCENTILES)
     return float(low), float(max(high, low + 1e-6))
 
@@ -61,7 +62,7 @@ def render_case(path: str | Path, data: np.ndarray, panels: dict[str, np.ndarray
     fig, axes = plt.subplots(len(slices), len(names), squeeze=False,
                              figsize=(PANEL_INCHES * len(names), PANEL_INCHES * len(slices)))
     aspect = spacing[1] / spacing[2]  # y/x voxel size: keep the anatomy's proportions
-    windows = [_window(channel) for channel in data]
+    windows = [intensity_window(channel) for channel in data]
     for row, z in enumerate(slices):
         for col, name in enumerate(names):
             ax = axes[row, col]
@@ -87,12 +88,10 @@ def render_case(path: str | Path, data: np.ndarray, panels: dict[str, np.ndarray
         plt.close(fig)
 
 
-def _seg(folder: Path, segs: dict[str, Path], case: str, shape: tuple[int, ...]) -> np.ndarray:
-    if case not in segs:
-        raise UserError(case, f"no label map <case>.nii.gz in {folder}")
-    seg = read_image(segs[case]).array
+def _seg(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    seg = read_image(path).array
     if seg.shape != shape:
-        raise UserError(segs[case], f"shape {seg.shape} differs from the image's {shape}")
+        raise UserError(path, f"shape {seg.shape} differs from the image's {shape}")
     return np.rint(seg).astype(np.int16)
 
 
@@ -119,8 +118,7 @@ def visualize_folder(images_dir: str | Path, ref_dir: str | Path, pred_dir: str 
     written = []
     for case in wanted:
         image = read_case(images[case])
-        shape = image.data.shape[1:]
-        panels = {name: _seg(folders[name], listed[name], case, shape) for name in folders}
+        panels = {name: _seg(listed[name][case], image.data.shape[1:]) for name in folders}
         slices = foreground_slices(list(panels.values()), max_slices)
         written.append(render_case(Path(out_dir) / f"{case}.png", image.data, panels,
                                    image.spacing, slices, title=case))

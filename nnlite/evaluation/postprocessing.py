@@ -54,9 +54,6 @@ def strictly_better(after: float, before: float) -> bool:
     return not math.isnan(after) and (math.isnan(before) or after > before)
 
 
-CaseCounts = dict[str, dict[int | str, Counts]]
-
-
 def score_candidates(pairs: Sequence[tuple[str, Path, Path]], scored: Sequence[ScoredClass],
                      ignore_label: int | None = None) -> dict:
     """Counts per case of every candidate: "none", "all" (step 1), and per scored class L the
@@ -77,7 +74,8 @@ def score_candidates(pairs: Sequence[tuple[str, Path, Path]], scored: Sequence[S
     return scores
 
 
-def _dice(counts: CaseCounts, labels: Sequence[int | str]) -> tuple[dict[int | str, float], float]:
+def _dice(counts: dict[str, dict[int | str, Counts]], labels: Sequence[int | str]
+          ) -> tuple[dict[int | str, float], float]:
     summary = summarize(counts, labels)
     per_label = {label: summary["mean"][str(label)]["dice"] for label in labels}
     return per_label, summary["foreground_mean"]["dice"]
@@ -153,13 +151,8 @@ def postprocess_folder(pairs: Sequence[tuple[str, Path, Path]], plans: Plans, na
     decision = decide_postprocessing(pairs, plans.scored, plans.ignore_label)
     decision["configuration"] = name
     write_summary(decision, decision_file)
-    write_postprocessed([pred for _, pred, _ in pairs], decision["steps"], out_dir)
-    return decision
-
-
-def write_postprocessed(preds: Sequence[Path], steps: Sequence[Sequence[int]], out_dir: Path) -> None:
-    """Apply the steps to each prediction file and write it to out_dir (same name and affine)."""
-    for path in preds:
+    for _, path, _ in pairs:  # each prediction with the accepted steps applied, same name and affine
         image = read_image(path)
         write_case_outputs(out_dir / path.name, np.rint(image.array).astype(np.int16), image.affine,
-                           postprocessing=steps)
+                           postprocessing=decision["steps"])
+    return decision

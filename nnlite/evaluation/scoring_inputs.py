@@ -21,7 +21,6 @@ from nnlite.evaluation.metrics import label_classes
 from nnlite.plans import IGNORE_KEY, Region, ScoredClass, scored_classes
 
 
-
 @dataclass(frozen=True)
 class LabelSet:
     """The labels to score (None: those of the references) and the ignore label; or, for a region

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nnlite.common.layout import (FOLD_PREFIX, POSTPROCESSED_DIR, POSTPROCESSING_FILE, VALIDATION_DIR,
-                                  best_file, config_results, crossval_folder, plans_file,
+                                  best_file, config_results, crossval_folder, ensemble_folder, plans_file,
                                   postprocessing_file, results_root)
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json
 from nnlite.evaluation.cross_validation import has_probabilities, merge_crossval
-from nnlite.evaluation.ensembles import ensemble_crossval, ensemble_dir, ensemble_name
-from nnlite.evaluation.metrics import list_segs, match_cases, reference_labels, write_summary
+from nnlite.evaluation.ensembles import ensemble_crossval, ensemble_name
+from nnlite.evaluation.metrics import matched_cases, reference_labels, write_summary
 from nnlite.evaluation.postprocessing import determine_postprocessing, postprocess_folder
 from nnlite.inference.sliding_window import STEP_SIZE
 from nnlite.plans import Plans, load_plans
@@ -70,34 +70,27 @@ def validation_settings(work: Path, config: str) -> dict[str, Any]:
     return settings[0]
 
 
-def score(summary: dict[str, Any]) -> float:
-    dice = summary["foreground_mean"]["dice"]
-    return -math.inf if dice is None or math.isnan(dice) else float(dice)
-
-
 def evaluate_candidates(work: Path, configs: Sequence[str], ensembles: bool) -> list[dict[str, Any]]:
     """Every configuration's merged CV and every pair's ensemble, in simplicity order."""
-    candidates = []
-    for config in configs:
-        summary = merge_crossval(work, config)
-        candidates.append(_candidate([config], summary, crossval_folder(work, config)))
+    candidates = [_candidate([c], merge_crossval(work, c), crossval_folder(work, c)) for c in configs]
     with_npz = [c for c in configs if has_probabilities(work, c)]
     if ensembles and len(with_npz) < len(configs):
         log.warning("no validation probabilities (.npz) for %s: not ensembled",
                     ", ".join(c for c in configs if c not in with_npz))
     for pair in itertools.combinations(with_npz, 2) if ensembles else []:
         summary = ensemble_crossval(work, pair)
-        candidates.append(_candidate(list(pair), summary, ensemble_dir(work, pair)))
+        candidates.append(_candidate(list(pair), summary, ensemble_folder(work, ensemble_name(pair))))
     return candidates
 
 
 def _candidate(configs: list[str], summary: dict[str, Any], folder: Path) -> dict[str, Any]:
     """A ranked candidate: its cross-validated Dice (the score) and, with a classification head,
     its cross-validated classification AUC and balanced accuracy (reported, not ranked by)."""
-    candidate = {"name": ensemble_name(configs), "configurations": configs,
-                 "foreground_dice": summary["foreground_mean"]["dice"],
+    dice = summary["foreground_mean"]["dice"]
+    candidate = {"name": ensemble_name(configs), "configurations": configs, "foreground_dice": dice,
                  "dice_per_label": {label: values["dice"] for label, values in summary["mean"].items()},
-                 "cases": len(summary["per_case"]), "crossval": str(folder), "_score": score(summary)}
+                 "cases": len(summary["per_case"]), "crossval": str(folder),
+                 "_score": -math.inf if dice is None or math.isnan(dice) else float(dice)}  # undefined: last
     if "classification" in summary:
         scores = summary["classification"]
         candidate["classification"] = {key: scores[key] for key in ("auc", "auc_ci95", "balanced_accuracy")}
@@ -115,11 +108,9 @@ def decide_winner_postprocessing(work: Path, plans: Plans, winner: dict[str, Any
     if len(configs) == 1:
         decision = determine_postprocessing(work, configs[0])
         return {**decision, "file": str(postprocessing_file(work, configs[0]))}
-    folder = ensemble_dir(work, configs)
-    ref_dir = reference_labels(plans)
-    pairs = match_cases(list_segs(folder), list_segs(ref_dir), folder, ref_dir)
-    decision = postprocess_folder(pairs, plans, winner["name"], folder / POSTPROCESSING_FILE,
-                                  folder / POSTPROCESSED_DIR)
+    folder = ensemble_folder(work, winner["name"])
+    decision = postprocess_folder(matched_cases(folder, reference_labels(plans)), plans, winner["name"],
+                                  folder / POSTPROCESSING_FILE, folder / POSTPROCESSED_DIR)
     return {**decision, "file": str(folder / POSTPROCESSING_FILE)}
 
 
@@ -151,9 +142,8 @@ def find_best(work: str | Path, configs: Sequence[str] | None = None,
                         config, winner["configurations"][0], settings)
     best = {
         "winner": {key: value for key, value in winner.items() if not key.startswith("_")},
-        "postprocessing": {"steps": postprocessing["steps"], "file": postprocessing["file"],
-                           "foreground_dice_before": postprocessing["foreground_dice_before"],
-                           "foreground_dice_after": postprocessing["foreground_dice_after"]},
+        "postprocessing": {key: postprocessing[key] for key in ("steps", "file", "foreground_dice_before",
+                                                                 "foreground_dice_after")},
         "prediction": {"checkpoint": "final", **settings},
         "candidates": [{k: v for k, v in c.items() if not k.startswith("_")} for c in ranked],
         "predict_command": predict_command(work, settings),

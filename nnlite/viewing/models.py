@@ -18,7 +18,7 @@ from nnlite.common.layout import best_file, plans_file, trained_folds
 from nnlite.common.errors import UserError
 from nnlite.data.image_io import read_case, read_image
 from nnlite.inference.models import CHECKPOINTS
-from nnlite.inference.options import PredictOptions, PredictReport, find_input_cases, output_path
+from nnlite.inference.options import PredictOptions, find_input_cases, output_path
 from nnlite.inference.outputs import dicom_seg_path
 from nnlite.plans import Plans, load_plans
 
@@ -46,11 +46,6 @@ class PredictedCase:
     dicom_seg: Path | None = None  # the DICOM-SEG of a case read from DICOM series
 
 
-def finished_folds(work: Path, config: str) -> list[str]:
-    """The folds of `config` with a final checkpoint, numbered ones in order, then `all`."""
-    return trained_folds(work, config, CHECKPOINTS["final"])
-
-
 def model_choices(work: Path, plans: Plans | None = None) -> list[ModelChoice]:
     """best.json first (when written), then every configuration's finished folds together and
     each fold alone."""
@@ -59,20 +54,12 @@ def model_choices(work: Path, plans: Plans | None = None) -> list[ModelChoice]:
     if best_file(Path(work)).is_file():
         choices.append(ModelChoice("best.json (the cross-validated winner)"))
     for config in plans.configurations:
-        folds = finished_folds(work, config)
+        folds = trained_folds(work, config, CHECKPOINTS["final"])  # numbered ones in order, then `all`
         numbered = tuple(f for f in folds if f.isdigit())
         if len(numbered) > 1:
             choices.append(ModelChoice(f"{config}, folds {' '.join(numbered)}", config, numbered))
         choices += [ModelChoice(f"{config}, fold {fold}", config, (fold,)) for fold in folds]
     return choices
-
-
-def check_report(report: PredictReport, case: str) -> None:
-    """A failed case becomes the UserError the page shows (the predictor logs and goes on)."""
-    if case in report.failed:
-        raise UserError(case, report.failed[case].removeprefix(f"{case}: "))
-    if case not in report.predicted:
-        raise UserError(case, "was not predicted")
 
 
 def predict_case(work: Path, choice: ModelChoice, input_dir: Path, output_dir: Path, case: str,
@@ -84,11 +71,12 @@ def predict_case(work: Path, choice: ModelChoice, input_dir: Path, output_dir: P
     paths = find_input_cases(Path(input_dir))[case]
     options = PredictOptions(config=choice.config or "", folds=choice.folds, device=device,
                              dicom_seg=paths[0].is_dir())  # a DICOM series also gets its SEG
-    if choice.config is None:
-        report = predict_best(work, input_dir, output_dir, options)
-    else:
-        report = predict_folder(work, input_dir, output_dir, options)
-    check_report(report, case)
+    predict = predict_best if choice.config is None else predict_folder
+    report = predict(work, input_dir, output_dir, options)
+    if case in report.failed:  # the predictor logs a failed case and goes on: the page shows it
+        raise UserError(case, report.failed[case].removeprefix(f"{case}: "))
+    if case not in report.predicted:
+        raise UserError(case, "was not predicted")
     progress(0.9, "reading the label map")
     seg_path = output_path(Path(output_dir), case, paths)
     raw = read_case(paths)

@@ -17,13 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from nnlite.common.layout import (CROSSVAL_DIR, SUMMARY_FILE, best_file, crossval_folder, fold_folders_of,
-                                  plans_file, results_root)
+from nnlite.common.layout import (CROSSVAL_DIR, SUMMARY_FILE, VALIDATION_DIR, best_file, crossval_folder,
+                                  fold_folders_of, plans_file, results_root)
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json
 from nnlite.data.dataset import load_dataset
 from nnlite.data.image_io import read_case, read_image
-from nnlite.common.layout import VALIDATION_DIR
 from nnlite.plans import RAW_PATH_KEY, Plans, load_plans
 from nnlite.training.progress import METRICS_FILE, read_metrics
 from nnlite.viewing.uploads import confined
@@ -107,8 +106,7 @@ def read_curves(source: Source) -> dict[str, list[float]]:
 
 def case_mean_dice(entry: dict[str, Any]) -> float:
     """Mean over labels of a per_case entry's Dice, NaN labels left out (NaN when all are)."""
-    values = [m["dice"] for m in entry["metrics"].values() if m.get("dice") is not None]
-    values = [v for v in values if not math.isnan(v)]
+    values = [m["dice"] for m in entry["metrics"].values() if m.get("dice") is not None and not math.isnan(m["dice"])]
     return sum(values) / len(values) if values else math.nan
 
 
@@ -135,12 +133,6 @@ def case_table(summary: dict[str, Any], label_names: dict[str, str] | None = Non
     return sorted(rows, key=lambda r: (math.isnan(r["mean dice"]), r["mean dice"], r["case"]))
 
 
-def worst_case(summary: dict[str, Any]) -> dict[str, Any] | None:
-    """The first row of case_table (lowest mean foreground Dice), or None without cases."""
-    rows = case_table(summary)
-    return rows[0] if rows else None
-
-
 def read_summary(source: Source) -> dict[str, Any]:
     return read_json(source.folder / SUMMARY_FILE)
 
@@ -150,10 +142,9 @@ def label_names(plans: Plans) -> dict[str, str]:
     return {str(value): name for name, value in plans.labels.items()}
 
 
-def raw_folder(work: Path, plans: Plans | None = None) -> Path:
+def raw_folder(work: Path) -> Path:
     """The raw dataset WORK was planned from (plans.json `extra.raw_path`)."""
-    plans = plans or load_plans(plans_file(work))
-    raw = plans.extra.get(RAW_PATH_KEY)
+    raw = load_plans(plans_file(work)).extra.get(RAW_PATH_KEY)
     if not raw or not (Path(raw) / "dataset.json").is_file():
         raise UserError(plans_file(work), f"the raw dataset it records ({raw or 'none'}) is not "
                         "found: the viewer needs its images and reference labels")

@@ -13,7 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-WINDOW_PERCENTILES = (0.5, 99.5)  # grey-value window of each channel, robust to outliers
+from nnlite.evaluation.pictures import intensity_window
+
 MAX_STRETCH = 8  # at most this many screen pixels per voxel along the coarse axis
 AXIS_NAMES = ("z (through-plane)", "y", "x")  # axis 0 is the coarsest after reading (conventions.md)
 REFERENCE_COLOR = (0, 220, 0)  # outline of the reference labels
@@ -29,12 +30,6 @@ class Panel:
 
     title: str
     image: np.ndarray
-
-
-def intensity_window(channel: np.ndarray) -> tuple[float, float]:
-    """(low, high) grey window of one channel volume (Z, Y, X), the same for every slice."""
-    low, high = np.percentile(channel, WINDOW_PERCENTILES)
-    return float(low), float(max(high, low + 1e-6))
 
 
 def to_grey(plane: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -98,12 +93,10 @@ def busiest_slice(segs: Sequence[np.ndarray | None], axis: int) -> int:
     """The slice along `axis` with the most foreground voxels over the given label maps (Z, Y, X);
     the middle slice when none holds any."""
     present = [seg for seg in segs if seg is not None]
-    other_axes = tuple(i for i in range(3) if i != axis)
-    counts = sum((seg > 0).sum(axis=other_axes) for seg in present)
-    if not present or not np.any(counts):
-        shape = present[0].shape if present else None
-        return shape[axis] // 2 if shape else 0
-    return int(np.argmax(counts))
+    if not present:
+        return 0
+    counts = sum((seg > 0).sum(axis=tuple(i for i in range(3) if i != axis)) for seg in present)
+    return int(np.argmax(counts)) if np.any(counts) else present[0].shape[axis] // 2
 
 
 def render_slice(data: np.ndarray, spacing: Sequence[float], axis: int, index: int,
