@@ -21,7 +21,7 @@ from command_line import assert_one_line_error, run_command
 from nnlite.common.errors import UserError
 from nnlite.common.schema import to_jsonable
 from nnlite.data.dataset import check_case, check_dataset, load_dataset
-from nnlite.data.image_io import (FORMAT_BY_ENDING, SPACING_2D_FACTOR, header_spacing, read_affine, read_case,
+from nnlite.data.image_io import (FORMAT_BY_ENDING, SPACING_2D_FACTOR, read_case, read_header,
                                   read_image, write_image, write_seg)
 from nnlite.planning.fingerprint import extract_fingerprint
 from nnlite.planning.planner import plan_experiment
@@ -65,8 +65,8 @@ def test_simpleitk_file_reads_like_its_nifti_twin(tmp_path, rng, ending):
     np.testing.assert_array_equal(other.array, nifti.array)
     assert other.spacing == pytest.approx(nifti.spacing, rel=1e-7) == (2.5, 0.5, 0.75)
     np.testing.assert_allclose(other.affine, nifti.affine, atol=1e-6)
-    np.testing.assert_allclose(read_affine(tmp_path / f"a{ending}"), nifti.affine, atol=1e-6)
-    assert header_spacing(tmp_path / f"a{ending}") == pytest.approx((2.5, 0.5, 0.75))
+    np.testing.assert_allclose(read_header(tmp_path / f"a{ending}")[1], nifti.affine, atol=1e-6)
+    assert read_header(tmp_path / f"a{ending}")[0] == pytest.approx((2.5, 0.5, 0.75))
 
 
 @pytest.mark.parametrize("ending", [*ITK_ENDINGS, ".nii.gz", ".nii"])

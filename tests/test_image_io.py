@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from nnlite.common.errors import UserError
-from nnlite.data.image_io import (SPACING_2D_FACTOR, header_spacing, read_case, read_image, write_image,
+from nnlite.data.image_io import (SPACING_2D_FACTOR, read_case, read_header, read_image, write_image,
                                   write_seg)
 
 SCL_OFFSET = 112  # byte offset of scl_slope (then scl_inter) in a NIfTI-1 header
@@ -140,7 +140,7 @@ def test_header_spacing_sees_zero_pixdim(tmp_path, rng, ending):
     path = save_nifti(tmp_path / f"a{ending}", rng.normal(size=(3, 4, 5)).astype(np.float32))
     patch_header(path, PIXDIM_OFFSET + 4 * 3, np.float32(0.0))  # pixdim[3] = z spacing
     assert nib.load(str(path)).header.get_zooms()[2] == 1.0  # what nibabel makes of it
-    assert header_spacing(path) == (0.0, 0.75, 0.5)
+    assert read_header(path)[0] == (0.0, 0.75, 0.5)
 
 
 @pytest.mark.parametrize("ending", [".nii.gz", ".nii"])

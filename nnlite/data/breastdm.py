@@ -105,6 +105,7 @@ def _convert_patients(patients: list[Patient], staging: Path, spacing: Sequence[
                       report: ConversionReport) -> dict[str, dict]:
     """Write each convertible patient as a case; returns dataset.json's case metadata."""
     metadata = {}
+    affine = np.diag([*reversed([float(s) for s in spacing]), 1.0])  # axis-aligned, (x, y, z) order
     for index, patient in enumerate(patients):
         case = f"{CASE_PREFIX}_{index + 1:03d}"  # numbered over all patients: stable if one is skipped
         try:
@@ -112,7 +113,7 @@ def _convert_patients(patients: list[Patient], staging: Path, spacing: Sequence[
         except UserError as error:
             report.skipped[_patient_id(patient)] = f"{error.where}: {error.problem}"
             continue
-        _write_case(staging, case, images, mask, spacing)
+        write_raw_case(staging, case, list(images.astype(_nifti_dtype(images))), mask, affine)
         report.converted[case] = _patient_id(patient)
         metadata[case] = {"patient": patient.name, "class": patient.cls}
     return metadata
@@ -205,12 +206,6 @@ def _non_blank_slices(images: np.ndarray, mask: np.ndarray, patient: Patient,
     if not keep.any():
         raise UserError(patient.images, "every slice is blank")
     return keep
-
-
-def _write_case(staging: Path, case: str, images: np.ndarray, mask: np.ndarray,
-                spacing: Sequence[float]) -> None:
-    affine = np.diag([*reversed([float(s) for s in spacing]), 1.0])
-    write_raw_case(staging, case, list(images.astype(_nifti_dtype(images))), mask, affine)
 
 
 def _nifti_dtype(images: np.ndarray) -> np.dtype:

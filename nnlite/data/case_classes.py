@@ -45,14 +45,13 @@ class CaseClasses:
 
 def parse_class_names(json_path: Path, value: Any) -> tuple[str, ...]:
     """dataset.json's `classes`: at least two distinct non-empty names."""
-    where = f"{json_path}"
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise UserError(where, f"key '{CLASSES_KEY}': must be a list of class names, e.g. "
+        raise UserError(json_path, f"key '{CLASSES_KEY}': must be a list of class names, e.g. "
                         "[\"benign\", \"malignant\"]")
     if len(set(value)) != len(value):
-        raise UserError(where, f"key '{CLASSES_KEY}': names a class twice")
+        raise UserError(json_path, f"key '{CLASSES_KEY}': names a class twice")
     if len(value) < 2:
-        raise UserError(where, f"key '{CLASSES_KEY}': a classification needs at least 2 classes")
+        raise UserError(json_path, f"key '{CLASSES_KEY}': a classification needs at least 2 classes")
     return tuple(value)
 
 

@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from nnlite.common.errors import UserError
 from nnlite.data.file_names import CHANNEL_DIGITS, split_channel_stem
-from nnlite.data.image_io import (COMPANION_ENDINGS, FORMAT_BY_ENDING, READER_KEY, dataset_reader, header_spacing, image_format,
-                                  read_affine, read_case, read_image)
+from nnlite.data.image_io import (COMPANION_ENDINGS, FORMAT_BY_ENDING, READER_KEY, dataset_reader, image_format,
+                                  read_case, read_header, read_image)
 from nnlite.data.regions import ORDER_KEY, has_regions, parse_region_labels
 from nnlite.plans import IGNORE_KEY, Region
 
@@ -59,6 +59,7 @@ class RawDataset:
     reader: str | None = None  # a FORMATS name from READER_KEY; None: chosen by file ending
     cases: list[CaseFiles] = field(default_factory=list)
     regions: tuple[Region, ...] = ()  # region labels (data/regions.py); `labels` then holds the integers
+    meta: dict[str, Any] = field(default_factory=dict)  # dataset.json as parsed (v1 "modality" → "channel_names")
 
     @property
     def num_channels(self) -> int:
@@ -105,7 +106,7 @@ def load_dataset(raw: str | Path) -> RawDataset:
                          _parse_num_training(json_path, meta["numTraining"]),
                          _parse_file_ending(json_path, meta["file_ending"]),
                          extra={k: v for k, v in meta.items() if k not in REQUIRED_KEYS and k != "modality"},
-                         regions=regions)
+                         regions=regions, meta=meta)
     dataset.reader = dataset_reader(json_path, meta.get(READER_KEY), dataset.file_ending)
     has_list = "dataset" in meta  # the files listed in dataset.json instead of imagesTr/labelsTr
     dataset.cases = _cases_from_key(dataset, json_path, meta["dataset"]) if has_list else _discover_cases(dataset)
@@ -246,9 +247,8 @@ def _case_channel_files(dataset: RawDataset, name: str, found: dict[int, Path],
         if channel >= dataset.num_channels:
             raise UserError(found[channel], f"channel {channel} is not declared in channel_names "
                                             f"({dataset.num_channels} channels)")
-    count = dataset.num_channels
-    if image_format(dataset.file_ending, dataset.reader).packs_channels:  # RGB: 3 channels, 1 file
-        count = len(found)
+    packed = image_format(dataset.file_ending, dataset.reader).packs_channels  # RGB: 3 channels, 1 file
+    count = len(found) if packed else dataset.num_channels
     expected = [images_dir / f"{name}_{c:0{CHANNEL_DIGITS}d}{dataset.file_ending}" for c in range(count)]
     for path in expected:
         if not path.is_file():
@@ -292,8 +292,8 @@ def check_case(dataset: RawDataset, case: CaseFiles) -> CheckedCase:
     Returns data (C, Z, Y, X) float32, seg (Z, Y, X) int16 (or None without a label), the spacing
     (z, y, x) and channel 0's affine, plus warnings (empty label, constant image, affine mismatch).
     """
-    for path in case.images + ([case.label] if case.label else []):
-        _check_header_spacing(path, dataset.reader)
+    files = case.images + ([case.label] if case.label else [])
+    affines = [_header_affine(path, dataset.reader) for path in files]  # each header read once
     image = read_case(case.images, dataset.reader)
     if image.data.shape[0] != dataset.num_channels:
         raise UserError(case.images[0], f"holds {image.data.shape[0]} channels, dataset.json "
@@ -312,16 +312,17 @@ def check_case(dataset: RawDataset, case: CaseFiles) -> CheckedCase:
             warnings.append(f"{case.label}: label is all background")
         if not np.allclose(label.affine, image.affine, atol=AFFINE_ATOL):
             warnings.append(f"{case.label}: affine (origin/direction) differs from the image's")
-    for path in case.images[1:]:
-        if not np.allclose(read_affine(path, dataset.reader), image.affine, atol=AFFINE_ATOL):
+    for path, affine in zip(case.images[1:], affines[1:]):
+        if not np.allclose(affine, image.affine, atol=AFFINE_ATOL):
             warnings.append(f"{path}: affine (origin/direction) differs from channel 0")
     return CheckedCase(case.name, image.data, seg, image.spacing, image.affine, warnings)
 
 
-def _check_header_spacing(path: Path, reader: str | None) -> None:
-    spacing = header_spacing(path, reader)
+def _header_affine(path: Path, reader: str | None) -> np.ndarray:
+    spacing, affine = read_header(path, reader)
     if not all(np.isfinite(s) and s > 0 for s in spacing):
         raise UserError(path, f"spacing must be positive and finite, header has {spacing}")
+    return affine
 
 
 def _check_finite(path: Path, array: np.ndarray) -> None:

@@ -34,11 +34,10 @@ from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import staged_dir, write_json_atomic, write_text_atomic
+from nnlite.data.breastdm import CHANNEL_NAMES, LABELS  # each case mimics a BreastDM acquisition
 from nnlite.data.case_classes import CLASSES_FILE, CLASSES_KEY, format_classes_csv
 from nnlite.data.image_io import write_raw_case
 
-CHANNEL_NAMES = {"0": "VIBRANT", "1": "VIBRANT_C2", "2": "SUB2"}
-LABELS = {"background": 0, "tumor": 1}
 REGION_LABELS = {"background": 0, "lesion": [1, 2], "core": 2}  # the region variant's regions
 REGIONS_CLASS_ORDER = [1, 2]  # lesion painted as 1, then core as 2 on top
 CORE_DISTANCE = 0.75  # region variant: lesion voxels this deep (1 = the boundary) are necrotic core
@@ -119,9 +118,8 @@ def generate_demo_dataset(raw: str | Path, n_cases: int = 24, seed: int = 0, reg
             case = make_demo_case(np.random.default_rng([seed, index]), regions, signs)
             if case_class is not None:
                 classes[name] = CLASS_NAMES[case_class]
-            affine = _affine(case.spacing, case.seg.shape)
             voxels = [np.round(image).astype(np.int16) for image in case.images]  # MR scanners store integers
-            write_raw_case(staging, name, voxels, case.seg, affine)
+            write_raw_case(staging, name, voxels, case.seg, _affine(case.spacing, case.seg.shape))
         meta = _dataset_json(n_cases, seed, regions)
         if classes:
             meta[CLASSES_KEY] = list(CLASS_NAMES)

@@ -12,7 +12,6 @@ different size or orientation is an error naming the folder.
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np

@@ -128,17 +128,13 @@ def label_path_for(folder: Path, case: str, source: str | Path) -> Path:
     series folder: NIfTI; natural images: PNG)."""
     if Path(source).is_dir():
         return folder / f"{case}{DICOM_FOLDER_OUTPUT}"
-    ending = file_ending(source)
-    return folder / f"{case}{image_format(source).label_ending or ending}"
+    return folder / f"{case}{image_format(source).label_ending or file_ending(source)}"
 
 
 def read_channels(path: str | Path, reader: str | None = None) -> Voxels:
     """One file (or DICOM series folder) → (C, Z, Y, X) float32, spacing (z, y, x), RAS affine."""
     path = Path(path)
-    if path.is_dir():
-        array, spacing, affine = read_dicom_series(path)
-    else:
-        array, spacing, affine = image_format(path, reader).read(path)
+    array, spacing, affine = read_dicom_series(path) if path.is_dir() else image_format(path, reader).read(path)
     if array.ndim == 3:  # 2D: (C, Y, X) → (C, 1, Y, X) with a dummy slice spacing
         array, spacing = array[:, None], (SPACING_2D_FACTOR * max(spacing), *spacing)
     return array, tuple(spacing), affine
@@ -152,14 +148,10 @@ def read_image(path: str | Path, reader: str | None = None) -> Image:
     return Image(array[0], spacing, affine)
 
 
-def header_spacing(path: str | Path, reader: str | None = None) -> tuple[float, ...]:
-    """The spacing ([z, ]y, x) exactly as stored in the header (no voxels read, no fixes)."""
-    return image_format(path, reader).header(Path(path))[0]
-
-
-def read_affine(path: str | Path, reader: str | None = None) -> np.ndarray:
-    """The RAS affine from the header alone (cheap: no voxels are read)."""
-    return image_format(path, reader).header(Path(path))[1]
+def read_header(path: str | Path, reader: str | None = None) -> tuple[tuple[float, ...], np.ndarray]:
+    """The spacing ([z, ]y, x) exactly as stored (no fixes) and the RAS affine, from the header
+    alone (cheap: no voxels are read)."""
+    return image_format(path, reader).header(Path(path))
 
 
 def read_case(paths: Sequence[str | Path], reader: str | None = None) -> Case:

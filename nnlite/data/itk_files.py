@@ -51,7 +51,7 @@ def lps_to_affine(direction: Sequence[float], spacing: Sequence[float], origin: 
     return affine
 
 
-def affine_from_itk(image: sitk.Image) -> np.ndarray:
+def affine_from_itk(image: sitk.Image | sitk.ImageFileReader) -> np.ndarray:
     return lps_to_affine(image.GetDirection(), image.GetSpacing(), image.GetOrigin())
 
 
@@ -112,10 +112,7 @@ def read_itk(path: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
     if image.GetDimension() not in (2, 3):
         raise UserError(path, f"image must be 2D or 3D, got {image.GetDimension()} dimensions")
     array = sitk.GetArrayFromImage(image)  # ([z, ]y, x[, components])
-    if image.GetNumberOfComponentsPerPixel() > 1:
-        array = np.moveaxis(array, -1, 0)
-    else:
-        array = array[None]
+    array = np.moveaxis(array, -1, 0) if image.GetNumberOfComponentsPerPixel() > 1 else array[None]
     spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
     return np.ascontiguousarray(array, dtype=np.float32), spacing, affine_from_itk(image)
 
@@ -131,8 +128,7 @@ def itk_header(path: Path) -> tuple[tuple[float, ...], np.ndarray]:
         reader.ReadImageInformation()
     except RuntimeError as error:
         raise UserError(path, f"unreadable image header ({_itk_reason(error)})") from None
-    affine = lps_to_affine(reader.GetDirection(), reader.GetSpacing(), reader.GetOrigin())
-    return tuple(float(s) for s in reversed(reader.GetSpacing())), affine
+    return tuple(float(s) for s in reversed(reader.GetSpacing())), affine_from_itk(reader)
 
 
 def write_itk(path: Path, array: np.ndarray, affine: np.ndarray) -> None:

@@ -20,16 +20,17 @@ from nnlite.common.files import write_atomic, write_json_atomic
 from nnlite.data.file_names import split_channel_stem
 
 UNIT_SPACING_MM = 1.0  # what a pixel measures when the file cannot say
+PICTURE_SPACING = (UNIT_SPACING_MM, UNIT_SPACING_MM)  # (y, x): natural images store no spacing
 
 # tifffile logs what it repairs in damaged files as warnings on stderr; the checks below report
 # the damage as one UserError instead.
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
 
-def _axis_aligned_affine(spacing: tuple[float, ...]) -> np.ndarray:
-    """RAS affine for a spacing ([z, ]y, x): diagonal in NIfTI's (x, y, z) order."""
+def _axis_aligned(spacing: tuple[float, ...]) -> tuple[tuple[float, ...], np.ndarray]:
+    """A spacing ([z, ]y, x) and its RAS affine: diagonal in NIfTI's (x, y, z) order."""
     zooms = list(reversed(spacing)) + [1.0] * (3 - len(spacing))
-    return np.diag([*zooms, 1.0])
+    return spacing, np.diag([*zooms, 1.0])
 
 
 def read_picture(path: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
@@ -48,13 +49,11 @@ def read_picture(path: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]
         pixels = np.moveaxis(pixels, -1, 0)
     else:
         raise UserError(path, f"expected a grey, RGB or RGBA picture, got shape {pixels.shape}")
-    spacing = (UNIT_SPACING_MM, UNIT_SPACING_MM)
-    return np.ascontiguousarray(pixels, dtype=np.float32), spacing, _axis_aligned_affine(spacing)
+    return np.ascontiguousarray(pixels, dtype=np.float32), *_axis_aligned(PICTURE_SPACING)
 
 
 def picture_header(path: Path) -> tuple[tuple[float, ...], np.ndarray]:
-    spacing = (UNIT_SPACING_MM, UNIT_SPACING_MM)
-    return spacing, _axis_aligned_affine(spacing)
+    return _axis_aligned(PICTURE_SPACING)
 
 
 def write_picture(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
@@ -117,13 +116,11 @@ def read_tiff(path: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
         voxels = tifffile.imread(path)
     except (tifffile.TiffFileError, OSError, ValueError, zlib.error, IndexError) as error:
         raise UserError(path, f"unreadable or truncated TIFF ({error})") from None
-    spacing = _tiff_spacing(path, voxels.ndim)
-    return np.ascontiguousarray(voxels, dtype=np.float32)[None], spacing, _axis_aligned_affine(spacing)
+    return np.ascontiguousarray(voxels, dtype=np.float32)[None], *_axis_aligned(_tiff_spacing(path, voxels.ndim))
 
 
 def tiff_header(path: Path) -> tuple[tuple[float, ...], np.ndarray]:
-    spacing = _tiff_spacing(path, len(_tiff_shape(path)))
-    return spacing, _axis_aligned_affine(spacing)
+    return _axis_aligned(_tiff_spacing(path, len(_tiff_shape(path))))
 
 
 def write_tiff(path: Path, array: np.ndarray, affine: np.ndarray) -> None:

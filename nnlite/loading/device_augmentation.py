@@ -117,7 +117,16 @@ def augment_batch(batch: CropBatch, cfg: AugmentConfig,
     """The training batch of a CropBatch on its device: {"data": (B, C, *patch) float32, "target":
     [(B, 1, *patch_level) int16 per deep-supervision level], "cases": [str]}, as `loader.make_batch`."""
     with one_thread_on_cpu(batch.crops.device):
-        return _augment_batch(batch, cfg, ds_scales)
+        image, seg = spatial_batch(batch, cfg)
+        if cfg.squeeze:  # 2D configuration: (B, C, 1, Y, X) → (B, C, Y, X)
+            image, seg = image[:, :, 0], seg[:, :, 0]
+        image = intensity_batch(image.contiguous(), [p.intensity for p in batch.params])
+        outside = seg < 0
+        for channel in cfg.masked_channels:  # normalized inside the mask only: zero outside it
+            image[:, channel].masked_fill_(outside[:, 0], 0.0)
+        seg = seg.masked_fill(outside, 0).to(torch.int16)
+        target = downsample_seg(seg, ds_scales) if ds_scales else [seg]
+    return {"data": image, "target": target, "cases": list(batch.cases)}
 
 
 def one_thread_on_cpu(device: torch.device) -> contextlib.AbstractContextManager:
@@ -134,20 +143,6 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def _augment_batch(batch: CropBatch, cfg: AugmentConfig,
-                   ds_scales: Sequence[Sequence[float]]) -> dict[str, Any]:
-    image, seg = spatial_batch(batch, cfg)
-    if cfg.squeeze:  # 2D configuration: (B, C, 1, Y, X) → (B, C, Y, X)
-        image, seg = image[:, :, 0], seg[:, :, 0]
-    image = intensity_batch(image.contiguous(), [p.intensity for p in batch.params])
-    outside = seg < 0
-    for channel in cfg.masked_channels:  # normalized inside the mask only: zero outside it
-        image[:, channel].masked_fill_(outside[:, 0], 0.0)
-    seg = seg.masked_fill(outside, 0).to(torch.int16)
-    target = downsample_seg(seg, ds_scales) if ds_scales else [seg]
-    return {"data": image, "target": target, "cases": list(batch.cases)}
 
 
 # --- spatial ------------------------------------------------------------------------------------
@@ -204,10 +199,8 @@ def flip_samples(image: torch.Tensor, seg: torch.Tensor,
 
 def host_tensor(values: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Host values (a list, array or CPU tensor) on `device`, copied without stalling a CUDA stream."""
-    if isinstance(values, torch.Tensor):
-        tensor = values.to(dtype)
-    else:
-        tensor = torch.as_tensor(np.asarray(values), dtype=dtype)
+    is_tensor = isinstance(values, torch.Tensor)
+    tensor = values.to(dtype) if is_tensor else torch.as_tensor(np.asarray(values), dtype=dtype)
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)

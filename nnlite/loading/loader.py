@@ -13,7 +13,6 @@ a failure record and the main process raises it with the case name and the worke
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import traceback
@@ -87,10 +86,8 @@ def plan_batch(cases: Sequence[CaseInfo], cfg: AugmentConfig, forced: Sequence[b
     plans = []
     for child, force in zip(np.random.default_rng([seed, index]).spawn(len(forced)), forced):
         case = cases[int(child.integers(len(cases)))]
-        if force:
-            start = foreground_start(child, case.shape, cfg.patch_size, case.class_locations)
-        else:
-            start = unforced_start(child, case.shape, cfg.patch_size, case.class_locations)
+        pick_start = foreground_start if force else unforced_start
+        start = pick_start(child, case.shape, cfg.patch_size, case.class_locations)
         params = sample_augment_params(child, cfg) if augment else IDENTITY
         plans.append(SamplePlan(case.name, start, bool(force), params))
     return plans
@@ -132,11 +129,6 @@ def with_region_targets(batch: dict[str, Any], regions: Sequence[Region],
     if regions:
         batch["target"] = [region_targets(t, regions, ignore_label) for t in batch["target"]]
     return batch
-
-
-def _augment_on_device(batch: CropBatch, cfg: AugmentConfig, ds_scales: tuple,
-                       regions: tuple[Region, ...], ignore_label: int | None) -> dict[str, Any]:
-    return with_region_targets(augment_batch(batch, cfg, ds_scales), regions, ignore_label)
 
 
 @dataclass(frozen=True)
@@ -256,6 +248,7 @@ def build_loader(work: str | Path, plans: Plans, config_name: str, case_names: S
                         num_workers=workers, pin_memory=pin,
                         prefetch_factor=PREFETCH_BATCHES if workers else None)
     LOG.debug("loader: %d cases, %d workers, augment=%s", len(case_names), workers, augment)
-    finish = (functools.partial(_augment_on_device, cfg=spec.cfg, ds_scales=scales, regions=spec.regions,
-                                ignore_label=spec.ignore_label) if on_device else None)
-    return BatchLoader(loader, target, finish)
+
+    def finish(batch: CropBatch) -> dict[str, Any]:  # device mode: augmented where it is delivered
+        return with_region_targets(augment_batch(batch, spec.cfg, scales), spec.regions, spec.ignore_label)
+    return BatchLoader(loader, target, finish if on_device else None)

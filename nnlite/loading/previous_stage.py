@@ -23,7 +23,7 @@ import torch
 from scipy import ndimage
 
 from nnlite.loading.augmentation import AugmentConfig, AugmentParams, patch_source_box
-from nnlite.loading.sampling import MAX_OPEN_CASES, SEG_PATCH_DTYPE
+from nnlite.loading.sampling import MAX_OPEN_CASES, SEG_PATCH_DTYPE, read_box
 from nnlite.loading.spatial_transforms import apply_spatial
 from nnlite.plans import Plans
 from nnlite.preprocessing.cascade import (load_previous_stage, one_hot, previous_stage_dir,
@@ -57,15 +57,7 @@ class PreviousStageStore:
             self._open[case] = load_previous_stage(self.folder, case)
             if len(self._open) > MAX_OPEN_CASES:
                 self._open.popitem(last=False)
-        prev = self._open[case]
-        size = tuple(int(n) for n in np.asarray(hi) - np.asarray(lo))
-        box = np.zeros((1, *size), dtype=SEG_PATCH_DTYPE)
-        src_lo, src_hi = np.maximum(lo, 0), np.minimum(hi, prev.shape[1:])
-        if np.all(src_hi > src_lo):
-            src = (slice(None),) + tuple(slice(int(a), int(b)) for a, b in zip(src_lo, src_hi))
-            dst = (slice(None),) + tuple(slice(int(a - l), int(b - l)) for a, b, l in zip(src_lo, src_hi, lo))
-            box[dst] = prev[src]
-        return box
+        return read_box(self._open[case], lo, hi, 0, SEG_PATCH_DTYPE)
 
 
 def previous_stage_store(work: Path, plans: Plans, config_name: str) -> PreviousStageStore | None:

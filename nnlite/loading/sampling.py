@@ -95,18 +95,19 @@ def read_region(data: np.ndarray, seg: np.ndarray, lo: np.ndarray,
                 hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Copy box [lo, hi) of data (C, *S) and seg (1, *S) (memory-mapped: only the box is read);
     outside the image: data 0, seg OUTSIDE_LABEL. Returns float32 (C, *box), int16 (1, *box)."""
-    shape = np.asarray(data.shape[1:])
+    return read_box(data, lo, hi, 0, np.float32), read_box(seg, lo, hi, OUTSIDE_LABEL, SEG_PATCH_DTYPE)
+
+
+def read_box(array: np.ndarray, lo: np.ndarray, hi: np.ndarray, fill: int, dtype: type) -> np.ndarray:
+    """Box [lo, hi) of `array` (C, *S) as `dtype` (C, *box), `fill` where the box leaves the array."""
     size = tuple(int(n) for n in np.asarray(hi) - np.asarray(lo))
-    image = np.zeros((data.shape[0], *size), dtype=np.float32)
-    labels = np.full((1, *size), OUTSIDE_LABEL, dtype=SEG_PATCH_DTYPE)
-    src_lo, src_hi = np.maximum(lo, 0), np.minimum(hi, shape)
+    box = np.full((array.shape[0], *size), fill, dtype=dtype)
+    src_lo, src_hi = np.maximum(lo, 0), np.minimum(hi, array.shape[1:])
     if np.all(src_hi > src_lo):
         src = (slice(None),) + tuple(slice(int(a), int(b)) for a, b in zip(src_lo, src_hi))
-        dst = (slice(None),) + tuple(slice(int(a - l), int(b - l))
-                                     for a, b, l in zip(src_lo, src_hi, lo))
-        image[dst] = data[src]
-        labels[dst] = seg[src]
-    return image, labels
+        dst = (slice(None),) + tuple(slice(int(a - l), int(b - l)) for a, b, l in zip(src_lo, src_hi, lo))
+        box[dst] = array[src]
+    return box
 
 
 @dataclass(frozen=True)

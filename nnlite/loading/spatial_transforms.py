@@ -107,17 +107,15 @@ def spatial_matrix(params: SpatialParams) -> np.ndarray:
     return r2 @ r1 @ r0 * (params.scale or 1.0) @ flips
 
 
-def planar_matrix(params: SpatialParams) -> np.ndarray:
-    """Scale applies in-plane only for planar patches: axis 0 keeps size (flips still apply)."""
-    matrix = spatial_matrix(params)
-    matrix[0] = 0.0
-    matrix[:, 0] = 0.0
-    matrix[0, 0] = -1.0 if 0 in params.flip_axes else 1.0
-    return matrix
-
-
 def sample_matrix(params: SpatialParams, planar: bool) -> np.ndarray:
-    return planar_matrix(params) if planar else spatial_matrix(params)
+    """`spatial_matrix`; for planar patches scale applies in-plane only: axis 0 keeps size (flips
+    still apply)."""
+    matrix = spatial_matrix(params)
+    if planar:
+        matrix[0] = 0.0
+        matrix[:, 0] = 0.0
+        matrix[0, 0] = -1.0 if 0 in params.flip_axes else 1.0
+    return matrix
 
 
 def source_box(matrix: np.ndarray, centre: np.ndarray, patch_size: tuple[int, ...],

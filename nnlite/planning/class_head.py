@@ -44,5 +44,4 @@ def read_work_classes(work: Path, plans: Plans) -> CaseClasses | None:
     """The case classes `plan` copied into WORK, or None for plans without classes."""
     if not plans.case_classes:
         return None
-    path = Path(work) / CLASSES_FILE
-    return CaseClasses(plans.case_classes, read_classes_csv(path, plans.case_classes))
+    return CaseClasses(plans.case_classes, read_classes_csv(Path(work) / CLASSES_FILE, plans.case_classes))

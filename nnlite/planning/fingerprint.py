@@ -30,7 +30,7 @@ from nnlite.common.schema import from_dict
 from nnlite.data.cropping import crop_to_nonzero
 from nnlite.data.dataset import RawDataset, check_case, integer_labels, labels_and_regions
 from nnlite.planning.statistics import Drawn, intensity_statistics
-from nnlite.plans import CaseFingerprint, Fingerprint, IntensityStats, Region, load_fingerprint
+from nnlite.plans import CaseFingerprint, Fingerprint, IntensityStats, load_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -201,20 +201,14 @@ def fingerprint_from_nnunet(data: dict, dataset_json: dict, where: str = "datase
     )
     stats = {str(k): from_dict(IntensityStats, v, f"{where}: channel {k}")
              for k, v in data["foreground_intensity_properties_per_channel"].items()}
-    channel_names, labels, regions = _names_and_labels(dataset_json)
-    return Fingerprint(cases=cases, intensity_per_channel=stats, channel_names=channel_names, labels=labels,
-                       median_relative_size_after_crop=float(data["median_relative_size_after_cropping"]),
-                       regions=regions)
-
-
-def _names_and_labels(dataset_json: dict) -> tuple[dict[str, str], dict[str, int], tuple[Region, ...]]:
-    """Channel names, integer labels and (for a region dataset) the regions of a dataset.json."""
     channels = dataset_json.get("channel_names", dataset_json.get("modality"))
     if not isinstance(channels, dict) or not channels:
         raise UserError("dataset.json", "key 'channel_names' is missing or empty")
     labels, regions = labels_and_regions("dataset.json", dataset_json, integer_labels(
         "key 'labels' must map names to integer values or lists of them (regions)"))
-    return {str(k): str(v) for k, v in channels.items()}, labels, regions
+    return Fingerprint(cases=cases, intensity_per_channel=stats, labels=labels, regions=regions,
+                       channel_names={str(k): str(v) for k, v in channels.items()},
+                       median_relative_size_after_crop=float(data["median_relative_size_after_cropping"]))
 
 
 def load_fingerprint_file(path: str | Path, dataset_json: dict) -> tuple[Fingerprint, bool]:

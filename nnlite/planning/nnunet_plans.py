@@ -82,11 +82,10 @@ def network_from_architecture(architecture: dict, where: str) -> NetworkPlan:
         raise UserError(where, "nnlite needs the same number of convs in every stage "
                         f"(encoder {sorted(encoder_convs)}, decoder {sorted(decoder_convs)})")
     blocks = tuple(kw["n_blocks_per_stage"]) if encoder == "residual" else ()
-    plan = NetworkPlan(strides=_tuples(_get(kw, "strides", where), n), kernel_sizes=_tuples(kw["kernel_sizes"], n),
+    return NetworkPlan(strides=_tuples(_get(kw, "strides", where), n), kernel_sizes=_tuples(kw["kernel_sizes"], n),
                        features_per_stage=tuple(int(f) for f in kw["features_per_stage"]),
                        conv_per_stage=encoder_convs.pop(), conv_per_stage_decoder=decoder_convs.pop(),
                        encoder=encoder, blocks_per_stage=blocks)
-    return plan
 
 
 def architecture_of(config: dict, where: str) -> dict:

@@ -31,7 +31,7 @@ from nnlite.planning.inheritance import keep_added_configurations
 from nnlite.planning.memory_budget import GIB
 from nnlite.planning.nnunet_plans import plans_from_nnunet, read_nnunet_plans
 from nnlite.planning.planner import check_arguments, plan_experiment
-from nnlite.planning.splits import Splits, check_splits_cases, check_splits_shape, fold_count, write_splits
+from nnlite.planning.splits import Splits, check_splits_cases, check_splits_shape, fold_count, read_splits, write_splits
 from nnlite.plans import (FINGERPRINT_HASH_KEY, RAW_PATH_KEY, Fingerprint, Plans, load_fingerprint,
                           save_fingerprint, save_plans)
 
@@ -57,7 +57,8 @@ def plan_dataset(raw: Path, work: Path, gpu_memory_gb: float | None = None,
     fingerprint = _fresh_fingerprint(dataset, work, workers, overwrite)
     plans = plan_experiment(fingerprint, gpu_memory_gb, configs, dataset_name=Path(raw).resolve().name,
                             memory_model=memory_model, preset=preset)
-    return _write_raw_outputs(raw, work, fingerprint, plans, n_folds, folds is not None, overwrite, classes)
+    return _write_outputs(work, Path(raw) / "dataset.json", fingerprint, plans, [c.case for c in fingerprint.cases],
+                          n_folds, folds is not None, overwrite, raw=Path(raw), classes=classes)
 
 
 def _fresh_fingerprint(dataset: RawDataset, work: Path, workers: int, overwrite: bool) -> Fingerprint:
@@ -73,19 +74,6 @@ def _fresh_fingerprint(dataset: RawDataset, work: Path, workers: int, overwrite:
     return fingerprint
 
 
-def _write_raw_outputs(raw: Path, work: Path, fingerprint: Fingerprint, plans: Plans, n_folds: int,
-                       folds_given: bool, overwrite: bool, classes: CaseClasses | None) -> Plans:
-    """Write WORK's files for plans made from RAW (whose path the plans record); a dataset with
-    case `classes` gets the classification head and WORK/classes.csv."""
-    # preprocess, postprocess and the final validation find the raw images and labels through this
-    plans = _with_origin(plans, fingerprint, raw=str(Path(raw).resolve()))
-    if classes is not None:
-        plans = attach_class_head(plans, classes.names)
-    names = [c.case for c in fingerprint.cases]
-    return _write_outputs(work, (Path(raw) / "dataset.json").read_bytes(), fingerprint, plans, names,
-                          n_folds, folds_given, overwrite, raw=Path(raw), classes=classes)
-
-
 def plan_from_nnunet_plans(raw: Path, work: Path, nnunet_plans_file: Path, configs: Sequence[str] | None = None,
                            workers: int = 1, *, folds: int | None = None, overwrite: bool = False) -> Plans:
     """RAW + nnU-Net's nnUNetPlans.json → WORK: nnU-Net's plan exactly (configuration names, patch,
@@ -97,10 +85,10 @@ def plan_from_nnunet_plans(raw: Path, work: Path, nnunet_plans_file: Path, confi
     dataset = load_dataset(raw)
     classes = classes_of_dataset(dataset)
     n_folds = fold_count(len(dataset.cases), folds)
-    plans = plans_from_nnunet(nnunet, read_json_checked(Path(raw) / "dataset.json"),
-                              list(configs) if configs else None)
+    plans = plans_from_nnunet(nnunet, dataset.meta, list(configs) if configs else None)
     fingerprint = _fresh_fingerprint(dataset, work, workers, overwrite)
-    return _write_raw_outputs(raw, work, fingerprint, plans, n_folds, folds is not None, overwrite, classes)
+    return _write_outputs(work, Path(raw) / "dataset.json", fingerprint, plans, [c.case for c in fingerprint.cases],
+                          n_folds, folds is not None, overwrite, raw=Path(raw), classes=classes)
 
 
 def plan_from_fingerprint(fingerprint_file: Path, work: Path, gpu_memory_gb: float | None = None,
@@ -125,9 +113,7 @@ def plan_from_fingerprint(fingerprint_file: Path, work: Path, gpu_memory_gb: flo
     name = str(meta.get("name", fingerprint_file.resolve().parent.name))
     plans = plan_experiment(fingerprint, gpu_memory_gb, configs, dataset_name=name, memory_model=memory_model,
                             preset=preset)
-    plans = _with_origin(plans, fingerprint)
-    return _write_outputs(work, dataset_json.read_bytes(), fingerprint, plans, names, n_folds,
-                          folds is not None, overwrite)
+    return _write_outputs(work, dataset_json, fingerprint, plans, names, n_folds, folds is not None, overwrite)
 
 
 def fingerprint_hash(fingerprint: Fingerprint) -> str:
@@ -136,11 +122,12 @@ def fingerprint_hash(fingerprint: Fingerprint) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _with_origin(plans: Plans, fingerprint: Fingerprint, raw: str | None = None) -> Plans:
+def _with_origin(plans: Plans, fingerprint: Fingerprint, raw: Path | None) -> Plans:
     """plans.extra records the fingerprint's hash (and the raw folder) the plan was made from."""
     extra = {**plans.extra, FINGERPRINT_HASH_KEY: fingerprint_hash(fingerprint)}
     if raw is not None:
-        extra[RAW_PATH_KEY] = raw
+        # preprocess, postprocess and the final validation find the raw images and labels through this
+        extra[RAW_PATH_KEY] = str(Path(raw).resolve())
     return replace(plans, extra=extra)
 
 
@@ -175,23 +162,26 @@ def refuse_other_fingerprint(work: Path, old: Fingerprint, new: Fingerprint) -> 
                         hint=NEW_WORK_HINT)
 
 
-def _write_outputs(work: Path, dataset_json: bytes, fingerprint: Fingerprint, plans: Plans,
+def _write_outputs(work: Path, dataset_json: Path, fingerprint: Fingerprint, plans: Plans,
                    case_names: Sequence[str] | None, n_folds: int, folds_given: bool,
                    overwrite: bool, raw: Path | None = None, classes: CaseClasses | None = None) -> Plans:
-    """Decide the splits (stratified by case class when the dataset has `classes`), then write
-    everything atomically, plans.json last; returns the plans written (`extra` names the nnU-Net
+    """Write WORK's files, each atomically, plans.json last; the plans record the fingerprint's hash
+    (and RAW), a dataset with case `classes` gets the classification head, WORK/classes.csv and
+    splits stratified by class. Returns the plans written (`extra` names the nnU-Net
     splits_final.json when splits.json was copied from one)."""
     work = Path(work)
+    copy = dataset_json.read_bytes()  # before --overwrite clears WORK (it may be WORK/dataset.json)
+    plans = _with_origin(plans, fingerprint, raw)
+    if classes is not None:
+        plans = attach_class_head(plans, classes.names)
     splits = None if overwrite else kept_splits(work, case_names, n_folds if folds_given else None)
-    nnunet_splits = None
-    if splits is None:
-        nnunet_splits = find_nnunet_splits(work, raw, case_names)
+    nnunet_splits = find_nnunet_splits(work, raw, case_names) if splits is None else None
     if overwrite:
         clear_work(work)
     remove_tmp_leftovers(work)
     target = work_dataset_file(work)
-    if not target.is_file() or target.read_bytes() != dataset_json:
-        write_atomic(target, lambda tmp: tmp.write_bytes(dataset_json))
+    if not target.is_file() or target.read_bytes() != copy:
+        write_atomic(target, lambda tmp: tmp.write_bytes(copy))
     save_fingerprint(fingerprint, fingerprint_file(work))
     write_work_classes(work, classes)
     if nnunet_splits is not None:
@@ -227,7 +217,7 @@ def kept_splits(work: Path, case_names: Sequence[str] | None, n_folds: int | Non
     path = splits_file(work)
     if not path.is_file():
         return None
-    splits = check_splits_shape(path, read_json_checked(path))
+    splits = read_splits(work)
     if case_names:
         check_splits_cases(path, splits, case_names)
     if n_folds is not None and len(splits) != n_folds:

@@ -26,7 +26,7 @@ import torch
 from nnlite.common.layout import preprocessed_folder
 from nnlite.common.errors import UserError
 from nnlite.plans import Plans
-from nnlite.preprocessing.pipeline import INT8_MAX_LABEL, CaseProperties, transposed_spacing
+from nnlite.preprocessing.pipeline import CaseProperties, seg_dtype, transposed_spacing
 from nnlite.preprocessing.resampling import resample_seg
 
 NEXT_STAGE_SUFFIX = "_predicted_next_stage"  # WORK/preprocessed/<lowres><this>/
@@ -73,7 +73,7 @@ def seg_to_stage_input(seg: np.ndarray, props: CaseProperties, plans: Plans, con
     spacing = transposed_spacing(props.original_spacing, plans)
     order = plans.configurations[config_name].resampling_order_seg
     out = resample_seg(np.ascontiguousarray(cropped), props.shape, spacing, props.spacing, order)
-    return out.astype(np.int8 if out.max(initial=0) <= INT8_MAX_LABEL else np.int16)
+    return out.astype(seg_dtype(out))
 
 
 def one_hot(prev: np.ndarray | torch.Tensor, labels: Sequence[int]) -> torch.Tensor:

@@ -26,16 +26,13 @@ STD_FLOOR = 1e-8  # nnU-Net's eps: std (and max - min) never below this, so cons
 def zscore(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """(x - mean) / max(std, 1e-8); with `mask` (bool, same shape) only masked voxels are used/changed."""
     image = image.astype(np.float32, copy=False)
-    if mask is None:
-        image -= np.float32(image.mean(dtype=np.float64))
-        image /= np.float32(max(image.std(dtype=np.float64), STD_FLOOR))
+    if mask is not None and not mask.any():  # an empty region has no statistics; nothing inside it to normalize either
         return image
-    if not mask.any():  # an empty region has no statistics; nothing inside it to normalize either
-        return image
-    inside = image[mask]
+    inside = image if mask is None else image[mask]
     inside -= np.float32(inside.mean(dtype=np.float64))
     inside /= np.float32(max(inside.std(dtype=np.float64), STD_FLOOR))
-    image[mask] = inside
+    if mask is not None:
+        image[mask] = inside
     return image
 
 

@@ -72,8 +72,7 @@ def transposed_spacing(spacing: Sequence[float], plans: Plans) -> tuple[float, .
 
 def target_spacing(plans: Plans, config_name: str, spacing_t: Sequence[float]) -> tuple[float, ...]:
     """The configuration's spacing; a 2d configuration keeps the case's own first-axis spacing."""
-    config = plans.configurations[config_name]
-    target = tuple(float(s) for s in config.spacing)
+    target = tuple(float(s) for s in plans.configurations[config_name].spacing)
     if len(target) < len(spacing_t):
         target = (float(spacing_t[0]),) + target
     return target
@@ -104,7 +103,8 @@ def _sample_voxels(mask: np.ndarray, rng: np.random.RandomState) -> list[list[in
     return coords[rng.choice(n, count, replace=False)].tolist()
 
 
-def _seg_dtype(seg: np.ndarray) -> type:
+def seg_dtype(seg: np.ndarray) -> type:
+    """How a label map is stored: int8 when every label fits, else int16."""
     if seg.size == 0 or (seg.min() >= -INT8_MAX_LABEL - 1 and seg.max() <= INT8_MAX_LABEL):
         return np.int8
     return np.int16
@@ -136,7 +136,7 @@ def preprocess_case(data: np.ndarray, seg: np.ndarray | None, spacing: Sequence[
     if seg is not None:
         out_seg = resample_seg(crop.seg, new_shape, spacing_t, new_spacing, config.resampling_order_seg)
         locations = sample_class_locations(out_seg, plans.foreground_labels, ignore_label=plans.ignore_label)
-        out_seg = out_seg.astype(_seg_dtype(out_seg), copy=False)
+        out_seg = out_seg.astype(seg_dtype(out_seg), copy=False)
     props = CaseProperties(
         case=case, original_spacing=tuple(float(s) for s in spacing),
         shape_before_crop=tuple(int(s) for s in shape_before_crop),

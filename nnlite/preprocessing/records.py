@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nnlite.common.errors import UserError
-from nnlite.common.files import read_json, write_json_atomic
+from nnlite.common.files import read_json
 from nnlite.common.schema import to_jsonable
 from nnlite.plans import DATA_FIELDS, Plans
 
@@ -33,30 +33,22 @@ def record_path(folder: str | Path) -> Path:
     return folder.with_name(folder.name + ".json")
 
 
-def data_fields(plans: Plans, config_name: str) -> dict[str, Any]:
-    """The plan fields a configuration's preprocessed arrays depend on, JSON-native."""
+def make_record(plans: Plans, config_name: str, cases: Sequence[str]) -> dict[str, Any]:
+    """The plan fields a configuration's preprocessed arrays depend on (JSON-native), the sorted
+    cases and a sha256 over both."""
     config = to_jsonable(plans.configurations[config_name])
     fields = {name: config[name] for name in CONFIGURATION_FIELDS}
     fields.update({name: to_jsonable(getattr(plans, name)) for name in PLANS_FIELDS})
-    return fields
-
-
-def make_record(plans: Plans, config_name: str, cases: Sequence[str]) -> dict[str, Any]:
-    fields, cases = data_fields(plans, config_name), sorted(cases)
+    cases = sorted(cases)
     text = json.dumps({"fields": fields, "cases": cases}, sort_keys=True, allow_nan=True)
     return {"version": RECORD_VERSION, "sha256": hashlib.sha256(text.encode()).hexdigest(),
             "fields": fields, "cases": cases}
 
 
-def write_record(folder: Path, record: dict[str, Any]) -> None:
-    write_json_atomic(record_path(folder), record)
-
-
 def read_record(folder: Path) -> dict[str, Any] | None:
     """The folder's record, or None when it has none (or an unreadable one)."""
-    path = record_path(folder)
     try:
-        record = read_json(path)
+        record = read_json(record_path(folder))
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) and {"sha256", "fields", "cases"} <= set(record) else None

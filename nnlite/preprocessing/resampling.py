@@ -101,9 +101,8 @@ def resize_separable(array: np.ndarray, new_shape: Sequence[int], order: int,
 
     Axes that shrink go first, so the later products run on less data.
     """
-    ratio = {axis: new_shape[i] / array.shape[axis] for i, axis in enumerate(axes)}
-    target = {axis: new_shape[i] for i, axis in enumerate(axes)}
-    for axis in sorted(axes, key=lambda a: ratio[a]):
+    target = dict(zip(axes, new_shape))
+    for axis in sorted(axes, key=lambda a: target[a] / array.shape[a]):
         if array.shape[axis] != target[axis]:
             array = _apply_axis(array, axis_operator(array.shape[axis], target[axis], order), axis)
     return np.ascontiguousarray(array)

@@ -24,11 +24,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from nnlite.common.layout import fingerprint_file, plans_file, preprocessed_folder, preprocessed_root
 from nnlite.common.errors import UserError
 from nnlite.common.cli import default_workers
-from nnlite.common.files import ensure_writable_dir, remove_tmp_leftovers
+from nnlite.common.files import ensure_writable_dir, remove_tmp_leftovers, write_json_atomic
 from nnlite.data.dataset import CaseFiles, RawDataset, check_case, load_dataset
 from nnlite.plans import RAW_PATH_KEY, Plans, load_fingerprint, load_plans
 from nnlite.preprocessing.pipeline import is_preprocessed, preprocess_case, save_preprocessed
-from nnlite.preprocessing.records import make_record, mismatch, read_record, write_record
+from nnlite.preprocessing.records import make_record, mismatch, read_record, record_path
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def start_folders(plans: Plans, folders: dict[str, Path], cases: list[str]) -> N
         folder.mkdir(parents=True, exist_ok=True)
         remove_tmp_leftovers(folder)
         if problem is not None:
-            write_record(folder, wanted)
+            write_json_atomic(record_path(folder), wanted)
 
 
 def run_preprocessing(work: str | Path, configs: Sequence[str] | None = None,
