@@ -125,7 +125,7 @@ MUTATIONS = (
              "LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])", "LPS_TO_RAS = np.eye(3)",
              ("tests/test_image_formats.py",)),
     Mutation("predict: label maps always written as NIfTI", "nnlite/data/image_io.py",
-             'return folder / f"{case}{image_format(source).label_ending or ending}"',
+             'return folder / f"{case}{image_format(source).label_ending or file_ending(source)}"',
              'return folder / f"{case}.nii.gz"', ("tests/test_predict_formats.py",)),
     Mutation("TIFF: the sidecar spacing ignored", "nnlite/data/picture_files.py",
              "    if not sidecar.is_file():\n", "    if True:\n", ("tests/test_image_formats.py",)),
