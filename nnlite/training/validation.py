@@ -1,5 +1,7 @@
 """After training: predict the fold's validation cases with the full sliding-window predictor.
 
+The cases go through inference's one per-case path (`inference.predictor.CasePredictor` and
+`write_prediction`, the same as `predict`), read from the preprocessed folder instead of raw files.
 Writes `validation/<case>.nii.gz` (+ `<case>.npz` probabilities, for ensembling) in the original
 geometry and scores them against the reference labels into `validation/summary.json` — the real
 Dice, next to the last pseudo-Dice measured on patches during training.
