@@ -51,6 +51,10 @@ MUTATIONS = (
     Mutation("final validation: mirroring setting ignored", "nnlite/training/validation.py",
              "mirror=config.validation.mirroring", "mirror=False",
              ("tests/test_demo.py::test_final_validation_mirrors_every_axis_when_configured",)),
+    Mutation("predict: class observers not emptied between cases", "nnlite/inference/predictor.py",
+             "        for collector in self.collectors.values():  # nothing left over from a case that failed\n"
+             "            collector.reset()\n", "",
+             ("tests/test_classification.py::test_each_case_gets_only_its_own_tiles_class_probabilities",)),
     Mutation("oversampling: int instead of round", "nnlite/loading/sampling.py",
              "threshold = round(batch_size * (1 - fraction))",
              "threshold = int(batch_size * (1 - fraction))",

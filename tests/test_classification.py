@@ -209,6 +209,22 @@ def test_collector_weights_tiles_by_their_predicted_foreground():
     assert len(collector._probs) and all(p.shape[1] == 2 for p in collector._probs)
 
 
+def test_each_case_gets_only_its_own_tiles_class_probabilities():
+    """The predictor's class observers start every case empty, also after a case whose prediction
+    failed half-way (its tiles are recorded but it has no row)."""
+    from nnlite.inference.predictor import CaseInput, CasePredictor, PredictOptions, StageModel
+    from tests.inference_fixtures import CONFIG, tiny_plans
+
+    head, plans = _FixedHead(), tiny_plans(patch=(4, 8, 8))
+    benign, malignant = -torch.ones(1, 4, 16, 16), torch.full((1, 4, 16, 16), 5.0)
+    options = PredictOptions(config=CONFIG, mirror=False)
+    with CasePredictor([StageModel(CONFIG, [head])], plans, options, torch.device("cpu")) as predict:
+        alone = predict("b", CaseInput({CONFIG: (benign, None)})).class_probs
+        head(malignant[None, :, :4, :8, :8])  # a failed case's tile, observed, never aggregated
+        after_failure = predict("b", CaseInput({CONFIG: (benign, None)})).class_probs
+    assert alone[0] > 0.5 and np.array_equal(after_failure, alone)
+
+
 def test_collector_ignores_networks_without_a_head():
     net = build_unet(NetworkPlan(**PLAN_3D), 1, 2, deep_supervision=False).eval()
     with ClassCollector([net]) as collector:
