@@ -55,6 +55,10 @@ MUTATIONS = (
              "        for collector in self.collectors.values():  # nothing left over from a case that failed\n"
              "            collector.reset()\n", "",
              ("tests/test_classification.py::test_each_case_gets_only_its_own_tiles_class_probabilities",)),
+    Mutation("nnU-Net conversion: a NoMirroring model mirrored on every axis", "nnlite/training/nnunet_model.py",
+             "axes = () if axes is None else tuple(int(a) for a in axes)",
+             "axes = None if axes is None else tuple(int(a) for a in axes)",
+             ("tests/test_nnunet_model.py::test_a_model_trained_without_mirroring_is_predicted_without_mirroring",)),
     Mutation("oversampling: int instead of round", "nnlite/loading/sampling.py",
              "threshold = round(batch_size * (1 - fraction))",
              "threshold = int(batch_size * (1 - fraction))",

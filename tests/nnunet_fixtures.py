@@ -92,7 +92,8 @@ def nnunet_checkpoint(state: dict[str, torch.Tensor], plans: dict, configuration
         "grad_scaler_state": None, "logging": logged, "_best_ema": np.float32(0.5), "current_epoch": 5,
         "init_args": {"plans": plans, "configuration": configuration, "fold": 0,
                       "dataset_json": dataset_json(), "device": torch.device("cpu")},
-        "trainer_name": trainer, "inference_allowed_mirroring_axes": tuple(mirror_axes),
+        "trainer_name": trainer,
+        "inference_allowed_mirroring_axes": None if mirror_axes is None else tuple(mirror_axes),
     }
     assert sorted(checkpoint) == CHECKPOINT_FACTS["keys"]
     assert sorted(checkpoint["init_args"]) == CHECKPOINT_FACTS["init_args"]

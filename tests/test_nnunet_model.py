@@ -177,6 +177,21 @@ def test_prediction_mirrors_the_axes_the_model_was_trained_with(mirror_axes_seen
     assert mirror_axes_seen[-1] == (0, 1, 2)
 
 
+def test_a_model_trained_without_mirroring_is_predicted_without_mirroring(tmp_path, mirror_axes_seen, fp32_on_cpu):
+    """nnU-Net's NoMirroring trainers store inference_allowed_mirroring_axes = None, which nnU-Net's
+    predictor reads as "do not mirror" (its sliding window mirrors only when the axes are not None)."""
+    from nnlite.inference.sliding_window import predict_preprocessed
+
+    model = write_model_folder(tmp_path / "results", nnunet_plans(), trainer="nnUNetTrainerNoMirroring",
+                               mirror_axes=None)
+    convert_nnunet_model(model, tmp_path / "work")
+    config = load_plans(tmp_path / "work" / "plans.json").configurations["3d_fullres"]
+    assert config.inference_mirror_axes == ()
+    net = build_unet(config.network, IN_CHANNELS, NUM_CLASSES, deep_supervision=False).eval()
+    predict_preprocessed([net], np.zeros((IN_CHANNELS, *config.patch_size), np.float32), config)
+    assert mirror_axes_seen == [()]
+
+
 def test_the_allow_list_is_exactly_what_nnunets_checkpoints_were_recorded_to_need():
     from nnlite.training.nnunet_model import nnunet_checkpoint_globals
 

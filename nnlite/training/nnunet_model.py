@@ -150,10 +150,10 @@ def _resolved_class(nnunet_plans: dict, config_name: str) -> str:
 
 
 def _with_mirror_axes(plans: Plans, config_name: str, axes: Any) -> Plans:
-    """Record the mirroring axes the model was trained with (None in the checkpoint: every axis)."""
-    if axes is None:
-        return plans
-    config = replace(plans.configurations[config_name], inference_mirror_axes=tuple(int(a) for a in axes))
+    """Record the mirroring axes the model was trained with. None (NoMirroring / NoDA trainers, or
+    no key) is nnU-Net's "do not mirror": its predictor mirrors only when the axes are not None."""
+    axes = () if axes is None else tuple(int(a) for a in axes)
+    config = replace(plans.configurations[config_name], inference_mirror_axes=axes)
     return replace(plans, configurations={**plans.configurations, config_name: config})
 
 
