@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from nnlite.common.layout import PLANS_FILE
 from nnlite.common.errors import UserError
@@ -33,9 +33,7 @@ DATA_FIELDS = ("spacing", "normalization", "use_mask_for_norm", "resampling_orde
 def output_classes(labels: dict[str, int], regions: tuple["Region", ...] = ()) -> int:
     """Network outputs: one per region (sigmoid) for a region dataset, else background plus every
     foreground label (softmax); the ignore label gets none."""
-    if regions:
-        return len(regions)
-    return len(labels) - (IGNORE_KEY in labels)
+    return len(regions) if regions else len(labels) - (IGNORE_KEY in labels)
 
 
 @dataclass(frozen=True)
@@ -47,12 +45,20 @@ class ScoredClass:
     labels: tuple[int, ...]
 
 
+def foreground_of(labels: dict[str, int]) -> list[int]:
+    """The labels that are scored and sampled: all but background and the ignore label."""
+    return sorted(v for v in labels.values() if v not in (0, labels.get(IGNORE_KEY)))
+
+
+def label_classes(labels: Iterable[int]) -> tuple[ScoredClass, ...]:
+    """Plain labels as scored classes: each the one-label set {label}, keyed by the label."""
+    return tuple(ScoredClass(int(label), (int(label),)) for label in labels)
+
+
 def scored_classes(labels: dict[str, int], regions: tuple["Region", ...] = ()) -> tuple[ScoredClass, ...]:
     """What a dataset's predictions are scored by: its regions, else every foreground label."""
-    if regions:
-        return tuple(ScoredClass(region.name, tuple(region.labels)) for region in regions)
-    ignore = labels.get(IGNORE_KEY)
-    return tuple(ScoredClass(v, (v,)) for v in sorted(set(labels.values()) - {0, ignore}))
+    return (tuple(ScoredClass(region.name, tuple(region.labels)) for region in regions) if regions
+            else label_classes(foreground_of(labels)))
 
 
 @dataclass(frozen=True)
@@ -279,7 +285,7 @@ class Plans:
     @property
     def foreground_labels(self) -> list[int]:
         """The labels that are scored and sampled: all but background and the ignore label."""
-        return sorted(v for v in self.labels.values() if v not in (0, self.ignore_label))
+        return foreground_of(self.labels)
 
     @property
     def scored(self) -> tuple[ScoredClass, ...]:

@@ -293,7 +293,7 @@ def check_case(dataset: RawDataset, case: CaseFiles) -> CheckedCase:
     (z, y, x) and channel 0's affine, plus warnings (empty label, constant image, affine mismatch).
     """
     files = case.images + ([case.label] if case.label else [])
-    affines = [_header_affine(path, dataset.reader) for path in files]  # each header read once
+    affines = [_checked_header_affine(path, dataset.reader) for path in files]  # each header read once
     image = read_case(case.images, dataset.reader)
     if image.data.shape[0] != dataset.num_channels:
         raise UserError(case.images[0], f"holds {image.data.shape[0]} channels, dataset.json "
@@ -318,7 +318,7 @@ def check_case(dataset: RawDataset, case: CaseFiles) -> CheckedCase:
     return CheckedCase(case.name, image.data, seg, image.spacing, image.affine, warnings)
 
 
-def _header_affine(path: Path, reader: str | None) -> np.ndarray:
+def _checked_header_affine(path: Path, reader: str | None) -> np.ndarray:
     spacing, affine = read_header(path, reader)
     if not all(np.isfinite(s) and s > 0 for s in spacing):
         raise UserError(path, f"spacing must be positive and finite, header has {spacing}")

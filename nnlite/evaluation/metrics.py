@@ -31,7 +31,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -41,7 +41,7 @@ from nnlite.common.files import json_ready, write_json_atomic
 from nnlite.data.dataset import AFFINE_ATOL
 from nnlite.data.image_io import file_ending, read_image
 from nnlite.data.regions import in_region
-from nnlite.plans import RAW_PATH_KEY, Plans, ScoredClass
+from nnlite.plans import RAW_PATH_KEY, Plans, ScoredClass, label_classes
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,6 @@ class Counts:
     tp: int
     fp: int
     fn: int
-
-
-def label_classes(labels: Iterable[int]) -> tuple[ScoredClass, ...]:
-    """Plain labels as scored classes: each the one-label set {label}, keyed by the label."""
-    return tuple(ScoredClass(int(label), (int(label),)) for label in labels)
 
 
 def scored_labels(scored: Sequence[ScoredClass]) -> list[int]:

@@ -17,8 +17,7 @@ from nnlite.common.layout import SUMMARY_FILE
 from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir, read_json_checked
 from nnlite.data.dataset import integer_labels, labels_and_regions
-from nnlite.evaluation.metrics import label_classes
-from nnlite.plans import IGNORE_KEY, Region, ScoredClass, scored_classes
+from nnlite.plans import IGNORE_KEY, Region, ScoredClass, label_classes, scored_classes
 
 
 @dataclass(frozen=True)

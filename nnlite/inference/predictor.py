@@ -51,12 +51,12 @@ NetworkInput = tuple[np.ndarray | torch.Tensor, CaseProperties]  # (C, *network 
 
 @dataclass
 class CaseInput:
-    """A case as read: its network input per configuration it was preprocessed for, the raw case
-    (cascade stages preprocess it for their previous stage) and the affine of its label map."""
+    """A case as read: its network input per configuration it was preprocessed for, and the raw
+    case (cascade stages preprocess it for their previous stage; its affine is the label map's).
+    A preprocessed case has no raw case: its properties hold the affine."""
 
     data: dict[str, NetworkInput]
     raw: Case | None = None
-    affine: np.ndarray | None = None  # None: the one stored in the properties
 
 
 @dataclass
@@ -193,7 +193,8 @@ def write_prediction(out_path: Path, prediction: CasePrediction, plans: Plans, *
     """A case's files from its members' probabilities (see `outputs.write_case_outputs`)."""
     members = [member.cropped(plans) for member in prediction.members]
     seg, probabilities = members_in_original(members, plans, save_probabilities)
-    affine = output_affine(members[0][1], prediction.given.affine)
+    raw = prediction.given.raw
+    affine = output_affine(members[0][1], None if raw is None else raw.affine)
     dicom = None if dicom_source is None else (dicom_source, plans.labels)
     return write_case_outputs(out_path, seg, affine, probabilities=probabilities,
                               postprocessing=postprocessing, dicom=dicom)
@@ -226,8 +227,7 @@ def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Pa
 
     def read(case: str) -> CaseInput:
         raw = read_input_case(case, cases[case], plans.num_channels)
-        return CaseInput({m.config_name: preprocess_raw(raw, case, plans, m.config_name) for m in models},
-                         raw, raw.affine)
+        return CaseInput({m.config_name: preprocess_raw(raw, case, plans, m.config_name) for m in models}, raw)
 
     def write(case: str, prediction: CasePrediction) -> Path:
         return write_prediction(outputs[case], prediction, plans, save_probabilities=options.save_probabilities,
