@@ -2,9 +2,11 @@
 
 Each mutation is one small semantic change to a copy of the package (the real tree is never
 touched): a snippet that must occur exactly once in its file is replaced, and the tests named for
-it run against the mutated copy (`pytest -x`, slow tests included when named). A mutation is
-CAUGHT when a test fails, and SURVIVED when they all pass. Before any mutation the same tests must
-pass on the unmutated copy, so a catch is never a broken test.
+it run against the mutated copy (`pytest -x`, slow tests included when named, hypothesis seeded).
+A mutation is CAUGHT only when a test FAILS (an assertion, or an exception raised inside a test's
+body); it SURVIVED when they all pass; an ERROR (a collection or import failure, a fixture that
+raises, no test selected) and a TIMEOUT are reported as such and never count as caught. Before any
+mutation the same tests must pass on the unmutated copy, so a catch is never a broken test.
 
     python benchmarks/mutations.py              # every mutation: a table, exit 1 if one survives
     python benchmarks/mutations.py --only gauss # the mutations whose name contains "gauss"
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+HYPOTHESIS_SEED = 0  # a mutation caught by one example is caught again on rerun
 COPIED = ("nnlite", "tests", "configs", "docs", "pyproject.toml", "README.md")
 
 
@@ -232,6 +235,8 @@ MUTATIONS = (
              "        if class_rows is not None:\n            summary[\"classification\"]",
              "        if False:\n            summary[\"classification\"]",
              ("tests/test_cross_validation.py::test_crossval_ensemble_and_best_carry_the_classification",)),
+    # --- rules of the reference pinned: training, loss, inference, post-processing, evaluation
+    # --- rules of the reference pinned: planning, fingerprint, preprocessing, augmentation
 )
 
 
@@ -245,15 +250,27 @@ def copy_tree(target: Path) -> None:
             shutil.copy2(source, target / name)
 
 
-def run_tests(root: Path, tests: tuple[str, ...]) -> tuple[bool, str]:
-    """(passed, the first failing test id or the last output line)."""
+def run_tests(root: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, str]:
+    """(outcome, detail): outcome is "passed", "failed" (a test failed: the mutation is caught),
+    "error" (collection, import or fixture error; no test ran) or "timeout"; detail names the first
+    failing test or gives the last output line."""
     env = {**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                             "-p", "no:randomly", *tests], cwd=root, env=env, capture_output=True, text=True)
-    failed = [line.split(" ", 1)[1].split(" - ")[0] for line in result.stdout.splitlines()
-              if line.startswith(("FAILED ", "ERROR "))]
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+               f"--hypothesis-seed={HYPOTHESIS_SEED}", *tests]
+    try:
+        result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout,
+                                check=False)
+    except subprocess.TimeoutExpired:
+        return "timeout", f"no result after {timeout:.0f} s"
+    reports = [line for line in result.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))]
     last = (result.stdout.strip().splitlines() or ["(no output)"])[-1]
-    return result.returncode == 0, failed[0] if failed else last
+    if result.returncode == 0:
+        return "passed", last
+    first = reports[0].split(" ", 1)[1].split(" - ")[0] if reports else last
+    # pytest exits 1 when a test failed or errored; 2-5 are interruptions, internal and usage errors,
+    # and "no tests collected". With -x the first report is the one that stopped the run.
+    caught = result.returncode == 1 and bool(reports) and reports[0].startswith("FAILED ")
+    return ("failed" if caught else "error"), first
 
 
 def apply(root: Path, mutation: Mutation) -> None:
@@ -266,41 +283,45 @@ def apply(root: Path, mutation: Mutation) -> None:
     path.write_text(text.replace(mutation.old, mutation.new))
 
 
-def check_baseline(tests: tuple[str, ...]) -> None:
+def check_baseline(tests: tuple[str, ...], timeout: float) -> None:
     """The tests must pass on an unmutated copy (run once per set of tests)."""
     with tempfile.TemporaryDirectory(prefix="nnlite-baseline-") as tmp:
         copy_tree(Path(tmp))
-        passed, detail = run_tests(Path(tmp), tests)
-    if not passed:
-        raise SystemExit(f"error: {' '.join(tests)}: fail without any mutation ({detail})")
+        outcome, detail = run_tests(Path(tmp), tests, timeout)
+    if outcome != "passed":
+        raise SystemExit(f"error: {' '.join(tests)}: {outcome} without any mutation ({detail})")
 
 
-def check_mutation(mutation: Mutation) -> tuple[str, float]:
-    """'caught by <test>' or 'SURVIVED'; the seconds it took."""
+def check_mutation(mutation: Mutation, timeout: float) -> tuple[str, float]:
+    """'caught by <test>', 'SURVIVED', 'ERROR (...)' or 'TIMEOUT (...)'; the seconds it took."""
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nnlite-mutation-") as tmp:
         root = Path(tmp)
         copy_tree(root)
         apply(root, mutation)
-        passed, detail = run_tests(root, mutation.tests)
-    return ("SURVIVED" if passed else f"caught by {detail}"), time.perf_counter() - started
+        outcome, detail = run_tests(root, mutation.tests, timeout)
+    result = {"passed": "SURVIVED", "failed": f"caught by {detail}",
+              "error": f"ERROR ({detail})", "timeout": f"TIMEOUT ({detail})"}[outcome]
+    return result, time.perf_counter() - started
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="", help="run the mutations whose name contains this text")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds one test run may take")
     args = parser.parse_args()
     chosen = [m for m in MUTATIONS if args.only.lower() in m.name.lower()]
     for tests in dict.fromkeys(m.tests for m in chosen):
-        check_baseline(tests)
+        check_baseline(tests, args.timeout)
     print("| mutation | result | seconds |\n|---|---|---|")
-    survivors = 0
+    caught = 0
     for mutation in chosen:
-        result, seconds = check_mutation(mutation)
-        survivors += result == "SURVIVED"
+        result, seconds = check_mutation(mutation, args.timeout)
+        caught += result.startswith("caught")
         print(f"| {mutation.name} | {result} | {seconds:.0f} |", flush=True)
-    print(f"\n{len(chosen)} mutations, {len(chosen) - survivors} caught, {survivors} survived")
-    return 1 if survivors else 0
+    print(f"\n{len(chosen)} mutations, {caught} caught by a failing test, {len(chosen) - caught} not caught "
+          "(survived, error or timeout)")
+    return 0 if caught == len(chosen) else 1
 
 
 if __name__ == "__main__":
