@@ -12,6 +12,7 @@ NNLITE_REQUIRE_BROWSER=1, which turns that skip into a failure.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -51,12 +52,15 @@ def _usr_bin(name: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def browser_programs() -> tuple[str, str]:
-    pytest.importorskip("streamlit", reason="the app needs the optional extra nnlite[app]")
+    # Everything the test needs is checked here, before any skip: under NNLITE_REQUIRE_BROWSER=1
+    # a missing Streamlit fails the test like a missing browser.
     browser, driver = find_program(BROWSERS), find_program(DRIVERS)
-    if browser is None or driver is None or _selenium() is None:
-        missing = "Chromium" if browser is None else "chromedriver" if driver is None else "selenium"
-        reason = (f"no {missing}: the browser test needs the chromium and chromium-driver packages "
-                  "and selenium")
+    streamlit = importlib.util.find_spec("streamlit") is not None
+    if browser is None or driver is None or _selenium() is None or not streamlit:
+        missing = ("Chromium" if browser is None else "chromedriver" if driver is None
+                   else "selenium" if _selenium() is None else "streamlit")
+        reason = (f"no {missing}: the browser test needs the chromium and chromium-driver packages, "
+                  "selenium and the optional extra nnlite[app]")
         if os.environ.get(REQUIRE_BROWSER) == "1":
             pytest.fail(f"{reason} ({REQUIRE_BROWSER}=1)")
         pytest.skip(reason)
@@ -77,17 +81,40 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_until_served(url: str, server: subprocess.Popen) -> None:
+PORT_TRIES = 5  # another process may take the probed port before the app binds it: try another
+PORT_TAKEN = ("is not available", "already in use")  # what Streamlit prints when it cannot bind
+
+
+def wait_until_served(url: str, server: subprocess.Popen) -> bool:
+    """True once the app answers; False when it exited because its port was taken meanwhile."""
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
-        assert server.poll() is None, server.stdout.read()
+        if server.poll() is not None:
+            output = server.stdout.read()
+            assert any(words in output for words in PORT_TAKEN), output
+            return False
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
                 if reply.status == 200:
-                    return
+                    return True
         except OSError:
             time.sleep(0.5)
     pytest.fail(f"the app did not answer on {url} within {WAIT_S} s")
+
+
+def start_app(work: Path, outputs: Path) -> tuple[str, subprocess.Popen]:
+    """`python -m nnlite.app` on a free port: (its URL, the running server)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    for _ in range(PORT_TRIES):
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "nnlite.app", str(work), "--port", str(port),
+                                   "--outputs", str(outputs)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        url = f"http://127.0.0.1:{port}"
+        if wait_until_served(url, server):
+            print(f"the app serves {url}")
+            return url, server
+    pytest.fail(f"no free port for the app after {PORT_TRIES} tries")
 
 
 @pytest.fixture(scope="module")
@@ -95,14 +122,8 @@ def served(tmp_path_factory, browser_programs):
     """(url, WORK, outputs): `python -m nnlite.app` serving a freshly trained WORK."""
     root = tmp_path_factory.mktemp("app")
     work = trained_work(root)
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    server = subprocess.Popen([sys.executable, "-m", "nnlite.app", str(work), "--port", str(port),
-                               "--outputs", str(root / "outputs")],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
+    url, server = start_app(work, root / "outputs")
     try:
-        wait_until_served(url, server)
         yield url, work, root
     finally:
         server.terminate()  # the command stops its Streamlit child too
