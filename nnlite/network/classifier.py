@@ -18,9 +18,11 @@ at the class prior instead of sending random confident logits into the encoder.
 Such a network returns `SegmentAndClass(seg, class_logits)`, where `seg` is exactly what the same
 network without a head returns; a network without a head returns what it always did.
 
-The class loss is cross-entropy with class-balanced weights (w_k = N / (K · n_k) over the
-training cases, so a rare class counts as much as a common one), added to Dice + CE with the
-weight `training.class_loss_weight` of the training config (`joint_loss`).
+The class loss is a class-balanced cross-entropy, (1/B) Σ_i w[y_i] · CE_i over the B samples of
+a batch, with w_k = N / (K · n_k) over the N training cases (n_k of class k, K classes present):
+drawing a case at random, every class carries 1/K of the weight and the mean weight is 1, at any
+batch size and on every DDP rank (`class_loss`). It is added to Dice + CE with the weight
+`training.class_loss_weight` of the training config (`joint_loss`).
 """
 
 from __future__ import annotations
@@ -99,16 +101,32 @@ def segmentation_output(outputs: torch.Tensor | list[torch.Tensor] | tuple) -> t
 
 
 def balanced_class_weights(counts: Sequence[int]) -> torch.Tensor:
-    """(K,) float32 weights N / (K · n_k); a class without training cases gets weight 0."""
+    """(K,) float32 weights w_k = N / (K' · n_k) from the training cases' class counts n_k (N cases,
+    K' classes that occur), so for a case drawn at random E[w] = Σ_k (n_k / N) · w_k = 1 and each
+    class that occurs carries 1/K' of the total weight.
+
+    A class without training cases gets weight 1, the mean weight: it never occurs in training, and
+    a validation patch of that class counts as an average one (N / (K' · 0) would be inf, and 0
+    would silence it).
+    """
     counts_t = torch.tensor(counts, dtype=torch.float64)
-    total, k = counts_t.sum(), len(counts)
-    weights = torch.where(counts_t > 0, total / (k * counts_t.clamp_min(1)), torch.zeros_like(counts_t))
+    present = counts_t > 0
+    total, k = counts_t.sum(), int(present.sum())
+    weights = torch.where(present, total / (k * counts_t.clamp_min(1)), torch.ones_like(counts_t))
     return weights.float()
 
 
 def class_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted cross-entropy of logits (B, K) against class indices (B,), in float32."""
-    return nn.functional.cross_entropy(logits.float(), target, weight=weights.to(logits.device))
+    """Class-balanced cross-entropy of logits (B, K) against class indices (B,), in float32:
+    (1/B) Σ_i weights[y_i] · CE(logits_i, y_i).
+
+    Averaged over the B samples, not over their summed weights as `F.cross_entropy(weight=…)` does:
+    that mean cancels the weights of a batch of one (or a DDP rank's one sample) and shrinks them in
+    a mixed batch (80/20 split, batch 2: the rare class got ~30 % of the weight, not 50 %).
+    DDP averages the ranks' gradients, so the classes stay balanced across ranks too.
+    """
+    per_sample = nn.functional.cross_entropy(logits.float(), target, reduction="none")  # (B,)
+    return (weights.to(logits.device)[target] * per_sample).mean()
 
 
 @dataclass(frozen=True)
@@ -116,7 +134,7 @@ class ClassTargets:
     """What the trainer needs for the class loss: each case's class, the weights, the loss weight."""
 
     of_case: dict[str, int]
-    weights: torch.Tensor  # (K,) balanced_class_weights of the training cases
+    weights: torch.Tensor  # (K,) balanced_class_weights of the training cases (mean 1 over them)
     loss_weight: float  # relative to the segmentation loss
 
     def targets(self, cases: Sequence[str], device: torch.device) -> torch.Tensor:
@@ -127,8 +145,8 @@ class ClassTargets:
 def joint_loss(seg_loss: nn.Module, outputs: torch.Tensor | list[torch.Tensor] | tuple,
                targets: list[torch.Tensor], cases: Sequence[str], classes: ClassTargets | None,
                parts: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Segmentation loss, plus loss_weight · class loss when the network has a head (whose
-    unweighted value, detached, goes to `parts["class"]` when `parts` is given).
+    """Segmentation loss, plus loss_weight · class loss when the network has a head (the class loss
+    before loss_weight, detached, goes to `parts["class"]` when `parts` is given).
 
     Without a head this is exactly `seg_loss(outputs, targets)` (same operations, same bits).
     """

@@ -2,7 +2,10 @@
 
 Each training patch carries its case's name (`batch["cases"]`); the class of that case comes from
 WORK/classes.csv, which `plan` copied from the raw dataset. The class weights are balanced over
-the fold's *training* cases, so the validation cases never influence training.
+the fold's *training* cases, so the validation cases never influence training: the loader draws
+cases uniformly, so with w_k = N / (K · n_k) every class carries the same total weight over an
+epoch (`network/classifier.balanced_class_weights`). A class that only validation cases hold gets
+weight 1, so its validation patches have a finite loss.
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.common.layout import plans_file
 from nnlite.common.errors import UserError
+from nnlite.common.layout import plans_file
 from nnlite.network.classifier import ClassTargets, balanced_class_weights
 from nnlite.planning.class_head import read_work_classes
 from nnlite.plans import Plans
