@@ -1,7 +1,9 @@
 """`python -m nnlite.app WORK [--port N] [--host H] [--inputs DIR] [--outputs DIR]`: the web app.
 
 Starts Streamlit on the page script `nnlite/viewing/pages.py` bound to 127.0.0.1:8501 unless told
-otherwise, prints the address and serves until Ctrl-C. Without `--outputs`, predictions go to a
+otherwise, prints the address and serves until Ctrl-C. `--port 0` serves on any free port and prints
+the address once the app answers there (a port taken by another program between the choice and the
+bind is replaced by another, up to PORT_TRIES times). Without `--outputs`, predictions go to a
 temporary folder that is removed when the app stops.
 """
 
@@ -10,9 +12,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +27,9 @@ from nnlite.common.errors import UserError
 from nnlite.viewing.settings import AppSettings, check_settings, page_arguments, parse_settings
 
 STOP_GRACE_S = 10  # seconds the server gets to close its sessions when asked to stop
+ANY_PORT = 0
+PORT_TRIES = 5
+START_TIMEOUT_S = 300  # a cold start on a busy machine imports torch and Streamlit
 
 
 def streamlit_command(settings: AppSettings) -> list[str]:
@@ -44,8 +52,11 @@ def serve(settings: AppSettings) -> int:
     package_root = str(Path(__file__).resolve().parents[1])  # the child imports this very nnlite
     paths = [package_root, os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    if settings.port == ANY_PORT:
+        settings, child = start_on_a_free_port(settings, env)
+    else:
+        child = subprocess.Popen(streamlit_command(settings), env=env)
     print(f"nnlite app: serving {settings.work} at {settings.address} (Ctrl-C stops it)", flush=True)
-    child = subprocess.Popen(streamlit_command(settings), env=env)
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
         return child.wait()
@@ -55,6 +66,43 @@ def serve(settings: AppSettings) -> int:
         return EXIT_OK
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def start_on_a_free_port(settings: AppSettings, env: dict[str, str]) -> tuple[AppSettings, subprocess.Popen]:
+    """The server started on a port the system called free, and answering there; another port when
+    something else took that one before Streamlit bound it."""
+    for _ in range(PORT_TRIES):
+        chosen = replace(settings, port=free_port(settings.host))
+        child = subprocess.Popen(streamlit_command(chosen), env=env)
+        if answers(chosen, child):
+            return chosen, child
+        if child.poll() is None:  # alive but silent: not a port clash
+            stop(child)
+            raise UserError("nnlite app", f"the server did not answer at {chosen.address} within "
+                                          f"{START_TIMEOUT_S} s")
+    raise UserError("nnlite app", f"no free port could be bound after {PORT_TRIES} tries")
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def answers(settings: AppSettings, child: subprocess.Popen) -> bool:
+    """True once Streamlit's health check answers at the settings' address while `child` runs (not
+    another program that took the port); False when `child` stopped first or the time ran out."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
+    health = f"http://{host}:{settings.port}/_stcore/health"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline and child.poll() is None:
+        try:
+            with urllib.request.urlopen(health, timeout=2) as reply:
+                if reply.status == 200 and child.poll() is None:
+                    return True
+        except OSError:
+            time.sleep(0.3)
+    return False
 
 
 class StopServing(Exception):

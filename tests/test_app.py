@@ -145,32 +145,23 @@ def test_inputs_that_are_not_a_folder_stop_before_serving(work, tmp_path):
 def test_the_command_prints_its_address_serves_and_stops_with_its_server(work):
     import contextlib
     import os
+    import re
     import signal
-    import socket
     import subprocess
-    import time
     import urllib.request
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(PAGES.parents[2])}
-    app = subprocess.Popen([sys.executable, "-m", "nnlite", "app", str(work), "--port", str(port)],
+    app = subprocess.Popen([sys.executable, "-m", "nnlite", "app", str(work), "--port", "0"],
                            stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    health = f"http://127.0.0.1:{port}/_stcore/health"
     try:
-        expected = f"nnlite app: serving {work} at http://127.0.0.1:{port} (Ctrl-C stops it)"
-        assert app.stdout.readline().strip() == expected
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(health, timeout=2) as reply:
-                    assert reply.status == 200
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("the app did not answer")
+        # --port 0: the command picks a free port itself and prints it once the app answers there
+        served = re.compile(rf"nnlite app: serving {re.escape(str(work))} at http://127\.0\.0\.1:(\d+) "
+                            r"\(Ctrl-C stops it\)")
+        found = next((m for line in app.stdout if (m := served.fullmatch(line.strip()))), None)
+        assert found is not None, "the command never printed its address"
+        health = f"http://127.0.0.1:{found.group(1)}/_stcore/health"
+        with urllib.request.urlopen(health, timeout=10) as reply:
+            assert reply.status == 200
         app.send_signal(signal.SIGTERM)
         assert app.wait(timeout=60) == 0
         with pytest.raises(OSError):  # the Streamlit child has stopped with it
@@ -179,3 +170,28 @@ def test_the_command_prints_its_address_serves_and_stops_with_its_server(work):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(app.pid, signal.SIGKILL)
         app.wait()
+
+
+@pytest.mark.slow
+def test_any_free_port_replaces_a_port_taken_between_its_choice_and_the_bind(work, monkeypatch, tmp_path):
+    import os
+    import socket
+
+    from nnlite import app as app_command
+
+    taken = socket.socket()  # another program holds the first port the app is offered
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    offered = iter([taken.getsockname()[1], app_command.free_port("127.0.0.1")])
+    monkeypatch.setattr(app_command, "free_port", lambda host: next(offered))
+    settings = parse_settings([str(work), "--port", "0", "--outputs", str(tmp_path / "out")])
+    env = {**os.environ, "PYTHONPATH": str(PAGES.parents[2])}
+    try:
+        served, child = app_command.start_on_a_free_port(settings, env)
+        try:
+            assert served.port not in (0, taken.getsockname()[1])
+            assert child.poll() is None
+        finally:
+            app_command.stop(child)
+    finally:
+        taken.close()

@@ -15,11 +15,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import socket
+import re
 import subprocess
 import sys
-import time
-import urllib.request
+import threading
 from pathlib import Path
 
 import pytest
@@ -75,46 +74,25 @@ def _selenium():
     return selenium
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-PORT_TRIES = 5  # another process may take the probed port before the app binds it: try another
-PORT_TAKEN = ("is not available", "already in use")  # what Streamlit prints when it cannot bind
-
-
-def wait_until_served(url: str, server: subprocess.Popen) -> bool:
-    """True once the app answers; False when it exited because its port was taken meanwhile."""
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            output = server.stdout.read()
-            assert any(words in output for words in PORT_TAKEN), output
-            return False
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
-                if reply.status == 200:
-                    return True
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"the app did not answer on {url} within {WAIT_S} s")
+SERVED = re.compile(r"nnlite app: serving .* at (http://127\.0\.0\.1:\d+) \(Ctrl-C stops it\)")
 
 
 def start_app(work: Path, outputs: Path) -> tuple[str, subprocess.Popen]:
-    """`python -m nnlite.app` on a free port: (its URL, the running server)."""
+    """`python -m nnlite.app --port 0` (the command picks a free port and prints it once the app
+    answers there): (its URL, the running server)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    for _ in range(PORT_TRIES):
-        port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "nnlite.app", str(work), "--port", str(port),
-                                   "--outputs", str(outputs)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        url = f"http://127.0.0.1:{port}"
-        if wait_until_served(url, server):
-            print(f"the app serves {url}")
-            return url, server
-    pytest.fail(f"no free port for the app after {PORT_TRIES} tries")
+    server = subprocess.Popen([sys.executable, "-m", "nnlite.app", str(work), "--port", "0",
+                               "--outputs", str(outputs)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    seen = []
+    for line in server.stdout:  # ends when the server stops: it prints its address or fails
+        seen.append(line)
+        if found := SERVED.fullmatch(line.strip()):
+            print(f"the app serves {found.group(1)}")
+            threading.Thread(target=server.stdout.read, daemon=True).start()  # never block its output
+            return found.group(1), server
+    server.wait()
+    pytest.fail(f"the app stopped without serving:\n{''.join(seen)}")
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder for predictions (default: a temporary folder, removed at exit)")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"address to bind (default {DEFAULT_HOST}: this machine only)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"port (default {DEFAULT_PORT}; 0: any free port, printed once served)")
     parser.add_argument("--max-upload-mb", type=int, default=MAX_UPLOAD_MB, metavar="MB",
                         help=f"largest upload, all files of a case together (default {MAX_UPLOAD_MB})")
     return parser
@@ -57,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_settings(argv: Sequence[str] | None) -> AppSettings:
     args = build_parser().parse_args(argv)
-    if not 0 < args.port < 65536:
-        build_parser().error("--port must be in 1–65535")
+    if not 0 <= args.port < 65536:
+        build_parser().error("--port must be in 0–65535 (0: any free port)")
     if args.max_upload_mb < 1:
         build_parser().error("--max-upload-mb must be ≥ 1")
     return AppSettings(args.work, args.inputs, args.outputs, args.host, args.port, args.max_upload_mb)
