@@ -65,8 +65,11 @@ def slice_dataset(volume: np.ndarray, k: int, geometry: SeriesGeometry, uids: di
 
 def write_series(folder: Path, volume: np.ndarray, geometry: SeriesGeometry = SeriesGeometry(),
                  *, seed: int = 0, slope: float = 1.0, intercept: float = 0.0,
-                 skip: tuple[int, ...] = ()) -> list[Path]:
-    """One file per slice of `volume` (Z, Y, X int16), named in random order (not by position)."""
+                 skip: tuple[int, ...] = (), omit: tuple[str, ...] = ()) -> list[Path]:
+    """One file per slice of `volume` (Z, Y, X int16), named in random order (not by position).
+
+    omit: header keywords left out, as SimpleITK-written or anonymised series do
+    ("FrameOfReferenceUID", "SliceThickness")."""
     folder.mkdir(parents=True, exist_ok=True)
     uids = {"study": generate_uid(), "series": generate_uid(), "frame": generate_uid()}
     names = np.random.default_rng(seed).permutation(len(volume))
@@ -75,7 +78,10 @@ def write_series(folder: Path, volume: np.ndarray, geometry: SeriesGeometry = Se
         if k in skip:
             continue
         path = folder / f"IM{names[k]:04d}"
-        slice_dataset(volume, k, geometry, uids, slope, intercept).save_as(path, enforce_file_format=True)
+        ds = slice_dataset(volume, k, geometry, uids, slope, intercept)
+        for keyword in omit:
+            delattr(ds, keyword)
+        ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
 

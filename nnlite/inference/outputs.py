@@ -18,6 +18,8 @@ DICOM-SEG — for `predict`, the final validation, the cross-validation ensemble
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 from nnlite.common.errors import UserError
-from nnlite.common.files import write_atomic
+from nnlite.common.files import TMP_SUFFIX, write_atomic
 from nnlite.data.image_io import file_ending, write_seg
 from nnlite.data.regions import paint_regions
 from nnlite.inference.largest_component import apply_postprocessing
@@ -96,15 +98,26 @@ def write_case_outputs(out_path: str | Path, seg: np.ndarray, affine: np.ndarray
                        dicom: tuple[Path, dict] | None = None) -> Path:
     """Write a case's label map (*raw shape) as `out_path` after the keep-largest-component steps
     (never applied to the probabilities), `<case>.npz` beside it when `probabilities` are given,
-    and `<case>.dcm` when `dicom` = (the DICOM series it segments, the dataset's labels)."""
-    out_path = Path(out_path)
-    write_seg(out_path, apply_postprocessing(seg, postprocessing), affine)
-    if probabilities is not None:
-        write_probabilities(npz_path_for(out_path), probabilities)
-    if dicom is not None:
-        from nnlite.inference.dicom_seg import write_dicom_seg  # highdicom: only when asked for
+    and `<case>.dcm` when `dicom` = (the DICOM series it segments, the dataset's labels).
 
-        write_dicom_seg(out_path, dicom[0], dicom[1], dicom_seg_path(out_path))
+    All files are written into `<dir>/.<name>.tmp/` first and moved beside each other only when
+    every one succeeded: a case that fails (a DICOM-SEG that cannot be made) leaves no file."""
+    out_path = Path(out_path)
+    staging = out_path.with_name(f".{out_path.name}{TMP_SUFFIX}")
+    shutil.rmtree(staging, ignore_errors=True)  # a killed run's leftover
+    staging.mkdir(parents=True)
+    try:
+        staged = [write_seg(staging / out_path.name, apply_postprocessing(seg, postprocessing), affine)]
+        if probabilities is not None:
+            staged.append(write_probabilities(npz_path_for(staged[0]), probabilities))
+        if dicom is not None:
+            from nnlite.inference.dicom_seg import write_dicom_seg  # highdicom: only when asked for
+
+            staged.append(write_dicom_seg(staged[0], dicom[0], dicom[1], dicom_seg_path(staged[0])))
+        for path in staged:
+            os.replace(path, out_path.with_name(path.name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out_path
 
 
