@@ -13,12 +13,13 @@ import pytest
 from nnlite.common.errors import UserError
 from nnlite.data.cropping import crop_to_nonzero
 from nnlite.data.image_io import write_image, write_seg
-from nnlite.plans import ConfigurationPlan, IntensityStats, NetworkPlan, Plans, save_plans
+from nnlite.plans import ConfigurationPlan, IntensityStats, NetworkPlan, Plans, Region, save_plans
 from nnlite.preprocess import main as preprocess_main
 from nnlite.preprocessing.pipeline import (case_files, load_case_properties, load_preprocessed,
                                            preprocess_case, resample_to_original, restore_original_geometry,
                                            sample_class_locations, save_preprocessed)
 from nnlite.preprocessing.pipeline import ANNOTATED_KEY
+from nnlite.preprocessing.records import check_matches_plan, make_record, mismatch, record_path
 from nnlite.preprocessing.resampling import resample_image, resample_seg
 
 STATS = IntensityStats(mean=5.0, std=1.0, median=5.0, min=0.0, max=10.0,
@@ -140,6 +141,56 @@ def test_an_ignore_label_adds_annotated_locations_and_no_class(rng):
     expected = {tuple(p) for p in np.argwhere((out_seg[0] >= 0) & (out_seg[0] != 3))}
     assert annotated == expected  # fewer than 10,000: every annotated voxel, none outside or ignored
     assert {k: props.class_locations[k] for k in ("1", "2")} == dense_props.class_locations
+
+
+def test_region_locations_are_stored_per_region_with_the_reference_stream():
+    """nnU-Net samples a region dataset per foreground region: the voxels holding any of its labels,
+    its union taken label block by label block in the region's order, drawn from the one
+    RandomState(1234) in region order. Keys: Python's repr of the label tuple."""
+    seg = np.zeros((1, 6, 7, 8), np.int8)
+    seg[0, 0] = 3
+    seg[0, 1:3] = 2
+    seg[0, 4:] = 1
+    rng = np.random.RandomState(1234)
+    expected = {}
+    for key, members in (("(1, 2, 3)", (1, 2, 3)), ("(2, 3)", (2, 3)), ("(3,)", (3,))):
+        union = np.concatenate([np.argwhere(seg[0] == label) for label in members])
+        expected[key] = union[rng.choice(len(union), len(union), replace=False)].tolist()
+    assert sample_class_locations(seg, [(1, 2, 3), (2, 3), (3,)]) == expected
+
+
+def test_region_plans_store_region_keys_and_label_plans_keep_label_keys(rng):
+    data, seg = _case(rng)
+    plans = _plans()
+    regions = replace(plans, labels={"background": 0, "label_1": 1, "label_2": 2},
+                      regions=(Region("both", (1, 2), 1), Region("second", (2,), 2)))
+    _, out_seg, props = preprocess_case(data, seg, (2.0, 1.0, 1.0), regions, "3d_fullres")
+    assert list(props.class_locations) == ["(1, 2)", "(2,)"]
+    assert len(props.class_locations["(1, 2)"]) == int((out_seg > 0).sum())
+    _, _, label_props = preprocess_case(data, seg, (2.0, 1.0, 1.0), plans, "3d_fullres")
+    assert list(label_props.class_locations) == ["1", "2"]
+
+
+def test_a_region_folder_with_per_label_locations_is_redone_and_refused(tmp_path):
+    """A region dataset preprocessed before locations were stored per region (its record lacks the
+    regions) must not be sampled: preprocess redoes it, train refuses it; label records unchanged."""
+    plans = _plans()
+    regions = replace(plans, labels={"background": 0, "label_1": 1, "label_2": 2},
+                      regions=(Region("both", (1, 2), 1), Region("second", (2,), 2)))
+    assert set(make_record(plans, "3d_fullres", ["a"])["fields"]) == {
+        "data_identifier", "spacing", "normalization", "use_mask_for_norm", "resampling_order_data",
+        "resampling_order_seg", "resampling_order_z", "transpose", "intensity_per_channel",
+        "channel_names", "labels"}
+    old = make_record(regions, "3d_fullres", ["a"])
+    old["fields"] = {k: v for k, v in old["fields"].items() if "region" not in k}
+    old["sha256"] = "made-by-the-old-rule"
+    problem = mismatch(old, make_record(regions, "3d_fullres", ["a"]))
+    assert problem is not None and "per region" in problem
+    folder = tmp_path / "preprocessed" / "nnlite_3d_fullres"
+    folder.mkdir(parents=True)
+    record_path(folder).write_text(json.dumps(old))
+    with pytest.raises(UserError, match="per region"):
+        check_matches_plan(folder, regions, "3d_fullres", tmp_path)
 
 
 def test_seg_dtype_widens_for_large_labels(rng):

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nnlite.common.errors import UserError
+from nnlite.data.dataset import integer_labels, labels_and_regions
 from nnlite.data.image_io import write_seg
 from nnlite.data.regions import paint_regions, parse_region_labels, region_masks
 from nnlite.evaluate import main as evaluate_main
@@ -54,6 +55,23 @@ def test_bad_region_declarations_name_the_key(labels, order, message):
     with pytest.raises(UserError, match=message) as error:
         parse_region_labels("dataset.json", labels, order)
     assert error.value.where == "dataset.json"
+
+
+# nnU-Net's LabelManager: region-based iff some value is a list/tuple of MORE than one label;
+# otherwise a one-element list is flattened to its label (plain softmax classes).
+@pytest.mark.parametrize("labels, regions", [
+    ({"background": 0, "tumour": [1]}, None),
+    ({"background": 0, "tumour": [1], "cyst": 2}, None),
+    ({"background": 0, "a": [1, 2], "b": [2]}, ((1, 2), (2,))),
+    ({"background": 0, "a": [1, 2], "b": 2}, ((1, 2), (2,))),
+])
+def test_a_dataset_is_region_based_only_with_a_list_of_more_than_one_label(labels, regions):
+    meta = {"labels": labels, "regions_class_order": [1, 2]}
+    parsed, found = labels_and_regions("dataset.json", meta, integer_labels("plain labels expected"))
+    if regions is None:
+        assert found == () and parsed == {"background": 0, "tumour": 1, **({"cyst": 2} if "cyst" in labels else {})}
+    else:
+        assert tuple(region.labels for region in found) == regions
 
 
 # ---------------------------------------------------------------------------------------------

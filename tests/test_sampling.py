@@ -168,3 +168,67 @@ def test_forced_patches_contain_foreground_on_the_demo_data(tmp_path):
             _, seg = crop_and_augment(*store.arrays(sample.case), sample.start, sample.params, cfg)
             hits += bool((seg > 0).any())
     assert hits >= 990, hits
+
+
+# ---------------------------------------------------------------------------------------------
+# region datasets: forced patches centred per region (nnU-Net's foreground_regions locations)
+
+def _brats_like_case() -> tuple[np.ndarray, np.ndarray]:
+    """A 12×20×20 body holding 2400 voxels of oedema (1), 400 of necrosis (2), 200 of enhancing (3)."""
+    data = np.ones((1, 12, 20, 20), np.float32)
+    seg = np.zeros((12, 20, 20), np.int16)
+    seg.reshape(-1)[:3000] = 1
+    seg.reshape(-1)[2400:2800] = 2
+    seg.reshape(-1)[2800:3000] = 3
+    return data, seg
+
+
+def _region_plans(regions):
+    from dataclasses import replace
+
+    from nnlite.plans import Region
+    plans = toy_plans()
+    return replace(plans, labels={"background": 0, "label_1": 1, "label_2": 2, "label_3": 3},
+                   regions=tuple(Region(name, labels, labels[-1]) for name, labels in regions))
+
+
+BRATS_REGIONS = (("whole tumour", (1, 2, 3)), ("tumour core", (2, 3)), ("enhancing", (3,)))
+
+
+def _centre_label_rates(tmp_path, plans, data, seg, draws: int = 9000) -> np.ndarray:
+    """Preprocess one case with `plans`, load it as training does, and return the share of forced
+    patches centred on labels 1, 2, 3 (a 1-voxel patch starts at its centre voxel)."""
+    from nnlite.preprocessing.pipeline import preprocess_case, save_preprocessed
+    config = next(iter(plans.configurations))
+    spacing = plans.configurations[config].spacing
+    out, out_seg, props = preprocess_case(data, seg, spacing, plans, config, case="c0")
+    save_preprocessed(tmp_path, out, out_seg, props)
+    case = CaseStore(tmp_path, ["c0"]).cases[0]
+    rng = np.random.default_rng(7)
+    labels = [out_seg[0][foreground_start(rng, case.shape, (1, 1, 1), case.class_locations)]
+              for _ in range(draws)]
+    return np.bincount(labels, minlength=4)[1:] / draws
+
+
+def test_forced_patches_of_a_region_dataset_are_centred_per_region(tmp_path):
+    """nnU-Net (default_preprocessor._sample_foreground_locations with foreground_regions;
+    nnUNetDataLoader.get_bbox): a forced patch picks a region uniformly among the regions present,
+    then a voxel uniformly among the region's voxels (all stored here: < 10,000). So with
+    n1, n2, n3 = 2400, 400, 200 voxels of labels 1, 2, 3 and regions WT = 1∪2∪3 (3000 voxels),
+    TC = 2∪3 (600), ET = 3 (200), each region takes 1/3 of the forced patches and the centre is
+      label 3: (200/3000 + 200/600 + 1) / 3 = 0.4667,  label 2: (400/3000 + 400/600) / 3 = 0.2667,
+      label 1: (2400/3000) / 3 = 0.2667.
+    The old per-label rule (a label uniformly among 1, 2, 3) gave 1/3 each."""
+    data, seg = _brats_like_case()
+    rates = _centre_label_rates(tmp_path, _region_plans(BRATS_REGIONS), data, seg)
+    expected = np.array([(2400 / 3000) / 3, (400 / 3000 + 400 / 600) / 3, (200 / 3000 + 200 / 600 + 1) / 3])
+    np.testing.assert_allclose(rates, expected, atol=0.02)  # binomial sd ≤ 0.0053 at 9000 draws
+
+
+def test_a_region_absent_from_a_case_is_never_drawn(tmp_path):
+    """No enhancing tumour in the case: WT and TC present, each half of the forced patches:
+    label 1: (2400/2800) / 2 = 0.4286, label 2: (400/2800 + 1) / 2 = 0.5714."""
+    data, seg = _brats_like_case()
+    seg[seg == 3] = 0
+    rates = _centre_label_rates(tmp_path, _region_plans(BRATS_REGIONS), data, seg)
+    np.testing.assert_allclose(rates, [(2400 / 2800) / 2, (400 / 2800 + 1) / 2, 0.0], atol=0.02)

@@ -27,7 +27,7 @@ from nnlite.common.errors import UserError
 from nnlite.data.file_names import CHANNEL_DIGITS, split_channel_stem
 from nnlite.data.image_io import (COMPANION_ENDINGS, FORMAT_BY_ENDING, READER_KEY, dataset_reader, image_format,
                                   read_case, read_header, read_image)
-from nnlite.data.regions import ORDER_KEY, has_regions, parse_region_labels
+from nnlite.data.regions import ORDER_KEY, has_regions, parse_region_labels, unwrap_single_labels
 from nnlite.plans import IGNORE_KEY, Region
 
 log = logging.getLogger(__name__)
@@ -148,11 +148,12 @@ def _parse_channel_names(path: Path, meta: dict[str, Any]) -> dict[str, str]:
 def labels_and_regions(where: str | Path, meta: dict, parse_plain: Callable[[Any, Any], dict[str, int]]
                        ) -> tuple[dict[str, int], tuple[Region, ...]]:
     """dataset.json's "labels": a region dataset's integer labels and regions (docs/regions.md), else
-    the plain labels as `parse_plain(where, labels)` checks them."""
+    the plain labels (one-element lists unwrapped) as `parse_plain(where, labels)` checks them. The
+    one place that decides whether a dataset is region-based (`has_regions`, nnU-Net's rule)."""
     labels = meta.get("labels")
     if has_regions(labels):
         return parse_region_labels(where, labels, meta.get(ORDER_KEY))
-    return parse_plain(where, labels), ()
+    return parse_plain(where, unwrap_single_labels(labels)), ()
 
 
 def integer_labels(problem: str) -> Callable[[Any, Any], dict[str, int]]:

@@ -5,8 +5,9 @@ In `dataset.json` a label whose value is a list is a *region*, the union of thos
     "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing": 3},
     "regions_class_order": [1, 2, 3]
 
-Once any label is a list, every non-background entry is a region (a plain integer `3` is the
-region [3]). The label files still hold one integer map (here 0–3); the network has one sigmoid
+A dataset is region-based exactly when some value is a list of more than one label (nnU-Net's
+LabelManager rule); a one-element list alone (`"tumour": [1]`) is the plain label 1. Once a dataset is
+region-based, every non-background entry is a region (a plain integer `3` is the region [3]). The label files still hold one integer map (here 0–3); the network has one sigmoid
 output per region, in dataset.json order. `regions_class_order[i]` is the integer written where
 region i is predicted (probability > 0.5); regions are painted in order, so later ones overwrite
 earlier ones (the nested BraTS regions come out as 1, 2, 3).
@@ -28,8 +29,18 @@ INTEGER_LABEL_PREFIX = "label_"  # names of the integer labels of a region datas
 
 
 def has_regions(labels: Any) -> bool:
-    """Does a dataset.json `labels` object declare regions (any value given as a list)?"""
-    return isinstance(labels, dict) and any(isinstance(v, (list, tuple)) for v in labels.values())
+    """Is a dataset.json `labels` object region-based? As nnU-Net's LabelManager: some value is a
+    list of more than one label (a one-element list alone is a plain label)."""
+    return isinstance(labels, dict) and any(isinstance(v, (list, tuple)) and len(v) > 1 for v in labels.values())
+
+
+def unwrap_single_labels(labels: Any) -> Any:
+    """The labels of a dataset that is not region-based, with one-element lists as their label
+    (`"tumour": [1]` → 1, as nnU-Net flattens them); the ignore label is left as written."""
+    if not isinstance(labels, dict):
+        return labels
+    return {name: value[0] if isinstance(value, (list, tuple)) and len(value) == 1 and name != IGNORE_KEY
+            else value for name, value in labels.items()}
 
 
 def parse_region_labels(path: Path | str, labels: dict[str, Any],
@@ -82,6 +93,12 @@ def _parse_order(path: Path | str, order: Any, members: dict[str, tuple[int, ...
             raise UserError(path, f"key '{ORDER_KEY}': region '{name}' would be painted as {paint}, "
                                   f"which is not one of its labels {list(region)}")
     return list(order)
+
+
+def region_key(labels: Sequence[int]) -> str:
+    """A region's key as nnU-Net writes it: Python's repr of its label tuple ("(1, 2, 3)", "(3,)"),
+    never equal to a plain label's key ("3") nor to any name. JSON-safe."""
+    return str(tuple(int(label) for label in labels))
 
 
 def in_region(seg: np.ndarray, labels: Sequence[int]) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Patch sampling over preprocessed cases: foreground oversampling, patch positions, region reads.
 
 Per sample: a case drawn uniformly with replacement; a patch position, either centred on a stored
-foreground voxel (the last third of each batch, the reference's exact rule) or uniform over the
-valid positions; then only the input region the (augmented) patch needs is read from the
+foreground voxel (the last third of each batch, the reference's exact rule: a class drawn uniformly
+among the case's classes with locations — its labels, or for a region dataset its regions, each
+stored under its own key by preprocessing — then one of its voxels) or uniform over the valid
+positions; then only the input region the (augmented) patch needs is read from the
 memory-mapped arrays, padded with image 0 / seg -1 where it leaves the image.
 
 Positions are lower corners of the FINAL patch. The reference samples an enlarged crop (its
@@ -60,7 +62,9 @@ def random_start(rng: np.random.Generator, shape: tuple[int, ...],
 def foreground_start(rng: np.random.Generator, shape: tuple[int, ...], patch: tuple[int, ...],
                      class_locations: dict[str, np.ndarray]) -> tuple[int, ...]:
     """Lower corner of a patch centred on a stored voxel of a class drawn uniformly among the
-    classes present (annotated voxels only when no class is), as the reference. A case without
+    classes present (annotated voxels only when no class is), as the reference. A class is a key of
+    `class_locations`: a label ("2") or, in a region dataset, a region ("(2, 3)"), so each region
+    present gets an equal share of the forced patches whatever its size. A case without
     either falls back to a random position."""
     present = [label for label, voxels in class_locations.items()
                if len(voxels) and label != ANNOTATED_KEY]
@@ -117,7 +121,7 @@ class CaseInfo:
     name: str
     channels: int
     shape: tuple[int, ...]  # spatial (Z, Y, X)
-    class_locations: dict[str, np.ndarray]  # label → (N, 3) int32 voxel coordinates
+    class_locations: dict[str, np.ndarray]  # class key (label or region) → (N, 3) int32 voxel coordinates
 
 
 class CaseStore:

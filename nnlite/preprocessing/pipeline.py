@@ -26,6 +26,7 @@ from nnlite.common.errors import UserError
 from nnlite.common.files import read_json, save_npy_atomic, write_text_atomic
 from nnlite.common.schema import from_dict, to_jsonable
 from nnlite.data.cropping import crop_to_nonzero, uncrop
+from nnlite.data.regions import region_key
 from nnlite.plans import Plans
 from nnlite.preprocessing.normalization import normalize
 from nnlite.preprocessing.resampling import new_shape_for, resample_image, resample_seg
@@ -45,7 +46,8 @@ class CaseProperties:
     """What was done to a case, so predictions can be mapped back (`<case>.json`).
 
     Shapes, bbox and `spacing` are in the preprocessed (transposed) axis order; `original_spacing`
-    and `affine` are the raw file's. class_locations: label → [[z, y, x], …] preprocessed voxels.
+    and `affine` are the raw file's. class_locations: class key (a label "2", a region "(2, 3)",
+    ANNOTATED_KEY) → [[z, y, x], …] preprocessed voxels.
     """
 
     case: str
@@ -78,24 +80,37 @@ def target_spacing(plans: Plans, config_name: str, spacing_t: Sequence[float]) -
     return target
 
 
-def sample_class_locations(seg: np.ndarray, labels: Sequence[int], seed: int = LOCATION_SEED,
+def sample_class_locations(seg: np.ndarray, classes: Sequence[int | tuple[int, ...]], seed: int = LOCATION_SEED,
                            ignore_label: int | None = None) -> dict[str, list[list[int]]]:
-    """seg (1, *spatial) → label → [[z, y, x], …] sampled as nnU-Net does.
+    """seg (1, *spatial) → class key → [[z, y, x], …] sampled as nnU-Net does.
 
-    Per label with n voxels: max(min(10000, n), ceil(0.01 n)) coordinates without replacement,
-    drawn from one RandomState(seed) shared by the labels in ascending order (same draws as the
-    reference). An absent label gets []. With an ignore label, the annotated voxels (any label but
-    the ignore label, inside the body) are sampled last, under ANNOTATED_KEY.
+    A class is a label (key "2") or a region, a tuple of labels (key `region_key`, "(2, 3)"): the
+    voxels holding any of its labels, taken label by label in the region's order (the reference's
+    order of its union). Per class with n voxels: max(min(10000, n), ceil(0.01 n)) coordinates
+    without replacement, drawn from one RandomState(seed) shared by the classes in the given order
+    (same draws as the reference). An absent class gets []. With an ignore label, the annotated
+    voxels (any label but the ignore label, inside the body) are sampled last, under ANNOTATED_KEY.
     """
     rng = np.random.RandomState(seed)
-    locations = {str(label): _sample_voxels(seg[0] == label, rng) for label in labels}
+    locations = {}
+    for cls in classes:
+        members = cls if isinstance(cls, tuple) else (cls,)
+        voxels = np.concatenate([np.argwhere(seg[0] == label) for label in members])
+        locations[region_key(cls) if isinstance(cls, tuple) else str(cls)] = _sample_voxels(voxels, rng)
     if ignore_label is not None:
-        locations[ANNOTATED_KEY] = _sample_voxels((seg[0] >= 0) & (seg[0] != ignore_label), rng)
+        locations[ANNOTATED_KEY] = _sample_voxels(np.argwhere((seg[0] >= 0) & (seg[0] != ignore_label)), rng)
     return locations
 
 
-def _sample_voxels(mask: np.ndarray, rng: np.random.RandomState) -> list[list[int]]:
-    coords = np.argwhere(mask)
+def location_classes(plans: Plans) -> list[int | tuple[int, ...]]:
+    """What foreground locations are stored per: each region of a region dataset (as nnU-Net's
+    foreground_regions), else each foreground label."""
+    if plans.regions:
+        return [tuple(region.labels) for region in plans.regions]
+    return list(plans.foreground_labels)
+
+
+def _sample_voxels(coords: np.ndarray, rng: np.random.RandomState) -> list[list[int]]:
     n = len(coords)
     if n == 0:
         return []
@@ -135,7 +150,7 @@ def preprocess_case(data: np.ndarray, seg: np.ndarray | None, spacing: Sequence[
     out_seg, locations = None, {}
     if seg is not None:
         out_seg = resample_seg(crop.seg, new_shape, spacing_t, new_spacing, config.resampling_order_seg)
-        locations = sample_class_locations(out_seg, plans.foreground_labels, ignore_label=plans.ignore_label)
+        locations = sample_class_locations(out_seg, location_classes(plans), ignore_label=plans.ignore_label)
         out_seg = out_seg.astype(seg_dtype(out_seg), copy=False)
     props = CaseProperties(
         case=case, original_spacing=tuple(float(s) for s in spacing),

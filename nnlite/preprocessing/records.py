@@ -4,7 +4,10 @@ Beside each folder `WORK/preprocessed/<data_identifier>/` (which holds per-case 
 `WORK/preprocessed/<data_identifier>.json`: the plan fields that decide the arrays (spacing,
 transpose, normalization and its statistics, resampling orders, labels, data identifier), the
 case list, and a sha256 over both. Batch size and network fields are not part of it, so
-configurations that share data (3d_fullres and 3d_cascade_fullres) keep sharing it.
+configurations that share data (3d_fullres and 3d_cascade_fullres) keep sharing it. A region
+dataset's record also names its regions' labels (`REGIONS_FIELD`): the foreground locations are
+stored per region, so a folder made before that (locations per label) is redone, never sampled
+with the wrong keys; a label dataset's record is as it always was.
 `preprocess` redoes a folder whose record does not match its plan; `train` refuses it.
 """
 
@@ -25,6 +28,7 @@ CONFIGURATION_FIELDS = ("data_identifier", *DATA_FIELDS)
 # Plans fields that change them: the axis order, the CT statistics, the channels and labels
 PLANS_FIELDS = ("transpose", "intensity_per_channel", "channel_names", "labels")
 RECORD_VERSION = 1
+REGIONS_FIELD = "location_regions"  # region datasets: the label sets foreground locations are stored per
 
 
 def record_path(folder: str | Path) -> Path:
@@ -39,6 +43,8 @@ def make_record(plans: Plans, config_name: str, cases: Sequence[str]) -> dict[st
     config = to_jsonable(plans.configurations[config_name])
     fields = {name: config[name] for name in CONFIGURATION_FIELDS}
     fields.update({name: to_jsonable(getattr(plans, name)) for name in PLANS_FIELDS})
+    if plans.regions:
+        fields[REGIONS_FIELD] = [list(region.labels) for region in plans.regions]
     cases = sorted(cases)
     text = json.dumps({"fields": fields, "cases": cases}, sort_keys=True, allow_nan=True)
     return {"version": RECORD_VERSION, "sha256": hashlib.sha256(text.encode()).hexdigest(),
@@ -60,7 +66,10 @@ def mismatch(saved: dict[str, Any] | None, wanted: dict[str, Any]) -> str | None
         return "it has no record of the plan it was made with"
     if saved["sha256"] == wanted["sha256"]:
         return None
-    changed = [key for key in wanted["fields"] if saved["fields"].get(key) != wanted["fields"][key]]
+    keys = [*wanted["fields"], *(key for key in saved["fields"] if key not in wanted["fields"])]
+    changed = [key for key in keys if saved["fields"].get(key) != wanted["fields"].get(key)]
+    if changed == [REGIONS_FIELD] and REGIONS_FIELD not in saved["fields"]:
+        return "its foreground locations are stored per label; region datasets store them per region"
     if changed:
         return f"plans.json changed since it was made ({', '.join(changed)})"
     gone = sorted(set(saved["cases"]) - set(wanted["cases"]))
