@@ -115,3 +115,16 @@ def write_model_folder(root: Path, plans: dict, configuration: str = "3d_fullres
         torch.save(nnunet_checkpoint(state, plans, configuration, trainer, mirror_axes),
                    folder / f"fold_{fold}" / "checkpoint_final.pth")
     return folder
+
+
+def write_nnunet_postprocessing(model_dir: Path, functions: list[str], kwargs: list[dict],
+                                folder: str | None = "crossval_results_folds_0") -> Path:
+    """postprocessing.json as nnU-Net's determine_postprocessing writes it (next to
+    postprocessing.pkl in the cross-validation results folder of the model folder)."""
+    target = model_dir / folder if folder else model_dir
+    target.mkdir(parents=True, exist_ok=True)
+    scores = {"foreground_mean": {"Dice": 0.5}, "mean": {"1": {"Dice": 0.5}, "2": {"Dice": 0.5}}}
+    (target / "postprocessing.json").write_text(json.dumps({
+        "input_folder": scores, "postprocessed": scores,
+        "postprocessing_fns": functions, "postprocessing_kwargs": kwargs}, indent=1))
+    return target / "postprocessing.json"

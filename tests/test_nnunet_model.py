@@ -20,7 +20,7 @@ from nnlite.training.nnunet_model import convert_nnunet_model, load_nnunet_check
 from tests import nnunet_fixtures
 from tests.command_line import assert_one_line_error, run_command
 from tests.nnunet_fixtures import (CHECKPOINT_FACTS, IN_CHANNELS, NUM_CLASSES, nnunet_checkpoint, nnunet_plans,
-                                   nnunet_state_dict, write_model_folder)
+                                   nnunet_state_dict, write_model_folder, write_nnunet_postprocessing)
 
 
 def test_checkpoint_of_nnunets_trainer_loads_with_the_recorded_allow_list_only(tmp_path):
@@ -215,3 +215,124 @@ def test_a_model_whose_plans_predate_nnunet_2_4_converts(tmp_path):
     report = convert_nnunet_model(model, tmp_path / "work")
     assert report.checkpoints == 1
     assert load_plans(tmp_path / "work" / "plans.json").configurations["3d_fullres"].network.encoder == "plain"
+
+
+def write_world_case(folder, name, voxels, affine):
+    """One case, every channel the same voxels (i, j, k) stored with `affine`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for channel in range(IN_CHANNELS):
+        nib.save(nib.Nifti1Image(voxels * (channel + 1), affine), folder / f"{name}_{channel:04d}.nii.gz")
+
+
+def test_a_reorienting_readers_model_predicts_any_stored_orientation_as_nnunet(tmp_path):
+    """plans' image_reader_writer NibabelIOWithReorient: nnU-Net gives the network the case in its
+    closest RAS orientation and writes the label map back in the file's orientation, so the same
+    world image stored as RAS and as P-S-L gets the same labels at the same world positions."""
+    from nibabel.orientations import axcodes2ornt, ornt_transform
+
+    plans = nnunet_plans()
+    plans["image_reader_writer"] = "NibabelIOWithReorient"
+    model = write_model_folder(tmp_path / "results", plans, mirror_axes=None)  # mirroring would hide flips
+    work = tmp_path / "work"
+    convert_nnunet_model(model, work)
+    assert load_plans(work / "plans.json").extra["orientation"] == "RAS"
+    voxels = np.random.default_rng(3).normal(size=(24, 32, 16)).astype(np.float32)  # (i, j, k), RAS
+    ras = nib.Nifti1Image(voxels, np.diag([1.0, 1.0, 1.0, 1.0]))
+    stored = ras.as_reoriented(ornt_transform(axcodes2ornt("RAS"), axcodes2ornt(("P", "S", "L"))))
+    write_world_case(tmp_path / "in", "ras", voxels, ras.affine)
+    write_world_case(tmp_path / "in", "psl", np.asarray(stored.dataobj), stored.affine)
+    assert predict_main([str(work), str(tmp_path / "in"), str(tmp_path / "out"), "--device", "cpu"]) == 0
+    pred_ras, pred_psl = (nib.load(tmp_path / "out" / f"{case}.nii.gz") for case in ("ras", "psl"))
+    np.testing.assert_allclose(pred_psl.affine, stored.affine, atol=1e-5)  # written in the file's orientation
+    labels_ras = np.asarray(pred_ras.dataobj)
+    assert max(np.mean(labels_ras == v) for v in range(NUM_CLASSES)) < 0.95  # the labels depend on the input
+    same = np.asarray(nib.as_closest_canonical(pred_psl).dataobj) == labels_ras
+    assert same.mean() >= 0.999
+
+
+def test_a_reader_nnlite_cannot_honour_is_refused_in_one_line_at_convert(tmp_path, monkeypatch):
+    plans = nnunet_plans()
+    plans["image_reader_writer"] = "SimpleITKIOWithReorient"
+    model = write_model_folder(tmp_path / "results", plans)
+    result = run_command("convert", "nnunet-model", model, tmp_path / "work")
+    assert_one_line_error(result, "SimpleITKIOWithReorient")
+    assert not (tmp_path / "work" / "plans.json").exists()
+    del plans["image_reader_writer"]  # no plans key: dataset.json's overwrite_image_reader_writer chose it
+    dataset = {**nnunet_fixtures.dataset_json(), "overwrite_image_reader_writer": "MyLabIO"}
+    monkeypatch.setattr(nnunet_fixtures, "dataset_json", lambda: dataset)
+    with pytest.raises(UserError, match="MyLabIO"):
+        convert_nnunet_model(write_model_folder(tmp_path / "other", plans), tmp_path / "work")
+
+
+def test_readers_that_give_voxels_as_stored_need_no_setting(tmp_path):
+    for reader in ("SimpleITKIO", "NibabelIO"):
+        plans = nnunet_plans()
+        plans["image_reader_writer"] = reader
+        convert_nnunet_model(write_model_folder(tmp_path / reader, plans), tmp_path / reader / "work")
+        assert "orientation" not in load_plans(tmp_path / reader / "work" / "plans.json").extra
+
+
+@pytest.mark.parametrize("kind, function", [("data", "resample_torch_fornnunet"), ("seg", "resample_torch_simple"),
+                                            ("probabilities", "no_resampling_hack")])
+def test_a_resampling_function_nnlite_does_not_implement_is_refused_naming_it(tmp_path, kind, function):
+    plans = nnunet_plans()
+    plans["configurations"]["3d_fullres"][f"resampling_fn_{kind}"] = function
+    result = run_command("convert", "nnunet-model", write_model_folder(tmp_path / "results", plans), tmp_path / "w")
+    assert_one_line_error(result, function)
+    assert "3d_fullres" in result.stderr
+
+
+def test_resampling_kwargs_are_read_with_the_functions_own_defaults(tmp_path):
+    """resample_data_or_seg_to_shape's force_separate_z defaults to False (never separate z), not
+    to nnlite's automatic rule: a plan without the key is refused, not read as None."""
+    plans = nnunet_plans()
+    del plans["configurations"]["3d_fullres"]["resampling_fn_data_kwargs"]["force_separate_z"]
+    with pytest.raises(UserError, match="force_separate_z = False"):
+        convert_nnunet_model(write_model_folder(tmp_path / "results", plans), tmp_path / "work")
+
+
+def largest_component_of(seg, labels):
+    """Expectation written from nnU-Net's remove_all_but_largest_component_from_segmentation: the
+    union of `labels`, 26-connected (full connectivity), all but its biggest component → 0."""
+    from scipy import ndimage
+
+    mask = np.isin(seg, labels)
+    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    if count <= 1:
+        return seg
+    biggest = np.argmax(np.bincount(components.ravel())[1:]) + 1
+    return np.where(mask & (components != biggest), 0, seg)
+
+
+def test_nnunets_postprocessing_json_is_applied_by_predict_postprocess(tmp_path):
+    """crossval_results_folds_0/postprocessing.json: keep the largest foreground component, then of
+    label 2 (nnU-Net writes a label as an int, the foreground as a list)."""
+    model = write_model_folder(tmp_path / "results", nnunet_plans())
+    fn = "remove_all_but_largest_component_from_segmentation"
+    write_nnunet_postprocessing(model, [fn, fn], [{"labels_or_regions": [1, 2]}, {"labels_or_regions": 2}])
+    work = tmp_path / "work"
+    convert_nnunet_model(model, work)
+    decision = json.loads((work / "results" / "3d_fullres" / "postprocessing.json").read_text())
+    assert decision["steps"] == [[1, 2], [2]]
+    write_case(tmp_path / "in", "case_a", shape=(16, 32, 32))
+    args = [str(work), str(tmp_path / "in"), "--device", "cpu", "--no-mirroring"]
+    assert predict_main([args[0], args[1], str(tmp_path / "raw"), *args[2:]]) == 0
+    assert predict_main([args[0], args[1], str(tmp_path / "pp"), *args[2:], "--postprocess"]) == 0
+    raw, done = (np.asarray(nib.load(tmp_path / d / "case_a.nii.gz").dataobj) for d in ("raw", "pp"))
+    expected = largest_component_of(largest_component_of(raw, [1, 2]), [2])
+    assert not np.array_equal(expected, raw)  # the steps change this prediction
+    np.testing.assert_array_equal(done, expected)
+
+
+@pytest.mark.parametrize("functions, kwargs, named", [
+    (["fill_holes_in_segmentation"], [{"labels_or_regions": 1}], "fill_holes_in_segmentation"),
+    (["remove_all_but_largest_component_from_segmentation"], [{"labels_or_regions": 1, "background_label": 2}],
+     "background_label"),
+    (["remove_all_but_largest_component_from_segmentation"], [{"labels_or_regions": [[1, 7]]}], "7"),
+])
+def test_a_postprocessing_nnlite_cannot_apply_is_refused_in_one_line(tmp_path, functions, kwargs, named):
+    model = write_model_folder(tmp_path / "results", nnunet_plans())
+    write_nnunet_postprocessing(model, functions, kwargs, folder=None)  # beside plans.json
+    result = run_command("convert", "nnunet-model", model, tmp_path / "work")
+    assert_one_line_error(result, named)
+    assert "postprocessing.json" in result.stderr and not (tmp_path / "work").exists()

@@ -15,6 +15,7 @@ from typing import Sequence
 from nnlite.common.errors import UserError
 from nnlite.data.file_names import split_channel_stem
 from nnlite.data.image_io import Case, file_ending, image_format, label_path_for, read_case
+from nnlite.data.orientation import read_oriented
 from nnlite.inference.outputs import dicom_seg_path, npz_path_for
 from nnlite.inference.sliding_window import STEP_SIZE
 
@@ -86,8 +87,9 @@ def output_path(output_dir: Path, case: str, paths: Sequence[Path]) -> Path:
     return label_path_for(output_dir, case, paths[0])
 
 
-def read_input_case(case: str, paths: Sequence[Path], num_channels: int) -> Case:
-    """Read a case's channels, checking that they are the channels the model needs."""
+def read_input_case(case: str, paths: Sequence[Path], num_channels: int, orientation: str | None = None) -> Case:
+    """Read a case's channels, checking that they are the channels the model needs; oriented as
+    the model's plans say (`data.orientation`; the outputs are turned back before writing)."""
     channels = [f"{channel_of(p)[1]:04d}" for p in paths]
     packed = not paths[0].is_dir() and image_format(paths[0]).packs_channels  # RGB: 3 in a file
     wanted = [f"{c:04d}" for c in range(len(paths) if packed else num_channels)]
@@ -97,7 +99,7 @@ def read_input_case(case: str, paths: Sequence[Path], num_channels: int) -> Case
     raw = read_case(paths)
     if raw.data.shape[0] != num_channels:
         raise UserError(paths[0], f"holds {raw.data.shape[0]} channels, the model needs {num_channels}")
-    return raw
+    return read_oriented(raw, orientation)
 
 
 def check_dicom_seg(cases: dict[str, list[Path]], options: PredictOptions) -> None:

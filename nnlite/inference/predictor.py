@@ -31,6 +31,8 @@ from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir, remove_tmp_leftovers
 from nnlite.common.layout import plans_file, postprocessing_file
 from nnlite.data.image_io import Case
+from nnlite.data.orientation import PLANS_KEY as ORIENTATION_KEY
+from nnlite.data.orientation import written_oriented
 from nnlite.inference.case_classification import ClassCollector, update_classification
 from nnlite.inference.largest_component import load_postprocessing
 from nnlite.inference.models import StageModel, load_best, load_models
@@ -195,6 +197,10 @@ def write_prediction(out_path: Path, prediction: CasePrediction, plans: Plans, *
     seg, probabilities = members_in_original(members, plans, save_probabilities)
     raw = prediction.given.raw
     affine = output_affine(members[0][1], None if raw is None else raw.affine)
+    if raw is not None:  # a case read reoriented (plans.extra "orientation"): back to its file's orientation
+        orientation = plans.extra.get(ORIENTATION_KEY)
+        seg = written_oriented(seg, affine, orientation)
+        probabilities = None if probabilities is None else written_oriented(probabilities, affine, orientation)
     dicom = None if dicom_source is None else (dicom_source, plans.labels)
     return write_case_outputs(out_path, seg, affine, probabilities=probabilities,
                               postprocessing=postprocessing, dicom=dicom)
@@ -226,7 +232,7 @@ def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Pa
         log.info("skipping %d already predicted cases (--overwrite redoes them)", len(report.skipped))
 
     def read(case: str) -> CaseInput:
-        raw = read_input_case(case, cases[case], plans.num_channels)
+        raw = read_input_case(case, cases[case], plans.num_channels, plans.extra.get(ORIENTATION_KEY))
         return CaseInput({m.config_name: preprocess_raw(raw, case, plans, m.config_name) for m in models}, raw)
 
     def write(case: str, prediction: CasePrediction) -> Path:

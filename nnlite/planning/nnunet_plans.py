@@ -18,6 +18,8 @@ from nnlite.common.layout import PLANS_FILE
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json_checked
 from nnlite.data.dataset import labels_and_regions
+from nnlite.data.orientation import PLANS_KEY as ORIENTATION_KEY
+from nnlite.data.orientation import reader_orientation
 from nnlite.planning.presets import PRESETS
 from nnlite.plans import DATA_FIELDS, ConfigurationPlan, IntensityStats, NetworkPlan, Plans
 
@@ -31,6 +33,13 @@ ENCODERS = {"PlainConvUNet": "plain", "ResidualEncoderUNet": "residual"}
 NORM_OPS = ("InstanceNorm2d", "InstanceNorm3d")
 NONLINEARITIES = ("LeakyReLU",)
 SOURCE_KEY = "nnunet_plans"  # plans.extra: the nnU-Net plans name the plans were translated from
+# nnU-Net's resampling function that nnlite's preprocessing/resampling.py implements (scipy splines,
+# separate z by the anisotropy rule); resample_torch_*, no_resampling_hack etc. are refused
+RESAMPLING_FUNCTION = "resample_data_or_seg_to_shape"
+# the default of its separate_z_anisotropy_threshold, which nnlite's resampling uses too (the same
+# value as preprocessing/resampling.ANISOTROPY_THRESHOLD, which planning cannot import)
+ANISOTROPY_THRESHOLD = 3.0
+READER_KEYS = ("image_reader_writer", "overwrite_image_reader_writer")  # plans.json, dataset.json
 
 
 def read_nnunet_plans(path: str | Path) -> dict[str, Any]:
@@ -162,14 +171,29 @@ def configuration_from_nnunet(name: str, config: dict, n_channels: int) -> Confi
 
 
 def _resampling_order(config: dict, kind: str, where: str) -> int:
-    """The spline order of nnU-Net's resampling kwargs; a forced separate-z is nnlite's rule anyway
-    only when left automatic (None)."""
-    kwargs = config.get(f"resampling_fn_{kind}_kwargs") or {}
-    if kwargs.get("force_separate_z") is not None:
-        raise UserError(where, f"resampling_fn_{kind}_kwargs.force_separate_z = {kwargs['force_separate_z']} "
-                        "cannot be converted (nnlite decides separate-z by the anisotropy rule)")
+    """The spline order of nnU-Net's resampling function for `kind` (data, seg, probabilities).
+    Only the function nnlite's resampling implements is accepted, with the kwargs it implements:
+    separate-z left automatic (None; the function's own default, used when the key is absent, is
+    False = never), order_z 0, nnU-Net's anisotropy threshold, is_seg as nnU-Net plans it."""
+    function = config.get(f"resampling_fn_{kind}", RESAMPLING_FUNCTION)
+    if _short(function) != RESAMPLING_FUNCTION:
+        raise UserError(where, f"resampling_fn_{kind} {function!r} cannot be converted (nnlite implements "
+                        f"{RESAMPLING_FUNCTION} only)")
+    key = f"resampling_fn_{kind}_kwargs"
+    kwargs = config.get(key) or {}
+    separate_z = kwargs.get("force_separate_z", False)  # the function's default when absent
+    if separate_z is not None:
+        raise UserError(where, f"{key}.force_separate_z = {separate_z} cannot be converted (nnlite decides "
+                        "separate-z by the anisotropy rule, as nnU-Net does with None)")
     if kwargs.get("order_z", 0) != 0:
-        raise UserError(where, f"resampling_fn_{kind}_kwargs.order_z must be 0 for nnlite")
+        raise UserError(where, f"{key}.order_z must be 0 for nnlite")
+    threshold = kwargs.get("separate_z_anisotropy_threshold", ANISOTROPY_THRESHOLD)
+    if threshold != ANISOTROPY_THRESHOLD:
+        raise UserError(where, f"{key}.separate_z_anisotropy_threshold = {threshold} cannot be converted "
+                        f"(nnlite uses {ANISOTROPY_THRESHOLD})")
+    if bool(kwargs.get("is_seg", False)) != (kind == "seg"):
+        raise UserError(where, f"{key}.is_seg = {kwargs.get('is_seg', False)} cannot be converted (nnlite "
+                        "resamples segmentations, and only them, as label maps)")
     return int(kwargs.get("order", {"data": 3, "seg": 1, "probabilities": 1}[kind]))
 
 
@@ -226,3 +250,16 @@ def plans_from_nnunet(nnunet: dict, dataset: dict, configurations: list[str] | N
         reasons=(f"translated from nnU-Net's plans {nnunet.get('plans_name', '?')!r}; configurations "
                  "with inherits_from kept as inheriting configurations",),
         extra={SOURCE_KEY: str(nnunet.get("plans_name", ""))})
+
+
+def reader_settings(nnunet: dict, dataset: dict) -> dict[str, str]:
+    """plans.extra entries for the reader a trained nnU-Net model read its cases with: the plans'
+    `image_reader_writer` (what nnU-Net's predictor uses), else dataset.json's
+    `overwrite_image_reader_writer` (what chose it), else none (chosen by file ending). A reader
+    that reorients gives {"orientation": "RAS"}; one nnlite cannot honour is a UserError."""
+    for key, source, where in zip(READER_KEYS, (nnunet, dataset), (PLANS_FILE, "dataset.json")):
+        reader = source.get(key)
+        if reader is not None and reader != "None":  # nnU-Net reads the string "None" as no reader
+            orientation = reader_orientation(f"{where}: {key}", _short(str(reader)))
+            return {ORIENTATION_KEY: orientation} if orientation else {}
+    return {}

@@ -8,6 +8,15 @@ MODEL_DIR is nnU-Net's `<Trainer>__<Plans>__<configuration>/`: `plans.json`, `da
     WORK/dataset.json   a copy
     WORK/results/<configuration>/fold_<k>/checkpoint_final.pt (and checkpoint_best.pt)
                         the weights renamed onto build_unet's modules (network/nnunet_weights.py)
+    WORK/results/<configuration>/postprocessing.json
+                        nnU-Net's post-processing decision (its postprocessing.json in MODEL_DIR or
+                        MODEL_DIR/crossval_results_folds_*/) as nnlite's steps, for `predict --postprocess`
+
+Every setting the training stored is kept or refused in one line, never replaced: the mirroring
+axes; the reader (plans' image_reader_writer: NibabelIOWithReorient becomes plans.extra
+"orientation": "RAS", which predict honours; readers that give voxels as stored need nothing; any
+other reader is refused); the resampling functions (planning/nnunet_plans.py); the post-processing
+functions (keep-largest-component only).
 
 Converting several model folders into one WORK (3d_lowres, then 3d_cascade_fullres) gives a
 working cascade: the plans are the same, each conversion adds its configuration's folds.
@@ -29,13 +38,14 @@ import numpy as np
 import torch
 
 from nnlite.common.layout import (ALL_FOLD, DATASET_FILE, FOLD_PREFIX, PLANS_FILE, fold_folder, fold_name,
-                                  plans_file, work_dataset_file)
+                                  plans_file, postprocessing_file, work_dataset_file)
 from nnlite.common.errors import UserError
-from nnlite.common.files import ensure_writable_dir, read_json_checked, write_atomic
+from nnlite.common.files import ensure_writable_dir, read_json_checked, write_atomic, write_json_atomic
 from nnlite.common.schema import to_jsonable
+from nnlite.data.orientation import PLANS_KEY as ORIENTATION_KEY
 from nnlite.network import build_network
 from nnlite.network.nnunet_weights import nnunet_to_nnlite
-from nnlite.planning.nnunet_plans import (architecture_of, plans_from_nnunet, read_nnunet_plans,
+from nnlite.planning.nnunet_plans import (architecture_of, plans_from_nnunet, read_nnunet_plans, reader_settings,
                                           resolve_configuration)
 from nnlite.plans import Plans, load_plans, save_plans
 from nnlite.training.checkpoints import BEST, FINAL, save_checkpoint
@@ -44,6 +54,10 @@ log = logging.getLogger(__name__)
 
 NNUNET_CHECKPOINTS = {"checkpoint_final.pth": FINAL, "checkpoint_best.pth": BEST}
 NNUNET_REQUIRED_KEYS = ("network_weights", "init_args")
+NNUNET_POSTPROCESSING = "postprocessing.json"  # nnU-Net writes it beside postprocessing.pkl
+NNUNET_CROSSVAL_PREFIX = "crossval_results_folds_"  # + the folds joined by "_"
+# nnU-Net's one post-processing function: keep the largest component of the union of labels_or_regions
+LARGEST_COMPONENT_FN = "remove_all_but_largest_component_from_segmentation"
 
 
 def nnunet_checkpoint_globals() -> list[Any]:
@@ -120,9 +134,10 @@ def convert_nnunet_model(model_dir: str | Path, work: str | Path, overwrite: boo
     config_name = configuration_name(model_dir, first)
     if config_name not in nnunet_plans["configurations"]:
         raise UserError(model_dir / PLANS_FILE, f"has no configuration {config_name!r} (the checkpoint's)")
-    plans = plans_from_nnunet(nnunet_plans, dataset)
+    plans = _with_reader(plans_from_nnunet(nnunet_plans, dataset), nnunet_plans, dataset)
     plans = _with_mirror_axes(plans, config_name, first.get("inference_allowed_mirroring_axes"))
     plans = _merged_with_existing(work, plans, config_name)
+    postprocessing = _nnunet_postprocessing(model_dir, folds, plans)
     _refuse_existing(work, config_name, folds, overwrite)
     report = ConversionReport(config_name, str(first.get("trainer_name", "?")))
     class_name = _resolved_class(nnunet_plans, config_name)
@@ -137,6 +152,8 @@ def convert_nnunet_model(model_dir: str | Path, work: str | Path, overwrite: boo
     dataset_bytes = (model_dir / DATASET_FILE).read_bytes()
     write_atomic(work_dataset_file(work), lambda tmp: tmp.write_bytes(dataset_bytes))
     save_plans(plans, plans_file(work))
+    if postprocessing is not None:
+        write_json_atomic(postprocessing_file(work, config_name), {**postprocessing, "configuration": config_name})
     for (fold, target), checkpoint in converted.items():
         save_checkpoint(fold_folder(work, config_name, fold) / target, checkpoint)
         report.checkpoints += 1
@@ -157,6 +174,16 @@ def _with_mirror_axes(plans: Plans, config_name: str, axes: Any) -> Plans:
     return replace(plans, configurations={**plans.configurations, config_name: config})
 
 
+def _with_reader(plans: Plans, nnunet_plans: dict, dataset: dict) -> Plans:
+    """Record how the model's reader gave it its cases (see planning/nnunet_plans.reader_settings)."""
+    settings = reader_settings(nnunet_plans, dataset)
+    if not settings:
+        return plans
+    reason = (f"cases are reoriented to {settings[ORIENTATION_KEY]} on reading and label maps back on "
+              "writing, as nnU-Net's reader NibabelIOWithReorient that the model was trained with")
+    return replace(plans, extra={**plans.extra, **settings}, reasons=(*plans.reasons, reason))
+
+
 def _merged_with_existing(work: Path, plans: Plans, config_name: str) -> Plans:
     """Keep what an earlier conversion into WORK recorded for its own configurations (their mirror
     axes); a WORK of another dataset (other labels or channels) is refused."""
@@ -167,11 +194,69 @@ def _merged_with_existing(work: Path, plans: Plans, config_name: str) -> Plans:
     if old.labels != plans.labels or old.channel_names != plans.channel_names:
         raise UserError(work, "holds plans of another dataset (other labels or channels)",
                         hint="convert into a new WORK folder")
+    if old.extra.get(ORIENTATION_KEY) != plans.extra.get(ORIENTATION_KEY):
+        raise UserError(work, "holds a model that reads its cases in another orientation (another "
+                        "image reader)", hint="convert into a new WORK folder")
     configs = dict(plans.configurations)
     for name, config in old.configurations.items():
         if name != config_name and name in configs and config.inference_mirror_axes is not None:
             configs[name] = replace(configs[name], inference_mirror_axes=config.inference_mirror_axes)
     return replace(plans, configurations=configs)
+
+
+def find_nnunet_postprocessing(model_dir: Path, folds: dict[str, dict[str, Path]]) -> Path | None:
+    """nnU-Net's postprocessing.json of the model: in MODEL_DIR, else in its one
+    crossval_results_folds_*/ (several: the one of the converted folds), else None."""
+    if (model_dir / NNUNET_POSTPROCESSING).is_file():
+        return model_dir / NNUNET_POSTPROCESSING
+    found = sorted(model_dir.glob(f"{NNUNET_CROSSVAL_PREFIX}*/{NNUNET_POSTPROCESSING}"))
+    if len(found) <= 1:
+        return found[0] if found else None
+    numbered = "_".join(sorted((f for f in folds if f.isdigit()), key=int))
+    wanted = model_dir / f"{NNUNET_CROSSVAL_PREFIX}{numbered}" / NNUNET_POSTPROCESSING
+    if wanted in found:
+        return wanted
+    raise UserError(model_dir, f"holds several post-processing decisions ({', '.join(p.parent.name for p in found)}) "
+                    f"and none of folds {numbered.replace('_', ', ')}", hint="remove the ones that do not apply")
+
+
+def _nnunet_postprocessing(model_dir: Path, folds: dict[str, dict[str, Path]], plans: Plans) -> dict | None:
+    """nnU-Net's post-processing decision → nnlite's ({"steps": [[label, …], …]} as
+    evaluation/postprocessing.py writes it), or None when the model folder has none."""
+    path = find_nnunet_postprocessing(model_dir, folds)
+    if path is None:
+        return None
+    decision = read_json_checked(path)
+    functions = decision.get("postprocessing_fns") if isinstance(decision, dict) else None
+    kwargs = decision.get("postprocessing_kwargs") if isinstance(decision, dict) else None
+    if not isinstance(functions, list) or not isinstance(kwargs, list) or len(functions) != len(kwargs):
+        raise UserError(path, "not nnU-Net's postprocessing.json (needs lists postprocessing_fns and "
+                        "postprocessing_kwargs of one length)")
+    steps = [_largest_component_step(path, str(fn), kw, plans) for fn, kw in zip(functions, kwargs)]
+    return {"steps": steps, "converted_from": str(path)}
+
+
+def _largest_component_step(path: Path, function: str, kwargs: Any, plans: Plans) -> list[int]:
+    """One of nnU-Net's post-processing calls → the labels whose union keeps its largest component."""
+    if function.rsplit(".", 1)[-1] != LARGEST_COMPONENT_FN:
+        raise UserError(path, f"post-processing function {function!r} cannot be converted (nnlite applies "
+                        f"{LARGEST_COMPONENT_FN} only)")
+    if not isinstance(kwargs, dict) or "labels_or_regions" not in kwargs \
+            or set(kwargs) - {"labels_or_regions", "background_label"} or kwargs.get("background_label", 0) != 0:
+        raise UserError(path, f"{LARGEST_COMPONENT_FN} with kwargs {kwargs} cannot be converted (nnlite "
+                        "takes labels_or_regions, removed voxels become background 0)")
+    # a label, a region (a list of labels) or a list of both: nnU-Net keeps the largest component
+    # of the union of their masks, so the step is the flat list of their labels
+    labels = [int(v) for v in np.ravel(np.asarray(_flat(kwargs["labels_or_regions"]), dtype=np.int64))]
+    unknown = sorted(set(labels) - set(plans.foreground_labels))
+    if not labels or unknown:
+        raise UserError(path, f"{LARGEST_COMPONENT_FN} of labels {labels}: "
+                        f"{unknown or 'none'} not among the dataset's foreground labels {plans.foreground_labels}")
+    return list(dict.fromkeys(labels))
+
+
+def _flat(value: Any) -> list:
+    return [x for item in value for x in _flat(item)] if isinstance(value, (list, tuple)) else [value]
 
 
 def _refuse_existing(work: Path, config_name: str, folds: dict[str, dict[str, Path]], overwrite: bool) -> None:
