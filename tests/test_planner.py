@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from nnlite.plan import main as plan_main
 from nnlite.planning.memory_budget import GIB
 from nnlite.planning.planner import plan_experiment, target_spacing
 from nnlite.planning.topology import MIN_FEATURE_MAP, pool_and_conv_props
-from nnlite.plans import CaseFingerprint, Fingerprint, IntensityStats, load_plans
+from nnlite.plans import CaseFingerprint, Fingerprint, IntensityStats, Region, load_plans
 
 STATS = IntensityStats(mean=0.0, std=1.0, median=0.0, min=-1.0, max=1.0, percentile_00_5=-1.0, percentile_99_5=1.0)
 
@@ -69,6 +70,24 @@ def test_isotropic_brain_matches_reference():
     assert "3d_lowres" not in plans.configurations
     assert plan_experiment(make_fingerprint((1.0, 1.0, 1.0), (140, 170, 140)),
                            memory_model="nnunet").configurations["2d"].batch_size == 106
+
+
+def test_nnunet_memory_model_counts_dataset_json_label_keys():
+    """nnU-Net's planner feeds its memory proxy `len(dataset_json['labels'].keys())` classes:
+    background + each label or region + the ignore label, not the network's outputs. A BraTS-like
+    region dataset (3 regions: 4 keys, 3 outputs) and an ignore-label dataset (background, 2 labels,
+    ignore: 4 keys, 3 outputs) therefore plan as a 4-label dataset: on the isotropic brain the 2d
+    batch is 105, where counting 3 classes gives 106 (the worked example above)."""
+    brain = make_fingerprint((1.0, 1.0, 1.0), (140, 170, 140))
+    regions = replace(brain, labels={"background": 0, "label_1": 1, "label_2": 2, "label_3": 3},
+                      regions=(Region("whole tumour", (1, 2, 3), 1), Region("tumour core", (2, 3), 2),
+                               Region("enhancing", (3,), 3)))
+    ignore = replace(brain, labels={"background": 0, "l1": 1, "l2": 2, "ignore": 3})
+    for fingerprint in (regions, ignore):
+        assert fingerprint.num_classes == 3  # network outputs
+        plans = plan_experiment(fingerprint, memory_model="nnunet")
+        assert plans.configurations["2d"].batch_size == 105
+    assert plan_experiment(brain, memory_model="nnunet").configurations["2d"].batch_size == 106
 
 
 def test_acdc_like_matches_reference():

@@ -15,7 +15,7 @@ from typing import Sequence
 from nnlite.common.errors import UserError
 from nnlite.network.geometry import conv_feature_map_elements, training_memory_bytes
 from nnlite.planning.presets import PRESETS, PlannerPreset
-from nnlite.plans import NetworkPlan
+from nnlite.plans import IGNORE_KEY, NetworkPlan, Region
 
 
 MIN_BATCH = 2  # UNet_min_batch_size: the patch shrinks until this batch fits
@@ -28,13 +28,22 @@ NNUNET_REFERENCE_BATCH = {3: 2, 2: 12}
 MEMORY_MODELS = ("bytes", "nnunet")
 
 
+def nnunet_class_count(labels: dict[str, int], regions: Sequence[Region] = ()) -> int:
+    """The class count nnU-Net's planner gives its memory proxy: `len(dataset_json['labels'].keys())`,
+    i.e. background, every label or region, and the ignore label when there is one (not the
+    network's outputs: one more than them for a region or an ignore-label dataset)."""
+    if regions:  # nnlite keeps the integers of a region dataset; its dataset.json keys are the regions
+        return 1 + len(regions) + (IGNORE_KEY in labels)
+    return len(labels)
+
+
 @dataclass(frozen=True)
 class MemoryBudget:
     """What one configuration may use, and the model that judges it."""
 
     gpu_memory_gb: float
     in_channels: int
-    num_classes: int
+    num_classes: int  # network outputs (bytes model); `nnunet_class_count` (nnunet model)
     model: str = "bytes"  # "bytes" (nnlite) or "nnunet" (the reference's proxy)
     preset: PlannerPreset = PRESETS["default"]  # its proxy constants (nnunet model)
 

@@ -19,7 +19,8 @@ from typing import Sequence
 import numpy as np
 
 from nnlite.common.errors import UserError
-from nnlite.planning.memory_budget import GIB, MEMORY_MODELS, MIN_BATCH, MemoryBudget, check_gpu_memory
+from nnlite.planning.memory_budget import (GIB, MEMORY_MODELS, MIN_BATCH, MemoryBudget, check_gpu_memory,
+                                          nnunet_class_count)
 from nnlite.planning.presets import PlannerPreset, get_preset
 from nnlite.planning.topology import Topology, initial_patch, pool_and_conv_props, shrink_step
 from nnlite.plans import ConfigurationPlan, Fingerprint, NetworkPlan, Plans
@@ -220,8 +221,9 @@ def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float | None = None
     median = np.median(np.array(new_shapes, dtype=np.float64), 0)[list(transpose)]
     spacing_t = spacing[list(transpose)]
     n_voxels = float(np.prod(median, dtype=np.float64) * n_training)
-    budget = MemoryBudget(gpu_memory_gb, len(fingerprint.channel_names), fingerprint.num_classes,
-                          memory_model, planner)
+    classes = (nnunet_class_count(fingerprint.labels, fingerprint.regions) if memory_model == "nnunet"
+               else fingerprint.num_classes)
+    budget = MemoryBudget(gpu_memory_gb, len(fingerprint.channel_names), classes, memory_model, planner)
     blocks = f" with {', '.join(map(str, planner.blocks_per_stage(5)))}, … blocks per stage" if planner.blocks_per_stage(1) else ""
     reasons.append(f"preset '{preset}' (nnU-Net's {planner.plans_name}): {planner.encoder} encoder{blocks}, "
                    f"{planner.conv_per_stage_decoder} conv unit(s) per decoder level")
