@@ -260,6 +260,9 @@ MUTATIONS = (
     Mutation("app: --port 0 gives up when the chosen port was taken meanwhile", "nnlite/app.py",
              "    for _ in range(PORT_TRIES):\n", "    for _ in range(1):\n",
              ("tests/test_app.py::test_any_free_port_replaces_a_port_taken_between_its_choice_and_the_bind",)),
+    Mutation("evaluate: the raw dataset.json beside REF_DIR not looked for (regions scored as labels)",
+             "nnlite/evaluation/scoring_inputs.py", "    if not beside.is_file():", "    if True:",
+             ("tests/test_evaluate.py::test_regions_of_the_raw_dataset_are_scored_without_dataset_json_flag",)),
     # --- rules of the reference pinned: training, loss, inference, post-processing, evaluation
     # --- rules of the reference pinned: planning, fingerprint, preprocessing, augmentation
     Mutation("target spacing: mean instead of the per-axis median", "nnlite/planning/planner.py",

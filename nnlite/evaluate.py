@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="foreground labels to score (default: every nonzero value in the references)")
     labels.add_argument("--dataset-json", type=Path, default=None, metavar="PATH",
                         help="score the labels (or regions) this dataset.json declares (and use its "
-                             "ignore label)")
+                             "ignore label); default: REF_DIR/../dataset.json when there is one")
     parser.add_argument("--ignore-label", type=int, default=None, metavar="N",
                         help="reference value of unannotated voxels, scored nowhere (dataset.json's "
                              "'ignore')")
@@ -35,11 +35,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "metric_per_case with Dice, IoU, PPV, TP, FP, FN, TN, n_pred, n_ref)")
     args = parser.parse_args(argv)
     from nnlite.evaluation.class_scores import score_prediction_folder
-    from nnlite.evaluation.metrics import evaluate_folder, format_table, write_summary
+    from nnlite.evaluation.metrics import display_name, evaluate_folder, format_table, write_summary
     from nnlite.evaluation.nnunet_summary import evaluate_folder_nnunet, format_nnunet_table
-    from nnlite.evaluation.scoring_inputs import absent_labels, labels_to_score, summary_path
+    from nnlite.evaluation.scoring_inputs import absent_labels, find_dataset_json, labels_to_score, summary_path
 
-    label_set = labels_to_score(args.labels, args.dataset_json, args.ignore_label)
+    dataset_json = args.dataset_json
+    if args.labels is None:  # --labels decides alone; else a dataset.json (a region dataset needs one)
+        dataset_json, used = find_dataset_json(args.dataset_json, args.ref_dir)
+        print(used)
+    label_set = labels_to_score(args.labels, dataset_json, args.ignore_label)
     output = summary_path(args.output, args.pred_dir, args.ref_dir)
     if args.format == "nnunet":
         summary = evaluate_folder_nnunet(args.pred_dir, args.ref_dir, label_set.scored, label_set.ignore_label)
@@ -50,12 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = evaluate_folder(args.pred_dir, args.ref_dir, label_set.scored, label_set.ignore_label)
     for label in absent_labels(summary):
         logging.getLogger(__name__).warning("warning: label %s occurs in no reference: its Dice is "
-                                            "null or 0", label)
-    classification = score_prediction_folder(args.pred_dir, args.dataset_json)  # classification.csv
+                                            "null or 0", display_name(label, label_set.names))
+    classification = score_prediction_folder(args.pred_dir, dataset_json)  # classification.csv
     if classification is not None:
         summary["classification"] = classification
     write_summary(summary, output)
-    print(format_table(summary))
+    print(format_table(summary, label_set.names))
     if classification is not None:
         auc = classification["auc"]
         print(f"classification: AUC {'n/a' if auc is None else f'{auc:.4f}'}, balanced accuracy "

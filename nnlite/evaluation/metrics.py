@@ -31,7 +31,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -275,10 +275,18 @@ def write_summary(summary: dict, path: str | Path) -> Path:
     return write_json_atomic(path, json_ready(summary))
 
 
-def format_table(summary: dict) -> str:
-    """A short text table: mean Dice/IoU/PPV per label and the foreground mean."""
-    width = max([10, *(len(str(label)) for label in summary["labels"])])
-    return format_means(summary["mean"], summary["foreground_mean"], MEAN_METRICS, len(summary["per_case"]), width)
+def format_table(summary: dict, names: Mapping[int, str] | None = None) -> str:
+    """A short text table: mean Dice/IoU/PPV per label (named by `names`, dataset.json's) and the
+    foreground mean."""
+    mean = {display_name(label, names or {}): summary["mean"][str(label)] for label in summary["labels"]}
+    width = max([10, *(len(row) for row in mean)])
+    return format_means(mean, summary["foreground_mean"], MEAN_METRICS, len(summary["per_case"]), width)
+
+
+def display_name(key: int | str, names: Mapping[int, str]) -> str:
+    """A scored class as printed: a region's name; a plain label as `<name> (<value>)` when
+    dataset.json names it, else its value."""
+    return f"{names[key]} ({key})" if isinstance(key, int) and key in names else str(key)
 
 
 def format_means(mean: dict[str, dict], foreground: dict, metrics: Sequence[str], cases: int,

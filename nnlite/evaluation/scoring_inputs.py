@@ -2,18 +2,19 @@
 
 The labels to score come from `--labels` (foreground values only), else from `--dataset-json`
 (its `labels`, less background and the ignore label, which it also supplies; for region labels its
-regions, scored by name), else from the
-values present in the references. The summary may go to PRED_DIR (the default) or anywhere
-else outside REF_DIR, to a file name, never onto a folder.
+regions, scored by name), else from the raw dataset's dataset.json found beside REF_DIR
+(`RAW/labelsTr` → `RAW/dataset.json`: a region dataset is only recognisable through it), else from
+the values present in the references, as plain labels. The summary may go to PRED_DIR (the default)
+or anywhere else outside REF_DIR, to a file name, never onto a folder.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.common.layout import SUMMARY_FILE
+from nnlite.common.layout import DATASET_FILE, SUMMARY_FILE
 from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir, read_json_checked
 from nnlite.data.dataset import integer_labels, labels_and_regions
@@ -28,6 +29,7 @@ class LabelSet:
     labels: list[int] | None
     ignore_label: int | None
     regions: tuple[Region, ...] = ()
+    names: dict[int, str] = field(default_factory=dict)  # a plain label's dataset.json name
 
     @property
     def scored(self) -> tuple[ScoredClass, ...] | None:
@@ -59,7 +61,23 @@ def labels_to_score(labels: Sequence[int] | None, dataset_json: Path | None,
     foreground = sorted(v for name, v in declared.items() if v != 0 and name != IGNORE_KEY and v != ignore)
     if not foreground:
         raise UserError(dataset_json, "declares no foreground label")
-    return LabelSet(foreground, ignore)
+    return LabelSet(foreground, ignore, names={v: name for name, v in declared.items() if v in foreground})
+
+
+def find_dataset_json(dataset_json: Path | None, ref_dir: Path) -> tuple[Path | None, str]:
+    """--dataset-json, else the raw dataset's beside REF_DIR (`RAW/labelsTr/../dataset.json`) when
+    it declares labels; and a line saying which one is used (or that none is)."""
+    if dataset_json is not None:
+        return dataset_json, f"dataset.json: {dataset_json}"
+    beside = ref_dir.absolute().parent / DATASET_FILE
+    if not beside.is_file():
+        return None, (f"dataset.json: none at {beside}; scoring the values found in the references "
+                      "as plain labels (a region dataset needs --dataset-json)")
+    meta = read_json_checked(beside)
+    if not isinstance(meta, dict) or not isinstance(meta.get("labels"), dict):
+        return None, (f"dataset.json: {beside} declares no labels, not used; scoring the values "
+                      "found in the references as plain labels")
+    return beside, f"dataset.json: {beside} (beside REF_DIR; --dataset-json or --labels to choose)"
 
 
 def summary_path(output: Path | None, pred_dir: Path, ref_dir: Path) -> Path:
