@@ -56,3 +56,20 @@ def test_ignore_label_voxels_are_not_true_negatives(tmp_path):
     summary = evaluate_folder_nnunet(pred, ref, label_classes([1]), ignore_label=9)
     metrics = summary["metric_per_case"][0]["metrics"]["1"]
     assert (metrics["TP"], metrics["FP"], metrics["TN"]) == (1, 0, 3)
+
+
+def test_region_keys_are_python_tuple_reprs(tmp_path):
+    """nnU-Net keys a region by str() of its label tuple (evaluate_predictions.label_or_region_to_key):
+    "(1, 2)" and, for a one-label region, "(2,)"; a plain label stays "2"."""
+    from nnlite.plans import Region, scored_classes
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    r = np.zeros((2, 2, 2), np.uint8)
+    r[0, 0, 0], r[1, 1, 1] = 1, 2
+    _write(pred, "a", r)
+    _write(ref, "a", r)
+    regions = scored_classes({}, (Region("both", (1, 2), 1), Region("second", (2,), 2)))
+    summary = evaluate_folder_nnunet(pred, ref, regions)
+    assert list(summary["mean"]) == ["(1, 2)", "(2,)"]
+    assert list(summary["metric_per_case"][0]["metrics"]) == ["(1, 2)", "(2,)"]
+    assert summary["mean"]["(1, 2)"]["TP"] == 2 and summary["mean"]["(2,)"]["TP"] == 1
+    assert list(evaluate_folder_nnunet(pred, ref, label_classes([1, 2]))["mean"]) == ["1", "2"]

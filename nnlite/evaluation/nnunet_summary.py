@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from nnlite.data.regions import region_key
 from nnlite.evaluation.metrics import Counts, average_cases, format_means, metrics_from_counts, score_folder
 from nnlite.plans import ScoredClass
 
@@ -48,8 +49,9 @@ def evaluate_folder_nnunet(pred_dir: str | Path, ref_dir: str | Path, scored: Se
 
 
 def nnunet_key(cls: ScoredClass) -> str:
-    """nnU-Net's summary key of a class: str() of its one label ("3"), or of its label tuple ("(1, 2, 3)")."""
-    return str(cls.labels[0]) if len(cls.labels) == 1 else str(tuple(cls.labels))
+    """nnU-Net's summary key of a class (`label_or_region_to_key`, str()): a plain label as "3", a
+    region (keyed by its name in nnlite) as its label tuple, "(1, 2, 3)" or "(3,)" for one label."""
+    return region_key(cls.labels) if isinstance(cls.key, str) else str(cls.labels[0])
 
 
 def format_nnunet_table(summary: dict) -> str:
