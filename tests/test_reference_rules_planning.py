@@ -38,7 +38,7 @@ from nnlite.planning.planner import (
 )
 from nnlite.planning.presets import get_preset
 from nnlite.planning.statistics import Drawn, intensity_statistics
-from nnlite.planning.topology import pool_and_conv_props
+from nnlite.planning.topology import initial_patch, pool_and_conv_props
 from nnlite.plans import CaseFingerprint, Fingerprint, IntensityStats, NetworkPlan
 from tests.loader_fixtures import toy_plans
 
@@ -116,6 +116,24 @@ def test_a_lone_pooling_axis_needs_3_times_the_minimal_edge():
     # is pooled once (20 ≥ 12), then at 10 voxels (< 3·4 = 12) pooling stops: 2 stages
     topology = pool_and_conv_props((1.0, 4.0, 4.0), (20, 8, 8))
     assert topology.strides == ((1, 1, 1), (2, 1, 1))
+
+
+def test_axes_2x_coarser_than_the_finest_are_not_pooled_and_get_kernel_1():
+    # spacing (2.5, 1, 1): 2.5 / 1 ≥ 2, so stage 1 pools only in-plane with kernel (1, 3, 3); then
+    # (2.5, 2, 2) are within 2× and every axis is pooled with kernel 3
+    topology = pool_and_conv_props((2.5, 1.0, 1.0), (64, 128, 128))
+    assert topology.strides[:3] == ((1, 1, 1), (1, 2, 2), (2, 2, 2))
+    assert topology.kernel_sizes[:2] == ((1, 3, 3), (3, 3, 3))
+
+
+@pytest.mark.parametrize("spacing, median, patch", [
+    ((1.0, 1.0, 1.0), (1000, 1000, 1000), [256, 256, 256]),  # the volume of 256³
+    ((2.0, 1.0, 1.0), (1000, 1000, 1000), [161, 323, 323]),  # equal extent: 256·2^(1/3) = 322.5 → 323, 161
+    ((1.0, 1.0, 1.0), (100, 300, 300), [100, 256, 256]),  # clipped to the median shape
+    ((1.0, 1.0), (5000, 5000), [2048, 2048]),  # 2D: the area of 2048²
+])
+def test_initial_patch_has_the_volume_of_256_cubed_or_2048_squared(spacing, median, patch):
+    assert initial_patch(spacing, median) == patch
 
 
 def test_features_double_from_32_and_are_capped_at_320_in_3d_and_512_in_2d():
