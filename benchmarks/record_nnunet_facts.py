@@ -1,4 +1,5 @@
-"""Record facts about real nnU-Net v2 models as JSON test data (run with a Python that has nnunetv2).
+"""Record facts about real nnU-Net v2 models as test data: JSON, and one .npz of arrays for the
+forward pass (run with a Python that has nnunetv2).
 
     /path/to/refvenv/bin/python benchmarks/record_nnunet_facts.py tests/data
 
@@ -10,6 +11,21 @@ nnU-Net's own trainer (`nnUNetTrainer.save_checkpoint`), the keys of its `init_a
 non-tensor globals that `torch.load(weights_only=True)` refuses in it. nnlite's tests build
 fixture checkpoints from these records, so they never need nnunetv2 and never derive nnU-Net's
 names from nnlite's own modules.
+
+Writes `nnunet_forward.npz` (numpy arrays only, no pickles: load it with allow_pickle=False): for
+the same three networks with smaller widths (the weights are stored; the 3D strides are
+anisotropic) a network built by nnU-Net with torch's seed fixed and nnU-Net's own He init, its
+biases and InstanceNorm scales and shifts then redrawn from a seeded generator (the init leaves
+them at 0 and 1, and ResEnc's zeroes the last norm of each block, so a dropped bias, affine or
+residual branch would not show), its state dict (`<net>/weight/<key>`, nnU-Net's key names; the
+aliases `…all_modules.<n>…` and `decoder.encoder.…` are left out, being the same tensors), a
+seeded input batch (`<net>/input`) and every deep-supervision output of the network in eval mode,
+highest resolution first (`<net>/output/<i>`). Train mode gives the same outputs (no dropout, no
+running statistics); the script checks that instead of storing them twice. `meta` is one JSON
+string: each network's `architecture` entry as plans.json holds it, the channel and class counts,
+and the versions that computed the numbers. tests/test_nnunet_parity.py rebuilds each network
+the nnlite way from its `architecture`, loads the weights through nnlite's conversion and
+compares the logits.
 """
 
 from __future__ import annotations
@@ -57,6 +73,17 @@ EXAMPLES = {
                             [[3, 3, 3], [3, 3, 3], [3, 3, 3], [1, 3, 3]], [8, 16, 32, 32], [1, 2, 2, 3]),
 }
 IN_CHANNELS, NUM_CLASSES = 2, 3
+# Forward parity: the same topologies with narrower stages (the weights are stored in the test data)
+PARITY = {
+    "plain_3d": arch_entry(PLAIN, 3, [[1, 1, 1], [2, 2, 2], [2, 2, 2], [1, 2, 2]],
+                           [[3, 3, 3], [3, 3, 3], [3, 3, 3], [1, 3, 3]], [4, 4, 8, 8]),
+    "plain_2d": arch_entry(PLAIN, 2, [[1, 1], [2, 2], [2, 2]], [[3, 3], [3, 3], [3, 3]], [4, 8, 8]),
+    "resenc_3d": arch_entry(RESIDUAL, 3, [[1, 1, 1], [2, 2, 2], [2, 2, 2], [1, 2, 2]],
+                            [[3, 3, 3], [3, 3, 3], [3, 3, 3], [1, 3, 3]], [4, 4, 8, 8], [1, 2, 2, 3]),
+}
+PARITY_INPUT = {"plain_3d": (2, IN_CHANNELS, 8, 8, 16), "plain_2d": (2, IN_CHANNELS, 16, 24),
+                "resenc_3d": (2, IN_CHANNELS, 8, 16, 8)}  # (B, C, *patch): divisible by the total strides
+PARITY_SEED = 12345
 
 
 def build(entry: dict) -> torch.nn.Module:
@@ -74,6 +101,55 @@ def record_state_dicts() -> dict:
         out["networks"][name] = {"architecture": entry,
                                  "keys": [[k, list(v.shape)] for k, v in state.items()]}
     return out
+
+
+def seeded_network(entry: dict) -> torch.nn.Module:
+    """nnU-Net's network with its own init under a fixed seed, then biases and norm affines redrawn."""
+    torch.manual_seed(PARITY_SEED)
+    net = build(entry)
+    generator = torch.Generator().manual_seed(PARITY_SEED + 1)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.modules.instancenorm._InstanceNorm):
+                module.weight.copy_(1 + 0.3 * torch.randn(module.weight.shape, generator=generator))
+            if getattr(module, "bias", None) is not None:
+                module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=generator))
+    return net
+
+
+def own_tensors(state: dict) -> dict:
+    """The state dict without its aliases: the first key of each storage (nnU-Net's order)."""
+    seen, out = set(), {}
+    for key, value in state.items():
+        if value.data_ptr() not in seen:
+            seen.add(value.data_ptr())
+            out[key] = value
+    return out
+
+
+def record_forward() -> dict[str, np.ndarray]:
+    """Arrays for nnunet_forward.npz: per network its weights, a seeded input and its outputs."""
+    import importlib.metadata
+
+    arrays: dict[str, np.ndarray] = {}
+    meta = {"in_channels": IN_CHANNELS, "num_classes": NUM_CLASSES, "seed": PARITY_SEED, "networks": {},
+            "versions": {p: importlib.metadata.version(p) for p in
+                         ("torch", "nnunetv2", "dynamic_network_architectures", "numpy")}}
+    for name, entry in PARITY.items():
+        net = seeded_network(entry)
+        x = torch.randn(PARITY_INPUT[name], generator=torch.Generator().manual_seed(PARITY_SEED + 2))
+        with torch.no_grad():
+            outputs = net.eval()(x)
+            train_outputs = net.train()(x)
+        assert all(torch.equal(a, b) for a, b in zip(outputs, train_outputs)), "train mode differs"
+        for key, value in own_tensors(net.state_dict()).items():
+            arrays[f"{name}/weight/{key}"] = value.numpy()
+        arrays[f"{name}/input"] = x.numpy()
+        for i, output in enumerate(outputs):  # highest resolution first
+            arrays[f"{name}/output/{i}"] = output.numpy()
+        meta["networks"][name] = {"architecture": entry, "outputs": len(outputs)}
+    arrays["meta"] = np.array(json.dumps(meta, indent=1))
+    return arrays
 
 
 def trainer_checkpoint(folder: Path) -> Path:
@@ -130,7 +206,7 @@ def unsafe_globals(path: Path) -> tuple[list[str], dict]:
         try:
             with torch.serialization.safe_globals(objects):
                 return found, torch.load(path, weights_only=True)
-        except Exception as error:  # noqa: BLE001  the message names the refused class
+        except Exception as error:  # the message names the refused class
             refused = re.search(r"but got <class '([\w.]+)'>", str(error))
             if refused is None:
                 raise
@@ -161,7 +237,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "nnunet_state_dicts.json").write_text(json.dumps(record_state_dicts(), indent=1) + "\n")
     (out / "nnunet_checkpoint.json").write_text(json.dumps(record_checkpoint(), indent=1) + "\n")
-    print(f"wrote {out / 'nnunet_state_dicts.json'} and {out / 'nnunet_checkpoint.json'}")
+    np.savez_compressed(out / "nnunet_forward.npz", **record_forward())
+    print(f"wrote nnunet_state_dicts.json, nnunet_checkpoint.json and nnunet_forward.npz in {out}")
     return 0
 
 
