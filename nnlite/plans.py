@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from nnlite.common.layout import PLANS_FILE
+from nnlite.common.layout import PLANS_FILE, refuse_raw_dataset
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json_checked, write_json_atomic
 from nnlite.common.schema import from_dict, to_jsonable
@@ -36,6 +36,12 @@ def output_classes(labels: dict[str, int], regions: tuple["Region", ...] = ()) -
     return len(regions) if regions else len(labels) - (IGNORE_KEY in labels)
 
 
+def region_key(labels: Iterable[int]) -> str:
+    """A label tuple as nnU-Net writes it: Python's repr ("(1, 2, 3)", "(3,)"). JSON-safe, and never
+    equal to a plain label's key ("3") nor to a name (it starts with "(")."""
+    return str(tuple(int(label) for label in labels))
+
+
 @dataclass(frozen=True)
 class ScoredClass:
     """One class that evaluation scores: a plain label (key: the label, labels: just it) or a
@@ -43,6 +49,7 @@ class ScoredClass:
 
     key: int | str
     labels: tuple[int, ...]
+    nnunet_key: str = ""  # nnU-Net's summary key: "3" for a label, Region.nnunet_key for a region
 
 
 def foreground_of(labels: dict[str, int]) -> list[int]:
@@ -52,12 +59,12 @@ def foreground_of(labels: dict[str, int]) -> list[int]:
 
 def label_classes(labels: Iterable[int]) -> tuple[ScoredClass, ...]:
     """Plain labels as scored classes: each the one-label set {label}, keyed by the label."""
-    return tuple(ScoredClass(int(label), (int(label),)) for label in labels)
+    return tuple(ScoredClass(int(label), (int(label),), str(int(label))) for label in labels)
 
 
 def scored_classes(labels: dict[str, int], regions: tuple["Region", ...] = ()) -> tuple[ScoredClass, ...]:
     """What a dataset's predictions are scored by: its regions, else every foreground label."""
-    return (tuple(ScoredClass(region.name, tuple(region.labels)) for region in regions) if regions
+    return (tuple(ScoredClass(region.name, tuple(region.labels), region.nnunet_key) for region in regions) if regions
             else label_classes(foreground_of(labels)))
 
 
@@ -70,6 +77,13 @@ class Region:
     name: str
     labels: tuple[int, ...]
     painted_as: int
+    scalar: bool = False  # written as a bare integer ("enhancing": 3), which nnU-Net keeps as the int 3
+
+    @property
+    def nnunet_key(self) -> str:
+        """nnU-Net's key of the region (str() of it as nnU-Net holds it): "3" when written as a bare
+        integer, else its label tuple (`region_key`)."""
+        return str(self.labels[0]) if self.scalar else region_key(self.labels)
 
 
 @dataclass(frozen=True)
@@ -319,6 +333,7 @@ def load_plans(path: str | Path) -> Plans:
     own data_identifier, it gets its own preprocessed folder (its name); otherwise it shares the
     parent's.
     """
+    refuse_raw_dataset(Path(path).parent)
     data = read_json_checked(path)
     if isinstance(data, dict) and isinstance(data.get("configurations"), dict):
         try:

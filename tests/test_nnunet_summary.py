@@ -59,8 +59,9 @@ def test_ignore_label_voxels_are_not_true_negatives(tmp_path):
 
 
 def test_region_keys_are_python_tuple_reprs(tmp_path):
-    """nnU-Net keys a region by str() of its label tuple (evaluate_predictions.label_or_region_to_key):
-    "(1, 2)" and, for a one-label region, "(2,)"; a plain label stays "2"."""
+    """nnU-Net keys a region by str() of it as its LabelManager holds it
+    (evaluate_predictions.label_or_region_to_key): a list becomes a tuple, "(1, 2)" and, for a
+    one-label list, "(2,)"; a region written as a bare integer stays "2", as does a plain label."""
     from nnlite.plans import Region, scored_classes
     pred, ref = tmp_path / "pred", tmp_path / "ref"
     r = np.zeros((2, 2, 2), np.uint8)
@@ -70,6 +71,8 @@ def test_region_keys_are_python_tuple_reprs(tmp_path):
     regions = scored_classes({}, (Region("both", (1, 2), 1), Region("second", (2,), 2)))
     summary = evaluate_folder_nnunet(pred, ref, regions)
     assert list(summary["mean"]) == ["(1, 2)", "(2,)"]
+    bare = scored_classes({}, (Region("both", (1, 2), 1), Region("second", (2,), 2, scalar=True)))
+    assert list(evaluate_folder_nnunet(pred, ref, bare)["mean"]) == ["(1, 2)", "2"]
     assert list(summary["metric_per_case"][0]["metrics"]) == ["(1, 2)", "(2,)"]
     assert summary["mean"]["(1, 2)"]["TP"] == 2 and summary["mean"]["(2,)"]["TP"] == 1
     assert list(evaluate_folder_nnunet(pred, ref, label_classes([1, 2]))["mean"]) == ["1", "2"]

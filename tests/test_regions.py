@@ -38,7 +38,7 @@ def test_brats_regions_parse_in_dataset_json_order():
     labels, regions = parse_region_labels("dataset.json", {**BRATS_LABELS, "ignore": 4}, BRATS_ORDER)
     assert labels == {"background": 0, "label_1": 1, "label_2": 2, "label_3": 3, "ignore": 4}
     assert regions == (Region("whole tumor", (1, 2, 3), 1), Region("tumor core", (2, 3), 2),
-                       Region("enhancing tumor", (3,), 3))
+                       Region("enhancing tumor", (3,), 3, scalar=True))  # written as a bare 3
 
 
 @pytest.mark.parametrize("labels, order, message", [
@@ -201,19 +201,23 @@ def test_evaluate_with_a_region_dataset_json_scores_each_region_by_name(tmp_path
     assert "enhancing tumor" in capsys.readouterr().out
 
 
-def test_nnunet_layout_keys_regions_as_nnunet_does(tmp_path):
+@pytest.mark.parametrize("enhancing, key", [(3, "3"), ([3], "(3,)")])
+def test_nnunet_layout_keys_regions_as_nnunet_does(tmp_path, enhancing, key):
+    """nnU-Net's keys are str() of each region as its LabelManager holds it: lists become tuples
+    ("(2, 3)", a one-label list "(3,)"), a bare integer stays an integer ("3")."""
     ref = np.zeros((2, 4, 4), np.uint8)
     ref[0, :2] = [[1, 1, 2, 2], [3, 3, 0, 0]]
     pred = ref.copy()
     pred[0, 1, :2] = 2  # enhancing missed, as above
     pred_dir, ref_dir = write_pair(tmp_path, pred, ref)
     dataset_json = tmp_path / "dataset.json"
-    dataset_json.write_text(json.dumps({"labels": BRATS_LABELS, "regions_class_order": BRATS_ORDER}))
+    labels = {**BRATS_LABELS, "enhancing tumor": enhancing}
+    dataset_json.write_text(json.dumps({"labels": labels, "regions_class_order": BRATS_ORDER}))
     assert evaluate_main([str(pred_dir), str(ref_dir), "--dataset-json", str(dataset_json),
                           "--format", "nnunet"]) == 0
     summary = json.loads((pred_dir / "summary.json").read_text())
-    assert list(summary["mean"]) == ["(1, 2, 3)", "(2, 3)", "3"]
-    assert summary["mean"]["3"]["Dice"] == 0.0 and summary["mean"]["(2, 3)"]["Dice"] == 1.0
+    assert list(summary["mean"]) == ["(1, 2, 3)", "(2, 3)", key]
+    assert summary["mean"][key]["Dice"] == 0.0 and summary["mean"]["(2, 3)"]["Dice"] == 1.0
     assert summary["metric_per_case"][0]["metrics"]["(1, 2, 3)"]["TP"] == 6
 
 

@@ -6,9 +6,10 @@ In `dataset.json` a label whose value is a list is a *region*, the union of thos
     "regions_class_order": [1, 2, 3]
 
 A dataset is region-based exactly when some value is a list of more than one label (nnU-Net's
-LabelManager rule); a one-element list alone (`"tumour": [1]`) is the plain label 1. Once a dataset is
-region-based, every non-background entry is a region (a plain integer `3` is the region [3]). The label files still hold one integer map (here 0–3); the network has one sigmoid
-output per region, in dataset.json order. `regions_class_order[i]` is the integer written where
+LabelManager rule); a one-element list alone (`"tumour": [1]`) is the plain label 1. Once a dataset
+is region-based, every non-background entry is a region (a plain integer `3` is the region [3]).
+The label files still hold one integer map (here 0–3); the network has one sigmoid output per
+region, in dataset.json order. `regions_class_order[i]` is the integer written where
 region i is predicted (probability > 0.5); regions are painted in order, so later ones overwrite
 earlier ones (the nested BraTS regions come out as 1, 2, 3).
 """
@@ -65,7 +66,8 @@ def parse_region_labels(path: Path | str, labels: dict[str, Any],
                                   f"region value + 1 ({values[-1] + 1}), got {ignore!r}")
         integer_labels[IGNORE_KEY] = ignore
     painted = _parse_order(path, order, members)
-    regions = tuple(Region(name, region, paint) for (name, region), paint in zip(members.items(), painted))
+    regions = tuple(Region(name, region, paint, scalar=not isinstance(labels[name], (list, tuple)))
+                    for (name, region), paint in zip(members.items(), painted))
     return integer_labels, regions
 
 
@@ -93,12 +95,6 @@ def _parse_order(path: Path | str, order: Any, members: dict[str, tuple[int, ...
             raise UserError(path, f"key '{ORDER_KEY}': region '{name}' would be painted as {paint}, "
                                   f"which is not one of its labels {list(region)}")
     return list(order)
-
-
-def region_key(labels: Sequence[int]) -> str:
-    """A region's key as nnU-Net writes it: Python's repr of its label tuple ("(1, 2, 3)", "(3,)"),
-    never equal to a plain label's key ("3") nor to any name. JSON-safe."""
-    return str(tuple(int(label) for label in labels))
 
 
 def in_region(seg: np.ndarray, labels: Sequence[int]) -> np.ndarray:

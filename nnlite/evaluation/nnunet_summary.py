@@ -17,7 +17,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from nnlite.data.regions import region_key
 from nnlite.evaluation.metrics import Counts, average_cases, format_means, metrics_from_counts, score_folder
 from nnlite.plans import ScoredClass
 
@@ -49,9 +48,9 @@ def evaluate_folder_nnunet(pred_dir: str | Path, ref_dir: str | Path, scored: Se
 
 
 def nnunet_key(cls: ScoredClass) -> str:
-    """nnU-Net's summary key of a class (`label_or_region_to_key`, str()): a plain label as "3", a
-    region (keyed by its name in nnlite) as its label tuple, "(1, 2, 3)" or "(3,)" for one label."""
-    return region_key(cls.labels) if isinstance(cls.key, str) else str(cls.labels[0])
+    """nnU-Net's summary key of a class (`label_or_region_to_key`: str() of it): a plain label "3"; a
+    region its label tuple, "(1, 2, 3)" or "(3,)", or "3" when dataset.json writes it as a bare 3."""
+    return cls.nnunet_key or str(cls.key)
 
 
 def format_nnunet_table(summary: dict) -> str:
