@@ -273,8 +273,8 @@ MUTATIONS = (
              "return {ORIENTATION_KEY: orientation} if orientation else {}", "return {}",
              ("tests/test_nnunet_model.py::test_a_reorienting_readers_model_predicts_any_stored_orientation_as_nnunet",)),
     Mutation("nnU-Net conversion: an unknown reader read as stored", "nnlite/data/orientation.py",
-             "    if reader not in NNUNET_READERS:\n", "    if reader not in NNUNET_READERS and False:\n"
-             "        return None\n    if reader not in NNUNET_READERS:\n",
+             "    if reader not in NNUNET_READERS:\n",
+             "    if reader not in NNUNET_READERS:\n        return None\n    if False:\n",
              ("tests/test_nnunet_model.py::test_a_reader_nnlite_cannot_honour_is_refused_in_one_line_at_convert",)),
     Mutation("nnU-Net conversion: an unimplemented resampling function accepted", "nnlite/planning/nnunet_plans.py",
              "if _short(function) != RESAMPLING_FUNCTION:", "if False:",
