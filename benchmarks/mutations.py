@@ -298,6 +298,12 @@ MUTATIONS = (
     Mutation("converted network: InstanceNorm eps 1e-6 instead of nnU-Net's 1e-5", "nnlite/network/blocks.py",
              "NORM_EPS = 1e-5", "NORM_EPS = 1e-6",
              ("tests/test_nnunet_parity.py::test_converted_network_reproduces_nnunets_logits",)),
+    Mutation("a raw dataset given as WORK not recognised (only 'plans.json: not found')", "nnlite/plans.py",
+             "    refuse_raw_dataset(Path(path).parent)\n", "",
+             ("tests/test_cli_messages.py::test_a_raw_dataset_given_as_work_says_to_plan_it_first",)),
+    Mutation("--set: a key without its section not pointed to its section", "nnlite/training/config.py",
+             "if len(same_leaf) == 1 else", "if False else",
+             ("tests/test_cli_messages.py::test_a_mistyped_set_key_gets_the_closest_setting",)),
     # --- rules of the reference pinned: training, loss, inference, post-processing, evaluation
     # --- rules of the reference pinned: planning, fingerprint, preprocessing, augmentation
     Mutation("target spacing: mean instead of the per-axis median", "nnlite/planning/planner.py",

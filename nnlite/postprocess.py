@@ -23,11 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from nnlite.evaluation.postprocessing import determine_postprocessing
 
-    decision = determine_postprocessing(args.work, args.config, args.reference)
-    for step in decision["decisions"]:
-        verdict = "accepted" if step["accepted"] else "rejected"
-        print(f"largest component of labels {step['labels']}: Dice {step['dice_before']:.4f} -> "
-              f"{step['dice_after']:.4f} {verdict}")
+    decision = determine_postprocessing(args.work, args.config, args.reference)  # logs each step once
     print(f"foreground Dice {decision['foreground_dice_before']:.4f} -> "
           f"{decision['foreground_dice_after']:.4f} on {decision['cases']} cases; "
           f"{postprocessing_file(args.work, args.config)}; post-processed CV "

@@ -10,7 +10,7 @@ import pytest
 from inference_fixtures import tiny_plans
 from nnlite.data.image_io import read_image, write_seg
 from nnlite.evaluation.metrics import label_classes, matched_cases
-from nnlite.evaluation.postprocessing import decide_postprocessing
+from nnlite.evaluation.postprocessing import decide_postprocessing, describe_decisions
 from nnlite.inference.largest_component import (apply_postprocessing, keep_largest_component,
                                                 load_postprocessing)
 from nnlite.plans import save_plans
@@ -116,3 +116,34 @@ def test_postprocess_command_writes_json_used_by_apply(tmp_path):
     written = work / "results" / "3d_fullres" / "postprocessed" / "gain0.nii.gz"
     assert read_image(written).array[6, 6, 6] == 0  # the spurious label-1 blob is gone
     assert read_image(written).array[4, 1, 1] == 2
+
+
+def test_postprocess_command_reports_each_step_once_by_name(tmp_path, capsys, caplog):
+    _rejecting_folders(tmp_path)
+    work = tmp_path / "work"
+    validation = work / "results" / "3d_fullres" / "fold_0" / "validation"
+    validation.mkdir(parents=True)
+    for path in (tmp_path / "pred").iterdir():
+        path.rename(validation / path.name)
+    save_plans(tiny_plans(labels=2, raw_path=str(tmp_path)), work / "plans.json")
+    (tmp_path / "ref").rename(tmp_path / "labelsTr")
+    caplog.set_level("INFO", logger="nnlite")
+    assert postprocess_main([str(work)]) == 0
+    steps = [r.getMessage() for r in caplog.records if "largest component" in r.getMessage()]
+    steps += [line for line in capsys.readouterr().out.splitlines() if "largest component" in line]
+    assert [line.split(":")[0] for line in steps] == [
+        "keep the largest component of all foreground merged (labels 1, 2)",
+        "keep the largest component of label l1 (1)", "keep the largest component of label l2 (2)"]
+    assert steps[0].endswith("rejected") and steps[1].endswith("accepted") and steps[2].endswith("rejected")
+
+
+def test_region_steps_are_named_by_region():
+    decision = {"decisions": [
+        {"labels": [1, 2, 3], "dice_before": 0.5, "dice_after": 0.6, "accepted": True},
+        {"labels": [2, 3], "dice_before": 0.6, "dice_after": 0.7, "accepted": True, "region": "tumor core"},
+        {"labels": [3], "dice_before": 0.4, "dice_after": 0.3, "accepted": False, "region": "enhancing"}]}
+    labels = {"background": 0, "edema": 1, "necrosis": 2, "enhancing": 3}
+    assert describe_decisions(decision, labels) == [
+        "keep the largest component of all foreground merged (labels 1, 2, 3): Dice 0.5000 -> 0.6000, accepted",
+        "keep the largest component of region 'tumor core' (labels 2, 3): Dice 0.6000 -> 0.7000, accepted",
+        "keep the largest component of region 'enhancing' (labels 3): Dice 0.4000 -> 0.3000, rejected"]

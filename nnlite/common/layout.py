@@ -27,6 +27,7 @@ from typing import Iterable
 from nnlite.common.errors import UserError
 
 DATASET_FILE = "dataset.json"
+RAW_IMAGES_DIR = "imagesTr"  # a raw dataset's training images (nnU-Net's layout)
 PLANS_FILE = "plans.json"
 FINGERPRINT_FILE = "fingerprint.json"
 SPLITS_FILE = "splits.json"
@@ -47,6 +48,15 @@ FOLD_FOLDER = re.compile(r"^fold_(\w+)$")
 
 def plans_file(work: str | Path) -> Path:
     return Path(work) / PLANS_FILE
+
+
+def refuse_raw_dataset(work: str | Path) -> None:
+    """A raw dataset (dataset.json + imagesTr/) given where a WORK folder without plans.json is
+    expected: say so, and which command makes a WORK of it."""
+    work = Path(work)
+    if (work / DATASET_FILE).is_file() and (work / RAW_IMAGES_DIR).is_dir() and not plans_file(work).is_file():
+        raise UserError(work, f"this is a raw dataset ({DATASET_FILE}, {RAW_IMAGES_DIR}/), not a work folder; "
+                              f"run python -m nnlite.plan {work} WORK first and give that WORK")
 
 
 def fingerprint_file(work: str | Path) -> Path:

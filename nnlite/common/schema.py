@@ -11,6 +11,7 @@ import types
 import typing
 from typing import Any, TypeVar
 
+from nnlite.common.cli import did_you_mean
 from nnlite.common.errors import UserError
 
 T = TypeVar("T")
@@ -35,7 +36,8 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise UserError(where or cls.__name__, f"unknown key '{unknown[0]}' for {cls.__name__}")
+        raise UserError(where or cls.__name__, f"unknown key '{unknown[0]}' for {cls.__name__}"
+                                               + did_you_mean(unknown[0], fields))
     kwargs = {}
     for name, field in fields.items():
         if name in data:

@@ -35,8 +35,8 @@ from nnlite.common.layout import (config_results, crossval_folder, plans_file, p
                                   postprocessing_file)
 from nnlite.common.errors import UserError
 from nnlite.data.image_io import read_image
-from nnlite.evaluation.metrics import (Counts, are_regions, confusion_counts, list_segs, match_cases, read_pair,
-                                       reference_labels, scored_labels, summarize, write_summary)
+from nnlite.evaluation.metrics import (Counts, are_regions, confusion_counts, display_name, list_segs, match_cases,
+                                       read_pair, reference_labels, scored_labels, summarize, write_summary)
 from nnlite.inference.largest_component import keep_largest_component
 from nnlite.plans import Plans, ScoredClass, load_plans
 
@@ -107,9 +107,6 @@ def decide_postprocessing(pairs: Sequence[tuple[str, Path, Path]], scored: Seque
             for case, counts in scores[(cls.key, base_name)].items():
                 final[case][cls.key] = counts[cls.key]
     _, fg_final = _dice(final, keys)
-    for d in decisions:
-        log.info("keep largest component of labels %s: Dice %.4f -> %.4f, %s", d["labels"],
-                 d["dice_before"], d["dice_after"], "accepted" if d["accepted"] else "rejected")
     return {"steps": [d["labels"] for d in decisions if d["accepted"]], "labels": labels, "decisions": decisions,
             **({"regions": keys} if regions else {}), "cases": len(pairs),
             "foreground_dice_before": fg_before, "foreground_dice_after": fg_final}
@@ -149,6 +146,8 @@ def postprocess_folder(pairs: Sequence[tuple[str, Path, Path]], plans: Plans, na
     reference) files; write the decision to decision_file and the post-processed predictions to
     out_dir; returns the decision."""
     decision = decide_postprocessing(pairs, plans.scored, plans.ignore_label)
+    for line in describe_decisions(decision, plans.labels):
+        log.info("%s", line)
     decision["configuration"] = name
     write_summary(decision, decision_file)
     for _, path, _ in pairs:  # each prediction with the accepted steps applied, same name and affine
@@ -156,3 +155,22 @@ def postprocess_folder(pairs: Sequence[tuple[str, Path, Path]], plans: Plans, na
         write_case_outputs(out_dir / path.name, np.rint(image.array).astype(np.int16), image.affine,
                            postprocessing=decision["steps"])
     return decision
+
+
+def describe_decisions(decision: dict, labels: dict[str, int]) -> list[str]:
+    """One line per decided step, naming what it keeps the largest component of as dataset.json
+    does: first every foreground label (or region) merged, then each label or region."""
+    names = {value: name for name, value in labels.items()}
+    lines = []
+    for index, step in enumerate(decision["decisions"]):
+        values = ", ".join(map(str, step["labels"]))
+        if index == 0:
+            what = f"all foreground merged (labels {values})"
+        elif "region" in step:
+            what = f"region '{step['region']}' (labels {values})"
+        else:
+            what = f"label {display_name(step['labels'][0], names)}"
+        verdict = "accepted" if step["accepted"] else "rejected"
+        lines.append(f"keep the largest component of {what}: Dice {step['dice_before']:.4f} -> "
+                     f"{step['dice_after']:.4f}, {verdict}")
+    return lines

@@ -125,7 +125,7 @@ def check_folders(input_dir: Path, output_dir: Path) -> None:
 
 def record_failure(report: PredictReport, case: str, error: Exception) -> None:
     if isinstance(error, UserError):
-        report.failed[case] = str(error)
+        report.failed[case] = error.problem if error.where == case else str(error)  # named once
     else:  # not the user's fault: keep the type so the bug can be found
         report.failed[case] = f"{type(error).__name__}: {error}"
         report.crashed.append(case)

@@ -178,8 +178,8 @@ def run_preprocessing(work: str | Path, configs: Sequence[str] | None = None,
     ensure_writable_dir(preprocessed_root(work), "preprocessed folder")
     start_folders(plans, folders, [case.name for case in dataset.cases])
     jobs = _jobs(dataset, folders, overwrite)
-    log.info("preprocessing %d of %d cases for %s (%d workers)", len(jobs), len(dataset.cases),
-             ", ".join(folders), workers)
+    log.info("preprocessing %d of %d cases for %s (%d %s)", len(jobs), len(dataset.cases),
+             ", ".join(folders), workers, "worker" if workers == 1 else "workers")
     failures = []
     with logging_redirect_tqdm(), tqdm(total=len(jobs), desc="preprocess", unit="case") as bar:
         for name, failure in _run_all(jobs, dataset, plans, workers):

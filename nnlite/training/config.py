@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from nnlite.common.cli import did_you_mean
 from nnlite.common.errors import UserError
 from nnlite.common.schema import from_dict, to_jsonable
 
@@ -235,7 +236,8 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     for depth, part in enumerate(parts):
         fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
         if part not in fields:
-            raise UserError(f"--set {key}", f"unknown setting '{'.'.join(parts[:depth + 1])}'")
+            raise UserError(f"--set {key}", f"unknown setting '{'.'.join(parts[:depth + 1])}'"
+                                            + suggest_setting(key))
         if depth == len(parts) - 1:
             break
         cls = fields[part].default_factory  # every section has a dataclass default factory
@@ -245,6 +247,13 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     if dataclasses.is_dataclass(fields[parts[-1]].default_factory):
         raise UserError(f"--set {key}", "is a section; set one of its keys")
     node[parts[-1]] = value
+
+
+def suggest_setting(key: str) -> str:
+    """` (did you mean 'training.initial_lr'?)` for a mistyped or section-less `--set` key."""
+    known = list(_flatten(config_to_dict(TrainConfig())))
+    same_leaf = [name for name in known if name.endswith("." + key)]  # `initial_lr` without its section
+    return f" (did you mean '{same_leaf[0]}'?)" if len(same_leaf) == 1 else did_you_mean(key, known)
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

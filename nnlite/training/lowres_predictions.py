@@ -61,8 +61,8 @@ def prepare_previous_stage(work: Path, plans: Plans, config_name: str, rank: Ran
         raise UserError(missing[0], f"has no {lowres} cross-validation prediction (no fold of "
                         f"splits.json validates it)")
     if rank.is_main:
-        for r in range(rank.world_size):
-            log.info("rank %d: preparing %d of %d previous-stage inputs", r,
+        for r in range(rank.world_size):  # the rank is named only when there are several
+            log.info("%spreparing %d of %d previous-stage inputs", f"rank {r}: " if rank.world_size > 1 else "",
                      len(share(cases, Rank(r, rank.world_size))), len(cases))
         # before any rank writes: a .tmp file here is a leftover of a killed run
         out.mkdir(parents=True, exist_ok=True)

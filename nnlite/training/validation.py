@@ -50,7 +50,9 @@ def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, co
     out_dir = folder / VALIDATION_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     cases = sorted(cases)
-    if rank.is_main:
+    if rank.world_size == 1:
+        log.info("validating %d %s", len(cases), "case" if len(cases) == 1 else "cases")
+    elif rank.is_main:
         for r in range(rank.world_size):
             log.info("rank %d: validating %d of %d cases", r, len(share(cases, Rank(r, rank.world_size))),
                      len(cases))
