@@ -24,6 +24,7 @@ from nibabel.orientations import (
 )
 
 from nnlite.common.errors import UserError
+from nnlite.common.layout import PLANS_FILE
 from nnlite.data.image_io import Case
 
 RAS = "RAS"
@@ -84,7 +85,7 @@ def from_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 def _checked(orientation: str | None) -> str | None:
     if orientation not in (None, RAS):
-        raise UserError("plans.json", f"extra.{PLANS_KEY} = {orientation!r}: nnlite reorients to {RAS} only")
+        raise UserError(PLANS_FILE, f"extra.{PLANS_KEY} = {orientation!r}: nnlite reorients to {RAS} only")
     return orientation
 
 

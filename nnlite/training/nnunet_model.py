@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from nnlite.common.layout import (ALL_FOLD, DATASET_FILE, FOLD_PREFIX, PLANS_FILE, fold_folder, fold_name,
-                                  plans_file, postprocessing_file, work_dataset_file)
+from nnlite.common.layout import (ALL_FOLD, DATASET_FILE, FOLD_PREFIX, PLANS_FILE, POSTPROCESSING_FILE,
+                                  fold_folder, fold_name, plans_file, postprocessing_file, work_dataset_file)
 from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir, read_json_checked, write_atomic, write_json_atomic
 from nnlite.common.schema import to_jsonable
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 NNUNET_CHECKPOINTS = {"checkpoint_final.pth": FINAL, "checkpoint_best.pth": BEST}
 NNUNET_REQUIRED_KEYS = ("network_weights", "init_args")
-NNUNET_POSTPROCESSING = "postprocessing.json"  # nnU-Net writes it beside postprocessing.pkl
+NNUNET_POSTPROCESSING = POSTPROCESSING_FILE  # nnU-Net names it as nnlite does, beside its postprocessing.pkl
 NNUNET_CROSSVAL_PREFIX = "crossval_results_folds_"  # + the folds joined by "_"
 # nnU-Net's one post-processing function: keep the largest component of the union of labels_or_regions
 LARGEST_COMPONENT_FN = "remove_all_but_largest_component_from_segmentation"
@@ -230,7 +230,7 @@ def _nnunet_postprocessing(model_dir: Path, folds: dict[str, dict[str, Path]], p
     functions = decision.get("postprocessing_fns") if isinstance(decision, dict) else None
     kwargs = decision.get("postprocessing_kwargs") if isinstance(decision, dict) else None
     if not isinstance(functions, list) or not isinstance(kwargs, list) or len(functions) != len(kwargs):
-        raise UserError(path, "not nnU-Net's postprocessing.json (needs lists postprocessing_fns and "
+        raise UserError(path, "not nnU-Net's post-processing decision (needs lists postprocessing_fns and "
                         "postprocessing_kwargs of one length)")
     steps = [_largest_component_step(path, str(fn), kw, plans) for fn, kw in zip(functions, kwargs)]
     return {"steps": steps, "converted_from": str(path)}
