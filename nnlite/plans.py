@@ -31,15 +31,8 @@ DATA_FIELDS = ("spacing", "normalization", "use_mask_for_norm", "resampling_orde
 
 
 def output_classes(labels: dict[str, int], regions: tuple["Region", ...] = ()) -> int:
-    """Network outputs: one per region (sigmoid) for a region dataset, else background plus every
-    foreground label (softmax); the ignore label gets none."""
+    """Network outputs: one sigmoid per region, else softmax over background and every label but ignore."""
     return len(regions) if regions else len(labels) - (IGNORE_KEY in labels)
-
-
-def region_key(labels: Iterable[int]) -> str:
-    """A label tuple as nnU-Net writes it: Python's repr ("(1, 2, 3)", "(3,)"). JSON-safe, and never
-    equal to a plain label's key ("3") nor to a name (it starts with "(")."""
-    return str(tuple(int(label) for label in labels))
 
 
 @dataclass(frozen=True)
@@ -49,7 +42,7 @@ class ScoredClass:
 
     key: int | str
     labels: tuple[int, ...]
-    nnunet_key: str = ""  # nnU-Net's summary key: "3" for a label, Region.nnunet_key for a region
+    nnunet_key: str = ""  # nnU-Net's key: str() of the label or region as its LabelManager holds it
 
 
 def foreground_of(labels: dict[str, int]) -> list[int]:
@@ -64,26 +57,19 @@ def label_classes(labels: Iterable[int]) -> tuple[ScoredClass, ...]:
 
 def scored_classes(labels: dict[str, int], regions: tuple["Region", ...] = ()) -> tuple[ScoredClass, ...]:
     """What a dataset's predictions are scored by: its regions, else every foreground label."""
-    return (tuple(ScoredClass(region.name, tuple(region.labels), region.nnunet_key) for region in regions) if regions
-            else label_classes(foreground_of(labels)))
+    return (tuple(ScoredClass(r.name, tuple(r.labels), str(r.labels[0] if r.scalar else tuple(r.labels)))
+                  for r in regions) if regions else label_classes(foreground_of(labels)))
 
 
 @dataclass(frozen=True)
 class Region:
-    """A region of region-based training (dataset.json `"whole tumor": [1, 2, 3]`): the union of
-    integer `labels`; a voxel predicted in it is written as `painted_as` (its entry of
-    `regions_class_order`). Regions are painted in dataset.json order, later ones on top."""
+    """A region (dataset.json `"whole tumor": [1, 2, 3]`): the union of integer `labels`; its predicted voxels
+    are written as `painted_as` (its `regions_class_order` entry), in dataset.json order, later ones on top."""
 
     name: str
     labels: tuple[int, ...]
     painted_as: int
-    scalar: bool = False  # written as a bare integer ("enhancing": 3), which nnU-Net keeps as the int 3
-
-    @property
-    def nnunet_key(self) -> str:
-        """nnU-Net's key of the region (str() of it as nnU-Net holds it): "3" when written as a bare
-        integer, else its label tuple (`region_key`)."""
-        return str(self.labels[0]) if self.scalar else region_key(self.labels)
+    scalar: bool = False  # written as a bare integer ("enhancing": 3): nnU-Net keys it "3", not "(3,)"
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,12 @@ def _parse_order(path: Path | str, order: Any, members: dict[str, tuple[int, ...
     return list(order)
 
 
+def region_key(labels: Sequence[int]) -> str:
+    """A region's key in a case's class_locations: Python's repr of its label tuple ("(1, 2, 3)",
+    "(3,)", nnU-Net's tuple key as a string). JSON-safe; never a plain label's key ("3") nor a name."""
+    return str(tuple(int(label) for label in labels))
+
+
 def in_region(seg: np.ndarray, labels: Sequence[int]) -> np.ndarray:
     """Boolean mask of the voxels of `seg` whose label is one of `labels` (numpy or torch)."""
     mask = seg == labels[0]

@@ -26,7 +26,8 @@ from nnlite.common.errors import UserError
 from nnlite.common.files import read_json, save_npy_atomic, write_text_atomic
 from nnlite.common.schema import from_dict, to_jsonable
 from nnlite.data.cropping import crop_to_nonzero, uncrop
-from nnlite.plans import Plans, region_key
+from nnlite.data.regions import region_key
+from nnlite.plans import Plans
 from nnlite.preprocessing.normalization import normalize
 from nnlite.preprocessing.resampling import new_shape_for, resample_image, resample_seg
 
