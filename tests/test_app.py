@@ -132,8 +132,8 @@ def test_the_command_binds_this_machine_on_8501_by_default(work):
 def test_a_work_folder_without_plans_is_one_error_line(tmp_path, capsys):
     assert_one_line_error(run_command("app", tmp_path), f"{tmp_path}: is not a planned work folder")
     with pytest.raises(SystemExit):
-        parse_settings([str(tmp_path), "--port", "0"])
-    assert capsys.readouterr().err.startswith("error: nnlite app: --port must be in 1–65535")
+        parse_settings([str(tmp_path), "--port", "65536"])
+    assert capsys.readouterr().err.startswith("error: nnlite app: --port must be in 0–65535 (0: any free port)")
 
 
 def test_inputs_that_are_not_a_folder_stop_before_serving(work, tmp_path):
