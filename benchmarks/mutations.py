@@ -10,6 +10,7 @@ mutation the same tests must pass on the unmutated copy, so a catch is never a b
 
     python benchmarks/mutations.py              # every mutation: a table, exit 1 if one survives
     python benchmarks/mutations.py --only gauss # the mutations whose name contains "gauss"
+    python benchmarks/mutations.py --jobs 2     # two at once (one OpenMP thread each)
 
 Add a mutation with every new rule that matters (see the list below).
 """
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -818,7 +820,7 @@ def apply(root: Path, mutation: Mutation) -> None:
 
 
 def check_baseline(tests: tuple[str, ...], timeout: float) -> None:
-    """The tests must pass on an unmutated copy (run once per set of tests)."""
+    """The tests must pass on an unmutated copy."""
     with tempfile.TemporaryDirectory(prefix="nnlite-baseline-") as tmp:
         copy_tree(Path(tmp))
         outcome, detail = run_tests(Path(tmp), tests, timeout)
@@ -843,16 +845,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="", help="run the mutations whose name contains this text")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds one test run may take")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="mutations checked at once (each test run then gets OMP_NUM_THREADS=1)")
     args = parser.parse_args()
     chosen = [m for m in MUTATIONS if args.only.lower() in m.name.lower()]
-    for tests in dict.fromkeys(m.tests for m in chosen):
-        check_baseline(tests, args.timeout)
-    print("| mutation | result | seconds |\n|---|---|---|")
+    if args.jobs > 1:  # parallel torch processes must not each spin one OpenMP thread per core
+        os.environ["OMP_NUM_THREADS"] = "1"
+    # One baseline for every test the chosen mutations name: each passes on the unmutated copy.
+    check_baseline(tuple(dict.fromkeys(test for m in chosen for test in m.tests)), args.timeout)
+    print("| mutation | result | seconds |\n|---|---|---|", flush=True)
     caught = 0
-    for mutation in chosen:
-        result, seconds = check_mutation(mutation, args.timeout)
-        caught += result.startswith("caught")
-        print(f"| {mutation.name} | {result} | {seconds:.0f} |", flush=True)
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for mutation, (result, seconds) in zip(chosen, pool.map(lambda m: check_mutation(m, args.timeout), chosen)):
+            caught += result.startswith("caught")
+            print(f"| {mutation.name} | {result} | {seconds:.0f} |", flush=True)
     print(f"\n{len(chosen)} mutations, {caught} caught by a failing test, {len(chosen) - caught} not caught "
           "(survived, error or timeout)")
     return 0 if caught == len(chosen) else 1
