@@ -336,6 +336,12 @@ MUTATIONS = (
     Mutation("--set: a key without its section not pointed to its section", "nnlite/training/config.py",
              "if len(same_leaf) == 1 else", "if False else",
              ("tests/test_cli_messages.py::test_a_mistyped_set_key_gets_the_closest_setting",)),
+    Mutation("normalization: a channel named rgb_to_0_1 z-scored", "nnlite/planning/planner.py",
+             '\n                         "rgb_to_0_1": "rgb_0_1"}', "}",
+             ("tests/test_normalization.py::test_a_channel_named_rgb_to_0_1_is_planned_as_rgb",)),
+    Mutation("normalization: rgb_to_0_1 divides by 256", "nnlite/preprocessing/normalization.py",
+             "RGB_MAX = 255.0 ", "RGB_MAX = 256.0 ",
+             ("tests/test_normalization.py::test_rgb_to_0_1_divides_by_255_and_refuses_other_ranges",)),
     # --- rules of the reference pinned: training, loss, inference, post-processing, evaluation
     Mutation("optimizer as built: momentum 0.9 instead of 0.99", "nnlite/training/trainer.py",
              "lr=t.initial_lr, momentum=t.momentum,",

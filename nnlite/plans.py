@@ -18,7 +18,7 @@ from nnlite.common.schema import from_dict, to_jsonable
 
 SCHEMA_VERSION = 1
 
-NORMALIZATION_SCHEMES = ("zscore", "ct", "none", "rescale_0_1")
+NORMALIZATION_SCHEMES = ("zscore", "ct", "none", "rescale_0_1", "rgb_0_1")
 ENCODER_TYPES = ("plain", "residual")
 MAX_SPLINE_ORDER = 5  # the highest interpolation order scipy.ndimage.zoom supports
 IGNORE_KEY = "ignore"  # dataset.json name of nnU-Net's ignore label: unannotated voxels, not a class

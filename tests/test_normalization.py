@@ -54,6 +54,26 @@ def test_rescale_0_1_hand_computed():
     assert np.allclose(rescale_0_1(np.array([2, 4, 6], np.float32)), [0, 0.5, 1])
 
 
+def test_rgb_to_0_1_divides_by_255_and_refuses_other_ranges():
+    # nnU-Net's RGBTo01Normalization: x / 255, asserting 0 <= x <= 255
+    out = normalize_channel(np.array([0, 51, 255], np.float32), "rgb_0_1")
+    np.testing.assert_allclose(out, [0.0, 0.2, 1.0])
+    with pytest.raises(UserError, match="outside 0..255"):
+        normalize_channel(np.array([0, 256], np.float32), "rgb_0_1")
+    with pytest.raises(UserError, match="outside 0..255"):
+        normalize_channel(np.array([-1, 3], np.float32), "rgb_0_1")
+
+
+def test_a_channel_named_rgb_to_0_1_is_planned_as_rgb():
+    from types import SimpleNamespace
+
+    from nnlite.planning.planner import normalization
+
+    fingerprint = SimpleNamespace(channel_names={"0": "RGB_to_0_1", "1": "T2"}, median_relative_size_after_crop=1.0)
+    schemes, mask, _ = normalization(fingerprint)
+    assert schemes == ("rgb_0_1", "zscore") and mask == (False, False)
+
+
 @pytest.mark.parametrize("scheme", ["zscore", "ct", "rescale_0_1", "none"])
 def test_constant_image_stays_finite(scheme):
     stats = IntensityStats(5.0, 0.0, 5.0, 5.0, 5.0, 5.0, 5.0)  # a constant foreground: std 0

@@ -28,6 +28,7 @@ NORMALIZATION_NAMES = {  # nnU-Net class name → nnlite scheme
     "CTNormalization": "ct",
     "NoNormalization": "none",
     "RescaleTo01Normalization": "rescale_0_1",
+    "RGBTo01Normalization": "rgb_0_1",
 }
 ENCODERS = {"PlainConvUNet": "plain", "ResidualEncoderUNet": "residual"}
 NORM_OPS = ("InstanceNorm2d", "InstanceNorm3d")

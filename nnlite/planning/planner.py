@@ -37,7 +37,8 @@ LOWRES_SPACING_FACTOR = 1.03  # lowres spacing grows by this factor per iteratio
 LOWRES_MIN_SHRINK = 2  # drop 3d_lowres unless it has ≥ 2× fewer median voxels than fullres
 MASK_NORM_CROP_THRESHOLD = 0.75  # z-score inside the nonzero mask when cropping keeps < 75 % of voxels
 CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
-CHANNEL_NORMALIZATION = {"ct": "ct", "nonorm": "none", "zscore": "zscore", "rescale_to_0_1": "rescale_0_1"}
+CHANNEL_NORMALIZATION = {"ct": "ct", "nonorm": "none", "zscore": "zscore", "rescale_to_0_1": "rescale_0_1",
+                         "rgb_to_0_1": "rgb_0_1"}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ Schemes (`ConfigurationPlan.normalization`, one per channel):
   from, and only apply to, voxels inside the nonzero region (seg >= 0); outside voxels keep 0.
 - "ct": clip to the dataset's foreground 0.5 / 99.5 percentiles, then subtract the dataset's
   foreground mean and divide by its std (`Plans.intensity_per_channel`).
-- "none": unchanged. "rescale_0_1": (x - min) / (max - min) per image.
+- "none": unchanged. "rescale_0_1": (x - min) / (max - min) per image. "rgb_0_1": x / 255 for 8-bit
+  RGB channels (nnU-Net's "rgb_to_0_1"); values outside 0..255 are refused.
 Statistics accumulate in float64 (nnU-Net accumulates in float32, which loses ~1e-3 of the std on
 images with a large offset); the image itself stays float32. Results agree with nnU-Net to ~1e-6.
 """
@@ -21,6 +22,7 @@ from nnlite.common.errors import UserError
 from nnlite.plans import IntensityStats
 
 STD_FLOOR = 1e-8  # nnU-Net's eps: std (and max - min) never below this, so constant images stay finite
+RGB_MAX = 255.0  # nnU-Net's RGBTo01Normalization: 8-bit colour
 
 
 def zscore(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -53,6 +55,17 @@ def rescale_0_1(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def rgb_0_1(image: np.ndarray) -> np.ndarray:
+    """x / 255: an 8-bit colour channel to [0, 1] (nnU-Net refuses other ranges: so does nnlite)."""
+    image = image.astype(np.float32, copy=False)
+    low, high = float(image.min()), float(image.max())
+    if low < 0 or high > RGB_MAX:
+        raise UserError("rgb_to_0_1 channel", f"values {low:g}..{high:g} lie outside 0..{RGB_MAX:g} "
+                        "(the scheme expects 8-bit colour)")
+    image /= RGB_MAX
+    return image
+
+
 def normalize_channel(image: np.ndarray, scheme: str, mask: np.ndarray | None = None,
                       stats: IntensityStats | None = None) -> np.ndarray:
     """Normalize one channel (*spatial) float32 in place (returns it). `mask` only for zscore."""
@@ -64,6 +77,8 @@ def normalize_channel(image: np.ndarray, scheme: str, mask: np.ndarray | None = 
         return ct_normalize(image, stats)
     if scheme == "rescale_0_1":
         return rescale_0_1(image)
+    if scheme == "rgb_0_1":
+        return rgb_0_1(image)
     if scheme == "none":
         return image.astype(np.float32, copy=False)
     raise UserError(PLANS_FILE, f"unknown normalization scheme {scheme!r}")
