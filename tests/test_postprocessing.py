@@ -101,7 +101,8 @@ def test_step_rejected_when_a_label_gets_worse(tmp_path):
     assert decision["foreground_dice_after"] > decision["foreground_dice_before"]
 
 
-def test_postprocess_command_writes_json_used_by_apply(tmp_path):
+def _work_with_one_validated_fold(tmp_path):
+    """WORK whose fold 0 validated the rejecting folders' predictions, with RAW/labelsTr beside."""
     _rejecting_folders(tmp_path)
     work = tmp_path / "work"
     validation = work / "results" / "3d_fullres" / "fold_0" / "validation"
@@ -110,6 +111,11 @@ def test_postprocess_command_writes_json_used_by_apply(tmp_path):
         path.rename(validation / path.name)
     save_plans(tiny_plans(labels=2, raw_path=str(tmp_path)), work / "plans.json")
     (tmp_path / "ref").rename(tmp_path / "labelsTr")
+    return work
+
+
+def test_postprocess_command_writes_json_used_by_apply(tmp_path):
+    work = _work_with_one_validated_fold(tmp_path)
     assert postprocess_main([str(work)]) == 0
     steps = load_postprocessing(work / "results" / "3d_fullres" / "postprocessing.json")
     assert steps == [[1]]
@@ -119,14 +125,7 @@ def test_postprocess_command_writes_json_used_by_apply(tmp_path):
 
 
 def test_postprocess_command_reports_each_step_once_by_name(tmp_path, capsys, caplog):
-    _rejecting_folders(tmp_path)
-    work = tmp_path / "work"
-    validation = work / "results" / "3d_fullres" / "fold_0" / "validation"
-    validation.mkdir(parents=True)
-    for path in (tmp_path / "pred").iterdir():
-        path.rename(validation / path.name)
-    save_plans(tiny_plans(labels=2, raw_path=str(tmp_path)), work / "plans.json")
-    (tmp_path / "ref").rename(tmp_path / "labelsTr")
+    work = _work_with_one_validated_fold(tmp_path)
     caplog.set_level("INFO", logger="nnlite")
     assert postprocess_main([str(work)]) == 0
     steps = [r.getMessage() for r in caplog.records if "largest component" in r.getMessage()]
