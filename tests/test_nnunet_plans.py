@@ -79,7 +79,7 @@ def test_inheritance_circle_and_missing_parent_are_errors():
 
 
 @pytest.mark.parametrize("key, value, named", [
-    ("normalization_schemes", ["RGBTo01Normalization"], "RGBTo01Normalization"),
+    ("normalization_schemes", ["MyLabsNormalization"], "MyLabsNormalization"),
     ("architecture.arch_kwargs.dropout_op", "torch.nn.Dropout3d", "Dropout3d"),
     ("architecture.arch_kwargs.nonlin", "torch.nn.ReLU", "torch.nn.ReLU"),
     ("architecture.arch_kwargs.norm_op", "torch.nn.BatchNorm3d", "BatchNorm3d"),
@@ -160,3 +160,11 @@ def test_plans_older_than_nnunet_2_4_describe_the_same_network():
                   n_conv_per_stage_encoder=kw["n_conv_per_stage"], n_conv_per_stage_decoder=kw["n_conv_per_stage_decoder"])
     old = plans_from_nnunet(nnunet, HIPPOCAMPUS_DATASET).configurations["3d_fullres"].network
     assert old == plans_from_nnunet(HIPPOCAMPUS_PLANS, HIPPOCAMPUS_DATASET).configurations["3d_fullres"].network
+
+
+def test_nnunets_rgb_normalization_is_translated_to_x_over_255():
+    nnunet = copy.deepcopy(HIPPOCAMPUS_PLANS)
+    for config in nnunet["configurations"].values():
+        config["normalization_schemes"] = ["RGBTo01Normalization"]
+    plans = plans_from_nnunet(nnunet, HIPPOCAMPUS_DATASET)
+    assert plans.configurations["3d_fullres"].normalization == ("rgb_0_1",)
