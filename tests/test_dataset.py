@@ -129,7 +129,7 @@ BREAKERS = {
                                             "key 'regions_class_order': missing"),
     "vtk file ending": lambda r: (edit_json(r, file_ending=".vtk"), r"'\.vtk'.*not supported.*\.nrrd"),
     "unknown reader": lambda r: (edit_json(r, overwrite_image_reader_writer="NibabelIOWithReorient"),
-                                 r"overwrite_image_reader_writer.*NibabelIO, SimpleITKIO"),
+                                 r"does not train with the reader 'NibabelIOWithReorient'.*NibabelIO, SimpleITKIO"),
     "reader for another format": lambda r: (edit_json(r, overwrite_image_reader_writer="Tiff3DIO"),
                                             r"'Tiff3DIO' cannot read '\.nii\.gz'"),
     "missing key": lambda r: (edit_json(r, labels=None), "key 'labels'"),

@@ -116,10 +116,13 @@ def dataset_reader(where: str | Path, reader: object, ending: str) -> str | None
     table that reads `ending`; None (no key) chooses by ending."""
     if reader is None:
         return None
-    if reader not in FORMATS or ending not in FORMATS[str(reader)].endings:
-        readers = [name for name, fmt in FORMATS.items() if ending in fmt.endings]
+    readers = ", ".join(name for name, fmt in FORMATS.items() if ending in fmt.endings)
+    if reader not in FORMATS:  # e.g. NibabelIOWithReorient: honoured only for converted nnU-Net models
+        raise UserError(where, f"key '{READER_KEY}': nnlite does not train with the reader {reader!r}; "
+                               f"readers of '{ending}' files: {readers}")
+    if ending not in FORMATS[str(reader)].endings:
         raise UserError(where, f"key '{READER_KEY}': {reader!r} cannot read '{ending}' files; "
-                               f"readers for them: {', '.join(readers)}")
+                               f"readers for them: {readers}")
     return str(reader)
 
 
