@@ -1,8 +1,13 @@
-"""`python -m nnlite.predict WORK INPUT_DIR OUTPUT_DIR [--config C] [--folds 0 1 …|all] …`."""
+"""`python -m nnlite.predict WORK INPUT_DIR OUTPUT_DIR [--config C] [--folds 0 1 …|all] …`.
+
+`--part I --num-parts N` (or a torchrun launch: part RANK of WORLD_SIZE, device cuda:LOCAL_RANK)
+predicts every N-th case, so N processes or machines share one OUTPUT_DIR (docs/distributed.md).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -43,6 +48,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--onnx", type=Path, default=None, metavar="MODEL.onnx",
                         help="run this ONNX export (nnlite export onnx) with onnxruntime instead of the "
                              "checkpoints, in the same sliding window")
+    parser.add_argument("--part", type=int, default=None, metavar="I",
+                        help="predict only the sorted cases I, I+N, I+2N, … (0 ≤ I < N; needs --num-parts); "
+                             "under torchrun: the rank")
+    parser.add_argument("--num-parts", type=int, default=None, metavar="N",
+                        help="how many parts share the cases (N processes or machines, one OUTPUT_DIR); "
+                             "under torchrun: the world size")
     args = parser.parse_args(argv)
     if args.onnx is not None and args.best:
         parser.error("--onnx runs one exported network; it cannot follow --best")
@@ -55,26 +66,39 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from nnlite.inference.options import PredictOptions
+    from nnlite.inference.options import PredictOptions, resolve_part
     from nnlite.inference.predictor import predict_best, predict_folder
     from nnlite.inference.sliding_window import STEP_SIZE
 
+    part, num_parts, local_rank = resolve_part(args.part, args.num_parts, os.environ)
+    if local_rank is not None:
+        use_rank_device(local_rank, args.device)
     options = PredictOptions(
         config=args.config, folds=None if args.folds is None else tuple(args.folds),
         checkpoint=args.checkpoint, mirror=not args.no_mirroring,
         step=STEP_SIZE if args.step is None else args.step,
         postprocess=args.postprocess, save_probabilities=args.save_probabilities,
         overwrite=args.overwrite, device=args.device, tile_batch=args.tile_batch,
-        dicom_seg=args.dicom_seg, onnx=None if args.onnx is None else str(args.onnx))
+        dicom_seg=args.dicom_seg, onnx=None if args.onnx is None else str(args.onnx),
+        part=part, num_parts=num_parts)
     predict = predict_best if args.best else predict_folder
     report = predict(args.work, args.input_dir, args.output_dir, options)
-    print(f"predicted {len(report.predicted)}, skipped {len(report.skipped)} (already done), "
+    which = f"part {part} of {num_parts}: " if num_parts > 1 else ""
+    print(f"{which}predicted {len(report.predicted)}, skipped {len(report.skipped)} (already done), "
           f"failed {len(report.failed)}; output in {args.output_dir}")
     if report.failed:
         for case, problem in report.failed.items():
             print(f"error: {case}: {problem}", file=sys.stderr)
         return EXIT_FAILURE if report.crashed else EXIT_USER_ERROR
     return EXIT_OK
+
+
+def use_rank_device(local_rank: int, device: str) -> None:
+    """A torchrun rank predicts on cuda:LOCAL_RANK (the device "auto"/"cuda" then resolves to)."""
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
 
 
 if __name__ == "__main__":

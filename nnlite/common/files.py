@@ -81,9 +81,9 @@ def ensure_writable_dir(folder: str | Path, role: str = "folder") -> Path:
         raise UserError(folder, f"cannot be used as the {role}: {blocker} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".nnlite-write-test{TMP_SUFFIX}"
+        probe = folder / f".nnlite-write-test-{os.getpid()}{TMP_SUFFIX}"  # per process: parts share folders
         probe.write_bytes(b"")
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as error:
         raise UserError(folder, f"cannot write to the {role} ({error.strerror or error})") from None
     return folder

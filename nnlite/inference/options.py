@@ -1,7 +1,8 @@
 """What a prediction run is given and what it reports, and how it finds its cases.
 
-The user's options, the input folder's `<case>_<CCCC>` channel files, the output folder's
-finished cases and the per-case failure report (`predictor.py` runs them).
+The user's options, the input folder's `<case>_<CCCC>` channel files, this run's part of them
+(`--part I --num-parts N`, or a torchrun launch's rank), the output folder's finished cases and
+the per-case failure report (`predictor.py` runs them).
 """
 
 from __future__ import annotations
@@ -9,8 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
-
+from typing import Mapping, Sequence
 
 from nnlite.common.errors import UserError
 from nnlite.data.file_names import split_channel_stem
@@ -38,6 +38,11 @@ class PredictOptions:
     tile_batch: int | None = None
     dicom_seg: bool = False  # also write <case>.dcm, a DICOM-SEG, for DICOM series inputs
     onnx: str | None = None  # run this ONNX file (nnlite.export onnx) instead of the folds' checkpoints
+    part: int = 0  # this run predicts the sorted cases part, part + num_parts, … (select_part)
+    num_parts: int = 1
+
+    def __post_init__(self) -> None:
+        check_part(self.part, self.num_parts)
 
 
 @dataclass
@@ -80,6 +85,63 @@ def find_input_cases(input_dir: Path) -> dict[str, list[Path]]:
         raise UserError(input_dir, "holds no <case>_<CCCC> images (files of a supported format, "
                                    "or folders holding one DICOM series)")
     return {case: [files[c] for c in sorted(files)] for case, files in sorted(cases.items())}
+
+
+def check_part(part: int, num_parts: int) -> None:
+    """`--part I --num-parts N` needs N ≥ 1 and 0 ≤ I < N (counted from 0, as nnU-Net's -part_id)."""
+    if num_parts < 1:
+        raise UserError("--num-parts", f"must be at least 1, got {num_parts}")
+    if not 0 <= part < num_parts:
+        raise UserError("--part", f"must be one of 0 … {num_parts - 1} (parts count from 0 with "
+                                  f"--num-parts {num_parts}), got {part}")
+
+
+def select_part(cases: Sequence[str], part: int, num_parts: int) -> list[str]:
+    """Part `part` of `num_parts`: the sorted case names at positions part, part + N, part + 2N, …
+
+    nnU-Net's `-part_id/-num_parts` rule (`sorted(cases)[part::num_parts]`), taken before finished
+    cases are skipped, so a part always owns the same cases and the N parts cover each case once.
+    """
+    check_part(part, num_parts)
+    return sorted(cases)[part::num_parts]
+
+
+def resolve_part(part: int | None, num_parts: int | None,
+                 environ: Mapping[str, str]) -> tuple[int, int, int | None]:
+    """(part, num_parts, local rank) of a run: `--part`/`--num-parts` when given (both or neither);
+    else, under torchrun (WORLD_SIZE > 1, as `training/distributed.py` detects it), part = RANK of
+    WORLD_SIZE and the local rank picks the GPU; else the whole folder (0, 1, None)."""
+    if (part is None) != (num_parts is None):
+        given, missing = ("--part", "--num-parts") if num_parts is None else ("--num-parts", "--part")
+        raise UserError(given, f"needs {missing} too (--part I --num-parts N predicts every N-th case)")
+    if part is not None:
+        check_part(part, num_parts)
+        return part, num_parts, None
+    try:
+        world_size = int(environ.get("WORLD_SIZE", "1"))
+        if world_size <= 1:
+            return 0, 1, None
+        rank, local_rank = int(environ["RANK"]), int(environ.get("LOCAL_RANK", "0"))
+    except (KeyError, ValueError) as error:
+        raise UserError("torchrun environment", f"WORLD_SIZE, RANK and LOCAL_RANK must be integers "
+                                                f"({type(error).__name__}: {error})") from None
+    check_part(rank, world_size)
+    return rank, world_size, local_rank
+
+
+def part_file_name(name: str, part: int, num_parts: int) -> str:
+    """A run-level file of one part, so parts sharing OUTPUT_DIR never overwrite each other's:
+    "classification.csv" → "classification.part-1-of-4.csv"; the name itself for a whole run."""
+    if num_parts == 1:
+        return name
+    stem, dot, ending = name.partition(".")
+    return f"{stem}.part-{part}-of-{num_parts}{dot}{ending}"
+
+
+def part_files(folder: Path, name: str) -> list[Path]:
+    """The per-part copies of run-level file `name` in `folder` (any part, any number of parts)."""
+    stem, dot, ending = name.partition(".")
+    return sorted(folder.glob(f"{stem}.part-*-of-*{dot}{ending}"))
 
 
 def output_path(output_dir: Path, case: str, paths: Sequence[Path]) -> Path:

@@ -12,6 +12,11 @@ configuration records the head's outputs; members' case probabilities are averag
 
 A case that fails (unreadable file, wrong number of channels) is reported by name and the others
 still finish; the caller turns failures into exit 2.
+
+`--part I --num-parts N` predicts the sorted cases I, I + N, … (`options.select_part`) into an
+OUTPUT_DIR other parts share: a part leaves the others' in-flight `.tmp` files alone and writes
+its run-level file as `classification.part-I-of-N.csv`; a later whole-folder run (every case
+skipped) merges those into `classification.csv`.
 """
 
 from __future__ import annotations
@@ -28,16 +33,18 @@ import torch
 from tqdm import tqdm
 
 from nnlite.common.errors import UserError
-from nnlite.common.files import ensure_writable_dir, remove_tmp_leftovers
+from nnlite.common.files import ensure_writable_dir, remove_tmp_leftovers, write_text_atomic
 from nnlite.common.layout import plans_file, postprocessing_file
 from nnlite.data.image_io import Case
 from nnlite.data.orientation import PLANS_KEY as ORIENTATION_KEY
 from nnlite.data.orientation import written_oriented
-from nnlite.inference.case_classification import ClassCollector, update_classification
+from nnlite.inference.case_classification import (CLASSIFICATION_FILE, ClassCollector, format_classification,
+                                                  read_classification, update_classification)
 from nnlite.inference.largest_component import load_postprocessing
 from nnlite.inference.models import StageModel, load_best, load_models
 from nnlite.inference.options import (PredictOptions, PredictReport, check_dicom_seg, check_folders,
-                                      find_input_cases, is_done, output_path, read_input_case, record_failure)
+                                      find_input_cases, is_done, output_path, part_file_name, part_files,
+                                      read_input_case, record_failure, select_part)
 from nnlite.inference.outputs import (Cropped, members_in_original, output_affine, probabilities_in_crop,
                                       seg_in_original, write_case_outputs)
 from nnlite.inference.sliding_window import predict_preprocessed
@@ -218,16 +225,20 @@ def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Pa
     check_folders(input_dir, output_dir)
     cases = find_input_cases(input_dir)
     check_dicom_seg(cases, options)
+    mine = select_part(cases, options.part, options.num_parts)
+    if options.num_parts > 1:
+        log.info("part %d of %d: %d of %d cases", options.part, options.num_parts, len(mine), len(cases))
     device = resolve_device(options.device)
     if postprocessing is None:
         postprocessing = _postprocessing_for(work, configs, options)
     models = load_models(work, plans, configs, options.folds, options.checkpoint, device, options.onnx)
     ensure_writable_dir(output_dir, "output folder")
-    remove_tmp_leftovers(output_dir)
+    if options.num_parts == 1:  # a part never deletes `.tmp` files: other parts' cases are in flight
+        remove_tmp_leftovers(output_dir)
     report = PredictReport()
-    outputs = {case: output_path(output_dir, case, paths) for case, paths in cases.items()}
-    todo = [case for case in cases if options.overwrite or not is_done(outputs[case], options)]
-    report.skipped = [case for case in cases if case not in todo]
+    outputs = {case: output_path(output_dir, case, cases[case]) for case in mine}
+    todo = [case for case in mine if options.overwrite or not is_done(outputs[case], options)]
+    report.skipped = [case for case in mine if case not in todo]
     if report.skipped:
         log.info("skipping %d already predicted cases (--overwrite redoes them)", len(report.skipped))
 
@@ -242,9 +253,27 @@ def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Pa
 
     with CasePredictor(models, plans, options, device) as predictor:
         class_rows = predict_cases(predictor, todo, read, write, report)
-    if class_rows:
-        update_classification(output_dir, class_rows, plans.case_classes)
+    if plans.case_classes:
+        save_classification(output_dir, class_rows, plans.case_classes, options)
     return report
+
+
+def save_classification(output_dir: Path, rows: dict[str, np.ndarray], names: Sequence[str],
+                        options: PredictOptions) -> None:
+    """A part's rows into its own `classification.part-I-of-N.csv` (its earlier rows kept); a whole
+    run's into `classification.csv`, merging in and then removing the part files found there."""
+    if options.num_parts > 1:
+        path = output_dir / part_file_name(CLASSIFICATION_FILE, options.part, options.num_parts)
+        earlier = read_classification(path, names) if path.is_file() else {}
+        if rows or earlier:
+            write_text_atomic(path, format_classification({**earlier, **rows}, names))
+        return
+    parts = part_files(output_dir, CLASSIFICATION_FILE)
+    merged = {case: row for path in parts for case, row in read_classification(path, names).items()}
+    if merged or rows:
+        update_classification(output_dir, {**merged, **rows}, names)
+    for path in parts:  # only once their rows are in classification.csv
+        path.unlink()
 
 
 def _postprocessing_for(work: Path, configs: Sequence[str], options: PredictOptions) -> list[list[int]]:
