@@ -121,8 +121,18 @@ def paint_regions(probs: np.ndarray, regions: Sequence[Region]) -> np.ndarray:
     the threshold get regions[i].painted_as, painted in order (later regions overwrite earlier ones)."""
     if len(probs) != len(regions):
         raise ValueError(f"{len(probs)} probability channels for {len(regions)} regions")
-    painted = max(region.painted_as for region in regions)
-    seg = np.zeros(probs.shape[1:], dtype=np.uint8 if painted < 256 else np.int16)
+    seg = np.zeros(probs.shape[1:], dtype=painted_dtype(regions))
     for region, prob in zip(regions, probs):
-        seg[prob > REGION_THRESHOLD] = region.painted_as
+        paint_region(seg, prob, region)
     return seg
+
+
+def painted_dtype(regions: Sequence[Region]) -> type:
+    """uint8 when every painted label fits, else int16."""
+    return np.uint8 if max(region.painted_as for region in regions) < 256 else np.int16
+
+
+def paint_region(seg: np.ndarray, prob: np.ndarray, region: Region) -> None:
+    """Paint one region into `seg` (*S) in place: its voxels whose probability (*S) is above the
+    threshold get region.painted_as (`paint_regions` calls this for each region in order)."""
+    seg[prob > REGION_THRESHOLD] = region.painted_as

@@ -9,8 +9,14 @@ pickle): outside the crop the background probability is 1. A region dataset has 
 probability per region instead (0 outside the crop) and its label map is painted from them in
 `regions_class_order` (`paint_regions`) rather than taken by argmax.
 
+Memory: (K, *original) float32 is never held for a label map. Each class channel is resampled on
+its own (`CroppedProbabilities.channel`; resampling is per channel anyway, so this is exact) and
+folded into a running maximum and its index (`RunningLabelMap`: a later class takes a voxel only
+where it is strictly greater, so ties go to the lower class, as argmax), or painted as its region.
+Only `save_probabilities` builds the whole (K, *raw shape) float16 array that goes into the `.npz`.
+
 An ensemble (several configurations, `predict --best`) averages its members' float16
-probabilities in the original geometry (`members_in_original`). `write_case_outputs` is the one
+probabilities in the original geometry, one class at a time (`members_in_original`). `write_case_outputs` is the one
 writer of a predicted case's files — label map (after the post-processing steps), probabilities,
 DICOM-SEG — for `predict`, the final validation, the cross-validation ensembles and post-processing.
 """
@@ -29,7 +35,7 @@ import torch
 from nnlite.common.errors import UserError
 from nnlite.common.files import TMP_SUFFIX, write_atomic
 from nnlite.data.image_io import file_ending, write_seg
-from nnlite.data.regions import paint_regions
+from nnlite.data.regions import paint_region, paint_regions, painted_dtype
 from nnlite.inference.largest_component import apply_postprocessing
 from nnlite.plans import Plans, Region
 from nnlite.preprocessing.pipeline import CaseProperties, resample_to_original, restore_original_geometry
@@ -39,28 +45,82 @@ log = logging.getLogger(__name__)
 PROBABILITIES_KEY = "probabilities"  # array name inside <case>.npz (as the reference)
 
 
+class CroppedProbabilities:
+    """A configuration's probabilities (K, *shape_after_crop) float32 in the preprocessed axis
+    order, kept in network space and resampled one class channel at a time when read."""
+
+    def __init__(self, probs: np.ndarray | torch.Tensor, props: CaseProperties, plans: Plans,
+                 config_name: str) -> None:
+        if isinstance(probs, torch.Tensor):
+            probs = probs.detach().cpu().numpy()
+        self.network = probs.astype(np.float32, copy=False)  # (K, *network space)
+        self.props, self.plans, self.config_name = props, plans, config_name
+
+    def __len__(self) -> int:
+        return self.network.shape[0]
+
+    def channel(self, k: int) -> np.ndarray:
+        """Class k resampled → (*shape_after_crop) float32 (read-only: may share the input)."""
+        return resample_to_original(self.network[k : k + 1], self.props, self.plans, self.config_name)[0]
+
+
+Probabilities = np.ndarray | CroppedProbabilities  # (K, *shape_after_crop): whole, or one channel at a time
+
+
 def probabilities_in_crop(probs: np.ndarray | torch.Tensor, props: CaseProperties, plans: Plans,
-                          config_name: str) -> np.ndarray:
-    """(K, *network space) → (K, *shape_after_crop) float32 in the preprocessed axis order."""
-    if isinstance(probs, torch.Tensor):
-        probs = probs.detach().cpu().numpy()
-    return np.asarray(resample_to_original(probs.astype(np.float32, copy=False), props, plans,
-                                           config_name), dtype=np.float32)
+                          config_name: str) -> CroppedProbabilities:
+    """(K, *network space) → (K, *shape_after_crop) float32 in the preprocessed axis order, each
+    class channel resampled when it is read."""
+    return CroppedProbabilities(probs, props, plans, config_name)
 
 
-def seg_in_original(cropped_probs: np.ndarray, props: CaseProperties, plans: Plans) -> np.ndarray:
+def class_channel(probs: Probabilities, k: int) -> np.ndarray:
+    """Channel k (*S) of whole probabilities or of `CroppedProbabilities`."""
+    return probs.channel(k) if isinstance(probs, CroppedProbabilities) else probs[k]
+
+
+class RunningLabelMap:
+    """The label map (*S) of probabilities (K, *S) fed one class channel at a time (`add`), equal
+    to `seg_from_probabilities` of their stack: a running maximum (float32) and its index, a later
+    class winning only where strictly greater (ties → the lower class, as argmax); for regions,
+    each channel painted as its region in order."""
+
+    def __init__(self, classes: int, regions: Sequence[Region] = ()) -> None:
+        self.classes, self.regions, self.added = classes, tuple(regions), 0
+        self.dtype = painted_dtype(regions) if regions else np.uint8 if classes <= 256 else np.int16
+        self.seg: np.ndarray | None = None
+        self.best: np.ndarray | None = None
+
+    def add(self, channel: np.ndarray) -> None:
+        k, self.added = self.added, self.added + 1
+        if self.seg is None:
+            self.seg = np.zeros(channel.shape, dtype=self.dtype)
+        if self.regions:
+            paint_region(self.seg, channel, self.regions[k])
+        elif self.best is None:
+            self.best = np.array(channel, dtype=np.float32)
+        else:
+            better = channel > self.best
+            self.seg[better] = k
+            np.copyto(self.best, channel, where=better)
+
+    def result(self) -> np.ndarray:
+        expected = len(self.regions) or self.classes
+        if self.added != expected or self.seg is None:
+            raise ValueError(f"{self.added} probability channels for {expected} "
+                             f"{'regions' if self.regions else 'classes'}")
+        return self.seg
+
+
+def seg_in_original(cropped_probs: Probabilities, props: CaseProperties, plans: Plans) -> np.ndarray:
     """Argmax (regions: painted) of (K, *cropped) → uint8/int16 label map (*raw shape) in the raw
     axis order."""
-    seg = label_map_of(cropped_probs, plans)
-    return restore_original_geometry(seg, props, plans, 0)
+    return members_in_original([(cropped_probs, props)], plans, False)[0]
 
 
-def probabilities_in_original(cropped_probs: np.ndarray, props: CaseProperties,
-                              plans: Plans) -> np.ndarray:
-    """(K, *cropped) → (K, *raw shape) float16; outside the crop: background 1, others 0 (regions:
-    every region 0)."""
-    fill = [0.0 if plans.sigmoid_outputs else 1.0] + [0.0] * (cropped_probs.shape[0] - 1)
-    return restore_original_geometry(cropped_probs.astype(np.float16), props, plans, fill)
+def _outside_crop(plans: Plans, k: int) -> float:
+    """Probability of class k outside the crop: background 1, others 0 (regions: every region 0)."""
+    return 1.0 if k == 0 and not plans.sigmoid_outputs else 0.0
 
 
 def write_probabilities(path: str | Path, probs: np.ndarray) -> Path:
@@ -77,20 +137,43 @@ def load_probabilities(path: str | Path) -> np.ndarray:
         return archive[PROBABILITIES_KEY]
 
 
-Cropped = tuple[np.ndarray, CaseProperties]  # probabilities (K, *shape_after_crop) float32, properties
+Cropped = tuple[Probabilities, CaseProperties]  # probabilities (K, *shape_after_crop) float32, properties
 
 
 def members_in_original(members: Sequence[Cropped], plans: Plans, save_probabilities: bool
                         ) -> tuple[np.ndarray, np.ndarray | None]:
     """Label map (*raw shape) of one configuration's or an ensemble's cropped probabilities, and
-    the probabilities (K, *raw shape) float16 when `save_probabilities`."""
+    the probabilities (K, *raw shape) float16 when `save_probabilities`; one class at a time."""
+    classes = len(members[0][0])
+    for cropped, _ in members[1:]:
+        if len(cropped) != classes:
+            raise UserError("ensemble", f"member shapes differ: {len(cropped)} vs {classes} classes")
+    labels, saved = RunningLabelMap(classes, plans.regions), None
+    for k in range(classes):
+        channel, kept = _class_of_members(members, plans, k, save_probabilities)
+        labels.add(channel)
+        del channel  # freed before the next class is resampled: one class channel in memory at a time
+        if kept is not None:
+            saved = np.empty((classes, *kept.shape), np.float16) if saved is None else saved
+            saved[k] = kept
+    seg = labels.result()
+    return (restore_original_geometry(seg, members[0][1], plans, 0) if len(members) == 1 else seg), saved
+
+
+def _class_of_members(members: Sequence[Cropped], plans: Plans, k: int, save: bool
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class k: (the float32 channel its label map is taken from, its float16 (*raw shape) copy when
+    `save`). One configuration: its channel in the crop (the label map is uncropped afterwards). An
+    ensemble: the mean of its members' float16 channels in the original geometry (float32 sum)."""
+    def uncropped(channel: np.ndarray, props: CaseProperties) -> np.ndarray:
+        return restore_original_geometry(channel.astype(np.float16), props, plans, _outside_crop(plans, k))
+
     if len(members) == 1:
         cropped, props = members[0]
-        probs = probabilities_in_original(cropped, props, plans) if save_probabilities else None
-        return seg_in_original(cropped, props, plans), probs
-    probs = average_probabilities([probabilities_in_original(c, p, plans) for c, p in members])
-    seg = label_map_of(probs, plans)
-    return seg, probs.astype(np.float16) if save_probabilities else None
+        channel = class_channel(cropped, k)
+        return channel, uncropped(channel, props) if save else None
+    mean = average_probabilities([uncropped(class_channel(cropped, k), props) for cropped, props in members])
+    return mean, mean.astype(np.float16) if save else None
 
 
 def write_case_outputs(out_path: str | Path, seg: np.ndarray, affine: np.ndarray, *,
@@ -171,11 +254,6 @@ def average_probabilities(members: Sequence[np.ndarray]) -> np.ndarray:
             raise UserError("ensemble", f"member shapes differ: {probs.shape} vs {total.shape}")
         total += probs
     return total / np.float32(len(members))
-
-
-def label_map_of(probs: np.ndarray, plans: Plans) -> np.ndarray:
-    """The label map (*S) of a dataset's probabilities (K, *S): argmax, or its regions painted."""
-    return seg_from_probabilities(probs, plans.regions)
 
 
 def seg_from_probabilities(probs: np.ndarray, regions: Sequence[Region] = ()) -> np.ndarray:
