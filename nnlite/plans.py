@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from nnlite.common.layout import PLANS_FILE, refuse_raw_dataset
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json_checked, write_json_atomic
+from nnlite.common.labels import IGNORE_KEY, Region, ScoredClass, foreground_of, output_classes, scored_classes
 from nnlite.common.schema import from_dict, to_jsonable
 
 SCHEMA_VERSION = 1
@@ -21,55 +22,12 @@ SCHEMA_VERSION = 1
 NORMALIZATION_SCHEMES = ("zscore", "ct", "none", "rescale_0_1", "rgb_0_1")
 ENCODER_TYPES = ("plain", "residual")
 MAX_SPLINE_ORDER = 5  # the highest interpolation order scipy.ndimage.zoom supports
-IGNORE_KEY = "ignore"  # dataset.json name of nnU-Net's ignore label: unannotated voxels, not a class
 RAW_PATH_KEY = "raw_path"  # plans.extra: the raw dataset the plans were made from
 FINGERPRINT_HASH_KEY = "fingerprint_sha256"  # plans.extra: hash of the fingerprint planned from
 # ConfigurationPlan fields that change the preprocessed arrays: configurations that agree on them
 # (and on data_identifier) share one preprocessed folder; batch, patch and network never matter.
 DATA_FIELDS = ("spacing", "normalization", "use_mask_for_norm", "resampling_order_data",
                "resampling_order_seg", "resampling_order_z")
-
-
-def output_classes(labels: dict[str, int], regions: tuple["Region", ...] = ()) -> int:
-    """Network outputs: one sigmoid per region, else softmax over background and every label but ignore."""
-    return len(regions) if regions else len(labels) - (IGNORE_KEY in labels)
-
-
-@dataclass(frozen=True)
-class ScoredClass:
-    """One class that evaluation scores: a plain label (key: the label, labels: just it) or a
-    region (key: its name, labels: the labels whose union it is) — nnU-Net's labels_or_regions."""
-
-    key: int | str
-    labels: tuple[int, ...]
-    nnunet_key: str = ""  # nnU-Net's key: str() of the label or region as its LabelManager holds it
-
-
-def foreground_of(labels: dict[str, int]) -> list[int]:
-    """The labels that are scored and sampled: all but background and the ignore label."""
-    return sorted(v for v in labels.values() if v not in (0, labels.get(IGNORE_KEY)))
-
-
-def label_classes(labels: Iterable[int]) -> tuple[ScoredClass, ...]:
-    """Plain labels as scored classes: each the one-label set {label}, keyed by the label."""
-    return tuple(ScoredClass(int(label), (int(label),), str(int(label))) for label in labels)
-
-
-def scored_classes(labels: dict[str, int], regions: tuple["Region", ...] = ()) -> tuple[ScoredClass, ...]:
-    """What a dataset's predictions are scored by: its regions, else every foreground label."""
-    return (tuple(ScoredClass(r.name, tuple(r.labels), str(r.labels[0] if r.scalar else tuple(r.labels)))
-                  for r in regions) if regions else label_classes(foreground_of(labels)))
-
-
-@dataclass(frozen=True)
-class Region:
-    """A region (dataset.json `"whole tumor": [1, 2, 3]`): the union of integer `labels`; its predicted voxels
-    are written as `painted_as` (its `regions_class_order` entry), in dataset.json order, later ones on top."""
-
-    name: str
-    labels: tuple[int, ...]
-    painted_as: int
-    scalar: bool = False  # written as a bare integer ("enhancing": 3): nnU-Net keys it "3", not "(3,)"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from torch import nn
 from nnlite.network import build_unet
 from nnlite.network.loss import build_loss, deep_supervision_scales, downsample_seg
 from nnlite.network.region_loss import build_region_loss, region_targets
-from nnlite.plans import NetworkPlan, Region
+from nnlite.common.labels import Region
+from nnlite.plans import NetworkPlan
 from nnlite.training.distributed import close_distributed, init_distributed
 
 PLAN = NetworkPlan(strides=((1, 1, 1), (2, 2, 2), (2, 2, 2)), kernel_sizes=((3, 3, 3),) * 3,

@@ -62,7 +62,7 @@ def test_region_keys_are_python_tuple_reprs(tmp_path):
     """nnU-Net keys a region by str() of it as its LabelManager holds it
     (evaluate_predictions.label_or_region_to_key): a list becomes a tuple, "(1, 2)" and, for a
     one-label list, "(2,)"; a region written as a bare integer stays "2", as does a plain label."""
-    from nnlite.plans import Region, scored_classes
+    from nnlite.common.labels import Region, scored_classes
     pred, ref = tmp_path / "pred", tmp_path / "ref"
     r = np.zeros((2, 2, 2), np.uint8)
     r[0, 0, 0], r[1, 1, 1] = 1, 2

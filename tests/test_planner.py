@@ -20,7 +20,8 @@ from nnlite.plan import main as plan_main
 from nnlite.planning.memory_budget import GIB
 from nnlite.planning.planner import plan_experiment, target_spacing
 from nnlite.planning.topology import MIN_FEATURE_MAP, pool_and_conv_props
-from nnlite.plans import CaseFingerprint, Fingerprint, IntensityStats, Region, load_plans
+from nnlite.common.labels import Region
+from nnlite.plans import CaseFingerprint, Fingerprint, IntensityStats, load_plans
 
 STATS = IntensityStats(mean=0.0, std=1.0, median=0.0, min=-1.0, max=1.0, percentile_00_5=-1.0, percentile_99_5=1.0)
 

@@ -13,7 +13,8 @@ import pytest
 from nnlite.common.errors import UserError
 from nnlite.data.cropping import crop_to_nonzero
 from nnlite.data.image_io import write_image, write_seg
-from nnlite.plans import ConfigurationPlan, IntensityStats, NetworkPlan, Plans, Region, save_plans
+from nnlite.common.labels import Region
+from nnlite.plans import ConfigurationPlan, IntensityStats, NetworkPlan, Plans, save_plans
 from nnlite.preprocess import main as preprocess_main
 from nnlite.preprocessing.pipeline import (case_files, load_case_properties, load_preprocessed,
                                            preprocess_case, resample_to_original, restore_original_geometry,

@@ -21,7 +21,7 @@ from nnlite.evaluation.metrics import confusion_counts, evaluate_folder
 from nnlite.evaluation.scoring_inputs import labels_to_score
 from nnlite.inference.outputs import seg_from_probabilities
 from nnlite.network.region_loss import RegionDiceBCELoss, region_confusion_counts, region_targets
-from nnlite.plans import Region, scored_classes
+from nnlite.common.labels import Region, scored_classes
 
 BRATS_LABELS = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": 3}
 BRATS_ORDER = [1, 2, 3]

@@ -186,7 +186,7 @@ def _brats_like_case() -> tuple[np.ndarray, np.ndarray]:
 def _region_plans(regions):
     from dataclasses import replace
 
-    from nnlite.plans import Region
+    from nnlite.common.labels import Region
     plans = toy_plans()
     return replace(plans, labels={"background": 0, "label_1": 1, "label_2": 2, "label_3": 3},
                    regions=tuple(Region(name, labels, labels[-1]) for name, labels in regions))

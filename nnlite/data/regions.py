@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from nnlite.common.errors import UserError
-from nnlite.plans import IGNORE_KEY, Region
+from nnlite.common.labels import IGNORE_KEY, Region
 
 ORDER_KEY = "regions_class_order"  # dataset.json: per region, the label it is painted as
 REGION_THRESHOLD = 0.5  # a voxel is in a region when its sigmoid probability is above this

@@ -41,7 +41,8 @@ from nnlite.common.files import json_ready, write_json_atomic
 from nnlite.data.dataset import AFFINE_ATOL
 from nnlite.data.image_io import file_ending, read_image
 from nnlite.data.regions import in_region
-from nnlite.plans import RAW_PATH_KEY, Plans, ScoredClass, label_classes
+from nnlite.common.labels import ScoredClass, label_classes
+from nnlite.plans import RAW_PATH_KEY, Plans
 
 log = logging.getLogger(__name__)
 

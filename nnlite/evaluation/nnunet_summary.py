@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from nnlite.evaluation.metrics import Counts, average_cases, format_means, metrics_from_counts, score_folder
-from nnlite.plans import ScoredClass
+from nnlite.common.labels import ScoredClass
 
 NNUNET_METRICS = ("Dice", "IoU", "PPV", "FN", "FP", "TN", "TP", "n_pred", "n_ref")
 

@@ -38,7 +38,8 @@ from nnlite.data.image_io import read_image
 from nnlite.evaluation.metrics import (Counts, are_regions, confusion_counts, display_name, list_segs, match_cases,
                                        read_pair, reference_labels, scored_labels, summarize, write_summary)
 from nnlite.inference.largest_component import keep_largest_component
-from nnlite.plans import Plans, ScoredClass, load_plans
+from nnlite.common.labels import ScoredClass
+from nnlite.plans import Plans, load_plans
 
 log = logging.getLogger(__name__)
 

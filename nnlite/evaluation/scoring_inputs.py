@@ -18,7 +18,7 @@ from nnlite.common.layout import DATASET_FILE, SUMMARY_FILE
 from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir, read_json_checked
 from nnlite.data.dataset import integer_labels, labels_and_regions
-from nnlite.plans import IGNORE_KEY, Region, ScoredClass, label_classes, scored_classes
+from nnlite.common.labels import IGNORE_KEY, Region, ScoredClass, label_classes, scored_classes
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from nnlite.common.errors import UserError
 from nnlite.common.files import write_atomic
 from nnlite.data.dicom_series import sorted_slices
 from nnlite.data.image_io import read_image
-from nnlite.plans import IGNORE_KEY
+from nnlite.common.labels import IGNORE_KEY
 
 try:
     VERSION = metadata.version("nnlite")

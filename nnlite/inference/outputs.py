@@ -37,7 +37,8 @@ from nnlite.common.files import TMP_SUFFIX, write_atomic
 from nnlite.data.image_io import file_ending, write_seg
 from nnlite.data.regions import paint_region, paint_regions, painted_dtype
 from nnlite.inference.largest_component import apply_postprocessing
-from nnlite.plans import Plans, Region
+from nnlite.common.labels import Region
+from nnlite.plans import Plans
 from nnlite.preprocessing.pipeline import CaseProperties, resample_to_original, restore_original_geometry
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,8 @@ from nnlite.loading.previous_stage import (AUGMENT_STREAM, PreviousStageStore, p
 from nnlite.loading.sampling import CaseInfo, CaseStore, foreground_start, forced_foreground, unforced_start
 from nnlite.network.loss import deep_supervision_scales, downsample_seg
 from nnlite.network.region_loss import region_targets
-from nnlite.plans import Plans, Region
+from nnlite.common.labels import Region
+from nnlite.plans import Plans
 
 PREFETCH_BATCHES = 4  # batches each worker prepares ahead
 LOG = logging.getLogger(__name__)

@@ -21,7 +21,8 @@ from torch import nn
 from nnlite.data.regions import in_region
 from nnlite.network.loss import (DICE_SMOOTH, DICE_WEIGHT, DeepSupervisionLoss, deep_supervision_weights,
                                  soft_dice)
-from nnlite.plans import NetworkPlan, Region
+from nnlite.common.labels import Region
+from nnlite.plans import NetworkPlan
 
 BCE_WEIGHT = 1.0  # weight of the binary cross-entropy term (the reference's weight_ce)
 

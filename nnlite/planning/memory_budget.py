@@ -15,7 +15,8 @@ from typing import Sequence
 from nnlite.common.errors import UserError
 from nnlite.network.geometry import conv_feature_map_elements, training_memory_bytes
 from nnlite.planning.presets import PRESETS, PlannerPreset
-from nnlite.plans import IGNORE_KEY, NetworkPlan, Region
+from nnlite.common.labels import IGNORE_KEY, Region
+from nnlite.plans import NetworkPlan
 
 
 MIN_BATCH = 2  # UNet_min_batch_size: the patch shrinks until this batch fits
