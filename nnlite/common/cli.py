@@ -9,11 +9,10 @@ names the command. Anything else is a bug in nnlite and keeps its traceback (exi
 from __future__ import annotations
 
 import argparse
-import difflib
 import logging
 import os
 import sys
-from typing import Callable, Iterable, NoReturn, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from nnlite.common.errors import UserError
 
@@ -21,18 +20,11 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USER_ERROR = 2
 MAX_DEFAULT_WORKERS = 8  # worker processes by default: the CPU count, at most this many
-SUGGESTION_CUTOFF = 0.6  # difflib similarity a choice needs to be suggested for a mistyped name
 
 
 def default_workers() -> int:
     """The `--workers` default of every command: the CPU count, capped at MAX_DEFAULT_WORKERS."""
     return max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """` (did you mean 'X'?)` for the choice closest to a mistyped `word` (difflib), else ''."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=SUGGESTION_CUTOFF)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def print_error(where: str, problem: str, hint: str | None = None) -> None:

@@ -11,8 +11,7 @@ import types
 import typing
 from typing import Any, TypeVar
 
-from nnlite.common.cli import did_you_mean
-from nnlite.common.errors import UserError
+from nnlite.common.errors import UserError, did_you_mean
 
 T = TypeVar("T")
 

@@ -24,11 +24,11 @@ import numpy as np
 from tqdm import tqdm
 
 from nnlite.common.errors import UserError
+from nnlite.common.labels import IGNORE_KEY, Region
 from nnlite.data.file_names import CHANNEL_DIGITS, split_channel_stem
 from nnlite.data.image_io import (COMPANION_ENDINGS, FORMAT_BY_ENDING, READER_KEY, dataset_reader, image_format,
                                   read_case, read_header, read_image)
 from nnlite.data.regions import ORDER_KEY, has_regions, parse_region_labels, unwrap_single_labels
-from nnlite.common.labels import IGNORE_KEY, Region
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from nnlite.data.image_io import Case, file_ending, image_format, label_path_for
 from nnlite.data.orientation import read_oriented
 from nnlite.inference.outputs import dicom_seg_path, npz_path_for
 from nnlite.inference.sliding_window import STEP_SIZE
+from nnlite.network.hardware import launched_rank
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def select_part(cases: Sequence[str], part: int, num_parts: int) -> list[str]:
 def resolve_part(part: int | None, num_parts: int | None,
                  environ: Mapping[str, str]) -> tuple[int, int, int | None]:
     """(part, num_parts, local rank) of a run: `--part`/`--num-parts` when given (both or neither);
-    else, under torchrun (WORLD_SIZE > 1, as `training/distributed.py` detects it), part = RANK of
+    else, under torchrun (`network.hardware.launched_rank`), part = RANK of
     WORLD_SIZE and the local rank picks the GPU; else the whole folder (0, 1, None)."""
     if (part is None) != (num_parts is None):
         given, missing = ("--part", "--num-parts") if num_parts is None else ("--num-parts", "--part")
@@ -117,14 +118,9 @@ def resolve_part(part: int | None, num_parts: int | None,
     if part is not None:
         check_part(part, num_parts)
         return part, num_parts, None
-    try:
-        world_size = int(environ.get("WORLD_SIZE", "1"))
-        if world_size <= 1:
-            return 0, 1, None
-        rank, local_rank = int(environ["RANK"]), int(environ.get("LOCAL_RANK", "0"))
-    except (KeyError, ValueError) as error:
-        raise UserError("torchrun environment", f"WORLD_SIZE, RANK and LOCAL_RANK must be integers "
-                                                f"({type(error).__name__}: {error})") from None
+    rank, world_size, local_rank = launched_rank(environ)
+    if world_size == 1:
+        return 0, 1, None
     check_part(rank, world_size)
     return rank, world_size, local_rank
 

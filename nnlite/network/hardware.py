@@ -1,9 +1,11 @@
-"""The device of training and inference (`--device auto|cpu|cuda` resolved) and the reduced
-precision that device computes natively when predicting."""
+"""The device of training and inference (`--device auto|cpu|cuda` resolved), this process's
+place in a torchrun launch, and the reduced precision that device computes natively when predicting."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+from typing import Mapping
 
 import torch
 
@@ -36,3 +38,16 @@ def resolve_device(name: str) -> torch.device:
         index = torch.cuda.current_device()
         return torch.device("cuda", index)
     return torch.device("cpu")
+
+
+def launched_rank(environ: Mapping[str, str] = os.environ) -> tuple[int, int, int]:
+    """(rank, world size, local rank) of a torchrun launch, from RANK, WORLD_SIZE and LOCAL_RANK;
+    (0, 1, 0) without torchrun. Training joins the process group with it, predict splits its cases."""
+    try:
+        world_size = int(environ.get("WORLD_SIZE", "1"))
+        if world_size <= 1:
+            return 0, 1, 0
+        return int(environ["RANK"]), world_size, int(environ.get("LOCAL_RANK", "0"))
+    except (KeyError, ValueError) as error:
+        raise UserError("torchrun environment", f"WORLD_SIZE, RANK and LOCAL_RANK must be integers "
+                                                f"({type(error).__name__}: {error})") from None

@@ -14,8 +14,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from nnlite.common.cli import did_you_mean
-from nnlite.common.errors import UserError
+from nnlite.common.errors import UserError, did_you_mean
 from nnlite.common.schema import from_dict, to_jsonable
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # nnlite/configs/ (package data)

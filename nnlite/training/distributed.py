@@ -15,7 +15,6 @@ item takes; raising the process-group timeout (`distributed.timeout_minutes`) is
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Sequence, TypeVar
@@ -24,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from nnlite.loading import sampling
+from nnlite.network.hardware import launched_rank
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -51,10 +51,9 @@ def init_distributed(device_type: str, timeout_minutes: float = 30.0) -> Rank:
 
     `timeout_minutes`: how long a collective may wait for the slowest rank before the job fails.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world_size, local_rank = launched_rank()
     if world_size == 1:
         return Rank()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo",
                                 timeout=timedelta(minutes=timeout_minutes))
