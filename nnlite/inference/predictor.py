@@ -197,9 +197,12 @@ def _collect(pending: tuple[str, Future] | None, report: PredictReport) -> None:
         record_failure(report, case, error)
 
 
-def write_prediction(out_path: Path, prediction: CasePrediction, plans: Plans, *, save_probabilities: bool,
-                     postprocessing: Sequence[Sequence[int]] = (), dicom_source: Path | None = None) -> Path:
-    """A case's files from its members' probabilities (see `outputs.write_case_outputs`)."""
+def prediction_in_original(prediction: CasePrediction, plans: Plans, save_probabilities: bool
+                           ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """A case's label map (*raw shape) before post-processing, its float16 probabilities
+    (K, *raw shape) when `save_probabilities`, and the affine they are written with, in the
+    orientation of the case's file: what `write_prediction` writes, and what `nnlite.Predictor`
+    returns without writing."""
     members = [member.cropped(plans) for member in prediction.members]
     seg, probabilities = members_in_original(members, plans, save_probabilities)
     raw = prediction.given.raw
@@ -208,6 +211,13 @@ def write_prediction(out_path: Path, prediction: CasePrediction, plans: Plans, *
         orientation = plans.extra.get(ORIENTATION_KEY)
         seg = written_oriented(seg, affine, orientation)
         probabilities = None if probabilities is None else written_oriented(probabilities, affine, orientation)
+    return seg, probabilities, affine
+
+
+def write_prediction(out_path: Path, prediction: CasePrediction, plans: Plans, *, save_probabilities: bool,
+                     postprocessing: Sequence[Sequence[int]] = (), dicom_source: Path | None = None) -> Path:
+    """A case's files from its members' probabilities (see `outputs.write_case_outputs`)."""
+    seg, probabilities, affine = prediction_in_original(prediction, plans, save_probabilities)
     dicom = None if dicom_source is None else (dicom_source, plans.labels)
     return write_case_outputs(out_path, seg, affine, probabilities=probabilities,
                               postprocessing=postprocessing, dicom=dicom)
