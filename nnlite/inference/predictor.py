@@ -240,7 +240,7 @@ def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Pa
         log.info("part %d of %d: %d of %d cases", options.part, options.num_parts, len(mine), len(cases))
     device = resolve_device(options.device)
     if postprocessing is None:
-        postprocessing = _postprocessing_for(work, configs, options)
+        postprocessing = postprocessing_for(work, configs, options)
     models = load_models(work, plans, configs, options.folds, options.checkpoint, device, options.onnx)
     ensure_writable_dir(output_dir, "output folder")
     if options.num_parts == 1:  # a part never deletes `.tmp` files: other parts' cases are in flight
@@ -286,7 +286,9 @@ def save_classification(output_dir: Path, rows: dict[str, np.ndarray], names: Se
         path.unlink()
 
 
-def _postprocessing_for(work: Path, configs: Sequence[str], options: PredictOptions) -> list[list[int]]:
+def postprocessing_for(work: Path, configs: Sequence[str], options: PredictOptions) -> list[list[int]]:
+    """The keep-largest-component steps `options.postprocess` asks for: results/<config>/
+    postprocessing.json of a single configuration (none without the option)."""
     if not options.postprocess:
         return []
     if len(configs) != 1:
