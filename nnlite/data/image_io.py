@@ -173,8 +173,13 @@ def read_case(paths: Sequence[str | Path], reader: str | None = None) -> Case:
 def write_seg(path: str | Path, seg: np.ndarray, affine: np.ndarray) -> Path:
     """Write a (Z, Y, X) label map atomically with the source affine (uint8 when labels fit), in
     the format of the path's ending."""
+    return write_image(path, as_written_labels(seg), affine)
+
+
+def as_written_labels(seg: np.ndarray) -> np.ndarray:
+    """A label map in the dtype `write_seg` writes it with: uint8 when the labels fit, else int16."""
     dtype = np.uint8 if seg.size == 0 or (seg.min() >= 0 and seg.max() < 256) else np.int16
-    return write_image(path, seg.astype(dtype), affine)
+    return seg.astype(dtype)
 
 
 def write_raw_case(raw: Path, case: str, images: Sequence[np.ndarray], seg: np.ndarray,
