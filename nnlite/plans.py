@@ -7,6 +7,7 @@ Spacings, shapes and patch sizes are in the axis order of the *preprocessed* dat
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,14 @@ from nnlite.common.layout import PLANS_FILE, refuse_raw_dataset
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json_checked, write_json_atomic
 from nnlite.common.labels import IGNORE_KEY, Region, ScoredClass, foreground_of, output_classes, scored_classes
-from nnlite.common.schema import from_dict, to_jsonable
+from nnlite.common.schema import OMIT_DEFAULT, from_dict, to_jsonable
 
 SCHEMA_VERSION = 1
 
 NORMALIZATION_SCHEMES = ("zscore", "ct", "none", "rescale_0_1", "rgb_0_1")
 ENCODER_TYPES = ("plain", "residual")
+# NetworkPlan.architecture: "module.path:function" (the function may be a dotted attribute path)
+ARCHITECTURE_FORMAT = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 MAX_SPLINE_ORDER = 5  # the highest interpolation order scipy.ndimage.zoom supports
 RAW_PATH_KEY = "raw_path"  # plans.extra: the raw dataset the plans were made from
 FINGERPRINT_HASH_KEY = "fingerprint_sha256"  # plans.extra: hash of the fingerprint planned from
@@ -86,7 +89,12 @@ class Fingerprint:
 
 @dataclass(frozen=True)
 class NetworkPlan:
-    """Topology of the U-Net: one stride and one kernel per stage (stage 0 has stride 1)."""
+    """Topology of the U-Net: one stride and one kernel per stage (stage 0 has stride 1).
+
+    `architecture` names the builder of the network, "module.path:function", called like
+    `network.unet.build_unet` with `kwargs` added as keywords (`network/builders.py`); None (left
+    out of plans.json) is the built-in U-Net, `nnlite.network.unet:build_unet`.
+    """
 
     strides: tuple[tuple[int, ...], ...]
     kernel_sizes: tuple[tuple[int, ...], ...]
@@ -97,6 +105,8 @@ class NetworkPlan:
     blocks_per_stage: tuple[int, ...] = ()  # residual blocks per encoder stage (residual encoder only)
     attention_gates: bool = False  # additive attention gate on every skip connection (Oktay et al. 2018)
     class_head: int = 0  # case classes of the classification head on the bottleneck; 0: no head
+    architecture: str | None = field(default=None, metadata={OMIT_DEFAULT: True})
+    kwargs: dict[str, Any] = field(default_factory=dict, metadata={OMIT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         n = len(self.strides)
@@ -117,6 +127,9 @@ class NetworkPlan:
             raise UserError(PLANS_FILE, "features_per_stage must be positive")
         if self.class_head == 1 or self.class_head < 0:
             raise UserError(PLANS_FILE, "class_head must be 0 (no head) or at least 2 classes")
+        if self.architecture is not None and not ARCHITECTURE_FORMAT.fullmatch(self.architecture):
+            raise UserError(PLANS_FILE, f"network.architecture {self.architecture!r} is not "
+                            "'module.path:function'")
 
     @property
     def ndim(self) -> int:

@@ -14,17 +14,28 @@ from typing import Any, TypeVar
 from nnlite.common.errors import UserError, did_you_mean
 
 T = TypeVar("T")
+# Field metadata: to_jsonable leaves the field out while it holds its default, so files written
+# before the field existed and files that do not use it stay byte-identical (from_dict fills it in).
+OMIT_DEFAULT = "omit_default"
 
 
 def to_jsonable(value: Any) -> Any:
     """Dataclasses → dicts, tuples → lists, recursively (JSON-native output)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not _omitted_default(f, getattr(value, f.name))}
     if isinstance(value, (list, tuple)):
         return [to_jsonable(item) for item in value]
     if isinstance(value, dict):
         return {str(key): to_jsonable(item) for key, item in value.items()}
     return value
+
+
+def _omitted_default(field: dataclasses.Field, value: Any) -> bool:
+    if not field.metadata.get(OMIT_DEFAULT):
+        return False
+    default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+    return value == default
 
 
 def from_dict(cls: type[T], data: Any, where: str = "") -> T:

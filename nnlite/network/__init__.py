@@ -1,7 +1,8 @@
 """Stage 4, network: a `NetworkPlan` in, the U-Net and its loss out.
 
-`build_network(plans, config_name)` (`unet`, from the `blocks`) builds a configuration's dynamic
-InstanceNorm/LeakyReLU U-Net with one segmentation head per decoder level; `loss` has Dice + CE
+`build_network(plans, config_name)` (`builders`) builds a configuration's network: the builder its
+plan names by import path, by default `unet.build_unet`, the dynamic InstanceNorm/LeakyReLU U-Net
+(from the `blocks`) with one segmentation head per decoder level; `loss` has Dice + CE
 with the deep-supervision weighting; `geometry` computes the network's feature-map sizes and the
 bytes of a training step by arithmetic. The planner reads `geometry` (the one documented crossing
 into this stage from an earlier one), so it is pure arithmetic and importing it, or this package,
@@ -13,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_LAZY = {"UNet": "unet", "build_network": "unet", "build_unet": "unet", "channels_last_input": "unet", "compile_network": "unet",
+_LAZY = {"UNet": "unet", "build_network": "builders", "build_unet": "unet", "channels_last_input": "unet", "compile_network": "unet",
          "to_channels_last": "unet"}
 
 __all__ = sorted(_LAZY)

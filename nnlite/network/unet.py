@@ -39,8 +39,7 @@ from nnlite.common.errors import UserError
 from nnlite.network.blocks import (CONV, CONV_TRANSPOSE, AttentionGate, ConvStack, ConvUnit, ResidualStack,
                                    init_he)
 from nnlite.network.classifier import ClassificationHead, SegmentAndClass
-from nnlite.plans import NetworkPlan, Plans
-from nnlite.preprocessing.cascade import input_channels
+from nnlite.plans import NetworkPlan
 
 
 class PlainEncoder(nn.Module):
@@ -186,14 +185,6 @@ def build_unet(plan: NetworkPlan, in_channels: int, num_classes: int, deep_super
     net = UNet(plan, in_channels, num_classes, deep_supervision, region_outputs)
     init_he(net)
     return net
-
-
-def build_network(plans: Plans, config_name: str, *, deep_supervision: bool = True) -> UNet:
-    """The U-Net of a planned configuration: its plan, its input channels (a cascade stage: + the
-    previous stage's one-hot labels), the dataset's classes, sigmoid outputs for region datasets.
-    Every caller (training, prediction, export, conversion) builds through this one function."""
-    return build_unet(plans.configurations[config_name].network, input_channels(plans, config_name),
-                      plans.num_classes, deep_supervision=deep_supervision, region_outputs=plans.sigmoid_outputs)
 
 
 def compile_network(net: nn.Module, enabled: bool | None = None) -> nn.Module:
