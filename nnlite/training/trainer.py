@@ -276,7 +276,8 @@ def validate(state: RunState, loss_fn: nn.Module, batches: Iterator[dict[str, An
         with autocast(state):
             outputs = state.model(data)
             total += float(joint_loss(loss_fn, outputs, targets, batch.get("cases", ()), state.classes))
-        seg = segmentation_output(outputs)[0]  # (B, K, *patch): the full-resolution logits
+        seg = segmentation_output(outputs)  # a deep-supervision list, or one tensor (a network without)
+        seg = seg[0] if isinstance(seg, list) else seg  # (B, K, *patch): the full-resolution logits
         if regions:
             counts += region_confusion_counts(seg, targets[0], regions)
         else:
