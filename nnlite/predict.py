@@ -38,6 +38,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="apply results/<config>/postprocessing.json")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write <case>.npz (float16 probabilities, original geometry)")
+    parser.add_argument("--no-temperature", action="store_true",
+                        help="save the probabilities as the networks give them, without the temperature "
+                             "fitted on the cross-validation (docs/uncertainty.md)")
     parser.add_argument("--dicom-seg", action="store_true",
                         help="also write <case>.dcm, a DICOM-SEG referencing the source series "
                              "(DICOM series inputs only)")
@@ -80,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         postprocess=args.postprocess, save_probabilities=args.save_probabilities,
         overwrite=args.overwrite, device=args.device, tile_batch=args.tile_batch,
         dicom_seg=args.dicom_seg, onnx=None if args.onnx is None else str(args.onnx),
-        part=part, num_parts=num_parts)
+        part=part, num_parts=num_parts, temperature=not args.no_temperature)
     predict = predict_best if args.best else predict_folder
     report = predict(args.work, args.input_dir, args.output_dir, options)
     which = f"part {part} of {num_parts}: " if num_parts > 1 else ""

@@ -7,7 +7,7 @@ WORK/
   preprocessed/<data_identifier>/     <case>.npy, <case>_seg.npy, <case>.json (+ <data_identifier>.json)
   results/<config>/fold_<f>/          checkpoints, log.txt, metrics.jsonl, validation/<case>.nii.gz
   results/<config>/crossval/          the folds' validation predictions merged, summary.json
-  results/<config>/postprocessing.json, postprocessed/
+  results/<config>/postprocessing.json, postprocessed/, temperature.json
   results/ensembles/<a>+<b>/          an ensemble's cross-validation
   results/best.json                   the chosen configuration or ensemble
 ```
@@ -39,6 +39,7 @@ ENSEMBLES_DIR = "ensembles"
 BEST_FILE = "best.json"
 POSTPROCESSING_FILE = "postprocessing.json"
 POSTPROCESSED_DIR = "postprocessed"  # cross-validation predictions after the accepted steps
+TEMPERATURE_FILE = "temperature.json"  # the temperature fitted on a cross-validation (docs/uncertainty.md)
 SEG_ENDING = ".nii.gz"  # the validation's label maps
 SUMMARY_FILE = "summary.json"  # every scored folder's Dice, IoU and PPV
 FOLD_PREFIX = "fold_"
@@ -103,6 +104,11 @@ def crossval_folder(work: str | Path, config_name: str) -> Path:
 
 def postprocessing_file(work: str | Path, config_name: str) -> Path:
     return config_results(work, config_name) / POSTPROCESSING_FILE
+
+
+def temperature_file(work: str | Path, config_name: str) -> Path:
+    """results/<config>/temperature.json: T fitted on the configuration's cross-validation."""
+    return config_results(work, config_name) / TEMPERATURE_FILE
 
 
 def postprocessed_folder(work: str | Path, config_name: str) -> Path:

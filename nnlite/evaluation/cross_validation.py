@@ -9,7 +9,8 @@ label map (and its `.npz` probabilities when the folds saved them, for ensemblin
 `summary.json` scored against the raw labels, as the reference's
 `crossval_results_folds_0_1_2_3_4/`. A network with a classification head also merges each fold's
 `validation/classification.csv` rows of its "val" cases into `crossval/classification.csv`, scored
-into the summary's `classification` block.
+into the summary's `classification` block. With probabilities, a temperature is fitted on them
+into `results/<config>/temperature.json` (`calibration.calibrate_folder`, docs/uncertainty.md).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from nnlite.common.layout import SEG_ENDING, SUMMARY_FILE, crossval_folder, plans_file
+from nnlite.common.layout import SEG_ENDING, SUMMARY_FILE, crossval_folder, plans_file, temperature_file
 from nnlite.common.files import staged_dir
+from nnlite.evaluation.calibration import calibrate_folder
 from nnlite.evaluation.class_scores import score_class_rows
 from nnlite.evaluation.metrics import evaluate_folder, reference_labels, write_summary
 from nnlite.inference.case_classification import CLASSIFICATION_FILE, class_rows_of
@@ -53,6 +55,8 @@ def merge_crossval(work: str | Path, config_name: str) -> dict[str, Any]:
         if class_rows is not None:
             summary["classification"] = score_class_rows(work, plans, staging, class_rows)
         write_summary(summary, staging / SUMMARY_FILE)
+    calibrate_folder(target, reference_labels(plans), plans, temperature_file(work, config_name),
+                     f"{config_name} cross-validation")
     log.info("%s cross-validation: foreground Dice %.4f on %d cases (%s)", config_name,
              summary["foreground_mean"]["dice"], len(sources), target / SUMMARY_FILE)
     return summary

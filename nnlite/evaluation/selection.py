@@ -6,7 +6,9 @@ probabilities (`ensembles`), and all candidates are ranked by the foreground mea
 cross-validation. Ties go to the simpler candidate: single configurations before pairs, and
 2d < 3d_fullres < 3d_lowres < 3d_cascade_fullres. Post-processing is decided on the winner's
 cross-validation (`postprocessing`), and `WORK/results/best.json` records the winner, the steps,
-the prediction settings the validation used and the `predict` command that reproduces it.
+the prediction settings the validation used, the winner's temperature (`calibration`, fitted on
+its cross-validation probabilities; `predict --best` applies it) and the `predict` command that
+reproduces it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from nnlite.common.layout import (FOLD_PREFIX, POSTPROCESSED_DIR, POSTPROCESSING
                                   postprocessing_file, results_root)
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json
+from nnlite.evaluation.calibration import winner_calibration
 from nnlite.evaluation.cross_validation import has_probabilities, merge_crossval
 from nnlite.evaluation.ensembles import ensemble_crossval, ensemble_name
 from nnlite.evaluation.metrics import matched_cases, reference_labels, write_summary
@@ -145,6 +148,7 @@ def find_best(work: str | Path, configs: Sequence[str] | None = None,
         "postprocessing": {key: postprocessing[key] for key in ("steps", "file", "foreground_dice_before",
                                                                  "foreground_dice_after")},
         "prediction": {"checkpoint": "final", **settings},
+        "calibration": winner_calibration(work, plans, winner["configurations"], winner["name"]),
         "candidates": [{k: v for k, v in c.items() if not k.startswith("_")} for c in ranked],
         "predict_command": predict_command(work, settings),
     }

@@ -41,6 +41,7 @@ class PredictOptions:
     onnx: str | None = None  # run this ONNX file (nnlite.export onnx) instead of the folds' checkpoints
     part: int = 0  # this run predicts the sorted cases part, part + num_parts, … (select_part)
     num_parts: int = 1
+    temperature: bool = True  # scale saved probabilities by the fitted temperature, when there is one
 
     def __post_init__(self) -> None:
         check_part(self.part, self.num_parts)

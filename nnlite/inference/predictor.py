@@ -48,6 +48,7 @@ from nnlite.inference.options import (PredictOptions, PredictReport, check_dicom
 from nnlite.inference.outputs import (Cropped, members_in_original, output_affine, probabilities_in_crop,
                                       seg_in_original, write_case_outputs)
 from nnlite.inference.sliding_window import predict_preprocessed
+from nnlite.inference.temperature import prediction_temperature, scale_probabilities
 from nnlite.network.hardware import resolve_device
 from nnlite.plans import Plans, load_plans
 from nnlite.preprocessing.cascade import seg_to_stage_input, stage_labels, with_previous_stage
@@ -215,9 +216,13 @@ def prediction_in_original(prediction: CasePrediction, plans: Plans, save_probab
 
 
 def write_prediction(out_path: Path, prediction: CasePrediction, plans: Plans, *, save_probabilities: bool,
-                     postprocessing: Sequence[Sequence[int]] = (), dicom_source: Path | None = None) -> Path:
-    """A case's files from its members' probabilities (see `outputs.write_case_outputs`)."""
+                     postprocessing: Sequence[Sequence[int]] = (), dicom_source: Path | None = None,
+                     temperature: float = 1.0) -> Path:
+    """A case's files from its members' probabilities (see `outputs.write_case_outputs`); saved
+    probabilities scaled by `temperature` (inference/temperature.py; the label map never changes)."""
     seg, probabilities, affine = prediction_in_original(prediction, plans, save_probabilities)
+    if probabilities is not None and temperature != 1.0:
+        probabilities = scale_probabilities(probabilities, temperature, plans.sigmoid_outputs).astype(np.float16)
     dicom = None if dicom_source is None else (dicom_source, plans.labels)
     return write_case_outputs(out_path, seg, affine, probabilities=probabilities,
                               postprocessing=postprocessing, dicom=dicom)
@@ -225,11 +230,14 @@ def write_prediction(out_path: Path, prediction: CasePrediction, plans: Plans, *
 
 def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Path,
                    configs: Sequence[str], options: PredictOptions,
-                   postprocessing: Sequence[Sequence[int]] | None = None) -> PredictReport:
+                   postprocessing: Sequence[Sequence[int]] | None = None,
+                   temperature: float | None = None) -> PredictReport:
     """Predict every case of input_dir into output_dir/<case><the input's ending> with the ensemble
     of `configs` (one or more; a DICOM series gives <case>.nii.gz, + <case>.dcm with
     options.dicom_seg). postprocessing: the steps to apply; None → with `options.postprocess`,
-    results/<config>/postprocessing.json of a single configuration."""
+    results/<config>/postprocessing.json of a single configuration. temperature: the T applied to
+    saved probabilities; None → a single configuration's temperature.json (`options.temperature`
+    off: none)."""
     work, input_dir, output_dir = Path(work), Path(input_dir), Path(output_dir)
     plans = load_plans(plans_file(work))
     check_folders(input_dir, output_dir)
@@ -242,6 +250,8 @@ def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Pa
     if postprocessing is None:
         postprocessing = postprocessing_for(work, configs, options)
     models = load_models(work, plans, configs, options.folds, options.checkpoint, device, options.onnx)
+    if temperature is None or not options.temperature:
+        temperature = prediction_temperature(work, list(configs)) if options.temperature else 1.0
     ensure_writable_dir(output_dir, "output folder")
     if options.num_parts == 1:  # a part never deletes `.tmp` files: other parts' cases are in flight
         remove_tmp_leftovers(output_dir)
@@ -259,7 +269,8 @@ def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Pa
     def write(case: str, prediction: CasePrediction) -> Path:
         return write_prediction(outputs[case], prediction, plans, save_probabilities=options.save_probabilities,
                                 postprocessing=postprocessing,
-                                dicom_source=cases[case][0] if options.dicom_seg else None)
+                                dicom_source=cases[case][0] if options.dicom_seg else None,
+                                temperature=temperature)
 
     with CasePredictor(models, plans, options, device) as predictor:
         class_rows = predict_cases(predictor, todo, read, write, report)
@@ -310,4 +321,5 @@ def predict_best(work: str | Path, input_dir: str | Path, output_dir: str | Path
     log.info("best.json: %s, post-processing steps %s", best["winner"]["name"],
              best["postprocessing"]["steps"])
     return predict_models(work, input_dir, output_dir, best["winner"]["configurations"], options,
-                          postprocessing=best["postprocessing"]["steps"])
+                          postprocessing=best["postprocessing"]["steps"],
+                          temperature=prediction_temperature(work, [], best))

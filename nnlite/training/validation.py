@@ -4,7 +4,8 @@ The cases go through inference's one per-case path (`inference.predictor.CasePre
 `write_prediction`, the same as `predict`), read from the preprocessed folder instead of raw files.
 Writes `validation/<case>.nii.gz` (+ `<case>.npz` probabilities, for ensembling) in the original
 geometry and scores them against the reference labels into `validation/summary.json` — the real
-Dice, next to the last pseudo-Dice measured on patches during training.
+Dice, next to the last pseudo-Dice measured on patches during training, and (with probabilities)
+the expected calibration error of the saved probabilities (`calibration`, docs/uncertainty.md).
 
 Under torchrun the cases are shared: rank r predicts and scores cases r, r + N, … and the ranks
 meet after every round of N cases (`distributed.for_each_shared`), so none waits in a collective
@@ -27,6 +28,7 @@ from tqdm import tqdm
 from nnlite.common.files import json_ready
 from nnlite.common.errors import UserError
 from nnlite.common.layout import SEG_ENDING, SUMMARY_FILE, VALIDATION_DIR
+from nnlite.evaluation.calibration import case_bins, ece_report, merge_bins, read_case_voxels
 from nnlite.evaluation.class_scores import score_class_rows
 from nnlite.evaluation.metrics import (Counts, checked_counts, list_segs, read_pair, reference_labels,
                                        summarize, write_summary)
@@ -62,6 +64,7 @@ def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, co
     read, write = validation_case_io(work, out_dir, plans, config)
     options = validation_options(config)
     class_rows: dict[str, np.ndarray] = {}  # case → (K,) class probabilities (a classification head)
+    calibration: dict[str, dict] = {}  # case → its ECE bins per voxel set (with saved probabilities)
     with CasePredictor([StageModel(config.configuration, [network])], plans, options,
                        resolve_device(config.device)) as predict, \
             tqdm(total=len(share(cases, rank)), desc="validation", unit="case", disable=not rank.is_main) as bar:
@@ -69,7 +72,10 @@ def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, co
             prediction = predict(case, read(case))
             if prediction.class_probs is not None:
                 class_rows[case] = prediction.class_probs
-            counts = score_case(case, write(case, prediction), refs, plans)
+            written = write(case, prediction)
+            counts = score_case(case, written, refs, plans)
+            if (voxels := read_case_voxels(written, refs[case], plans)) is not None:
+                calibration[case] = case_bins(voxels)
             bar.update(1)
             return counts
 
@@ -79,6 +85,9 @@ def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, co
     summary = summarize(counts, [cls.key for cls in plans.scored])
     summary["pseudo_dice"] = last_pseudo_dice(metrics)
     class_rows = merge_class_rows(gather_objects(class_rows, rank))
+    calibration = merge_class_rows(gather_objects(calibration, rank))
+    if calibration:
+        summary["calibration"] = ece_report(merge_bins(list(calibration.values())))
     if class_rows and rank.is_main:
         summary["classification"] = score_class_rows(work, plans, out_dir, class_rows)
     if rank.is_main:
