@@ -8,11 +8,16 @@
     python -m nnlite.plan RAW WORK --nnunet-plans nnUNetPlans.json [--configs ...] [--workers N]
                                    [--folds K] [--overwrite]
     python -m nnlite.plan WORK --add-config NAME --from PARENT [--set KEY=VALUE ...]
+    python -m nnlite.plan RAW WORK --plans-from SOURCE_WORK [--configs ...] [--workers N] [--folds K]
+                                   [--overwrite]
 
 Writes WORK/dataset.json, fingerprint.json, splits.json and plans.json; prints one line per configuration.
 nnU-Net's splits_final.json in WORK or beside RAW becomes splits.json (and the command says so).
 With --add-config, adds to WORK/plans.json a configuration that inherits PARENT and changes the
 `--set` fields (e.g. network.attention_gates=true, batch_size=4).
+With --plans-from, every configuration keeps SOURCE_WORK's spacing, patch, batch and network
+topology, and takes channels, labels and normalization from RAW: a model trained in SOURCE_WORK
+then fine-tunes in WORK with `train --pretrained` (docs/finetuning.md).
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ if TYPE_CHECKING:
 USAGE = ("nnlite plan RAW WORK [options]\n"
          "       nnlite plan --fingerprint FINGERPRINT.json WORK [options]\n"
          "       nnlite plan RAW WORK --nnunet-plans nnUNetPlans.json [options]\n"
-         "       nnlite plan WORK --add-config NAME --from PARENT [--set KEY=VALUE ...]")
+         "       nnlite plan WORK --add-config NAME --from PARENT [--set KEY=VALUE ...]\n"
+         "       nnlite plan RAW WORK --plans-from SOURCE_WORK [options]")
 
 
 def build_parser() -> ArgumentParser:
@@ -54,6 +60,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--nnunet-plans", type=Path, metavar="nnUNetPlans.json",
                         help="take nnU-Net v2's plan exactly (configuration names and inherits_from kept) "
                              "instead of planning")
+    parser.add_argument("--plans-from", type=Path, metavar="SOURCE_WORK",
+                        help="copy a planned WORK's spacing, patch, batch and topology (to fine-tune its "
+                             "model here); channels, labels and normalization come from RAW")
     parser.add_argument("--memory-model", choices=MEMORY_MODELS, default="bytes",
                         help="'bytes': nnlite's byte estimate (default); 'nnunet': the reference's proxy, "
                              "reproducing nnU-Net v2's patch and batch exactly")
@@ -82,12 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.nnunet_plans and args.fingerprint:
         parser.error("--nnunet-plans needs RAW WORK, not --fingerprint")
     unknown = [c for c in args.configs or () if c not in CONFIGURATIONS]
-    if unknown and not args.nnunet_plans:  # nnU-Net's plans may name any configuration
+    if unknown and not (args.nnunet_plans or args.plans_from):  # these plans may name any configuration
         choices = ", ".join(f"'{c}'" for c in CONFIGURATIONS)
         parser.error(f"argument --configs: invalid choice: '{unknown[0]}' (choose from {choices})")
     from nnlite.planning.work_folder import plan_dataset, plan_from_fingerprint, plan_from_nnunet_plans
 
     work = Path(args.paths[-1])
+    if args.plans_from:
+        return plans_from_work(parser, args, work)
     if args.nnunet_plans:
         plans = plan_from_nnunet_plans(Path(args.paths[0]), work, args.nnunet_plans, args.configs,
                                        max(args.workers, 1), folds=args.folds, overwrite=args.overwrite)
@@ -102,6 +113,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                              args.memory_model, **options)
     print(f"planned {plans.dataset_name} for {plans.gpu_memory_gb:g} GB ({args.preset} preset); "
           f"wrote {plans_file(work)}")
+    return _report(plans)
+
+
+def plans_from_work(parser: ArgumentParser, args, work: Path) -> int:
+    """`plan RAW WORK --plans-from SOURCE_WORK`: the source's plan for this dataset."""
+    if args.fingerprint or args.nnunet_plans:
+        parser.error("--plans-from needs RAW WORK (not --fingerprint or --nnunet-plans)")
+    if args.preset != "default" or args.gpu_memory_gb is not None or args.memory_model != "bytes":
+        parser.error("--plans-from copies SOURCE_WORK's plan: --preset, --gpu-memory-gb and --memory-model "
+                     "do not apply")
+    from nnlite.planning.work_folder import plan_from_work
+
+    plans = plan_from_work(Path(args.paths[0]), work, args.plans_from, args.configs, max(args.workers, 1),
+                           folds=args.folds, overwrite=args.overwrite)
+    print(f"planned {plans.dataset_name} with the plans of {args.plans_from}; wrote {plans_file(work)}")
     return _report(plans)
 
 

@@ -6,6 +6,7 @@ Multi-GPU: `torchrun --nproc_per_node=N -m nnlite.train WORK …` (DDP; rank 0 w
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -42,6 +43,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--train-config", default=None, metavar="NAME|FILE.yaml",
                         help="training settings: a name in nnlite/configs/ (default, debug, demo) or a "
                              "YAML file (default: 'default', and 'demo' for the demo)")
+    parser.add_argument("--pretrained", type=Path, metavar="CHECKPOINT.pt",
+                        help="start from the weights of an nnlite checkpoint (another dataset's too: "
+                             "other labels or channels; docs/finetuning.md)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting, e.g. --set training.initial_lr=3e-3 (repeatable)")
     return parser
@@ -61,6 +65,8 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
+    if getattr(args, "pretrained", None) is not None:  # JSON-quoted: YAML reads any path as this string
+        overrides.append(f"pretrained.checkpoint={json.dumps(str(args.pretrained.resolve()))}")
     return overrides
 
 

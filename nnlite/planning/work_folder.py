@@ -29,10 +29,11 @@ from nnlite.planning.class_head import attach_class_head, write_work_classes
 from nnlite.planning.fingerprint import extract_fingerprint, load_fingerprint_file
 from nnlite.planning.inheritance import keep_added_configurations
 from nnlite.planning.memory_budget import GIB
+from nnlite.planning.moved_plans import moved_plans, select_configurations
 from nnlite.planning.nnunet_plans import plans_from_nnunet, read_nnunet_plans
 from nnlite.planning.planner import check_arguments, plan_experiment
 from nnlite.planning.splits import Splits, check_splits_cases, check_splits_shape, fold_count, read_splits, write_splits
-from nnlite.plans import (FINGERPRINT_HASH_KEY, RAW_PATH_KEY, Fingerprint, Plans, load_fingerprint,
+from nnlite.plans import (FINGERPRINT_HASH_KEY, RAW_PATH_KEY, Fingerprint, Plans, load_fingerprint, load_plans,
                           save_fingerprint, save_plans)
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,24 @@ def plan_from_nnunet_plans(raw: Path, work: Path, nnunet_plans_file: Path, confi
     n_folds = fold_count(len(dataset.cases), folds)
     plans = plans_from_nnunet(nnunet, dataset.meta, list(configs) if configs else None)
     fingerprint = _fresh_fingerprint(dataset, work, workers, overwrite)
+    return _write_outputs(work, Path(raw) / "dataset.json", fingerprint, plans, [c.case for c in fingerprint.cases],
+                          n_folds, folds is not None, overwrite, raw=Path(raw), classes=classes)
+
+
+def plan_from_work(raw: Path, work: Path, source_work: Path, configs: Sequence[str] | None = None,
+                   workers: int = 1, *, folds: int | None = None, overwrite: bool = False) -> Plans:
+    """RAW + a planned SOURCE_WORK → WORK: the source's spacing, patch, batch and topology, this
+    dataset's channels, labels, normalization and statistics (planning/moved_plans.py)."""
+    source_work = Path(source_work)
+    if source_work.resolve() == Path(work).resolve():
+        raise UserError("--plans-from", f"{source_work} is WORK itself; give the trained model's WORK")
+    source = load_plans(plans_file(source_work))
+    select_configurations(source, configs, source_work)  # before the (long) fingerprint
+    dataset = load_dataset(raw)
+    classes = classes_of_dataset(dataset)
+    n_folds = fold_count(len(dataset.cases), folds)
+    fingerprint = _fresh_fingerprint(dataset, work, workers, overwrite)
+    plans = moved_plans(source, fingerprint, Path(raw).resolve().name, source_work, configs)
     return _write_outputs(work, Path(raw) / "dataset.json", fingerprint, plans, [c.case for c in fingerprint.cases],
                           n_folds, folds is not None, overwrite, raw=Path(raw), classes=classes)
 

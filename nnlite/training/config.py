@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import yaml
 
 from nnlite.common.errors import UserError, did_you_mean
-from nnlite.common.schema import from_dict, to_jsonable
+from nnlite.common.schema import OMIT_DEFAULT, from_dict, to_jsonable
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # nnlite/configs/ (package data)
 LR_STEPS = ("epoch", "iteration")
@@ -112,6 +112,21 @@ class DistributedSettings:
 
 
 @dataclass(frozen=True)
+class PretrainedSettings:
+    """Fine-tuning from another model's weights (training/pretrained.py, docs/finetuning.md)."""
+
+    checkpoint: str | None = None  # an nnlite checkpoint_*.pt (`train --pretrained`); None: from scratch
+    frozen_encoder_epochs: int = 0  # warm-up: the first N epochs train the decoder and heads only
+
+    def __post_init__(self) -> None:
+        _check_range("pretrained.frozen_encoder_epochs", self.frozen_encoder_epochs,
+                     self.frozen_encoder_epochs >= 0, "≥ 0")
+        if self.frozen_encoder_epochs and self.checkpoint is None:
+            raise UserError("pretrained.frozen_encoder_epochs", "freezes a pretrained encoder: give "
+                            "pretrained.checkpoint too (train --pretrained CHECKPOINT)")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run; saved in `config.json` and in each checkpoint."""
 
@@ -125,6 +140,8 @@ class TrainConfig:
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     distributed: DistributedSettings = field(default_factory=DistributedSettings)
+    # left out of config.json and checkpoints while unused (runs from scratch keep their bytes)
+    pretrained: PretrainedSettings = field(default_factory=PretrainedSettings, metadata={OMIT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         _check_choice("device", self.device, DEVICES)

@@ -27,6 +27,7 @@ from nnlite.training import checkpoints, progress
 from nnlite.training.config import (RESUMABLE_CHANGES, TrainConfig, config_differences, config_from_dict,
                                     config_to_dict)
 from nnlite.training.distributed import Rank, broadcast_int, forced_foreground, split_batch
+from nnlite.training.pretrained import resumed_settings
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ def resumed_run(folder: Path, plans: Plans, config: TrainConfig, checkpoint: dic
     """Check that plan and settings match the checkpoint's; a finished run has nothing to do."""
     saved = config_from_dict(checkpoint["config"], where="checkpoint config")
     config = with_seed(config, saved.seed, rank)
+    config = resumed_settings(config, saved)  # a resume keeps the pretrained record
     differences = config_differences(saved, config, ignore=RESUMABLE_CHANGES)
     differences += plan_differences(checkpoint["plan"], to_jsonable(plans), config.configuration)
     if differences:

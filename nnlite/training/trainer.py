@@ -46,6 +46,7 @@ from nnlite.training.folds import fold_cases
 from nnlite.training.lowres_predictions import prepare_if_cascade
 from nnlite.network.hardware import resolve_device
 from nnlite.training.precision import amp_dtype
+from nnlite.training.pretrained import set_encoder_frozen, start_from_pretrained
 from nnlite.training.validation import is_validated, validate_fold
 from nnlite.training.run_setup import (Run, build_batches, check_configuration, discard_unstarted,
                                        prepare_run, seed_everything)
@@ -130,6 +131,7 @@ def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: R
     config = run.config
     train_cases, val_cases = cases
     state = build_state(plans, config, device, run.checkpoint, rank)
+    start_from_pretrained(state.network, plans, config, run.folder, run.checkpoint is not None, rank.is_main)
     state.classes = class_targets(work, plans, config, train_cases)
     if run.finished:
         # rank 0 decides, so every rank takes part in the shared validation or none does
@@ -146,6 +148,7 @@ def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: R
     with batches, logging_redirect_tqdm(), progress_bar(config, state, rank) as bar:
         for epoch in range(state.epoch, config.training.epochs):
             started = time.perf_counter()
+            set_encoder_frozen(state.network, config, epoch)  # pretrained.frozen_encoder_epochs
             train_loss = mean_across_ranks(train_one_epoch(state, loss_fn, batches.train, config, epoch, bar),
                                            rank)
             val_loss, pseudo_dice = validate(state, loss_fn, batches.val, config, plans.num_classes, rank,
