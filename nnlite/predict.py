@@ -38,6 +38,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="apply results/<config>/postprocessing.json")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write <case>.npz (float16 probabilities, original geometry)")
+    parser.add_argument("--uncertainty", action="store_true",
+                        help="also write <case>_uncertainty<ending> (normalised entropy, 0..1), "
+                             "<case>_disagreement<ending> (members' mutual information, 0..1) and "
+                             "uncertainty.csv (per-case score, higher = review first; docs/uncertainty.md)")
     parser.add_argument("--no-temperature", action="store_true",
                         help="save the probabilities as the networks give them, without the temperature "
                              "fitted on the cross-validation (docs/uncertainty.md)")
@@ -80,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config=args.config, folds=None if args.folds is None else tuple(args.folds),
         checkpoint=args.checkpoint, mirror=not args.no_mirroring,
         step=STEP_SIZE if args.step is None else args.step,
-        postprocess=args.postprocess, save_probabilities=args.save_probabilities,
+        postprocess=args.postprocess, save_probabilities=args.save_probabilities, uncertainty=args.uncertainty,
         overwrite=args.overwrite, device=args.device, tile_batch=args.tile_batch,
         dicom_seg=args.dicom_seg, onnx=None if args.onnx is None else str(args.onnx),
         part=part, num_parts=num_parts, temperature=not args.no_temperature)

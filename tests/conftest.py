@@ -104,9 +104,9 @@ def mirror_axes_seen(monkeypatch) -> list[tuple[int, ...]]:
 
     real = sliding_window.predict_tiles
 
-    def spy(networks, x, mirror_axes, output, tile_batch):
+    def spy(networks, x, mirror_axes, *rest):
         seen.append(tuple(mirror_axes))
-        return real(networks, x, mirror_axes, output, tile_batch)
+        return real(networks, x, mirror_axes, *rest)
 
     monkeypatch.setattr(sliding_window, "predict_tiles", spy)
     return seen

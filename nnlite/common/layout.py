@@ -6,6 +6,7 @@ WORK/
   fingerprint.json plans.json splits.json
   preprocessed/<data_identifier>/     <case>.npy, <case>_seg.npy, <case>.json (+ <data_identifier>.json)
   results/<config>/fold_<f>/          checkpoints, log.txt, metrics.jsonl, validation/<case>.nii.gz
+                                      (+ validation/uncertainty/<case>_uncertainty.nii.gz, …)
   results/<config>/crossval/          the folds' validation predictions merged, summary.json
   results/<config>/postprocessing.json, postprocessed/, temperature.json
   results/ensembles/<a>+<b>/          an ensemble's cross-validation
@@ -42,6 +43,12 @@ POSTPROCESSED_DIR = "postprocessed"  # cross-validation predictions after the ac
 TEMPERATURE_FILE = "temperature.json"  # the temperature fitted on a cross-validation (docs/uncertainty.md)
 SEG_ENDING = ".nii.gz"  # the validation's label maps
 SUMMARY_FILE = "summary.json"  # every scored folder's Dice, IoU and PPV
+# predict --uncertainty (docs/uncertainty.md): <case>_uncertainty<ending>, <case>_disagreement<ending>
+# beside the label maps (the final validation: in validation/uncertainty/), uncertainty.csv
+UNCERTAINTY_SUFFIX, DISAGREEMENT_SUFFIX = "_uncertainty", "_disagreement"
+MAP_SUFFIXES = (UNCERTAINTY_SUFFIX, DISAGREEMENT_SUFFIX)  # label-map folders skip these files
+UNCERTAINTY_FILE = "uncertainty.csv"
+UNCERTAINTY_DIR = "uncertainty"
 FOLD_PREFIX = "fold_"
 ALL_FOLD = "all"  # the fold trained and validated on every case
 FOLD_FOLDER = re.compile(r"^fold_(\w+)$")

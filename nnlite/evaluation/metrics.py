@@ -35,7 +35,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from nnlite.common.layout import PLANS_FILE
+from nnlite.common.layout import MAP_SUFFIXES, PLANS_FILE
 from nnlite.common.errors import UserError
 from nnlite.common.files import json_ready, write_json_atomic
 from nnlite.data.dataset import AFFINE_ATOL
@@ -168,6 +168,8 @@ def list_segs(folder: str | Path) -> dict[str, Path]:
         ending = file_ending(path)
         if ending and path.is_file():
             name = path.name[: -len(ending)]
+            if name.endswith(MAP_SUFFIXES):  # predict --uncertainty's maps beside the label maps
+                continue
             if name in found:
                 raise UserError(folder, f"case '{name}' has two files ({found[name].name}, {path.name}); keep one")
             found[name] = path

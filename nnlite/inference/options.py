@@ -18,6 +18,7 @@ from nnlite.data.image_io import Case, file_ending, image_format, label_path_for
 from nnlite.data.orientation import read_oriented
 from nnlite.inference.outputs import dicom_seg_path, npz_path_for
 from nnlite.inference.sliding_window import STEP_SIZE
+from nnlite.inference.uncertainty import uncertainty_files
 from nnlite.network.hardware import launched_rank
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class PredictOptions:
     onnx: str | None = None  # run this ONNX file (nnlite.export onnx) instead of the folds' checkpoints
     part: int = 0  # this run predicts the sorted cases part, part + num_parts, … (select_part)
     num_parts: int = 1
+    uncertainty: bool = False  # also the uncertainty maps and uncertainty.csv (inference/uncertainty.py)
     temperature: bool = True  # scale saved probabilities by the fitted temperature, when there is one
 
     def __post_init__(self) -> None:
@@ -173,7 +175,8 @@ def check_dicom_seg(cases: dict[str, list[Path]], options: PredictOptions) -> No
 
 def is_done(seg_path: Path, options: PredictOptions) -> bool:
     return (seg_path.is_file() and (not options.save_probabilities or npz_path_for(seg_path).is_file())
-            and (not options.dicom_seg or dicom_seg_path(seg_path).is_file()))
+            and (not options.dicom_seg or dicom_seg_path(seg_path).is_file())
+            and (not options.uncertainty or all(path.is_file() for path, _ in uncertainty_files(seg_path))))
 
 
 def check_folders(input_dir: Path, output_dir: Path) -> None:

@@ -27,14 +27,14 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import TMP_SUFFIX, write_atomic
-from nnlite.data.image_io import file_ending, write_seg
+from nnlite.data.image_io import file_ending, write_image, write_seg
 from nnlite.data.regions import paint_region, paint_regions, painted_dtype
 from nnlite.inference.largest_component import apply_postprocessing
 from nnlite.common.labels import Region
@@ -139,19 +139,21 @@ def load_probabilities(path: str | Path) -> np.ndarray:
 
 
 Cropped = tuple[Probabilities, CaseProperties]  # probabilities (K, *shape_after_crop) float32, properties
+ChannelObserver = Callable[[int, np.ndarray, list[np.ndarray]], None]  # (k, mean (*S), members' (*S))
 
 
-def members_in_original(members: Sequence[Cropped], plans: Plans, save_probabilities: bool
-                        ) -> tuple[np.ndarray, np.ndarray | None]:
+def members_in_original(members: Sequence[Cropped], plans: Plans, save_probabilities: bool,
+                        observe: ChannelObserver | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Label map (*raw shape) of one configuration's or an ensemble's cropped probabilities, and
-    the probabilities (K, *raw shape) float16 when `save_probabilities`; one class at a time."""
+    the probabilities (K, *raw shape) float16 when `save_probabilities`; one class at a time.
+    observe(k, channel, members' channels): sees each class as it goes by (inference/uncertainty)."""
     classes = len(members[0][0])
     for cropped, _ in members[1:]:
         if len(cropped) != classes:
             raise UserError("ensemble", f"member shapes differ: {len(cropped)} vs {classes} classes")
     labels, saved = RunningLabelMap(classes, plans.regions), None
     for k in range(classes):
-        channel, kept = _class_of_members(members, plans, k, save_probabilities)
+        channel, kept = _class_of_members(members, plans, k, save_probabilities, observe)
         labels.add(channel)
         del channel  # freed before the next class is resampled: one class channel in memory at a time
         if kept is not None:
@@ -161,8 +163,8 @@ def members_in_original(members: Sequence[Cropped], plans: Plans, save_probabili
     return (restore_original_geometry(seg, members[0][1], plans, 0) if len(members) == 1 else seg), saved
 
 
-def _class_of_members(members: Sequence[Cropped], plans: Plans, k: int, save: bool
-                      ) -> tuple[np.ndarray, np.ndarray | None]:
+def _class_of_members(members: Sequence[Cropped], plans: Plans, k: int, save: bool,
+                      observe: ChannelObserver | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Class k: (the float32 channel its label map is taken from, its float16 (*raw shape) copy when
     `save`). One configuration: its channel in the crop (the label map is uncropped afterwards). An
     ensemble: the mean of its members' float16 channels in the original geometry (float32 sum)."""
@@ -172,17 +174,24 @@ def _class_of_members(members: Sequence[Cropped], plans: Plans, k: int, save: bo
     if len(members) == 1:
         cropped, props = members[0]
         channel = class_channel(cropped, k)
+        if observe is not None:
+            observe(k, channel, [channel])
         return channel, uncropped(channel, props) if save else None
-    mean = average_probabilities([uncropped(class_channel(cropped, k), props) for cropped, props in members])
+    channels = [uncropped(class_channel(cropped, k), props) for cropped, props in members]
+    mean = average_probabilities(channels)
+    if observe is not None:
+        observe(k, mean, channels)
     return mean, mean.astype(np.float16) if save else None
 
 
 def write_case_outputs(out_path: str | Path, seg: np.ndarray, affine: np.ndarray, *,
                        probabilities: np.ndarray | None = None, postprocessing: Sequence[Sequence[int]] = (),
-                       dicom: tuple[Path, dict] | None = None) -> Path:
+                       dicom: tuple[Path, dict] | None = None,
+                       images: Sequence[tuple[Path, np.ndarray]] = ()) -> Path:
     """Write a case's label map (*raw shape) as `out_path` after the keep-largest-component steps
     (never applied to the probabilities), `<case>.npz` beside it when `probabilities` are given,
-    and `<case>.dcm` when `dicom` = (the DICOM series it segments, the dataset's labels).
+    and `<case>.dcm` when `dicom` = (the DICOM series it segments, the dataset's labels);
+    `images`: more (path, (*raw shape) array) files (the uncertainty maps), written alike.
 
     All files are written into `<dir>/.<name>.tmp/` first and moved beside each other only when
     every one succeeded: a case that fails (a DICOM-SEG that cannot be made) leaves no file."""
@@ -198,8 +207,14 @@ def write_case_outputs(out_path: str | Path, seg: np.ndarray, affine: np.ndarray
             from nnlite.inference.dicom_seg import write_dicom_seg  # highdicom: only when asked for
 
             staged.append(write_dicom_seg(staged[0], dicom[0], dicom[1], dicom_seg_path(staged[0])))
+        for i, (path, array) in enumerate(images):  # own folder each: a TIFF's .json sidecar goes along
+            write_image(staging / str(i) / path.name, array, affine)
         for path in staged:
             os.replace(path, out_path.with_name(path.name))
+        for i, (path, _) in enumerate(images):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for written in (staging / str(i)).iterdir():
+                os.replace(written, path.with_name(written.name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_path

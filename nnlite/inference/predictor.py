@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir, remove_tmp_leftovers, write_text_atomic
-from nnlite.common.layout import plans_file, postprocessing_file
+from nnlite.common.layout import UNCERTAINTY_FILE, plans_file, postprocessing_file
 from nnlite.data.image_io import Case
 from nnlite.data.orientation import PLANS_KEY as ORIENTATION_KEY
 from nnlite.data.orientation import written_oriented
@@ -48,6 +48,7 @@ from nnlite.inference.options import (PredictOptions, PredictReport, check_dicom
 from nnlite.inference.outputs import (Cropped, members_in_original, output_affine, probabilities_in_crop,
                                       seg_in_original, write_case_outputs)
 from nnlite.inference.sliding_window import predict_preprocessed
+from nnlite.inference.uncertainty import CaseUncertainty, format_rows, members_with_uncertainty, read_rows
 from nnlite.inference.temperature import prediction_temperature, scale_probabilities
 from nnlite.network.hardware import resolve_device
 from nnlite.plans import Plans, load_plans
@@ -77,6 +78,7 @@ class Member:
     props: CaseProperties
     probs: np.ndarray | torch.Tensor  # (K, *network space), or (K, *shape_after_crop) once cropped
     is_cropped: bool = False
+    disagreement: torch.Tensor | None = None  # (*network space) members' mutual information, nats
 
     def cropped(self, plans: Plans) -> Cropped:
         """(K, *shape_after_crop) float32 in the preprocessed axis order, and the properties."""
@@ -91,6 +93,7 @@ class CasePrediction:
     members: list[Member]
     class_probs: np.ndarray | None  # (K,) case-class probabilities when every member has a head
     given: CaseInput = field(repr=False)
+    uncertainty: CaseUncertainty | None = None  # maps and uncertainty.csv row, once in the original geometry
 
 
 class CasePredictor:
@@ -139,11 +142,14 @@ class CasePredictor:
         options = self.options
         probs = predict_preprocessed(model.networks, data, self.plans.configurations[model.config_name],
                                      mirror=options.mirror, step=options.step, tile_batch=options.tile_batch,
-                                     device=self.device, sigmoid=self.plans.sigmoid_outputs)
+                                     device=self.device, sigmoid=self.plans.sigmoid_outputs,
+                                     disagreement=options.uncertainty)
         collector = self.collectors[model.config_name]
         if collector.has_head:
             classes[model.config_name] = collector.case_probabilities()
-        done[model.config_name] = Member(model.config_name, props, probs)
+        mutual = probs[-1] if options.uncertainty else None  # the last channel: members' disagreement
+        done[model.config_name] = Member(model.config_name, props, probs[:-1] if options.uncertainty else probs,
+                                         disagreement=mutual)
         return done[model.config_name]
 
 
@@ -203,29 +209,39 @@ def prediction_in_original(prediction: CasePrediction, plans: Plans, save_probab
     """A case's label map (*raw shape) before post-processing, its float16 probabilities
     (K, *raw shape) when `save_probabilities`, and the affine they are written with, in the
     orientation of the case's file: what `write_prediction` writes, and what `nnlite.Predictor`
-    returns without writing."""
+    returns without writing. Members that carry their disagreement (--uncertainty) also give
+    `prediction.uncertainty` (inference/uncertainty.py), its maps oriented alike."""
     members = [member.cropped(plans) for member in prediction.members]
-    seg, probabilities = members_in_original(members, plans, save_probabilities)
+    if all(member.disagreement is not None for member in prediction.members):
+        seg, probabilities, prediction.uncertainty = members_with_uncertainty(
+            members, [(m.disagreement, m.config_name) for m in prediction.members], plans, save_probabilities)
+    else:
+        seg, probabilities = members_in_original(members, plans, save_probabilities)
     raw = prediction.given.raw
     affine = output_affine(members[0][1], None if raw is None else raw.affine)
     if raw is not None:  # a case read reoriented (plans.extra "orientation"): back to its file's orientation
         orientation = plans.extra.get(ORIENTATION_KEY)
         seg = written_oriented(seg, affine, orientation)
         probabilities = None if probabilities is None else written_oriented(probabilities, affine, orientation)
+        if prediction.uncertainty is not None:
+            prediction.uncertainty.oriented(lambda array: written_oriented(array, affine, orientation))
     return seg, probabilities, affine
 
 
 def write_prediction(out_path: Path, prediction: CasePrediction, plans: Plans, *, save_probabilities: bool,
                      postprocessing: Sequence[Sequence[int]] = (), dicom_source: Path | None = None,
-                     temperature: float = 1.0) -> Path:
+                     temperature: float = 1.0, uncertainty_dir: Path | None = None) -> Path:
     """A case's files from its members' probabilities (see `outputs.write_case_outputs`); saved
-    probabilities scaled by `temperature` (inference/temperature.py; the label map never changes)."""
+    probabilities scaled by `temperature` (inference/temperature.py; the label map never changes);
+    with --uncertainty the maps `<case>_uncertainty<ending>`, `<case>_disagreement<ending>` go into
+    `uncertainty_dir` (default: beside the label map)."""
     seg, probabilities, affine = prediction_in_original(prediction, plans, save_probabilities)
     if probabilities is not None and temperature != 1.0:
         probabilities = scale_probabilities(probabilities, temperature, plans.sigmoid_outputs).astype(np.float16)
     dicom = None if dicom_source is None else (dicom_source, plans.labels)
+    images = () if prediction.uncertainty is None else prediction.uncertainty.files(out_path, uncertainty_dir)
     return write_case_outputs(out_path, seg, affine, probabilities=probabilities,
-                              postprocessing=postprocessing, dicom=dicom)
+                              postprocessing=postprocessing, dicom=dicom, images=images)
 
 
 def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Path,
@@ -266,17 +282,39 @@ def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Pa
         raw = read_input_case(case, cases[case], plans.num_channels, plans.extra.get(ORIENTATION_KEY))
         return CaseInput({m.config_name: preprocess_raw(raw, case, plans, m.config_name) for m in models}, raw)
 
+    quality: dict[str, dict[str, float]] = {}  # case → its uncertainty.csv row (--uncertainty)
+
     def write(case: str, prediction: CasePrediction) -> Path:
-        return write_prediction(outputs[case], prediction, plans, save_probabilities=options.save_probabilities,
-                                postprocessing=postprocessing,
-                                dicom_source=cases[case][0] if options.dicom_seg else None,
-                                temperature=temperature)
+        written = write_prediction(outputs[case], prediction, plans, save_probabilities=options.save_probabilities,
+                                   postprocessing=postprocessing,
+                                   dicom_source=cases[case][0] if options.dicom_seg else None,
+                                   temperature=temperature)
+        if prediction.uncertainty is not None:
+            quality[case] = prediction.uncertainty.row
+        return written
 
     with CasePredictor(models, plans, options, device) as predictor:
         class_rows = predict_cases(predictor, todo, read, write, report)
     if plans.case_classes:
         save_classification(output_dir, class_rows, plans.case_classes, options)
+    if options.uncertainty:
+        save_uncertainty(output_dir, quality, options)
     return report
+
+
+def save_uncertainty(output_dir: Path, rows: dict[str, dict[str, float]], options: PredictOptions) -> None:
+    """uncertainty.csv as classification.csv (`save_classification`): a part's rows into its own
+    `uncertainty.part-I-of-N.csv`, a whole run's merged with the part files (then removed) and with
+    the rows of cases predicted earlier."""
+    name = part_file_name(UNCERTAINTY_FILE, options.part, options.num_parts)
+    parts = [] if options.num_parts > 1 else part_files(output_dir, UNCERTAINTY_FILE)
+    earlier = {}
+    for path in [output_dir / name, *parts]:  # older rows first: later ones replace them
+        earlier.update(read_rows(path) if path.is_file() else {})
+    if rows or earlier:
+        write_text_atomic(output_dir / name, format_rows({**earlier, **rows}))
+    for path in parts:  # only once their rows are in uncertainty.csv
+        path.unlink()
 
 
 def save_classification(output_dir: Path, rows: dict[str, np.ndarray], names: Sequence[str],

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from nnlite.plans import ConfigurationPlan
+from nnlite.inference.uncertainty import MemberSums
 from nnlite.network.hardware import inference_autocast
 
 log = logging.getLogger(__name__)
@@ -101,15 +102,16 @@ def _forward(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def predict_tiles(networks: Sequence[nn.Module], x: torch.Tensor, mirror_axes: Sequence[int],
-                  output: str, tile_batch: int) -> torch.Tensor:
+                  output: str, tile_batch: int, disagreement: bool = False) -> torch.Tensor:
     """Mean over networks × mirror subsets of softmax(net(flip(x))) flipped back (or raw outputs).
 
     x: (N, C, *patch) on the compute device → (N, K, *patch) float32. Each network sees all
     mirrored copies of all N tiles concatenated, `tile_batch` inputs per forward.
+    disagreement: one more channel, the members' mutual information in nats (inference/uncertainty).
     """
     flips = [tuple(2 + axis for axis in subset) for subset in mirror_subsets(mirror_axes)]
     inputs = torch.cat([x.flip(dims) if dims else x for dims in flips])
-    total = None
+    members = MemberSums(output == "sigmoid", disagreement)
     for network in networks:
         with inference_autocast(x.device):
             chunks = [_forward(network, part) for part in inputs.split(tile_batch)]
@@ -119,9 +121,8 @@ def predict_tiles(networks: Sequence[nn.Module], x: torch.Tensor, mirror_axes: S
         elif output == "sigmoid":  # regions overlap: each channel is its own probability
             out = torch.sigmoid(out)
         for dims, part in zip(flips, out.split(len(x))):
-            part = part.flip(dims) if dims else part
-            total = part if total is None else total + part
-    return total / (len(networks) * len(flips))
+            members.add(part.flip(dims) if dims else part)
+    return members.result()
 
 
 def accumulator_device(device: torch.device, nbytes: int) -> torch.device:
@@ -158,14 +159,16 @@ class _Net2dOn3d(nn.Module):
 def predict_sliding_window(networks: nn.Module | Sequence[nn.Module], data: torch.Tensor,
                            patch: Sequence[int], *, step: float = STEP_SIZE,
                            mirror_axes: Sequence[int] | None = None, tile_batch: int | None = None,
-                           device: torch.device | str = "cpu", output: str = "probs") -> torch.Tensor:
+                           device: torch.device | str = "cpu", output: str = "probs",
+                           disagreement: bool = False) -> torch.Tensor:
     """Predict data (C, *spatial) with networks in eval mode → (K, *spatial) float32 on the CPU.
 
     patch: the network's patch (3 axes, or 2 for a 2D network on a 3D volume: slice by slice).
     mirror_axes: network axes to mirror (all subsets are averaged); default all, () for none.
     tile_batch: network inputs (tiles × mirrors) per forward; default from a voxel budget.
     output: "probs" averages softmax probabilities, "sigmoid" per-region sigmoid probabilities,
-    "logits" raw outputs.
+    "logits" raw outputs. disagreement: one more channel (K + 1, *spatial), the members' (networks
+    × mirrors) mutual information in nats per tile, stitched like the probabilities.
     """
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}")
@@ -187,7 +190,7 @@ def predict_sliding_window(networks: nn.Module | Sequence[nn.Module], data: torc
     for first in range(0, len(tiles), chunk):
         group = tiles[first : first + chunk]
         x = torch.stack([padded[(slice(None),) + region] for region in group])
-        out = predict_tiles(networks, x, mirror_axes, output, tile_batch)
+        out = predict_tiles(networks, x, mirror_axes, output, tile_batch, disagreement)
         if stitched is None:
             stitched = _Stitcher(out.shape[1], padded.shape[1:], tile, device)
         stitched.add(out, group)
@@ -225,16 +228,18 @@ class _Stitcher:
 def predict_preprocessed(networks: Sequence[nn.Module], data: np.ndarray | torch.Tensor,
                          config: ConfigurationPlan, *, mirror: bool = True, step: float = STEP_SIZE,
                          tile_batch: int | None = None,
-                         device: torch.device | str = "cpu", sigmoid: bool = False) -> torch.Tensor:
+                         device: torch.device | str = "cpu", sigmoid: bool = False,
+                         disagreement: bool = False) -> torch.Tensor:
     """Probabilities (K, *spatial) float32 (CPU) of a preprocessed case (C, *spatial).
 
     Mirrors the configuration's `inference_mirror_axes` (default every network axis) when `mirror`;
     probabilities are averaged over networks (folds).
     sigmoid: a region network (one sigmoid probability per region) instead of softmax classes.
+    disagreement: (K + 1, *spatial), the last channel the members' mutual information in nats.
     """
     if isinstance(data, np.ndarray):  # a copy: memory-mapped files are read-only
         data = torch.from_numpy(np.array(data, dtype=np.float32))
     axes = config.inference_mirror_axes if mirror else ()
     return predict_sliding_window(networks, data, config.patch_size, step=step, mirror_axes=axes,
                                   tile_batch=tile_batch, device=device,
-                                  output="sigmoid" if sigmoid else "probs")
+                                  output="sigmoid" if sigmoid else "probs", disagreement=disagreement)

@@ -4,7 +4,8 @@ The cases go through inference's one per-case path (`inference.predictor.CasePre
 `write_prediction`, the same as `predict`), read from the preprocessed folder instead of raw files.
 Writes `validation/<case>.nii.gz` (+ `<case>.npz` probabilities, for ensembling) in the original
 geometry and scores them against the reference labels into `validation/summary.json` — the real
-Dice, next to the last pseudo-Dice measured on patches during training, and (with probabilities)
+Dice, next to the last pseudo-Dice measured on patches during training, each case's uncertainty
+score (maps in `validation/uncertainty/`, docs/uncertainty.md), and (with probabilities)
 the expected calibration error of the saved probabilities (`calibration`, docs/uncertainty.md).
 
 Under torchrun the cases are shared: rank r predicts and scores cases r, r + N, … and the ranks
@@ -27,9 +28,10 @@ from tqdm import tqdm
 
 from nnlite.common.files import json_ready
 from nnlite.common.errors import UserError
-from nnlite.common.layout import SEG_ENDING, SUMMARY_FILE, VALIDATION_DIR
+from nnlite.common.layout import SEG_ENDING, SUMMARY_FILE, UNCERTAINTY_DIR, VALIDATION_DIR
 from nnlite.evaluation.calibration import case_bins, ece_report, merge_bins, read_case_voxels
 from nnlite.evaluation.class_scores import score_class_rows
+from nnlite.evaluation.quality import add_quality
 from nnlite.evaluation.metrics import (Counts, checked_counts, list_segs, read_pair, reference_labels,
                                        summarize, write_summary)
 from nnlite.inference.predictor import (CaseInput, CasePrediction, CasePredictor, PredictOptions, StageModel,
@@ -64,6 +66,7 @@ def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, co
     read, write = validation_case_io(work, out_dir, plans, config)
     options = validation_options(config)
     class_rows: dict[str, np.ndarray] = {}  # case → (K,) class probabilities (a classification head)
+    quality: dict[str, dict[str, float]] = {}  # case → its uncertainty.csv row (inference/uncertainty)
     calibration: dict[str, dict] = {}  # case → its ECE bins per voxel set (with saved probabilities)
     with CasePredictor([StageModel(config.configuration, [network])], plans, options,
                        resolve_device(config.device)) as predict, \
@@ -73,6 +76,7 @@ def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, co
             if prediction.class_probs is not None:
                 class_rows[case] = prediction.class_probs
             written = write(case, prediction)
+            quality[case] = prediction.uncertainty.row
             counts = score_case(case, written, refs, plans)
             if (voxels := read_case_voxels(written, refs[case], plans)) is not None:
                 calibration[case] = case_bins(voxels)
@@ -85,6 +89,7 @@ def validate_fold(work: Path, folder: Path, network: nn.Module, plans: Plans, co
     summary = summarize(counts, [cls.key for cls in plans.scored])
     summary["pseudo_dice"] = last_pseudo_dice(metrics)
     class_rows = merge_class_rows(gather_objects(class_rows, rank))
+    add_quality(summary, merge_class_rows(gather_objects(quality, rank)))
     calibration = merge_class_rows(gather_objects(calibration, rank))
     if calibration:
         summary["calibration"] = ece_report(merge_bins(list(calibration.values())))
@@ -102,7 +107,7 @@ def validation_options(config: TrainConfig) -> PredictOptions:
     """The sliding window of the final validation: the run's `validation` settings."""
     return PredictOptions(config=config.configuration, mirror=config.validation.mirroring,
                           step=config.validation.step, save_probabilities=config.validation.save_probabilities,
-                          device=config.device)
+                          device=config.device, uncertainty=True)
 
 
 def validation_case_io(work: Path, out_dir: Path, plans: Plans, config: TrainConfig
@@ -118,7 +123,8 @@ def validation_case_io(work: Path, out_dir: Path, plans: Plans, config: TrainCon
 
     def write(case: str, prediction: CasePrediction) -> Path:
         return write_prediction(out_dir / f"{case}{SEG_ENDING}", prediction, plans,
-                                save_probabilities=config.validation.save_probabilities)
+                                save_probabilities=config.validation.save_probabilities,
+                                uncertainty_dir=out_dir / UNCERTAINTY_DIR)
 
     return read, write
 
