@@ -1,0 +1,350 @@
+"""nnlite from Python: plan, preprocess, train and predict without a shell (docs/python.md).
+
+    import nnlite
+    nnlite.plan(RAW, WORK, configs=["3d_fullres"])
+    nnlite.preprocess(WORK)
+    result = nnlite.train(WORK, fold=0, settings={"training": {"epochs": 5}})
+    predictor = nnlite.Predictor(WORK, config="3d_fullres", folds=(0,))
+    prediction = predictor.predict(volume, spacing=(3.0, 0.7, 0.7))   # or a file's path
+    prediction.labels                                                  # (Z, Y, X), what `predict` writes
+
+Each function calls the stage functions its command calls, with the same arguments and the same
+defaults, so a result here is the command's result: `plan` → `planning.work_folder`,
+`preprocess` → `preprocessing.runner`, `train` → `training.trainer.train_folds` (settings become
+the command's `--set KEY=VALUE`), `Predictor` → `inference.predictor`: the same models, per-case
+predictor (`CasePredictor`), preprocessing of the raw case and way back to its geometry
+(`prediction_in_original`) as `predict`, which only adds the writing. Bad input raises the
+commands' `UserError` (never `SystemExit`); progress goes to `logging` (and tqdm's bars on stderr).
+
+This module imports neither torch nor the networks when it is imported: `plan` and `preprocess` run
+without torch, as their commands do; `train` and `Predictor` import it on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from nnlite.common.errors import UserError
+
+if TYPE_CHECKING:
+    from nnlite.data.image_io import Case
+    from nnlite.inference.options import PredictReport
+    from nnlite.plans import Plans
+
+log = logging.getLogger(__name__)
+
+Image = str | Path | Sequence[str | Path] | np.ndarray  # a channel file, the case's channel files, or voxels
+ARRAY_CASE = "array"  # the case name of an in-memory array in messages
+
+
+# --- plan, preprocess, train ----------------------------------------------------------------------
+
+def plan(raw: str | Path | None, work: str | Path, *, configs: Sequence[str] | None = None,
+         preset: str = "default", gpu_memory_gb: float | str | None = None, memory_model: str = "bytes",
+         workers: int | None = None, folds: int | None = None, overwrite: bool = False,
+         fingerprint: str | Path | None = None, nnunet_plans: str | Path | None = None) -> Plans:
+    """`python -m nnlite.plan RAW WORK …`: fingerprint RAW, plan, write WORK's dataset.json,
+    fingerprint.json, splits.json and plans.json; returns the plans.
+
+    fingerprint: plan from this fingerprint.json instead (raw None); nnunet_plans: take nnU-Net's
+    nnUNetPlans.json exactly. The other options are the command's flags of the same names.
+    """
+    from nnlite.common.cli import default_workers
+    from nnlite.planning.memory_budget import resolve_gpu_memory
+    from nnlite.planning.work_folder import (SPLITS_SOURCE_KEY, plan_dataset, plan_from_fingerprint,
+                                             plan_from_nnunet_plans, summarize)
+
+    if (raw is None) == (fingerprint is None):
+        raise UserError("plan", "give RAW, or raw=None with fingerprint=FINGERPRINT.json")
+    work, workers = Path(work), max(1, workers or default_workers())
+    configs = None if configs is None else [configs] if isinstance(configs, str) else list(configs)
+    if nnunet_plans is not None:
+        if raw is None:
+            raise UserError("nnunet_plans", "needs RAW, not a fingerprint")
+        plans = plan_from_nnunet_plans(Path(raw), work, Path(nnunet_plans), configs, workers, folds=folds,
+                                       overwrite=overwrite)
+    else:
+        gb = None if gpu_memory_gb is None else resolve_gpu_memory(gpu_memory_gb)
+        options = dict(folds=folds, overwrite=overwrite, preset=preset)
+        if fingerprint is not None:
+            plans = plan_from_fingerprint(Path(fingerprint), work, gb, configs, memory_model, **options)
+        else:
+            plans = plan_dataset(Path(raw), work, gb, configs, workers, memory_model, **options)
+    if SPLITS_SOURCE_KEY in plans.extra:
+        log.info("splits: using nnU-Net's %s as splits.json", plans.extra[SPLITS_SOURCE_KEY])
+    for line in summarize(plans):
+        log.info("%s", line)
+    return plans
+
+
+def preprocess(work: str | Path, *, configs: Sequence[str] | None = None, workers: int | None = None,
+               overwrite: bool = False, raw: str | Path | None = None) -> int:
+    """`python -m nnlite.preprocess WORK …`: every training case for the planned configurations
+    (`configs`: only these) into WORK/preprocessed/; returns the number of cases written. A case
+    that fails is a UserError naming it, raised once the others are written."""
+    from nnlite.common.cli import default_workers
+    from nnlite.preprocessing.runner import run_preprocessing
+
+    configs = None if configs is None else [configs] if isinstance(configs, str) else list(configs)
+    return run_preprocessing(work, configs, max(1, workers or default_workers()), overwrite, raw)
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """A trained fold: its folder (checkpoints, log.txt, metrics.jsonl, validation/), one record per
+    epoch as in metrics.jsonl, and validation/summary.json (None when validation is off)."""
+
+    folder: Path
+    epochs: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+
+    @property
+    def dice(self) -> float | None:
+        """The final validation's mean foreground Dice (None without a validation)."""
+        return None if self.summary is None else self.summary["foreground_mean"]["dice"]
+
+
+def train(work: str | Path, fold: int | str = 0, settings: Mapping[str, Any] | None = None, *,
+          config: str | None = None, train_config: str | Path = "default", resume: bool = False,
+          overwrite: bool = False) -> FoldResult:
+    """`python -m nnlite.train WORK --fold F …`: train one fold (a number of splits.json, or "all")
+    and run its final validation; returns the fold's results.
+
+    settings: what `--set` sets, nested ({"training": {"epochs": 5}}) or dotted
+    ({"training.epochs": 5}), over the file `train_config` (a name in nnlite/configs/ or a YAML
+    path); config: the plans' configuration (default the settings', 3d_fullres).
+    """
+    from nnlite.training.config import load_train_config
+    from nnlite.training.progress import read_metrics
+    from nnlite.training.trainer import train_folds
+
+    given = {**flat_settings(settings or {}), **({} if config is None else {"configuration": config})}
+    overrides = [f"{key}={json.dumps(value, default=str)}" for key, value in given.items()]
+    try:
+        train_settings = load_train_config(train_config, overrides)
+    except UserError as error:  # name the dict entry, not the command's flag
+        if not error.where.startswith("--set "):
+            raise
+        key = error.where.removeprefix("--set ").partition("=")[0]
+        raise UserError(f"settings[{key!r}]", error.problem, error.hint) from None
+    folder = train_folds(Path(work), train_settings, [str(fold)], resume=resume, overwrite=overwrite)[0]
+    summary = validation_summary(folder)
+    return FoldResult(folder, read_metrics(folder), summary)
+
+
+def flat_settings(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"training": {"epochs": 5}, "data.workers": 0} → {"training.epochs": 5, "data.workers": 0}."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def validation_summary(folder: Path) -> dict[str, Any] | None:
+    from nnlite.common.files import read_json
+    from nnlite.common.layout import SUMMARY_FILE, VALIDATION_DIR
+
+    path = folder / VALIDATION_DIR / SUMMARY_FILE
+    return read_json(path) if path.is_file() else None
+
+
+# --- predict ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Prediction:
+    """One case predicted. labels (Z, Y, X): the label map `predict` writes for the same input, in
+    its dtype (uint8 when the labels fit); affine: the one it is written with; probabilities
+    (K, Z, Y, X) float16: what `<case>.npz` holds (only when asked for); class_probabilities (K,):
+    a model with a case-classification head's probabilities of `class_names`."""
+
+    labels: np.ndarray
+    affine: np.ndarray
+    probabilities: np.ndarray | None = None
+    class_probabilities: np.ndarray | None = None
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def predicted_class(self) -> str | None:
+        if self.class_probabilities is None:
+            return None
+        return self.class_names[int(np.argmax(self.class_probabilities))]
+
+    @property
+    def class_row(self) -> dict[str, Any] | None:
+        """The case's row of classification.csv: predicted_class, p_<class>… (None without a head)."""
+        if self.class_probabilities is None:
+            return None
+        return {"predicted_class": self.predicted_class,
+                **{f"p_{name}": float(p) for name, p in zip(self.class_names, self.class_probabilities)}}
+
+
+class Predictor:
+    """Trained models of WORK loaded once, predicting a case at a time (`predict`) or a folder
+    (`predict_folder`, the `predict` command).
+
+    config: a configuration, or several for an ensemble; folds: the folds to average (None: every
+    trained fold); best: the configuration or ensemble and post-processing of results/best.json
+    (instead of config and postprocess); the other options are `predict`'s flags.
+    """
+
+    def __init__(self, work: str | Path, config: str | Sequence[str] = "3d_fullres",
+                 folds: Sequence[int | str] | None = (0,), checkpoint: str = "final", device: str = "cpu",
+                 *, mirror: bool = True, step: float | None = None, tile_batch: int | None = None,
+                 postprocess: bool = False, best: bool = False, onnx: str | Path | None = None) -> None:
+        from nnlite.common.layout import plans_file
+        from nnlite.inference.models import load_best, load_models
+        from nnlite.inference.options import PredictOptions
+        from nnlite.inference.predictor import postprocessing_for
+        from nnlite.inference.sliding_window import STEP_SIZE
+        from nnlite.network.hardware import resolve_device
+        from nnlite.plans import load_plans
+
+        self.work = Path(work)
+        self.plans = load_plans(plans_file(self.work))
+        self.configs = [config] if isinstance(config, str) else list(config)
+        if best:
+            chosen = load_best(self.work)
+            self.configs = chosen["winner"]["configurations"]
+        if step is not None and not 0 < step <= 1:
+            raise UserError("step", f"must be in (0, 1], got {step}")
+        self.options = PredictOptions(
+            config=self.configs[0], folds=None if folds is None else tuple(str(f) for f in folds),
+            checkpoint=checkpoint, mirror=mirror, step=STEP_SIZE if step is None else step,
+            postprocess=postprocess, device=device, tile_batch=tile_batch,
+            onnx=None if onnx is None else str(onnx))
+        self.postprocessing = (chosen["postprocessing"]["steps"] if best
+                               else postprocessing_for(self.work, self.configs, self.options))
+        self.device = resolve_device(device)
+        self.models = load_models(self.work, self.plans, self.configs, self.options.folds, checkpoint,
+                                  self.device, self.options.onnx)
+
+    def __repr__(self) -> str:
+        return (f"Predictor({str(self.work)!r}, config={'+'.join(self.configs)!r}, "
+                f"folds={self.options.folds}, checkpoint={self.options.checkpoint!r}, device='{self.device}')")
+
+    def predict(self, image: Image, spacing: Sequence[float] | None = None,
+                affine: np.ndarray | None = None, *, probabilities: bool = False) -> Prediction:
+        """Predict one case: a file (`<case>_0000.nii.gz`: its other channel files are found beside
+        it), the list of its channel files, or an array (C, Z, Y, X) — (Z, Y, X) for one channel, a
+        2D image as (C, 1, Y, X) — with its spacing (z, y, x) in mm and/or its 4×4 affine (the
+        NIfTI affine of the (x, y, z) voxel axes; without one, the label map's is diag(x, y, z, 1)).
+
+        probabilities: also return them, as `predict --save-probabilities` writes them.
+        """
+        from nnlite.data.image_io import as_written_labels
+        from nnlite.inference.largest_component import apply_postprocessing
+        from nnlite.inference.predictor import CaseInput, CasePredictor, prediction_in_original, preprocess_raw
+
+        raw, case = self._read(image, spacing, affine)
+        given = CaseInput({m.config_name: preprocess_raw(raw, case, self.plans, m.config_name)
+                           for m in self.models}, raw)
+        with CasePredictor(self.models, self.plans, self.options, self.device) as predictor:
+            prediction = predictor(case, given)
+        seg, probs, written_affine = prediction_in_original(prediction, self.plans, probabilities)
+        labels = as_written_labels(apply_postprocessing(seg, self.postprocessing))
+        return Prediction(labels, written_affine, probs, prediction.class_probs, tuple(self.plans.case_classes))
+
+    def predict_folder(self, input_dir: str | Path, output_dir: str | Path, *, overwrite: bool = False,
+                       save_probabilities: bool = False, dicom_seg: bool = False) -> PredictReport:
+        """`python -m nnlite.predict WORK INPUT_DIR OUTPUT_DIR` with this predictor's options (the
+        command's code: it loads the models itself). Returns the report of predicted and skipped
+        cases; a case that failed raises a UserError naming it once the others are written."""
+        from nnlite.inference.predictor import predict_models
+
+        options = replace(self.options, overwrite=overwrite, save_probabilities=save_probabilities,
+                          dicom_seg=dicom_seg)
+        report = predict_models(self.work, input_dir, output_dir, self.configs, options, self.postprocessing)
+        if report.failed:
+            case, problem = next(iter(report.failed.items()))
+            others = f" ({len(report.failed)} cases failed; the others are written)" if len(report.failed) > 1 else ""
+            raise UserError(case, problem + others)
+        return report
+
+    def _read(self, image: Image, spacing: Sequence[float] | None, affine: np.ndarray | None) -> tuple[Case, str]:
+        """The case as `predict` reads it (oriented as the plans say) and its name."""
+        from nnlite.data.orientation import PLANS_KEY as ORIENTATION_KEY
+        from nnlite.data.orientation import read_oriented
+
+        orientation = self.plans.extra.get(ORIENTATION_KEY)
+        if isinstance(image, (str, Path)) or (isinstance(image, (list, tuple)) and image
+                                             and all(isinstance(p, (str, Path)) for p in image)):
+            if spacing is not None or affine is not None:
+                raise UserError("spacing", "only for an array: a file has its own spacing and affine")
+            return read_files(image, self.plans.num_channels, orientation)
+        return read_oriented(case_of_array(image, spacing, affine, self.plans.num_channels), orientation), ARRAY_CASE
+
+
+def read_files(image: str | Path | Sequence[str | Path], num_channels: int,
+               orientation: str | None) -> tuple[Case, str]:
+    """A `<case>_<CCCC>` file (and the case's other channel files beside it), or the list of a
+    case's channel files, read as `predict` reads its input folder; a file otherwise named is a
+    one-channel case."""
+    from nnlite.data.image_io import file_ending, read_case
+    from nnlite.data.orientation import read_oriented
+    from nnlite.inference.options import channel_of, find_input_cases, read_input_case
+
+    paths = [Path(image)] if isinstance(image, (str, Path)) else [Path(p) for p in image]
+    for path in paths:
+        if not path.exists():
+            raise UserError(path, "file not found")
+    named = [channel_of(path) for path in paths]
+    if all(named) and len({case for case, _ in named}) == 1:
+        case = named[0][0]
+        if len(paths) == 1:  # the first channel's file stands for the case
+            paths = find_input_cases(paths[0].parent)[case]
+        return read_input_case(case, paths, num_channels, orientation), case
+    raw = read_case(paths)
+    if raw.data.shape[0] != num_channels:
+        raise UserError(paths[0], f"holds {raw.data.shape[0]} channels, the model needs {num_channels}")
+    return read_oriented(raw, orientation), paths[0].name.removesuffix(file_ending(paths[0]) or "")
+
+
+def case_of_array(array: Any, spacing: Sequence[float] | None, affine: Any, num_channels: int) -> Case:
+    """Voxels (C, Z, Y, X) or (Z, Y, X) and their geometry → the Case a file of them reads as."""
+    from nnlite.data.image_io import Case
+
+    data = np.asarray(array)
+    if not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
+        raise UserError(ARRAY_CASE, f"holds {data.dtype} values, expected numbers")
+    if data.ndim == 3 and num_channels == 1:
+        data = data[None]
+    if data.ndim != 4 or data.shape[0] != num_channels:
+        wanted = "(C, Z, Y, X)" + (" or (Z, Y, X)" if num_channels == 1 else "")
+        raise UserError(ARRAY_CASE, f"shape {data.shape}: expected {wanted} with C = {num_channels}, the "
+                                    "model's channels")
+    spacing, affine = array_geometry(spacing, affine)
+    return Case(np.ascontiguousarray(data, dtype=np.float32), spacing, affine)
+
+
+def array_geometry(spacing: Sequence[float] | None, affine: Any) -> tuple[tuple[float, ...], np.ndarray]:
+    """(spacing (z, y, x), affine) of an array: as given; the spacing from the affine's column
+    lengths (float32, as a NIfTI header's zooms); the affine diag(x, y, z, 1) from the spacing."""
+    given = spacing
+    if spacing is None and affine is None:
+        raise UserError("spacing", "an array needs its voxel spacing (z, y, x) in mm, or its affine")
+    if affine is not None:
+        affine = np.asarray(affine, dtype=np.float64)
+        if affine.shape != (4, 4) or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) == 0:
+            raise UserError("affine", f"expected an invertible 4×4 matrix of numbers, got shape {affine.shape}")
+    if spacing is None:
+        lengths = np.linalg.norm(affine[:3, :3], axis=0)  # (x, y, z)
+        spacing = [float(np.float32(s)) for s in lengths[::-1]]
+    try:
+        spacing = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        spacing = (math.nan,)
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise UserError("spacing", f"expected 3 positive numbers (z, y, x) in mm, got {given!r}")
+    if affine is None:
+        affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
+    return spacing, affine
