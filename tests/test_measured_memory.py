@@ -4,6 +4,7 @@ the byte model of nnlite's U-Nets, and it sizes a network the byte model does no
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import replace
 from functools import partial
 
@@ -13,10 +14,11 @@ from nnlite.common.errors import UserError
 from nnlite.network import geometry
 from nnlite.network.measured_memory import bytes_per_voxel, measure_training_step
 from nnlite.network.unet import build_unet
-from nnlite.planning.planner import network_plan
+from nnlite.planning.memory_budget import GIB
+from nnlite.planning.planner import network_plan, plan_experiment
 from nnlite.planning.presets import get_preset
 from nnlite.planning.topology import pool_and_conv_props
-from nnlite.plans import NetworkPlan
+from nnlite.plans import CaseFingerprint, Fingerprint, IntensityStats, NetworkPlan
 
 TOLERANCE = 0.05  # the issue's bar; the measured agreement is ≤ 0.2 % (docs/planning.md)
 IN_CHANNELS, CLASSES = 2, 3
@@ -121,3 +123,70 @@ def test_a_network_that_cannot_be_measured_is_one_line():
     message = str(raised.value)
     assert "network.architecture" in message and "broken" in message and "no such block" in message
     assert "\n" not in message and math.prod(patch) > 0
+
+
+# --- the planner sizes a network of its own by measuring it ---------------------------------------
+
+WIDE_MODULE = """
+from dataclasses import replace
+
+from nnlite.network.unet import build_unet
+
+
+def build_wide(plan, in_channels, num_classes, deep_supervision=True, region_outputs=False, factor=2):
+    wide = replace(plan, features_per_stage=tuple(factor * f for f in plan.features_per_stage),
+                   architecture=None, kwargs={})
+    return build_unet(wide, in_channels, num_classes, deep_supervision=deep_supervision,
+                      region_outputs=region_outputs)
+"""
+
+
+@pytest.fixture
+def wide_builder(tmp_path, monkeypatch):
+    """A builder in a module outside nnlite (a folder on sys.path), named as plans.json names it."""
+    (tmp_path / "wide_nets.py").write_text(WIDE_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "wide_nets:build_wide"
+    sys.modules.pop("wide_nets", None)
+
+
+def hippocampus_like(n_cases: int) -> Fingerprint:
+    """n_cases of median shape 36×50×35 at 1 mm: the planner's patch is 40×56×40, 4 stages."""
+    stats = IntensityStats(mean=0.0, std=1.0, median=0.0, min=-1.0, max=1.0, percentile_00_5=-1.0,
+                           percentile_99_5=1.0)
+    cases = tuple(CaseFingerprint(f"case{i:04d}", (1.0, 1.0, 1.0), (36, 50, 35), (36, 50, 35))
+                  for i in range(n_cases))
+    return Fingerprint(cases=cases, intensity_per_channel={"0": stats}, channel_names={"0": "MRI"},
+                       labels={"background": 0, "l1": 1, "l2": 2}, median_relative_size_after_crop=1.0)
+
+
+def fullres(fingerprint: Fingerprint, gb: float, architecture: str | None = None, **kwargs):
+    plans = plan_experiment(fingerprint, gb, configs=["3d_fullres"], architecture=architecture,
+                            network_kwargs=kwargs)
+    return plans.configurations["3d_fullres"]
+
+
+def test_a_custom_networks_patch_follows_its_memory_per_voxel(wide_builder):
+    """At 1 GB the plain U-Net keeps the 40×56×40 patch; the same U-Net through a builder
+    (factor 1) is measured to the same plan; at twice the widths the patch shrinks to fit."""
+    fingerprint = hippocampus_like(40)
+    plain = fullres(fingerprint, 1.0)
+    same = fullres(fingerprint, 1.0, wide_builder, factor=1)
+    wide = fullres(fingerprint, 1.0, wide_builder, factor=2)
+    assert (same.patch_size, same.batch_size) == (plain.patch_size, plain.batch_size) == ((40, 56, 40), 2)
+    assert relative_error(same.predicted_memory_bytes, plain.predicted_memory_bytes) <= 0.01
+    assert math.prod(wide.patch_size) < math.prod(plain.patch_size)
+    assert wide.batch_size == 2 and wide.predicted_memory_bytes <= 1.0 * GIB
+    assert (wide.network.architecture, wide.network.kwargs) == (wide_builder, {"factor": 2})
+    assert any("measuring one step of wide_nets:build_wide" in reason for reason in wide.reasons)
+
+
+def test_a_custom_networks_batch_follows_its_memory_per_voxel(wide_builder):
+    """With room for more than 2 samples (and a dataset large enough that the 5 % cap does not bind)
+    the patch stays and the wider network gets the smaller batch."""
+    fingerprint = hippocampus_like(2000)
+    plain = fullres(fingerprint, 2.0)
+    wide = fullres(fingerprint, 2.0, wide_builder, factor=2)
+    assert wide.patch_size == plain.patch_size == (40, 56, 40)
+    assert 2 <= wide.batch_size < plain.batch_size
+    assert wide.predicted_memory_bytes <= 2.0 * GIB

@@ -30,6 +30,7 @@ reading them saves its own float16 copy, so nnlite's U-Nets measure the same eit
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode  # torch's own shape-only tensors (torch.compile's)
 
 from nnlite.common.errors import UserError
+from nnlite.common.schema import to_jsonable
+from nnlite.network.builders import architecture_of, resolve_builder
 from nnlite.network.classifier import segmentation_output
 from nnlite.network.geometry import ALLOCATOR_FACTOR, AMP_WEIGHT_COPY_BYTES, PARAM_STATE_BYTES, WORKSPACE_BYTES
 from nnlite.network.loss import build_loss
@@ -157,3 +160,16 @@ def bytes_per_voxel(step: MeasuredStep, patch: Sequence[int]) -> float:
     """Saved activation bytes per input voxel and sample: the number to compare two networks by."""
     return step.activation_bytes / step.batch_size / math.prod(patch)
 
+
+_MEASURED: dict[str, MeasuredStep] = {}  # the planner asks for the same network and patch many times
+
+
+def planned_training_memory_bytes(plan: NetworkPlan, patch: Sequence[int], in_channels: int, num_classes: int,
+                                  batch_size: int, amp: bool = True) -> int:
+    """The planner's question for a plan whose `architecture` names a builder: the peak bytes of a
+    step at `batch_size`, from one batch-1 measurement at `patch` (kept for the process)."""
+    key = json.dumps([to_jsonable(plan), list(patch), in_channels, num_classes, amp])
+    if key not in _MEASURED:
+        builder = resolve_builder(architecture_of(plan), "network.architecture")
+        _MEASURED[key] = measure_training_step(builder, plan, patch, in_channels, num_classes, 1, amp, plan.kwargs)
+    return _MEASURED[key].training_memory_bytes(batch_size, amp)

@@ -3,14 +3,16 @@
 nnlite predicts the bytes one training step needs (`network.geometry.training_memory_bytes`:
 activations, gradients, weights and optimizer state by arithmetic) and compares them with the
 budget; `model="nnunet"` switches to the reference's element-count proxy scaled by a hand-tuned
-constant, for comparison with nnU-Net's plans.
+constant, for comparison with nnU-Net's plans. A network whose plan names a builder
+(`network.architecture`) is described by no arithmetic: its bytes are measured by running one step
+of it on fake tensors (`network.measured_memory`), under either model.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 from nnlite.common.errors import UserError
 from nnlite.network.geometry import conv_feature_map_elements, training_memory_bytes
@@ -47,6 +49,8 @@ class MemoryBudget:
     num_classes: int  # network outputs (bytes model); `nnunet_class_count` (nnunet model)
     model: str = "bytes"  # "bytes" (nnlite) or "nnunet" (the reference's proxy)
     preset: PlannerPreset = PRESETS["default"]  # its proxy constants (nnunet model)
+    architecture: str | None = None  # the builder the planned networks name; None: the built-in U-Net
+    network_kwargs: Mapping[str, Any] = field(default_factory=dict)  # ... and its keywords
 
     def _proxy(self, net: NetworkPlan, patch: Sequence[int]) -> tuple[float, float, int]:
         """(estimate, reference, reference batch) of nnU-Net's proxy model."""
@@ -55,10 +59,18 @@ class MemoryBudget:
         return float(estimate), reference, NNUNET_REFERENCE_BATCH[net.ndim]
 
     def predicted_bytes(self, net: NetworkPlan, patch: Sequence[int], batch: int) -> int:
+        if net.architecture is not None:  # another builder: measure its network (imports torch only now)
+            from nnlite.network.measured_memory import planned_training_memory_bytes
+
+            return planned_training_memory_bytes(net, patch, self.in_channels, self.num_classes, batch, amp=True)
         return training_memory_bytes(net, patch, self.in_channels, self.num_classes, batch, amp=True)
 
+    def uses_proxy(self, net: NetworkPlan) -> bool:
+        """nnU-Net's proxy counts the built-in U-Net only; another builder's network is measured."""
+        return self.model == "nnunet" and net.architecture is None
+
     def fits(self, net: NetworkPlan, patch: Sequence[int], batch: int = MIN_BATCH) -> bool:
-        if self.model == "nnunet":
+        if self.uses_proxy(net):
             estimate, reference, ref_batch = self._proxy(net, patch)
             if not self.preset.shrink_per_reference_batch:
                 return estimate <= reference  # the ResEnc planners: the batch does not enter
@@ -67,7 +79,7 @@ class MemoryBudget:
 
     def max_batch(self, net: NetworkPlan, patch: Sequence[int]) -> int:
         """Largest batch the budget allows (nnunet: round(reference / estimate × reference batch))."""
-        if self.model == "nnunet":
+        if self.uses_proxy(net):
             estimate, reference, ref_batch = self._proxy(net, patch)
             return round(reference / estimate * ref_batch)
         fixed = self.predicted_bytes(net, patch, 0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -94,13 +94,21 @@ def normalization(fingerprint: Fingerprint) -> tuple[tuple[str, ...], tuple[bool
 # one configuration
 
 
-def network_plan(topology: Topology, preset: PlannerPreset) -> NetworkPlan:
-    """The preset's network family (plain or residual encoder) on this topology, widths 32·2^i."""
+def network_plan(topology: Topology, preset: PlannerPreset, architecture: str | None = None,
+                 kwargs: Mapping[str, Any] | None = None) -> NetworkPlan:
+    """The preset's network family (plain or residual encoder) on this topology, widths 32·2^i;
+    built by `architecture` (with `kwargs`) when one is named."""
     ndim, n = len(topology.patch_size), topology.n_stages
     widths = tuple(min(BASE_FEATURES * 2**i, MAX_FEATURES[ndim]) for i in range(n))
     return NetworkPlan(strides=topology.strides, kernel_sizes=topology.kernel_sizes, features_per_stage=widths,
                        conv_per_stage=preset.conv_per_stage, conv_per_stage_decoder=preset.conv_per_stage_decoder,
-                       encoder=preset.encoder, blocks_per_stage=preset.blocks_per_stage(n))
+                       encoder=preset.encoder, blocks_per_stage=preset.blocks_per_stage(n),
+                       architecture=architecture, kwargs=dict(kwargs or {}))
+
+
+def budget_network(topology: Topology, budget: MemoryBudget) -> NetworkPlan:
+    """The network the budget judges on this topology (its preset, its builder)."""
+    return network_plan(topology, budget.preset, budget.architecture, budget.network_kwargs)
 
 
 def fit_patch(spacing: Sequence[float], median_shape: Sequence[float], budget: MemoryBudget
@@ -118,7 +126,7 @@ def fit_patch(spacing: Sequence[float], median_shape: Sequence[float], budget: M
                f"equal physical extent, clipped to the median shape {_fmt(median_shape, 4)}, padded to "
                f"{_fmt(topology.patch_size)}"]
     steps = 0
-    while not budget.fits(network_plan(topology, budget.preset), topology.patch_size):
+    while not budget.fits(budget_network(topology, budget), topology.patch_size):
         smaller = shrink_step(spacing, topology, median_shape)
         if smaller is None:
             raise UserError("--gpu-memory-gb", f"{budget.gpu_memory_gb:g} GB cannot hold even the "
@@ -139,7 +147,7 @@ def plan_configuration(spacing: Sequence[float], median_shape: Sequence[float], 
     if fitted is None:
         return None
     topology, _, reasons = fitted
-    net = network_plan(topology, budget.preset)
+    net = budget_network(topology, budget)
     patch = topology.patch_size
     reasons.append(f"{net.n_stages} stages, strides {[list(s) for s in net.strides]}, kernels "
                    f"{[list(k) for k in net.kernel_sizes]}: pool axes with ≥ 8 voxels within 2× of the "
@@ -151,8 +159,10 @@ def plan_configuration(spacing: Sequence[float], median_shape: Sequence[float], 
     reasons.append(f"batch {batch}: memory allows {by_memory}, {covered:.0%} of the dataset "
                    f"allows {by_dataset}, minimum {MIN_BATCH}")
     memory = budget.predicted_bytes(net, patch, batch)
+    sized_by = (f"measuring one step of {net.architecture} (network/measured_memory.py)" if net.architecture
+                else f"the '{budget.model}' model")
     reasons.append(f"predicted training memory {memory / GIB:.2f} GiB at batch {batch} (bytes, AMP); patch and "
-                   f"batch sized by the '{budget.model}' model for {budget.gpu_memory_gb:g} GB")
+                   f"batch sized by {sized_by} for {budget.gpu_memory_gb:g} GB")
     schemes, mask, norm_reason = normalization(fingerprint)
     return ConfigurationPlan(
         spacing=tuple(float(s) for s in spacing), patch_size=tuple(int(p) for p in patch),
@@ -206,9 +216,12 @@ def plan_lowres(fullres: ConfigurationPlan, median_shape: np.ndarray, n_training
 
 def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float | None = None,
                     configs: Sequence[str] | None = None, *, dataset_name: str = "dataset",
-                    memory_model: str = "bytes", preset: str = "default") -> Plans:
+                    memory_model: str = "bytes", preset: str = "default", architecture: str | None = None,
+                    network_kwargs: Mapping[str, Any] | None = None) -> Plans:
     """All configurations that apply (or those in `configs`), as nnU-Net's planner (or the one of
-    `preset`, see `presets`) decides them. `gpu_memory_gb` None: the preset's budget."""
+    `preset`, see `presets`) decides them. `gpu_memory_gb` None: the preset's budget. `architecture`
+    ("module.path:function", with `network_kwargs`): every network is built by that builder, and
+    patch and batch are sized by measuring it (network/measured_memory.py)."""
     planner = get_preset(preset)
     gpu_memory_gb = planner.gpu_memory_gb if gpu_memory_gb is None else gpu_memory_gb
     check_arguments(gpu_memory_gb, configs, memory_model)
@@ -224,7 +237,8 @@ def plan_experiment(fingerprint: Fingerprint, gpu_memory_gb: float | None = None
     n_voxels = float(np.prod(median, dtype=np.float64) * n_training)
     classes = (nnunet_class_count(fingerprint.labels, fingerprint.regions) if memory_model == "nnunet"
                else fingerprint.num_classes)
-    budget = MemoryBudget(gpu_memory_gb, len(fingerprint.channel_names), classes, memory_model, planner)
+    budget = MemoryBudget(gpu_memory_gb, len(fingerprint.channel_names), classes, memory_model, planner,
+                          architecture, dict(network_kwargs or {}))
     blocks = f" with {', '.join(map(str, planner.blocks_per_stage(5)))}, … blocks per stage" if planner.blocks_per_stage(1) else ""
     reasons.append(f"preset '{preset}' (nnU-Net's {planner.plans_name}): {planner.encoder} encoder{blocks}, "
                    f"{planner.conv_per_stage_decoder} conv unit(s) per decoder level")
