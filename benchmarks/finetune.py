@@ -157,8 +157,10 @@ def table(results: dict[str, list[dict]], epochs: int) -> list[str]:
     for epoch in range(epochs):
         cells = [f"{np.mean([r['pseudo_dice'][epoch] for r in results[a]]):.3f}" for a in arms]
         lines.append(f"| {epoch + 1} | " + " | ".join(cells) + " |")
-    finals = [f"**{np.mean([r['final_dice'] for r in results[a]]):.3f}** "
-              f"({', '.join(f'{r['final_dice']:.3f}' for r in results[a])})" for a in arms]
+    finals = []
+    for arm in arms:
+        dice = [r["final_dice"] for r in results[arm]]
+        finals.append(f"**{np.mean(dice):.3f}** ({', '.join(f'{d:.3f}' for d in dice)})")
     lines.append("| final validation Dice (per seed) | " + " | ".join(finals) + " |")
     return lines
 

@@ -221,10 +221,12 @@ def describe_source(checkpoint: Mapping[str, Any], path: Path) -> dict[str, Any]
 
 
 def report_lines(report: TransferReport, source: Mapping[str, Any], n_tensors: int) -> list[str]:
-    """One screen: what was loaded, adapted, initialised and not used, names grouped by module."""
+    """One screen: what was loaded, adapted, initialised and not used, names grouped by module (every
+    line but the file's path at most REPORT_WIDTH characters)."""
     taken = len(report.loaded) + len(report.adapted)
-    lines = [f"pretrained weights: {source['checkpoint']} ({source['dataset']}, {source['configuration']}, "
-             f"epoch {source['epoch']}): {taken} of this network's {n_tensors} tensors taken"]
+    lines = [f"pretrained weights: {source['checkpoint']}",
+             f"  trained on {source['dataset']} ({source['configuration']}, epoch {source['epoch']}): "
+             f"{taken} of this network's {n_tensors} tensors taken"]
     categories = (("loaded", dict.fromkeys(report.loaded, "")), ("adapted", report.adapted),
                   ("initialised", report.initialised), ("not used", report.not_used))
     for title, entries in categories:
