@@ -1,8 +1,9 @@
 """nnlite: a readable, self-configuring U-Net for 3D medical image segmentation (after nnU-Net).
 
-From Python (docs/python.md, `nnlite.api`): `nnlite.plan(RAW, WORK, …)`, `nnlite.preprocess(WORK)`,
-`nnlite.train(WORK, fold=0, settings={…})`, `nnlite.Predictor(WORK, …).predict(image)`. They load
-on first use: `import nnlite` imports neither torch nor numpy.
+From Python (docs/python.md, `nnlite.api`): `nnlite.plan(RAW, WORK, …)`, `nnlite.add_config(WORK, …)`,
+`nnlite.preprocess(WORK)`, `nnlite.train(WORK, fold=0, settings={…})`,
+`nnlite.Predictor(WORK, …).predict(image)`. They load on first use: `import nnlite` imports neither
+torch nor numpy.
 
 `nnlite.plan`, `nnlite.preprocess` and `nnlite.train` are also the modules of the commands
 (`python -m nnlite.plan`): Python binds a package's submodule to the package's attribute of the same
@@ -18,7 +19,7 @@ import types
 __version__ = "0.1.0"
 
 _CALLABLE_COMMANDS = ("plan", "preprocess", "train")  # nnlite.<name>(…) runs nnlite.api.<name>(…)
-_API_NAMES = ("Predictor", "Prediction", "FoldResult")
+_API_NAMES = ("Predictor", "Prediction", "FoldResult", "add_config")
 
 
 class _CallableCommand(types.ModuleType):

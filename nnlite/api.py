@@ -84,6 +84,19 @@ def plan(raw: str | Path | None, work: str | Path, *, configs: Sequence[str] | N
     return plans
 
 
+def add_config(work: str | Path, name: str, parent: str, settings: Mapping[str, Any] | None = None) -> Plans:
+    """`python -m nnlite.plan WORK --add-config NAME --from PARENT --set KEY=VALUE …`: WORK/plans.json
+    gains configuration `name`, which inherits `parent` and changes the fields in `settings`
+    (nested or dotted, e.g. {"network.features_per_stage": [8, 16, 32, 64, 80]}); returns the plans."""
+    from nnlite.planning.inheritance import add_configuration
+
+    overrides = [f"{key}={json.dumps(value, default=str)}" for key, value in flat_settings(settings or {}).items()]
+    try:
+        return add_configuration(Path(work), name, parent, overrides)
+    except UserError as error:
+        raise as_api_error(error) from None
+
+
 def preprocess(work: str | Path, *, configs: Sequence[str] | None = None, workers: int | None = None,
                overwrite: bool = False, raw: str | Path | None = None) -> int:
     """`python -m nnlite.preprocess WORK …`: every training case for the planned configurations
@@ -129,11 +142,8 @@ def train(work: str | Path, fold: int | str = 0, settings: Mapping[str, Any] | N
     overrides = [f"{key}={json.dumps(value, default=str)}" for key, value in given.items()]
     try:
         train_settings = load_train_config(train_config, overrides)
-    except UserError as error:  # name the dict entry, not the command's flag
-        if not error.where.startswith("--set "):
-            raise
-        key = error.where.removeprefix("--set ").partition("=")[0]
-        raise UserError(f"settings[{key!r}]", error.problem, error.hint) from None
+    except UserError as error:
+        raise as_api_error(error) from None
     folder = train_folds(Path(work), train_settings, [str(fold)], resume=resume, overwrite=overwrite)[0]
     summary = validation_summary(folder)
     return FoldResult(folder, read_metrics(folder), summary)
@@ -148,6 +158,20 @@ def flat_settings(settings: Mapping[str, Any], prefix: str = "") -> dict[str, An
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+COMMAND_FLAGS = {"--from": "parent", "--add-config": "name"}  # a stage's error → the API's argument
+
+
+def as_api_error(error: UserError) -> UserError:
+    """A stage's error that names a command flag (`--set KEY=VALUE`, `--from`) names the API's
+    argument instead (`settings['KEY']`, `parent`)."""
+    if error.where.startswith("--set "):
+        key = error.where.removeprefix("--set ").partition("=")[0].split(" ")[0]
+        return UserError(f"settings[{key!r}]", error.problem, error.hint)
+    if error.where in COMMAND_FLAGS:
+        return UserError(COMMAND_FLAGS[error.where], error.problem, error.hint)
+    return error
 
 
 def validation_summary(folder: Path) -> dict[str, Any] | None:

@@ -194,6 +194,18 @@ def test_bad_arguments_are_user_errors_not_system_exit(tmp_path):
     assert error.value.where == "settings['training.initial_lr']"
     with pytest.raises(UserError, match="preset"):
         nnlite.plan(tmp_path / "raw", tmp_path / "work2", preset="huge")
+    with pytest.raises(UserError, match="is not planned") as error:
+        nnlite.add_config(work, "narrow", parent="3d_lowres")
+    assert error.value.where == "parent"
+
+
+def test_add_config_inherits_and_changes_the_given_fields(tmp_path):
+    work = label_model(tmp_path / "work")
+    plans = nnlite.add_config(work, "narrow", parent=CONFIG, settings={"network": {"features_per_stage": [2, 4, 4]},
+                                                                       "batch_size": 3})
+    narrow, parent = plans.configurations["narrow"], plans.configurations[CONFIG]
+    assert narrow.network.features_per_stage == (2, 4, 4) and narrow.batch_size == 3
+    assert narrow.patch_size == parent.patch_size and narrow.data_identifier == parent.data_identifier
 
 
 def test_import_nnlite_is_light_and_the_commands_stay_callable():
