@@ -253,3 +253,50 @@ def test_attention_unet_gates_every_skip_with_nnlites_gate():
         assert not torch.allclose(before, net(x))
     assert any(isinstance(m, nn.MaxPool3d) for m in net.modules())
     assert not any(isinstance(m, nn.InstanceNorm3d) for m in net.modules())
+
+
+# --- through the commands ------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_zoo_networks_plan_train_predict_and_export_through_the_commands(tmp_path):
+    """On the demo (2 cases, a narrow 3d_fullres with the demo's classification head): each zoo network
+    is a configuration added by `plan --add-config … --set network.architecture=…`; it trains fold 0
+    (with the online pseudo-Dice, whose full-resolution logits are one tensor for V-Net and Çiçek),
+    `predict` reproduces the fold's validation, and `export onnx` writes a checked file."""
+    import json
+
+    from nnlite.data.image_io import read_image
+    from nnlite.export import main as export_main
+    from nnlite.plans import load_plans, save_plans
+    from nnlite.predict import main as predict_main
+    from nnlite.train import main as train_main
+    from tests.command_line import run_command
+    from tests.work_fixtures import small_work
+
+    work = small_work(tmp_path, n_cases=2)
+    plans = load_plans(work / "plans.json")
+    parent = plans.configurations["3d_fullres"]
+    narrow = replace(parent.network, features_per_stage=tuple(max(2, f // 16) for f in parent.network.features_per_stage))
+    save_plans(replace(plans, configurations={"3d_fullres": replace(parent, network=narrow)}), work / "plans.json")
+    zoo = {"z_vnet": "vnet", "z_cicek": "cicek_unet", "z_attention": "attention_unet"}
+    for name, module in zoo.items():
+        result = run_command("plan", work, "--add-config", name, "--from", "3d_fullres",
+                             "--set", f"network.architecture=nnlite.network.zoo.{module}:build")
+        assert result.returncode == 0, result.stderr
+    schedule = ["--train-config", "debug", "--device", "cpu", "--seed", "0", "--epochs", "1", "--iters-per-epoch",
+                "2", "--val-iters", "1", "--batch-size", "2", "--workers", "0", "--fold", "0"]
+    case = json.loads((work / "splits.json").read_text())[0]["val"][0]
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in (tmp_path / "raw" / "imagesTr").glob(f"{case}_*.nii.gz"):
+        (images / path.name).write_bytes(path.read_bytes())
+    for name in zoo:
+        assert train_main([str(work), "--config", name, *schedule]) == 0
+        fold = work / "results" / name / "fold_0"
+        assert torch.load(fold / "checkpoint_final.pt", weights_only=True)["network"]  # a state dict was saved
+        assert predict_main([str(work), str(images), str(tmp_path / name), "--config", name, "--folds", "0",
+                             "--no-mirroring", "--device", "cpu"]) == 0
+        validated = read_image(fold / "validation" / f"{case}.nii.gz").array
+        assert (read_image(tmp_path / name / f"{case}.nii.gz").array == validated).all()
+    assert export_main(["onnx", str(work), str(tmp_path / "vnet.onnx"), "--config", "z_vnet", "--fold", "0"]) == 0
+    assert (tmp_path / "vnet.onnx").stat().st_size > 0
