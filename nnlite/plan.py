@@ -8,6 +8,7 @@
     python -m nnlite.plan RAW WORK --nnunet-plans nnUNetPlans.json [--configs ...] [--workers N]
                                    [--folds K] [--overwrite]
     python -m nnlite.plan WORK --add-config NAME --from PARENT [--set KEY=VALUE ...]
+    python -m nnlite.plan RAW WORK --network MODULE:FUNCTION [options]   (also with --fingerprint)
     python -m nnlite.plan RAW WORK --plans-from SOURCE_WORK [--configs ...] [--workers N] [--folds K]
                                    [--overwrite]
 
@@ -15,6 +16,8 @@ Writes WORK/dataset.json, fingerprint.json, splits.json and plans.json; prints o
 nnU-Net's splits_final.json in WORK or beside RAW becomes splits.json (and the command says so).
 With --add-config, adds to WORK/plans.json a configuration that inherits PARENT and changes the
 `--set` fields (e.g. network.attention_gates=true, batch_size=4).
+With --network, every configuration's network is built by that function instead of the built-in
+U-Net (docs/architectures.md); it is imported and its outputs checked before anything is written.
 With --plans-from, every configuration keeps SOURCE_WORK's spacing, patch, batch and network
 topology, and takes channels, labels and normalization from RAW: a model trained in SOURCE_WORK
 then fine-tunes in WORK with `train --pretrained` (docs/finetuning.md).
@@ -63,6 +66,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--plans-from", type=Path, metavar="SOURCE_WORK",
                         help="copy a planned WORK's spacing, patch, batch and topology (to fine-tune its "
                              "model here); channels, labels and normalization come from RAW")
+    parser.add_argument("--network", metavar="MODULE:FUNCTION",
+                        help="build every configuration's network with this function, called like "
+                             "nnlite.network.unet:build_unet (e.g. my_package.nets:build; docs/architectures.md)")
     parser.add_argument("--memory-model", choices=MEMORY_MODELS, default="bytes",
                         help="'bytes': nnlite's byte estimate (default); 'nnunet': the reference's proxy, "
                              "reproducing nnU-Net v2's patch and batch exactly")
@@ -90,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("expected RAW WORK" if expected == 2 else "with --fingerprint give only WORK")
     if args.nnunet_plans and args.fingerprint:
         parser.error("--nnunet-plans needs RAW WORK, not --fingerprint")
+    if args.nnunet_plans and args.network:
+        parser.error("--nnunet-plans keeps nnU-Net's network; add a configuration built by another with "
+                     "--add-config NAME --from PARENT --set network.architecture=MODULE:FUNCTION")
     unknown = [c for c in args.configs or () if c not in CONFIGURATIONS]
     if unknown and not (args.nnunet_plans or args.plans_from):  # these plans may name any configuration
         choices = ", ".join(f"'{c}'" for c in CONFIGURATIONS)
@@ -105,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"planned {plans.dataset_name} from nnU-Net's {args.nnunet_plans}; wrote {plans_file(work)}")
         return _report(plans)
     gb = None if args.gpu_memory_gb is None else resolve_gpu_memory(args.gpu_memory_gb)
-    options = dict(folds=args.folds, overwrite=args.overwrite, preset=args.preset)
+    options = dict(folds=args.folds, overwrite=args.overwrite, preset=args.preset, architecture=args.network,
+                   check_network=network_check(args.network))
     if args.fingerprint:
         plans = plan_from_fingerprint(args.fingerprint, work, gb, args.configs, args.memory_model, **options)
     else:
@@ -131,6 +141,25 @@ def plans_from_work(parser: ArgumentParser, args, work: Path) -> int:
     return _report(plans)
 
 
+def network_check(architecture: str | None):
+    """`--network MODULE:FUNCTION`: imported now (before the long fingerprint); the returned function
+    checks every planned network's outputs, before anything is written."""
+    if architecture is None:
+        return None
+    from nnlite.network.builders import check_networks, resolve_builder
+
+    resolve_builder(architecture, "--network")
+    return check_networks
+
+
+def check_added_network(plans: Plans, name: str) -> None:
+    """--add-config: a configuration built by another builder is imported and checked before it is saved."""
+    from nnlite.network.builders import check_configuration, is_builtin
+
+    if not is_builtin(plans.configurations[name].network):
+        check_configuration(plans, name, "--set network.architecture")
+
+
 def _report(plans: Plans) -> int:
     from nnlite.planning.work_folder import SPLITS_SOURCE_KEY, summarize
 
@@ -147,14 +176,14 @@ def add_config(parser: ArgumentParser, args) -> int:
         parser.error("--add-config NAME and --from PARENT go together (--set only with them)")
     if len(args.paths) != 1 or args.fingerprint:
         parser.error("with --add-config give only WORK")
-    if args.preset != "default" or args.gpu_memory_gb is not None or args.configs:
-        parser.error("--preset, --gpu-memory-gb and --configs plan a dataset; --add-config changes fields "
-                     "with --set (e.g. --set network.encoder=residual)")
+    if args.preset != "default" or args.gpu_memory_gb is not None or args.configs or args.network:
+        parser.error("--preset, --gpu-memory-gb, --configs and --network plan a dataset; --add-config changes "
+                     "fields with --set (e.g. --set network.architecture=my_package.nets:build)")
     from nnlite.planning.inheritance import add_configuration
     from nnlite.planning.work_folder import summarize
 
     work = Path(args.paths[0])
-    plans = add_configuration(work, args.add_config, args.parent, args.set)
+    plans = add_configuration(work, args.add_config, args.parent, args.set, check=check_added_network)
     config = plans.configurations[args.add_config]
     print(f"added {args.add_config} (inherits {args.parent}; preprocessed data: {config.data_identifier}) "
           f"to {plans_file(work)}")

@@ -23,6 +23,8 @@ from nnlite.common.layout import fold_folder, plans_file
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_atomic
 from nnlite.inference.models import OnnxNetwork, check_configuration, load_fold_network, require
+from nnlite.network.builders import is_builtin
+from nnlite.network.classifier import segmentation_output
 from nnlite.plans import load_plans
 from nnlite.preprocessing.cascade import input_channels
 
@@ -53,8 +55,24 @@ def load_exported_network(work: Path, config_name: str, fold: str, checkpoint: s
     plans = load_plans(plans_file(work))
     check_configuration(work, plans, config_name, checkpoint)
     network = load_fold_network(plans, config_name, fold_folder(work, config_name, fold), checkpoint)
-    network.classifier = None  # a classification head is not exported: the file segments only
+    plan = plans.configurations[config_name].network
+    if plan.class_head:  # a classification head is not exported: the file segments only
+        if is_builtin(plan):
+            network.classifier = None  # the built-in U-Net: the head is not even computed
+        else:
+            network = SegmentationOnly(network)
     return network, input_channels(plans, config_name), plans.num_classes
+
+
+class SegmentationOnly(nn.Module):
+    """Another builder's network with a classification head → its segmentation logits only."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return segmentation_output(self.network(x))
 
 
 def export_onnx(work: Path, config_name: str, fold: str, out: Path, checkpoint: str = "final") -> OnnxExport:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import replace
 from typing import Any, Callable
 
 import torch
@@ -100,17 +99,29 @@ def build_network(plans: Plans, config_name: str, *, deep_supervision: bool = Tr
     """The network of a planned configuration: its plan's builder, its input channels (a cascade
     stage: + the previous stage's one-hot labels), the dataset's classes, sigmoid outputs for region
     datasets. Every caller (training, prediction, export, conversion) builds through this one
-    function; a network of another builder has its output contract checked once per process."""
+    function; a network of another builder has its output contract checked first."""
+    check_planned_network(plans, config_name)
+    return build_from_plan(plans.configurations[config_name].network, input_channels(plans, config_name),
+                           plans.num_classes, deep_supervision=deep_supervision,
+                           region_outputs=plans.sigmoid_outputs, where=_where(config_name))
+
+
+def check_planned_network(plans: Plans, config_name: str) -> None:
+    """Import the configuration's builder; another builder than the built-in has its output
+    contract checked, once per process (`train` calls this before it makes the fold folder)."""
     plan = plans.configurations[config_name].network
-    where = f"{PLANS_FILE} configurations.{config_name}.network.architecture"
+    resolve_builder(architecture_of(plan), _where(config_name))
+    if is_builtin(plan):
+        return
     channels, classes = input_channels(plans, config_name), plans.num_classes
-    if not is_builtin(plan):
-        key = json.dumps([to_jsonable(plan), channels, classes, plans.sigmoid_outputs])
-        if key not in _checked:
-            check_output_contract(plan, channels, classes, plans.sigmoid_outputs, where)
-            _checked.add(key)
-    return build_from_plan(plan, channels, classes, deep_supervision=deep_supervision,
-                           region_outputs=plans.sigmoid_outputs, where=where)
+    key = json.dumps([to_jsonable(plan), channels, classes, plans.sigmoid_outputs])
+    if key not in _checked:
+        check_output_contract(plan, channels, classes, plans.sigmoid_outputs, _where(config_name))
+        _checked.add(key)
+
+
+def _where(config_name: str) -> str:
+    return f"{PLANS_FILE} configurations.{config_name}.network.architecture"
 
 
 def check_configuration(plans: Plans, config_name: str, where: str) -> None:
@@ -120,18 +131,10 @@ def check_configuration(plans: Plans, config_name: str, where: str) -> None:
                           plans.sigmoid_outputs, f"{where} ({config_name})")
 
 
-def with_architecture(plans: Plans, architecture: str, where: str = "--network") -> Plans:
-    """Every configuration built by `architecture` (`plan --network`), each one checked."""
-    resolve_builder(architecture, where)
-    try:
-        configs = {name: replace(config, network=replace(config.network, architecture=architecture))
-                   for name, config in plans.configurations.items()}
-    except UserError as error:
-        raise UserError(where, error.problem) from None
-    plans = replace(plans, configurations=configs)
-    for name in configs:
+def check_networks(plans: Plans, where: str = "--network") -> None:
+    """Every configuration's builder imported and its network's outputs checked (`plan --network`)."""
+    for name in plans.configurations:
         check_configuration(plans, name, where)
-    return plans
 
 
 def check_output_contract(plan: NetworkPlan, in_channels: int, num_classes: int, region_outputs: bool,

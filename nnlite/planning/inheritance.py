@@ -15,7 +15,7 @@ import logging
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from nnlite.common.layout import plans_file
 from nnlite.common.errors import UserError
@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # also a folder name under results/
 
 
-def add_configuration(work: Path, name: str, parent: str, overrides: Sequence[str]) -> Plans:
-    """WORK/plans.json gains configuration `name`: `parent` with `overrides` ("KEY=VALUE") applied."""
+def add_configuration(work: Path, name: str, parent: str, overrides: Sequence[str],
+                      check: Callable[[Plans, str], None] | None = None) -> Plans:
+    """WORK/plans.json gains configuration `name`: `parent` with `overrides` ("KEY=VALUE") applied;
+    `check(plans, name)` runs before it is written (the command checks the network's builder)."""
     path = plans_file(work)
     plans = load_plans(path)
     if parent not in plans.configurations:
@@ -54,6 +56,8 @@ def add_configuration(work: Path, name: str, parent: str, overrides: Sequence[st
         plans = replace(plans, configurations={**plans.configurations, name: config})
     except UserError as error:
         raise UserError("--set", error.problem) from None
+    if check is not None:
+        check(plans, name)
     save_plans(plans, path)
     return plans
 

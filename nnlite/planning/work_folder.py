@@ -15,7 +15,7 @@ import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from nnlite.common.layout import (DATASET_FILE, FINGERPRINT_FILE, PLANS_FILE, PREPROCESSED_DIR, RESULTS_DIR,
                                   SPLITS_FILE, fingerprint_file, plans_file, splits_file, work_dataset_file)
@@ -42,24 +42,31 @@ log = logging.getLogger(__name__)
 NNUNET_SPLITS = "splits_final.json"  # nnU-Net's name for the same list of folds
 SPLITS_SOURCE_KEY = "splits_from"  # plans.extra: the nnU-Net splits_final.json that splits.json copies
 WORK_OUTPUTS = (PLANS_FILE, SPLITS_FILE, FINGERPRINT_FILE, DATASET_FILE, CLASSES_FILE, PREPROCESSED_DIR, RESULTS_DIR)
+# plan --network: imports the builder every planned network names and checks its outputs (raises a
+# UserError); passed in by the command (network/builders.check_networks), as planning does not import it
+NetworkCheck = Callable[[Plans], None]
 NEW_WORK_HINT = "plan into a new WORK folder, or add --overwrite to start this one afresh"
 
 
 def plan_dataset(raw: Path, work: Path, gpu_memory_gb: float | None = None,
                  configs: Sequence[str] | None = None, workers: int = 1, memory_model: str = "bytes",
-                 *, folds: int | None = None, overwrite: bool = False, preset: str = "default") -> Plans:
+                 *, folds: int | None = None, overwrite: bool = False, preset: str = "default",
+                 architecture: str | None = None, check_network: NetworkCheck | None = None) -> Plans:
     """RAW → WORK/dataset.json, fingerprint.json, splits.json, plans.json (all written at the end).
 
-    `gpu_memory_gb` None: the preset's budget (8 GB, ResEnc L 24, XL 40)."""
+    `gpu_memory_gb` None: the preset's budget (8 GB, ResEnc L 24, XL 40). `architecture` (plan
+    --network): every network is built by that builder; `check_network` checks them before anything
+    is written."""
     check_arguments(gpu_memory_gb, configs, memory_model, preset)  # before the (long) fingerprint
     dataset = load_dataset(raw)
     classes = classes_of_dataset(dataset)  # checked before the (long) fingerprint
     n_folds = fold_count(len(dataset.cases), folds)
     fingerprint = _fresh_fingerprint(dataset, work, workers, overwrite)
     plans = plan_experiment(fingerprint, gpu_memory_gb, configs, dataset_name=Path(raw).resolve().name,
-                            memory_model=memory_model, preset=preset)
+                            memory_model=memory_model, preset=preset, architecture=architecture)
     return _write_outputs(work, Path(raw) / "dataset.json", fingerprint, plans, [c.case for c in fingerprint.cases],
-                          n_folds, folds is not None, overwrite, raw=Path(raw), classes=classes)
+                          n_folds, folds is not None, overwrite, raw=Path(raw), classes=classes,
+                          check_network=check_network)
 
 
 def _fresh_fingerprint(dataset: RawDataset, work: Path, workers: int, overwrite: bool) -> Fingerprint:
@@ -112,7 +119,8 @@ def plan_from_work(raw: Path, work: Path, source_work: Path, configs: Sequence[s
 
 def plan_from_fingerprint(fingerprint_file: Path, work: Path, gpu_memory_gb: float | None = None,
                           configs: Sequence[str] | None = None, memory_model: str = "bytes",
-                          *, folds: int | None = None, overwrite: bool = False, preset: str = "default") -> Plans:
+                          *, folds: int | None = None, overwrite: bool = False, preset: str = "default",
+                          architecture: str | None = None, check_network: NetworkCheck | None = None) -> Plans:
     """nnlite's fingerprint.json or nnU-Net's dataset_fingerprint.json (+ a dataset.json next to it
     or in WORK) → WORK/plans.json, fingerprint.json, dataset.json and, with real case names, splits.json."""
     check_arguments(gpu_memory_gb, configs, memory_model, preset)
@@ -131,8 +139,9 @@ def plan_from_fingerprint(fingerprint_file: Path, work: Path, gpu_memory_gb: flo
         refuse_other_fingerprint(work, previous, fingerprint)
     name = str(meta.get("name", fingerprint_file.resolve().parent.name))
     plans = plan_experiment(fingerprint, gpu_memory_gb, configs, dataset_name=name, memory_model=memory_model,
-                            preset=preset)
-    return _write_outputs(work, dataset_json, fingerprint, plans, names, n_folds, folds is not None, overwrite)
+                            preset=preset, architecture=architecture)
+    return _write_outputs(work, dataset_json, fingerprint, plans, names, n_folds, folds is not None, overwrite,
+                          check_network=check_network)
 
 
 def fingerprint_hash(fingerprint: Fingerprint) -> str:
@@ -183,7 +192,8 @@ def refuse_other_fingerprint(work: Path, old: Fingerprint, new: Fingerprint) -> 
 
 def _write_outputs(work: Path, dataset_json: Path, fingerprint: Fingerprint, plans: Plans,
                    case_names: Sequence[str] | None, n_folds: int, folds_given: bool,
-                   overwrite: bool, raw: Path | None = None, classes: CaseClasses | None = None) -> Plans:
+                   overwrite: bool, raw: Path | None = None, classes: CaseClasses | None = None,
+                   check_network: NetworkCheck | None = None) -> Plans:
     """Write WORK's files, each atomically, plans.json last; the plans record the fingerprint's hash
     (and RAW), a dataset with case `classes` gets the classification head, WORK/classes.csv and
     splits stratified by class. Returns the plans written (`extra` names the nnU-Net
@@ -193,6 +203,8 @@ def _write_outputs(work: Path, dataset_json: Path, fingerprint: Fingerprint, pla
     plans = _with_origin(plans, fingerprint, raw)
     if classes is not None:
         plans = attach_class_head(plans, classes.names)
+    if check_network is not None:  # after the class head: the chosen network must carry it
+        check_network(plans)
     splits = None if overwrite else kept_splits(work, case_names, n_folds if folds_given else None)
     nnunet_splits = find_nnunet_splits(work, raw, case_names) if splits is None else None
     if overwrite:
