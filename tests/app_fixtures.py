@@ -21,6 +21,10 @@ CASES = ("case_a", "case_b", "case_c")
 EXPECTED_DICE = {"case_a": 1.0, "case_b": 2 * 4 / (8 + 8), "case_c": 0.0}
 BLOB = (slice(4, 8), slice(6, 10), slice(5, 9))  # reference lesion of every case: 4×4×4 voxels
 BLOB_VOXELS = 64
+# the quality score of each case's validation (an uncertainty score, higher = less trustworthy):
+# ordered by it the cases go case_a, case_c, case_b — not their Dice order (case_c, case_b, case_a)
+SCORES = {"case_a": 0.6, "case_b": 0.05, "case_c": 0.3}
+UNSURE = (slice(None), slice(0, 10), slice(None))  # where every scored case's uncertainty map is 1 (else 0)
 
 
 def case_image(seed: int) -> np.ndarray:
@@ -63,8 +67,10 @@ def write_raw(raw: Path) -> Path:
     return raw
 
 
-def handmade_work(root: Path) -> Path:
-    """root/raw and root/work: fold 0 of CONFIG trained (random weights) and validated on every case."""
+def handmade_work(root: Path, scored: bool = False) -> Path:
+    """root/raw and root/work: fold 0 of CONFIG trained (random weights) and validated on every case;
+    `scored`: the validation also scored each case's uncertainty (SCORES in summary.json, and
+    `validation/uncertainty/<case>_uncertainty.nii.gz`: 1 in UNSURE, else 0)."""
     raw = write_raw(root / "raw")
     work = root / "work"
     plans = tiny_plans(channels=len(CHANNELS), labels=1, raw_path=str(raw.resolve()), spacing=(2.0, 1.0, 1.0))
@@ -75,6 +81,8 @@ def handmade_work(root: Path) -> Path:
     for case in CASES:
         write_seg(validation / f"{case}.nii.gz", prediction(case), SPACING_AFFINE)
     summary = evaluate_folder(validation, reference_labels(plans), plans.scored, plans.ignore_label)
+    if scored:
+        add_uncertainty(validation, summary)
     write_summary(summary, validation / "summary.json")
     for epoch in range(3):
         append_metrics(fold, {"epoch": epoch, "train_loss": 1.0 - 0.2 * epoch, "val_loss": 1.1 - 0.2 * epoch,
@@ -82,6 +90,16 @@ def handmade_work(root: Path) -> Path:
                               "ema_pseudo_dice": 0.05 * epoch, "lr": 0.01 * (1 - epoch / 3),
                               "epoch_time": 2.0})
     return work
+
+
+def add_uncertainty(validation: Path, summary: dict) -> None:
+    """Each case's score into summary.json (as the final validation writes it) and its map."""
+    (validation / "uncertainty").mkdir(exist_ok=True)
+    for entry in summary["per_case"]:
+        entry["uncertainty"] = {"score": SCORES[entry["case"]], "boundary_entropy": 0.5}
+        unsure = np.zeros(SHAPE, np.float32)
+        unsure[UNSURE] = 1.0
+        write_image(validation / "uncertainty" / f"{entry['case']}_uncertainty.nii.gz", unsure, SPACING_AFFINE)
 
 
 def inputs_folder(root: Path, cases: int = 1) -> Path:

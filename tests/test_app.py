@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from app_fixtures import SPACING_AFFINE, case_image, handmade_work, inputs_folder  # noqa: E402
 from nnlite.common.errors import UserError  # noqa: E402
 from nnlite.app import main as app_main, streamlit_command  # noqa: E402
+from nnlite.viewing.models import REVIEW_SCORE  # noqa: E402
 from nnlite.viewing.settings import parse_settings  # noqa: E402
 from tests.command_line import assert_one_line_error, run_command  # noqa: E402
 
@@ -96,7 +97,11 @@ def test_predict_an_upload_then_survive_a_bad_one(work, tmp_path, monkeypatch):
     app.button[0].click().run()
     assert not app.exception and "me: label map me.nii.gz written" in texts(app)
     assert len(list(outputs.glob("upload-*/prediction/me.nii.gz"))) == 1
-    assert len(app.get("download_button")) == 1 and len(images(app)) == 2  # two channels, no errors panel
+    assert len(app.get("download_button")) == 1  # two channels and the uncertainty, no errors panel
+    assert [i.caption.split(" · ")[0] for i in images(app)] == ["ch0", "ch1", "uncertainty"]
+    score = float(texts(app).split("**Quality score ")[1].split("**")[0])  # the case's uncertainty.csv score
+    hint = ([w.value for w in app.warning] + [i.value for i in app.info])[0]
+    assert hint.startswith("Review this case first" if score >= REVIEW_SCORE else "No sign of trouble")
     app.get("file_uploader")[0].set_value([nifti(tmp_path, 0, 0, "only_0000.nii.gz")])
     app.button[0].click().run()
     assert not app.exception
@@ -195,3 +200,21 @@ def test_any_free_port_replaces_a_port_taken_between_its_choice_and_the_bind(wor
             app_command.stop(child)
     finally:
         taken.close()
+
+
+def test_results_order_cases_by_the_quality_score_and_overlay_the_uncertainty_map(tmp_path, monkeypatch):
+    from app_fixtures import handmade_work
+    from nnlite.viewing.runs import BY_SCORE
+    from nnlite.viewing.viewer import OVERLAY_LABEL
+
+    app = open_app(monkeypatch, handmade_work(tmp_path, scored=True), "--outputs", tmp_path / "out")
+    assert list(app.dataframe[0].value["case"]) == ["case_c", "case_b", "case_a"]  # Dice first, as before
+    app.radio(key="order").set_value(BY_SCORE).run()
+    assert list(app.dataframe[0].value["case"]) == ["case_a", "case_c", "case_b"]  # least trustworthy first
+    assert list(app.dataframe[0].value["quality score"]) == [0.6, 0.3, 0.05]
+    assert "**case_a**: mean foreground Dice 1.0000; quality score 0.6000" in texts(app)  # opens on it
+    shown = images(app)
+    assert [i.caption.split(" · ")[0] for i in shown] == ["ch0", "ch1", "errors", "uncertainty"]
+    next(box for box in app.checkbox if box.label == OVERLAY_LABEL).uncheck().run()
+    assert [i.caption.split(" · ")[0] for i in images(app)] == ["ch0", "ch1", "errors"]
+

@@ -2,8 +2,10 @@
 by headless Chromium through selenium.
 
 Results: the page opens on the worst validation case, the case is picked, its slice pictures load
-and its Dice is on the page. Predict: a case is uploaded (its three channel files), predicted and
-its label map downloaded and read back; a bad upload shows one message and the app keeps serving.
+and its Dice is on the page; ordered by the quality score (the final validation's uncertainty
+score), the least trustworthy case comes first with its uncertainty overlay. Predict: a case is
+uploaded (its three channel files), predicted with its quality score and review hint, and its
+label map downloaded and read back; a bad upload shows one message and the app keeps serving.
 Screenshots of both pages land in the test's temporary folder.
 
 Outside CI the test skips when Chromium or its driver is missing; `.ci/run` installs both and sets
@@ -25,7 +27,7 @@ import pytest
 
 from app_fixtures import trained_work
 from nnlite.data.image_io import read_image
-from nnlite.viewing.runs import case_table, find_sources, most_recent, read_summary
+from nnlite.viewing.runs import BY_SCORE, SCORE_COLUMN, case_table, find_sources, most_recent, read_summary, sort_rows
 
 pytestmark = pytest.mark.slow
 
@@ -178,6 +180,28 @@ def test_results_page_shows_the_worst_case_with_its_slices_and_dice(served, brow
     assert (root / "results.png").stat().st_size > 10_000
 
 
+def test_results_page_orders_by_the_quality_score_and_overlays_the_uncertainty_map(served, browser):
+    url, work, root = served
+    rows = sort_rows(case_table(read_summary(most_recent(find_sources(work)))), BY_SCORE)
+    assert all(SCORE_COLUMN in row for row in rows), "the final validation scored no case's uncertainty"
+    first = rows[0]  # the highest score: the case to review first
+    browser.get(url)
+    wait_for(browser, text_appears("Worst case"), "the Results page")
+    click_radio(browser, BY_SCORE)
+    wait_for(browser, text_appears(f"{first['case']}: mean foreground Dice {first['mean dice']:.4f}; "
+                                   f"quality score {first[SCORE_COLUMN]:.4f}"), "the least trustworthy case first")
+    pictures = wait_for(browser, slice_pictures_loaded, "the slice viewer's pictures")
+    titles = [p.get_attribute("alt").split(": ")[1].split(",")[0] for p in pictures]
+    assert titles[-1] == "uncertainty" and len(pictures) == 5  # three channels, errors, the overlay
+    browser.save_screenshot(str(root / "results-by-score.png"))
+
+
+def click_radio(browser, option: str) -> None:
+    wait_for(browser, lambda b: b.find_element("xpath", f"//label[@data-testid='stRadioOption']"
+                                                        f"[normalize-space()='{option}']"),
+             f"the radio option {option}").click()
+
+
 def test_predict_page_uploads_a_case_and_gives_its_label_map_back(served, browser):
     url, work, root = served
     raw_images = sorted((root / "raw" / "imagesTr").glob("demo_003_*.nii.gz"))
@@ -190,7 +214,10 @@ def test_predict_page_uploads_a_case_and_gives_its_label_map_back(served, browse
     upload(browser, raw_images)
     click_button(browser, "Predict")
     wait_for(browser, text_appears("demo_003: label map demo_003.nii.gz written"), "the prediction")
-    wait_for(browser, slice_pictures_loaded, "the predicted case's slices")
+    wait_for(browser, text_appears("Quality score"), "the case's quality score")
+    assert "Review this case first" in page_text(browser) or "No sign of trouble" in page_text(browser)
+    pictures = wait_for(browser, slice_pictures_loaded, "the predicted case's slices")
+    assert pictures[-1].get_attribute("alt").startswith("slice viewer: uncertainty")
     browser.save_screenshot(str(root / "predict.png"))
     click_button(browser, "Download the label map")
     downloaded = wait_for(browser, lambda b: _complete(b.downloads / "demo_003.nii.gz"), "the download")

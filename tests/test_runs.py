@@ -140,3 +140,35 @@ def test_a_dicom_upload_is_predicted_with_its_dicom_seg(work, tmp_path):
                           device="cpu")
     assert result.seg_path.name == "pat.nii.gz" and result.pred.shape == (6, 16, 16)
     assert result.dicom_seg is not None and result.dicom_seg.read_bytes()[128:132] == b"DICM"
+
+
+def test_ordered_by_quality_score_the_least_trustworthy_case_comes_first_and_unscored_ones_last(tmp_path):
+    from app_fixtures import SCORES, UNSURE
+    from nnlite.viewing.runs import BY_DICE, BY_SCORE, SCORE_COLUMN, has_scores, sort_rows
+
+    work = handmade_work(tmp_path, scored=True)
+    source = most_recent(find_sources(work))
+    rows = case_table(read_summary(source))
+    assert has_scores(rows) and {r["case"]: r[SCORE_COLUMN] for r in rows} == SCORES
+    assert [r["case"] for r in sort_rows(rows, BY_SCORE)] == ["case_a", "case_c", "case_b"]
+    assert [r["case"] for r in sort_rows(rows, BY_DICE)] == ["case_c", "case_b", "case_a"]
+    unscored = [{"case": "z", "mean dice": 0.5}, {"case": "y", "mean dice": 0.1, SCORE_COLUMN: math.nan}]
+    assert [r["case"] for r in sort_rows(rows + unscored, BY_SCORE)][-2:] == ["y", "z"]
+    plain = handmade_work(tmp_path / "plain")
+    plain_source = most_recent(find_sources(plain))
+    assert not has_scores(case_table(read_summary(plain_source)))
+    assert load_case_volumes(plain, plain_source, "case_b").uncertainty is None
+    volumes = load_case_volumes(work, source, "case_b")
+    expected = np.zeros_like(volumes.uncertainty)
+    expected[UNSURE] = 1.0
+    np.testing.assert_array_equal(volumes.uncertainty, expected)
+
+
+def test_the_review_hint_flags_cases_from_the_documented_score_on():
+    from nnlite.viewing.models import REVIEW_SCORE, review_hint
+
+    review, text = review_hint(REVIEW_SCORE + 0.1)
+    assert review and text.startswith("Review this case first") and "0.70" in text
+    review, text = review_hint(REVIEW_SCORE - 0.1)
+    assert not review and "Review" not in text
+    assert review_hint(REVIEW_SCORE)[0]

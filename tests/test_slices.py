@@ -111,3 +111,23 @@ def test_render_slice_without_a_reference_has_no_error_map():
     panels = render_slice(data, (3.0, 1.0, 1.0), 1, 2, pred=pred)
     assert [p.title for p in panels] == ["channel 0"]
     assert panels[0].image.shape == (9, 6, 3)  # z (3 mm) stretched three times
+
+
+def test_the_uncertainty_overlay_turns_uncertain_pixels_orange_and_leaves_certain_ones_grey():
+    from nnlite.viewing.slices import UNCERTAINTY_ALPHA, UNCERTAINTY_COLOR, heat
+
+    data = np.full((1, 3, 4, 4), 50.0, np.float32)
+    data[0, :, 0, 0] = 0.0  # a dark and a bright pixel set the grey window
+    data[0, :, 0, 1] = 100.0
+    uncertainty = np.zeros((3, 4, 4), np.float32)
+    uncertainty[:, 2:, :] = 1.0  # the lower half of every slice is uncertain
+    uncertainty[:, 1, 3] = 0.5
+    panels = render_slice(data, (1.0, 1.0, 1.0), 0, 1, uncertainty=uncertainty)
+    assert [p.title for p in panels] == ["channel 0", "uncertainty"]
+    grey, overlay = panels[0].image, panels[1].image
+    np.testing.assert_array_equal(overlay[:1], grey[:1])  # certain: unchanged
+    expected = (1 - UNCERTAINTY_ALPHA) * grey[3, 0].astype(float) + UNCERTAINTY_ALPHA * np.array(UNCERTAINTY_COLOR)
+    np.testing.assert_array_equal(overlay[2:], np.broadcast_to(expected.round().astype(np.uint8), (2, 4, 3)))
+    half = heat(grey, uncertainty[1])[1, 3]  # half as uncertain: half as far towards orange
+    assert np.allclose(half, (1 - UNCERTAINTY_ALPHA / 2) * grey[1, 3] + UNCERTAINTY_ALPHA / 2 * np.array(UNCERTAINTY_COLOR), atol=1)
+    assert len(render_slice(data, (1.0, 1.0, 1.0), 0, 1)) == 1  # no map: no panel

@@ -18,9 +18,9 @@ from nnlite.common.layout import SUMMARY_FILE, plans_file, results_root
 from nnlite.common.errors import UserError
 from nnlite.data.image_io import SUPPORTED_ENDINGS
 from nnlite.plans import load_plans
-from nnlite.viewing.models import model_choices, predict_case
-from nnlite.viewing.runs import (Source, case_table, find_sources, label_names, load_case_volumes,
-                                 most_recent, read_curves, read_summary)
+from nnlite.viewing.models import model_choices, predict_case, review_hint
+from nnlite.viewing.runs import (BY_DICE, BY_SCORE, SCORE_COLUMN, Source, case_table, find_sources, has_scores,
+                                 label_names, load_case_volumes, most_recent, read_curves, read_summary, sort_rows)
 from nnlite.viewing.settings import AppSettings, parse_settings
 from nnlite.viewing.uploads import Upload, copy_input_case, input_cases, new_folder, stage_upload
 from nnlite.viewing.viewer import slice_viewer
@@ -78,16 +78,21 @@ def results_page(settings: AppSettings) -> None:
     worst = rows[0]
     st.markdown(f"**Worst case: {worst['case']}** (mean foreground Dice {dice_text(worst['mean dice'])})")
     show_curves(source)
-    st.subheader("Cases, worst first")
+    order = BY_DICE
+    if has_scores(rows):  # the validation scored each case's uncertainty: triage by it
+        order = st.radio("Order cases by", (BY_DICE, BY_SCORE), horizontal=True, key="order")
+    rows = sort_rows(rows, order)
+    st.subheader(f"Cases by {order}")
     st.dataframe(rows, hide_index=True, height=min(400, 38 + 35 * len(rows)))
-    case = st.selectbox("Case", [r["case"] for r in rows], index=0)
+    case = st.selectbox("Case", [r["case"] for r in rows], index=0, key=f"case-{order}")
     row = next(r for r in rows if r["case"] == case)
-    st.markdown(f"**{case}**: mean foreground Dice {dice_text(row['mean dice'])}")
+    score = f"; quality score {row[SCORE_COLUMN]:.4f}" if SCORE_COLUMN in row else ""
+    st.markdown(f"**{case}**: mean foreground Dice {dice_text(row['mean dice'])}{score}")
     volumes = cached_case(str(settings.work), source.config, source.fold, str(source.folder),
                           str(source.training) if source.training else None, case,
                           (source.folder / SUMMARY_FILE).stat().st_mtime)
     slice_viewer(f"{source.label}-{case}", volumes.data, volumes.spacing, volumes.pred, ref=volumes.ref,
-                 channel_names=list(plans.channel_names.values()))
+                 channel_names=list(plans.channel_names.values()), uncertainty=volumes.uncertainty)
 
 
 def staged_case(settings: AppSettings, origin: str, picked, folder: Path, channels: list[str]) -> str:
@@ -145,8 +150,20 @@ def predict_page(settings: AppSettings) -> None:
         if result.dicom_seg is not None:
             st.download_button("Download the DICOM-SEG", result.dicom_seg.read_bytes(),
                                file_name=result.dicom_seg.name, mime="application/dicom")
+        show_score(result.score)
         slice_viewer(f"predicted-{result.seg_path}", result.data, result.spacing, result.pred,
-                     channel_names=channels)
+                     channel_names=channels, uncertainty=result.uncertainty)
+
+
+def show_score(score: float | None) -> None:
+    """The predicted case's quality score and what it means for a reviewer."""
+    if score is None:
+        st.caption("no quality score for this case")
+        return
+    st.markdown(f"**Quality score {score:.4f}** (the Dice error the model expects of itself; "
+                "higher = less trustworthy)")
+    review, hint = review_hint(score)
+    (st.warning if review else st.info)(hint)
 
 
 def main(argv: list[str]) -> None:

@@ -4,8 +4,12 @@ A *source* is one folder of scored validation predictions: a trained fold's `val
 configuration's cross-validation `crossval/`, or the winner of `results/best.json`. Cases are
 ranked by their mean foreground Dice (the mean over labels of each label's Dice, NaN labels left
 out), worst first; a case whose every label is NaN (nothing to find and nothing predicted) is
-perfect and goes last. Images and reference labels come from the raw dataset recorded in
-plans.json (`extra.raw_path`), read-only; predictions from the source folder.
+perfect and goes last. When the validation scored each case's uncertainty (summary.json
+`per_case[i].uncertainty.score`, docs/uncertainty.md) the table has a `quality score` column and
+can be ordered by it instead, least trustworthy (highest score) first (`sort_rows`). Images and
+reference labels come from the raw dataset recorded in plans.json (`extra.raw_path`), read-only;
+predictions and uncertainty maps (`<case>_uncertainty.nii.gz`, in the source folder or its
+`uncertainty/`) from the source folder.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from nnlite.common.layout import (CROSSVAL_DIR, SUMMARY_FILE, VALIDATION_DIR, best_file, crossval_folder,
-                                  fold_folders_of, plans_file, results_root)
+from nnlite.common.layout import (CROSSVAL_DIR, SUMMARY_FILE, UNCERTAINTY_DIR, UNCERTAINTY_SUFFIX, VALIDATION_DIR,
+                                  best_file, crossval_folder, fold_folders_of, plans_file, results_root)
 from nnlite.common.errors import UserError
 from nnlite.common.files import read_json
 from nnlite.data.dataset import load_dataset
@@ -31,6 +35,8 @@ CROSSVAL = CROSSVAL_DIR  # the "fold" of a configuration's merged cross-validati
 BEST = "best"
 CURVES = ("train_loss", "val_loss", "mean_pseudo_dice", "ema_pseudo_dice", "lr", "epoch_time")
 TABLE_METRICS = ("dice", "iou", "ppv")
+SCORE_COLUMN = "quality score"  # the case's uncertainty score (higher = less trustworthy)
+BY_DICE, BY_SCORE = "mean Dice, worst first", "quality score, least trustworthy first"
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class CaseVolumes:
     spacing: tuple[float, ...]
     ref: np.ndarray | None
     pred: np.ndarray
+    uncertainty: np.ndarray | None = None  # (Z, Y, X) in [0, 1]: the normalised entropy map, when written
 
 
 def find_sources(work: Path) -> list[Source]:
@@ -122,6 +129,8 @@ def case_table(summary: dict[str, Any], label_names: dict[str, str] | None = Non
         if "folds" in summary:
             row["fold"] = str(summary["folds"].get(entry["case"], ""))
         row["mean dice"] = case_mean_dice(entry)
+        if "score" in entry.get("uncertainty", {}):
+            row[SCORE_COLUMN] = math.nan if entry["uncertainty"]["score"] is None else float(entry["uncertainty"]["score"])
         for label, values in entry["metrics"].items():
             for metric in TABLE_METRICS:
                 value = values.get(metric)
@@ -130,7 +139,27 @@ def case_table(summary: dict[str, Any], label_names: dict[str, str] | None = Non
             row["true class"] = classes[entry["case"]]["true"]
             row["predicted class"] = classes[entry["case"]]["predicted"]
         rows.append(row)
-    return sorted(rows, key=lambda r: (math.isnan(r["mean dice"]), r["mean dice"], r["case"]))
+    return sort_rows(rows, BY_DICE)
+
+
+def has_scores(rows: list[dict[str, Any]]) -> bool:
+    """Does the table carry a quality score for at least one case?"""
+    return any(SCORE_COLUMN in row for row in rows)
+
+
+def sort_rows(rows: list[dict[str, Any]], order: str = BY_DICE) -> list[dict[str, Any]]:
+    """The table in `order`: BY_DICE (as `case_table`: worst mean Dice first) or BY_SCORE (highest
+    quality score first: the cases to review first; cases without a score last, then by name)."""
+    if order == BY_DICE:
+        return sorted(rows, key=lambda r: (math.isnan(r["mean dice"]), r["mean dice"], r["case"]))
+    if order != BY_SCORE:
+        raise ValueError(f"unknown order {order!r}")
+
+    def score(row: dict[str, Any]) -> float:
+        value = row.get(SCORE_COLUMN, math.nan)
+        return -math.inf if math.isnan(value) else value
+
+    return sorted(rows, key=lambda r: (-score(r), r["case"]))
 
 
 def read_summary(source: Source) -> dict[str, Any]:
@@ -165,4 +194,27 @@ def load_case_volumes(work: Path, source: Source, case: str) -> CaseVolumes:
     pred = np.rint(read_image(pred_path).array).astype(np.int16)
     if pred.shape != raw.data.shape[1:]:
         raise UserError(pred_path, f"shape {pred.shape} differs from the image's {raw.data.shape[1:]}")
-    return CaseVolumes(raw.data, raw.spacing, ref, pred)
+    return CaseVolumes(raw.data, raw.spacing, ref, pred, read_uncertainty(source.folder, case, pred.shape))
+
+
+def uncertainty_path(folder: Path, case: str) -> Path | None:
+    """The case's uncertainty map in a source folder: `uncertainty/<case>_uncertainty.nii.gz` (the
+    final validation's) or `<case>_uncertainty.nii.gz` beside the label map (predict --uncertainty);
+    None when neither exists."""
+    name = f"{case}{UNCERTAINTY_SUFFIX}.nii.gz"
+    for path in (folder / UNCERTAINTY_DIR / name, folder / name):
+        if confined(folder, path).is_file():
+            return path
+    return None
+
+
+def read_uncertainty(folder: Path, case: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The case's uncertainty map (Z, Y, X) float32 in [0, 1]; None when not written (another
+    shape than the label map's is a UserError)."""
+    path = uncertainty_path(folder, case)
+    if path is None:
+        return None
+    values = np.asarray(read_image(path).array, dtype=np.float32)
+    if values.shape != shape:
+        raise UserError(path, f"shape {values.shape} differs from the label map's {shape}")
+    return np.clip(values, 0.0, 1.0)

@@ -1,4 +1,5 @@
-"""Slice pictures of one case as RGB arrays: grey channels, label outlines and an error map.
+"""Slice pictures of one case as RGB arrays: grey channels, label outlines, an error map and the
+uncertainty map as a heat overlay.
 
 Everything here is plain numpy (no plotting library, no Streamlit), so the pictures the app shows
 are unit-tested without a browser. Volumes are (Z, Y, X) label maps and (C, Z, Y, X) images with
@@ -22,6 +23,8 @@ PREDICTION_COLOR = (255, 0, 255)  # outline of the predicted labels
 FALSE_POSITIVE_COLOR = (255, 40, 40)  # predicted foreground where the reference has background
 FALSE_NEGATIVE_COLOR = (40, 120, 255)  # reference foreground the prediction misses or mislabels
 ERROR_ALPHA = 0.7  # opacity of the error colours over the grey image
+UNCERTAINTY_COLOR = (255, 170, 0)  # the uncertainty overlay: orange, as opaque as the voxel is uncertain
+UNCERTAINTY_ALPHA = 0.85  # opacity of the overlay where the uncertainty is 1 (0 where it is 0)
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,15 @@ def paint(image: np.ndarray, mask: np.ndarray, color: Sequence[int], alpha: floa
     return painted.round().astype(np.uint8)
 
 
+def heat(image: np.ndarray, values: np.ndarray, color: Sequence[int] = UNCERTAINTY_COLOR,
+         alpha: float = UNCERTAINTY_ALPHA) -> np.ndarray:
+    """A copy of RGB `image` (H, W, 3) blended towards `color` pixel by pixel, by `values` (H, W)
+    in [0, 1] times `alpha`: a certain pixel stays grey, an uncertain one turns orange."""
+    weight = (np.clip(values, 0.0, 1.0) * alpha)[..., None].astype(np.float32)
+    painted = (1 - weight) * image.astype(np.float32) + weight * np.asarray(color, dtype=np.float32)
+    return painted.round().astype(np.uint8)
+
+
 def busiest_slice(segs: Sequence[np.ndarray | None], axis: int) -> int:
     """The slice along `axis` with the most foreground voxels over the given label maps (Z, Y, X);
     the middle slice when none holds any."""
@@ -101,10 +113,13 @@ def busiest_slice(segs: Sequence[np.ndarray | None], axis: int) -> int:
 
 def render_slice(data: np.ndarray, spacing: Sequence[float], axis: int, index: int,
                  ref: np.ndarray | None = None, pred: np.ndarray | None = None,
-                 channel_names: Sequence[str] | None = None) -> list[Panel]:
+                 channel_names: Sequence[str] | None = None,
+                 uncertainty: np.ndarray | None = None) -> list[Panel]:
     """The viewer's pictures of one slice: every channel of data (C, Z, Y, X) with the reference
     (green) and prediction (magenta) outlines, then — when both are given — the error map over
-    channel 0 (false positives red, false negatives blue). Label maps are (Z, Y, X)."""
+    channel 0 (false positives red, false negatives blue), then — when given — the uncertainty
+    map (Z, Y, X) in [0, 1] as an orange heat overlay over channel 0 with the prediction's outline.
+    Label maps are (Z, Y, X)."""
     names = list(channel_names or [f"channel {c}" for c in range(data.shape[0])])
     pixel_mm = plane_spacing(spacing, axis)
     ref_plane = None if ref is None else take_slice(ref, axis, index)
@@ -122,4 +137,9 @@ def render_slice(data: np.ndarray, spacing: Sequence[float], axis: int, index: i
         errors = paint(paint(greys[0], false_pos, FALSE_POSITIVE_COLOR, ERROR_ALPHA),
                        false_neg, FALSE_NEGATIVE_COLOR, ERROR_ALPHA)
         panels.append(Panel("errors", square_pixels(errors, pixel_mm)))
+    if uncertainty is not None:
+        overlay = heat(greys[0], take_slice(uncertainty, axis, index))
+        if pred_plane is not None:
+            overlay = paint(overlay, outline(pred_plane), PREDICTION_COLOR)
+        panels.append(Panel("uncertainty", square_pixels(overlay, pixel_mm)))
     return panels
