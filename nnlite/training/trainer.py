@@ -33,6 +33,7 @@ from nnlite.common.layout import plans_file, results_root
 from nnlite.common.files import ensure_writable_dir
 from nnlite.common.schema import to_jsonable
 from nnlite.network import build_network, compile_network
+from nnlite.network.builders import check_planned_network
 from nnlite.network.classifier import ClassTargets, joint_loss, segmentation_output
 from nnlite.network.loss import build_loss
 from nnlite.network.region_loss import build_region_loss, region_confusion_counts
@@ -105,6 +106,7 @@ def train(work: Path, config: TrainConfig, *, resume: bool = False, overwrite: b
     """
     plans = load_plans(plans_file(work))
     check_configuration(work, plans, config)
+    check_planned_network(plans, config.configuration)  # a builder that fails: before any folder is made
     cases = fold_cases(work, plans, config)
     if rank.is_main:
         ensure_writable_dir(results_root(work), "results folder")
