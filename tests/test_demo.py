@@ -28,6 +28,7 @@ from nnlite.preprocessing.runner import run_preprocessing
 from nnlite.train import main as train_main
 from nnlite.training import checkpoints
 from nnlite.training.demo_run import DEMO_CONFIGURATION, plan_demo
+from nnlite.training.schedule import poly_lr
 from tests.work_fixtures import kill_in_second_epoch
 
 pytestmark = pytest.mark.slow
@@ -174,6 +175,67 @@ def test_resume_rules(tiny_work, tmp_path, caplog):
     assert torch.load(fold_dir(work) / checkpoints.FINAL, weights_only=True)["epoch"] == 2
     assert train_main([str(work), "--epochs", "1", *args, "--overwrite"]) == 0
     assert torch.load(fold_dir(work) / checkpoints.FINAL, weights_only=True)["epoch"] == 1
+
+
+def test_a_finished_fold_continues_to_more_epochs_without_a_learning_rate_jump(tiny_work, tmp_path, caplog):
+    """`--resume --epochs 4` on a finished 2-epoch fold trains epochs 3-4 with the documented
+    continuation (training/schedule.py, docs/cli.md): lr(e) = lr(1) · (1 − (e − 1) / 3)^0.9, read
+    back from the logged LR curve; fewer epochs than trained is one clear error."""
+    work = copy_work(tiny_work, tmp_path / "work")
+    args = [str(work), "--iters-per-epoch", "2", *SCHEDULE, "--set", "training.lr_step=epoch"]
+    assert train_main([*args, "--epochs", "2"]) == 0
+    caplog.set_level("INFO", logger="nnlite")
+    assert train_main([*args, "--epochs", "4", "--resume"]) == 0
+    records = [json.loads(line) for line in (fold_dir(work) / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records]
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    assert lrs[:2] == [poly_lr(1e-2, 0, 2, 0.9), poly_lr(1e-2, 1, 2, 0.9)]  # as planned for 2 epochs
+    assert lrs[2:] == pytest.approx([lrs[1] * (2 / 3) ** 0.9, lrs[1] * (1 / 3) ** 0.9], rel=1e-12)
+    assert all(a > b > 0 for a, b in zip(lrs, lrs[1:]))  # no jump up, no plateau
+    final = torch.load(fold_dir(work) / checkpoints.FINAL, weights_only=True)
+    assert final["epoch"] == 4 and [s["end"] for s in final["lr_schedule"]] == [2, 4]
+    assert final["optimizer"]["param_groups"][0]["lr"] == lrs[3]  # what epoch 4 trained with
+    log_text = (fold_dir(work) / "log.txt").read_text()
+    assert "epoch 3/4" in log_text and "epoch 4/4" in log_text and "learning rate continues from" in log_text
+    with pytest.raises(UserError, match="cannot continue to 3 epochs: 4 are already trained"):
+        train_main([*args, "--epochs", "3", "--resume"])
+
+
+def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_event_files_hold_the_metrics_jsonl_values(tiny_work, tmp_path, monkeypatch):
+    """logging.backends=[tensorboard]: per epoch (step = metrics.jsonl's `epoch`) every number of
+    the record and pseudo_dice/<k>, across a resume that extends the run; the final validation's
+    summary at the last epoch. A named backend that is missing is one error, before any folder."""
+    work = copy_work(tiny_work, tmp_path / "work")
+    args = [str(work), "--iters-per-epoch", "2", "--val-iters", "1", *SCHEDULE[:-2],
+            "--set", "validation.mirroring=false", "--set", "validation.save_probabilities=false"]
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # not installed, whether it is or not
+    with pytest.raises(UserError, match="'mlflow' is named but not installed"):
+        train_main([*args, "--epochs", "2", "--set", "logging.backends=[tensorboard, mlflow]"])
+    assert not fold_dir(work).exists()
+    board = ["--set", "logging.backends=[tensorboard]"]
+    assert train_main([*args, "--epochs", "1", *board]) == 0
+    assert train_main([*args, "--epochs", "2", "--resume", *board]) == 0
+    records = [json.loads(line) for line in (fold_dir(work) / "metrics.jsonl").read_text().splitlines()]
+    expected: dict[str, list[tuple[int, float]]] = {}
+    for record in records:
+        values = {key: value for key, value in record.items() if key not in ("epoch", "pseudo_dice")}
+        values.update({f"pseudo_dice/{k}": dice for k, dice in enumerate(record["pseudo_dice"], start=1)})
+        for tag, value in values.items():
+            if value is not None:  # null in metrics.jsonl (NaN) is not logged
+                expected.setdefault(tag, []).append((record["epoch"], float(np.float32(value))))
+    scalars = tensorboard_scalars(fold_dir(work) / "tensorboard")
+    assert [r["epoch"] for r in records] == [0, 1] and {"lr", "train_loss", "pseudo_dice/1"} <= set(expected)
+    assert {tag: values for tag, values in scalars.items() if not tag.startswith("validation/")} == expected
+    summary = json.loads((fold_dir(work) / "validation" / "summary.json").read_text())
+    assert scalars["validation/foreground_mean/dice"][-1] == (1, float(np.float32(summary["foreground_mean"]["dice"])))
 
 
 def test_fold_all_trains_on_every_case(tiny_work, tmp_path):

@@ -25,6 +25,7 @@ DEVICES = ("auto", "cpu", "cuda")
 AUGMENT_ON = ("auto", "cpu", "device")  # where training batches are augmented (nnlite.loading.device_augmentation)
 AMP_MODES = ("auto", "bf16", "fp16", "off")  # autocast dtype of training (precision.amp_dtype)
 COMPILE_MODES = ("auto", "on", "off")  # torch.compile of the network; auto: on for CUDA
+TRACKING_BACKENDS = ("tensorboard", "mlflow", "wandb")  # logging.backends (training/tracking.py)
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,17 @@ class PretrainedSettings:
 
 
 @dataclass(frozen=True)
+class LoggingSettings:
+    """Experiment trackers that receive what metrics.jsonl logs (training/tracking.py)."""
+
+    backends: tuple[str, ...] = ()  # any of tensorboard, mlflow, wandb (each an optional extra)
+
+    def __post_init__(self) -> None:
+        for name in self.backends:
+            _check_choice("logging.backends", name, TRACKING_BACKENDS)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run; saved in `config.json` and in each checkpoint."""
 
@@ -140,6 +152,8 @@ class TrainConfig:
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     distributed: DistributedSettings = field(default_factory=DistributedSettings)
+    # left out of config.json and checkpoints while no tracker is named (runs without keep their bytes)
+    logging: LoggingSettings = field(default_factory=LoggingSettings, metadata={OMIT_DEFAULT: True})
     # left out of config.json and checkpoints while unused (runs from scratch keep their bytes)
     pretrained: PretrainedSettings = field(default_factory=PretrainedSettings, metadata={OMIT_DEFAULT: True})
 
@@ -165,7 +179,7 @@ def _check_range(key: str, value: float, ok: bool, expected: str) -> None:
 # Settings that may change when a run is resumed: they do not change what is computed
 # (epochs: extending a finished run is the point of `--resume --epochs N`).
 RESUMABLE_CHANGES = ("training.epochs", "data.workers", "data.augment_on", "device", "validation.enabled",
-                     "training.compile", "distributed.timeout_minutes")
+                     "training.compile", "distributed.timeout_minutes", "logging.backends")
 
 
 def load_train_config(source: str | Path = "default", overrides: Sequence[str] = ()) -> TrainConfig:

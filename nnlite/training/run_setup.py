@@ -28,6 +28,9 @@ from nnlite.training.config import (RESUMABLE_CHANGES, TrainConfig, config_diffe
                                     config_to_dict)
 from nnlite.training.distributed import Rank, broadcast_int, forced_foreground, split_batch
 from nnlite.training.pretrained import resumed_settings
+from nnlite.training.tracking import Trackers, open_trackers
+from nnlite.training.schedule import (Schedule, check_extension, continued_schedule, describe, planned_schedule,
+                                      saved_schedule)
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +49,12 @@ class Run:
     config: TrainConfig  # resolved: seed filled in
     checkpoint: dict[str, Any] | None = None  # resume from this
     finished: bool = False  # nothing left to train
+    lr_schedule: Schedule | None = None  # the poly segments to train with (training/schedule.py)
     log_handler: logging.Handler | None = field(default=None, repr=False)
+    tracker: Trackers = field(default_factory=Trackers, repr=False)  # logging.backends (rank 0)
 
     def close(self) -> None:
+        self.tracker.close()
         if self.log_handler is not None:
             logging.getLogger("nnlite").removeHandler(self.log_handler)
             self.log_handler.close()
@@ -95,12 +101,26 @@ def prepare_run(work: Path, plans: Plans, config: TrainConfig, *, resume: bool, 
         if resume:
             log.info("%s: no checkpoint to resume from; starting from scratch", folder)
         config = with_seed(config, None, rank)
-        run = Run(folder, config)
+        run = Run(folder, config, lr_schedule=planned_schedule(config))
     else:
         run = resumed_run(folder, plans, config, checkpoint, rank)
     if rank.is_main:
         start_logs(run, resumed=checkpoint is not None)
+        start_tracking(run, work, plans)
     return run
+
+
+def start_tracking(run: Run, work: Path, plans: Plans) -> None:
+    """Open the `logging.backends` trackers with plan and settings; a failure leaves no new fold."""
+    name = f"{work.resolve().name} {run.config.configuration} fold {run.config.fold}"
+    first_epoch = int(run.checkpoint["epoch"]) if run.checkpoint is not None else 0
+    try:
+        run.tracker = open_trackers(run.config.logging.backends, run.folder, name, to_jsonable(plans),
+                                    config_to_dict(run.config), first_epoch)
+    except BaseException:
+        run.close()
+        discard_unstarted(run)
+        raise
 
 
 def with_seed(config: TrainConfig, saved: int | None, rank: Rank) -> TrainConfig:
@@ -123,14 +143,17 @@ def resumed_run(folder: Path, plans: Plans, config: TrainConfig, checkpoint: dic
         raise UserError(folder, "cannot resume: settings differ from the checkpoint's ("
                         + "; ".join(differences) + "); use --overwrite to start again")
     done = int(checkpoint["epoch"])
-    if done >= config.training.epochs:
+    check_extension(done, config.training.epochs, folder)
+    schedule = saved_schedule(checkpoint, saved)
+    if done == config.training.epochs:
         log.info("%s: training already finished (%d epochs); nothing to do", folder, done)
-        return Run(folder, config, checkpoint, finished=True)
-    if saved.training.epochs != config.training.epochs:
+        return Run(folder, config, checkpoint, finished=True, lr_schedule=schedule)
+    extended = continued_schedule(schedule, config, done)
+    if extended != schedule:
         log.info("poly learning-rate horizon changed from %d to %d epochs", saved.training.epochs,
                  config.training.epochs)
     log.info("resuming from epoch %d of %d", done + 1, config.training.epochs)
-    return Run(folder, config, checkpoint)
+    return Run(folder, config, checkpoint, lr_schedule=extended)
 
 
 def plan_differences(saved: dict[str, Any], current: dict[str, Any], configuration: str) -> list[str]:
@@ -154,6 +177,8 @@ def start_logs(run: Run, resumed: bool) -> None:
     write_json_atomic(run.folder / CONFIG_FILE, config_to_dict(run.config))
     metrics = run.checkpoint["metrics"] if run.checkpoint is not None else []
     progress.rewrite_metrics(run.folder, metrics)
+    if resumed and len(run.lr_schedule or ()) > 1:  # an extended run: its LR rule, in log.txt too
+        log.info(describe(run.lr_schedule, run.config))
 
 
 @dataclass

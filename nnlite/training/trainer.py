@@ -48,6 +48,9 @@ from nnlite.training.lowres_predictions import prepare_if_cascade
 from nnlite.network.hardware import resolve_device
 from nnlite.training.precision import amp_dtype
 from nnlite.training.pretrained import set_encoder_frozen, start_from_pretrained
+from nnlite.training.schedule import (Schedule, learning_rate, planned_schedule, poly_lr,  # noqa: F401 (re-exported)
+                                      schedule_to_list)
+from nnlite.training.tracking import check_installed
 from nnlite.training.validation import is_validated, validate_fold
 from nnlite.training.run_setup import (Run, build_batches, check_configuration, discard_unstarted,
                                        prepare_run, seed_everything)
@@ -69,20 +72,7 @@ class RunState:
     metrics: list[dict[str, Any]]
     classes: ClassTargets | None = None  # a network with a classification head: the class loss's inputs
     class_loss: float | None = None  # with a head: the last epoch's mean class loss (this rank's)
-
-
-def poly_lr(initial_lr: float, step: int, total_steps: int, exponent: float) -> float:
-    """nnU-Net's PolyLR: initial_lr · (1 − step / total)^exponent (no warmup)."""
-    return initial_lr * (1 - min(step, total_steps) / total_steps) ** exponent
-
-
-def learning_rate(config: TrainConfig, epoch: int, iteration: int) -> float:
-    """The LR for `iteration` of `epoch`: one poly step per epoch (nnU-Net) or per iteration."""
-    t = config.training
-    if t.lr_step == "epoch":
-        return poly_lr(t.initial_lr, epoch, t.epochs, t.poly_exponent)
-    step = epoch * t.iters_per_epoch + iteration
-    return poly_lr(t.initial_lr, step, t.epochs * t.iters_per_epoch, t.poly_exponent)
+    lr_schedule: Schedule | None = None  # None: the planned poly decay; an extended run: its segments
 
 
 def train_folds(work: Path, config: TrainConfig, folds: Sequence[str], *, resume: bool = False,
@@ -106,6 +96,7 @@ def train(work: Path, config: TrainConfig, *, resume: bool = False, overwrite: b
     """
     plans = load_plans(plans_file(work))
     check_configuration(work, plans, config)
+    check_installed(config.logging.backends)  # a named tracker that is missing: before any folder
     check_planned_network(plans, config.configuration)  # a builder that fails: before any folder is made
     cases = fold_cases(work, plans, config)
     if rank.is_main:
@@ -134,11 +125,13 @@ def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: R
     train_cases, val_cases = cases
     state = build_state(plans, config, device, run.checkpoint, rank)
     start_from_pretrained(state.network, plans, config, run.folder, run.checkpoint is not None, rank.is_main)
+    state.lr_schedule = run.lr_schedule
     state.classes = class_targets(work, plans, config, train_cases)
     if run.finished:
         # rank 0 decides, so every rank takes part in the shared validation or none does
         if config.validation.enabled and not broadcast_int(int(is_validated(run.folder)), rank):
-            validate_fold(work, run.folder, state.network, plans, config, val_cases, state.metrics, rank)
+            run.tracker.log_summary(validate_fold(work, run.folder, state.network, plans, config, val_cases,
+                                                  state.metrics, rank))
         return
     batch_size = config.training.batch_size or plans.configurations[config.configuration].batch_size
     batches = build_batches(work, plans, config, train_cases, val_cases, batch_size, state.epoch, rank,
@@ -162,7 +155,8 @@ def train_fold(work: Path, plans: Plans, run: Run, device: torch.device, rank: R
             bar.set_postfix(loss=f"{train_loss:.3f}", ema=f"{record['ema_pseudo_dice']:.3f}")
     finish(run, state, plans, config, rank)
     if config.validation.enabled:  # every rank predicts its share of the cases
-        validate_fold(work, run.folder, state.network, plans, config, val_cases, state.metrics, rank)
+        run.tracker.log_summary(validate_fold(work, run.folder, state.network, plans, config, val_cases,
+                                              state.metrics, rank))
     barrier(rank)
 
 
@@ -228,7 +222,7 @@ def train_one_epoch(state: RunState, loss_fn: nn.Module, batches: Iterator[dict[
     class_total = torch.zeros((), dtype=torch.float64, device=state.device)
     for iteration, batch in enumerate(itertools.islice(batches, config.training.iters_per_epoch)):
         for group in state.optimizer.param_groups:
-            group["lr"] = learning_rate(config, epoch, iteration)
+            group["lr"] = learning_rate(config, epoch, iteration, state.lr_schedule)
         parts: dict[str, torch.Tensor] = {}
         total += train_step(state, loss_fn, batch, config.training.grad_clip, parts)
         if "class" in parts:
@@ -320,7 +314,7 @@ def epoch_record(state: RunState, epoch: int, train_loss: float, val_loss: float
         ema = previous
     return {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "pseudo_dice": pseudo_dice,
             "mean_pseudo_dice": mean_dice, "ema_pseudo_dice": ema,
-            "lr": learning_rate(config, epoch, 0), "epoch_time": time.perf_counter() - started}
+            "lr": learning_rate(config, epoch, 0, state.lr_schedule), "epoch_time": time.perf_counter() - started}
 
 
 def end_epoch(run: Run, state: RunState, record: dict[str, Any], plans: Plans,
@@ -334,6 +328,7 @@ def end_epoch(run: Run, state: RunState, record: dict[str, Any], plans: Plans,
         return
     log.info(progress.format_epoch(record, config.training.epochs))
     progress.append_metrics(run.folder, record)
+    run.tracker.log_epoch(record)  # logging.backends: the same record
     progress.plot_progress(state.metrics, run.folder / progress.PROGRESS_FILE)
     is_best = record["ema_pseudo_dice"] > best_before
     last = state.epoch == config.training.epochs
@@ -356,6 +351,8 @@ def make_checkpoint(state: RunState, plans: Plans, config: TrainConfig) -> dict[
         "plan": to_jsonable(plans),
         "config": config_to_dict(config),
     }
+    if state.lr_schedule not in (None, planned_schedule(config)):  # extended: the poly segments
+        checkpoint["lr_schedule"] = schedule_to_list(state.lr_schedule)
     if state.scaler is not None:
         checkpoint["grad_scaler"] = state.scaler.state_dict()
     return checkpoint
