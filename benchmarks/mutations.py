@@ -464,6 +464,10 @@ MUTATIONS = (
              ("tests/test_demo.py::test_tensorboard_event_files_hold_the_metrics_jsonl_values",)),
     Mutation("tracking: a missing backend not checked before the fold folder", "nnlite/training/trainer.py",
              "    check_installed(config.logging.backends)", "    pass", ("tests/test_demo.py::test_tensorboard_event_files_hold_the_metrics_jsonl_values",)),
+    Mutation("planner: memory model nnunet sizes a custom builder by the U-Net proxy",
+             "nnlite/planning/memory_budget.py",
+             "return self.model == \"nnunet\" and net.architecture is None", "return self.model == \"nnunet\"",
+             ("tests/test_measured_memory.py::test_a_custom_networks_patch_follows_its_memory_per_voxel",)),
     # --- rules of the reference pinned: training, loss, inference, post-processing, evaluation
     Mutation("optimizer as built: momentum 0.9 instead of 0.99", "nnlite/training/trainer.py",
              "lr=t.initial_lr, momentum=t.momentum,",

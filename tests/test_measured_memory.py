@@ -160,9 +160,10 @@ def hippocampus_like(n_cases: int) -> Fingerprint:
                        labels={"background": 0, "l1": 1, "l2": 2}, median_relative_size_after_crop=1.0)
 
 
-def fullres(fingerprint: Fingerprint, gb: float, architecture: str | None = None, **kwargs):
+def fullres(fingerprint: Fingerprint, gb: float, architecture: str | None = None, memory_model: str = "bytes",
+            **kwargs):
     plans = plan_experiment(fingerprint, gb, configs=["3d_fullres"], architecture=architecture,
-                            network_kwargs=kwargs)
+                            network_kwargs=kwargs, memory_model=memory_model)
     return plans.configurations["3d_fullres"]
 
 
@@ -179,6 +180,8 @@ def test_a_custom_networks_patch_follows_its_memory_per_voxel(wide_builder):
     assert wide.batch_size == 2 and wide.predicted_memory_bytes <= 1.0 * GIB
     assert (wide.network.architecture, wide.network.kwargs) == (wide_builder, {"factor": 2})
     assert any("measuring one step of wide_nets:build_wide" in reason for reason in wide.reasons)
+    # nnU-Net's proxy counts only the built-in U-Net: another builder is measured under it too
+    assert fullres(fingerprint, 1.0, wide_builder, "nnunet", factor=2).patch_size == wide.patch_size
 
 
 def test_a_custom_networks_batch_follows_its_memory_per_voxel(wide_builder):
