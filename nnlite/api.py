@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -41,7 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Image = str | Path | Sequence[str | Path] | np.ndarray  # a channel file, the case's channel files, or voxels
-ARRAY_CASE = "array"  # the case name of an in-memory array in messages
 
 
 # --- plan, preprocess, train ----------------------------------------------------------------------
@@ -49,34 +47,30 @@ ARRAY_CASE = "array"  # the case name of an in-memory array in messages
 def plan(raw: str | Path | None, work: str | Path, *, configs: Sequence[str] | None = None,
          preset: str = "default", gpu_memory_gb: float | str | None = None, memory_model: str = "bytes",
          workers: int | None = None, folds: int | None = None, overwrite: bool = False,
-         fingerprint: str | Path | None = None, nnunet_plans: str | Path | None = None) -> Plans:
+         network: str | None = None, fingerprint: str | Path | None = None,
+         nnunet_plans: str | Path | None = None, plans_from: str | Path | None = None) -> Plans:
     """`python -m nnlite.plan RAW WORK …`: fingerprint RAW, plan, write WORK's dataset.json,
     fingerprint.json, splits.json and plans.json; returns the plans.
 
     fingerprint: plan from this fingerprint.json instead (raw None); nnunet_plans: take nnU-Net's
-    nnUNetPlans.json exactly. The other options are the command's flags of the same names.
+    nnUNetPlans.json exactly; plans_from: a planned WORK's plan (to fine-tune its model); network:
+    "MODULE:FUNCTION" builds every network. The others are the command's flags of the same names.
     """
     from nnlite.common.cli import default_workers
-    from nnlite.planning.memory_budget import resolve_gpu_memory
-    from nnlite.planning.work_folder import (SPLITS_SOURCE_KEY, plan_dataset, plan_from_fingerprint,
-                                             plan_from_nnunet_plans, summarize)
+    from nnlite.planning.work_folder import SPLITS_SOURCE_KEY, summarize
 
     if (raw is None) == (fingerprint is None):
         raise UserError("plan", "give RAW, or raw=None with fingerprint=FINGERPRINT.json")
-    work, workers = Path(work), max(1, workers or default_workers())
+    workers = max(1, workers or default_workers())
     configs = None if configs is None else [configs] if isinstance(configs, str) else list(configs)
-    if nnunet_plans is not None:
-        if raw is None:
-            raise UserError("nnunet_plans", "needs RAW, not a fingerprint")
-        plans = plan_from_nnunet_plans(Path(raw), work, Path(nnunet_plans), configs, workers, folds=folds,
-                                       overwrite=overwrite)
+    common = dict(folds=folds, overwrite=overwrite)
+    if nnunet_plans is not None or plans_from is not None:
+        plans = _copied_plan(raw, Path(work), configs, workers, common, network=network, fingerprint=fingerprint,
+                             nnunet_plans=nnunet_plans, plans_from=plans_from, preset=preset,
+                             gpu_memory_gb=gpu_memory_gb, memory_model=memory_model)
     else:
-        gb = None if gpu_memory_gb is None else resolve_gpu_memory(gpu_memory_gb)
-        options = dict(folds=folds, overwrite=overwrite, preset=preset)
-        if fingerprint is not None:
-            plans = plan_from_fingerprint(Path(fingerprint), work, gb, configs, memory_model, **options)
-        else:
-            plans = plan_dataset(Path(raw), work, gb, configs, workers, memory_model, **options)
+        plans = _planned(raw, Path(work), configs, workers, common, preset=preset, gpu_memory_gb=gpu_memory_gb,
+                         memory_model=memory_model, network=network, fingerprint=fingerprint)
     if SPLITS_SOURCE_KEY in plans.extra:
         log.info("splits: using nnU-Net's %s as splits.json", plans.extra[SPLITS_SOURCE_KEY])
     for line in summarize(plans):
@@ -84,15 +78,45 @@ def plan(raw: str | Path | None, work: str | Path, *, configs: Sequence[str] | N
     return plans
 
 
+def _planned(raw, work: Path, configs, workers: int, common: dict, *, preset, gpu_memory_gb, memory_model,
+             network, fingerprint) -> Plans:
+    """The planner's plan of RAW (or of a fingerprint), as the command makes it."""
+    from nnlite.plan import network_check
+    from nnlite.planning.memory_budget import resolve_gpu_memory
+    from nnlite.planning.work_folder import plan_dataset, plan_from_fingerprint
+
+    gb = None if gpu_memory_gb is None else resolve_gpu_memory(gpu_memory_gb)
+    options = dict(common, preset=preset, architecture=network, check_network=network_check(network))
+    if fingerprint is not None:
+        return plan_from_fingerprint(Path(fingerprint), work, gb, configs, memory_model, **options)
+    return plan_dataset(Path(raw), work, gb, configs, workers, memory_model, **options)
+
+
+def _copied_plan(raw, work: Path, configs, workers: int, common: dict, *, network, fingerprint, nnunet_plans,
+                 plans_from, **planner_options) -> Plans:
+    """nnU-Net's plan (nnunet_plans) or another WORK's (plans_from) for RAW: nothing is planned."""
+    from nnlite.planning.work_folder import plan_from_nnunet_plans, plan_from_work
+
+    given = "nnunet_plans" if plans_from is None else "plans_from"
+    if raw is None or network is not None or (nnunet_plans is not None and plans_from is not None):
+        raise UserError(given, "needs RAW, and neither a fingerprint, a network nor the other plan to copy")
+    if plans_from is not None and planner_options != dict(preset="default", gpu_memory_gb=None, memory_model="bytes"):
+        raise UserError(given, "copies SOURCE_WORK's plan: preset, gpu_memory_gb and memory_model do not apply")
+    if plans_from is not None:
+        return plan_from_work(Path(raw), work, Path(plans_from), configs, workers, **common)
+    return plan_from_nnunet_plans(Path(raw), work, Path(nnunet_plans), configs, workers, **common)
+
+
 def add_config(work: str | Path, name: str, parent: str, settings: Mapping[str, Any] | None = None) -> Plans:
     """`python -m nnlite.plan WORK --add-config NAME --from PARENT --set KEY=VALUE …`: WORK/plans.json
     gains configuration `name`, which inherits `parent` and changes the fields in `settings`
     (nested or dotted, e.g. {"network.features_per_stage": [8, 16, 32, 64, 80]}); returns the plans."""
+    from nnlite.plan import check_added_network
     from nnlite.planning.inheritance import add_configuration
 
     overrides = [f"{key}={json.dumps(value, default=str)}" for key, value in flat_settings(settings or {}).items()]
     try:
-        return add_configuration(Path(work), name, parent, overrides)
+        return add_configuration(Path(work), name, parent, overrides, check=check_added_network)
     except UserError as error:
         raise as_api_error(error) from None
 
@@ -298,6 +322,7 @@ class Predictor:
         """The case as `predict` reads it (oriented as the plans say) and its name."""
         from nnlite.data.orientation import PLANS_KEY as ORIENTATION_KEY
         from nnlite.data.orientation import read_oriented
+        from nnlite.inference.given_case import ARRAY_CASE, case_of_array, read_files
 
         orientation = self.plans.extra.get(ORIENTATION_KEY)
         if isinstance(image, (str, Path)) or (isinstance(image, (list, tuple)) and image
@@ -306,69 +331,3 @@ class Predictor:
                 raise UserError("spacing", "only for an array: a file has its own spacing and affine")
             return read_files(image, self.plans.num_channels, orientation)
         return read_oriented(case_of_array(image, spacing, affine, self.plans.num_channels), orientation), ARRAY_CASE
-
-
-def read_files(image: str | Path | Sequence[str | Path], num_channels: int,
-               orientation: str | None) -> tuple[Case, str]:
-    """A `<case>_<CCCC>` file (and the case's other channel files beside it), or the list of a
-    case's channel files, read as `predict` reads its input folder; a file otherwise named is a
-    one-channel case."""
-    from nnlite.data.image_io import file_ending, read_case
-    from nnlite.data.orientation import read_oriented
-    from nnlite.inference.options import channel_of, find_input_cases, read_input_case
-
-    paths = [Path(image)] if isinstance(image, (str, Path)) else [Path(p) for p in image]
-    for path in paths:
-        if not path.exists():
-            raise UserError(path, "file not found")
-    named = [channel_of(path) for path in paths]
-    if all(named) and len({case for case, _ in named}) == 1:
-        case = named[0][0]
-        if len(paths) == 1:  # the first channel's file stands for the case
-            paths = find_input_cases(paths[0].parent)[case]
-        return read_input_case(case, paths, num_channels, orientation), case
-    raw = read_case(paths)
-    if raw.data.shape[0] != num_channels:
-        raise UserError(paths[0], f"holds {raw.data.shape[0]} channels, the model needs {num_channels}")
-    return read_oriented(raw, orientation), paths[0].name.removesuffix(file_ending(paths[0]) or "")
-
-
-def case_of_array(array: Any, spacing: Sequence[float] | None, affine: Any, num_channels: int) -> Case:
-    """Voxels (C, Z, Y, X) or (Z, Y, X) and their geometry → the Case a file of them reads as."""
-    from nnlite.data.image_io import Case
-
-    data = np.asarray(array)
-    if not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
-        raise UserError(ARRAY_CASE, f"holds {data.dtype} values, expected numbers")
-    if data.ndim == 3 and num_channels == 1:
-        data = data[None]
-    if data.ndim != 4 or data.shape[0] != num_channels:
-        wanted = "(C, Z, Y, X)" + (" or (Z, Y, X)" if num_channels == 1 else "")
-        raise UserError(ARRAY_CASE, f"shape {data.shape}: expected {wanted} with C = {num_channels}, the "
-                                    "model's channels")
-    spacing, affine = array_geometry(spacing, affine)
-    return Case(np.ascontiguousarray(data, dtype=np.float32), spacing, affine)
-
-
-def array_geometry(spacing: Sequence[float] | None, affine: Any) -> tuple[tuple[float, ...], np.ndarray]:
-    """(spacing (z, y, x), affine) of an array: as given; the spacing from the affine's column
-    lengths (float32, as a NIfTI header's zooms); the affine diag(x, y, z, 1) from the spacing."""
-    given = spacing
-    if spacing is None and affine is None:
-        raise UserError("spacing", "an array needs its voxel spacing (z, y, x) in mm, or its affine")
-    if affine is not None:
-        affine = np.asarray(affine, dtype=np.float64)
-        if affine.shape != (4, 4) or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) == 0:
-            raise UserError("affine", f"expected an invertible 4×4 matrix of numbers, got shape {affine.shape}")
-    if spacing is None:
-        lengths = np.linalg.norm(affine[:3, :3], axis=0)  # (x, y, z)
-        spacing = [float(np.float32(s)) for s in lengths[::-1]]
-    try:
-        spacing = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError):
-        spacing = (math.nan,)
-    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise UserError("spacing", f"expected 3 positive numbers (z, y, x) in mm, got {given!r}")
-    if affine is None:
-        affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
-    return spacing, affine

@@ -168,6 +168,9 @@ def test_predict_folder_is_the_command(tmp_path):
     (lambda p, data: p.predict(data, spacing=(1, 0, 1)), "spacing", "3 positive numbers"),
     (lambda p, data: p.predict(data, spacing=(1, 1)), "spacing", "3 positive numbers"),
     (lambda p, data: p.predict(data, affine=np.eye(3)), "affine", "4×4"),
+    (lambda p, data: p.predict(data, affine=[["a"] * 4] * 4), "affine", "4×4"),
+    (lambda p, data: p.predict(data, spacing=("a", 1, 1)), "spacing", "3 positive numbers"),
+    (lambda p, data: p.predict(str(data), spacing=(1, 1, 1)), "spacing", "only for an array"),
     (lambda p, data: p.predict(data.astype(str), spacing=(1, 1, 1)), "array", "expected numbers"),
     (lambda p, data: p.predict("missing_0000.nii.gz"), "missing_0000.nii.gz", "not found"),
 ])
