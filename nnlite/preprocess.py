@@ -25,10 +25,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"worker processes (default: the CPU count, at most 8: {default_workers()})")
     parser.add_argument("--overwrite", action="store_true", help="redo cases that are already done")
     parser.add_argument("--raw", metavar="RAW", help="raw dataset folder (default: the one recorded in plans.json)")
+    parser.add_argument("--memory-gb", type=float, metavar="GB",
+                        help="RAM the whole process tree may use (default: the available memory minus 10 %%); "
+                             "fewer workers run when the largest cases need it")
     args = parser.parse_args(argv)
     from nnlite.preprocessing.runner import run_preprocessing
 
-    done = run_preprocessing(args.work, args.configs, max(1, args.workers), args.overwrite, args.raw)
+    done = run_preprocessing(args.work, args.configs, max(1, args.workers), args.overwrite, args.raw,
+                             memory_gb=args.memory_gb)
     print(f"preprocess: {done} cases written to {args.work}/preprocessed")
     return EXIT_OK
 

@@ -1,0 +1,451 @@
+"""Peak memory and wall time of predicting (and preprocessing) whole-body-CT-sized volumes.
+
+    python benchmarks/large_volume.py [--work DIR] [--shape 300 512 512] [--classes 13]
+                                      [--table-classes 3 7 13] [--table-depths 150 300]
+                                      [--preprocess-cases 3] [--memory-gb 3]
+                                      [--reference-python /tmp/refvenv/bin/python]
+
+A CT-like case (air -1000 HU, a body, lungs, a spine and organs; int16) of --shape voxels (Z, Y, X)
+at 2.5 × 0.7 × 0.7 mm is predicted by a plain U-Net with --classes outputs planned at a coarser
+spacing, 5.0 × 1.4 × 1.4 mm (CT normalisation, separate-z resampling both ways), so the export
+resamples the probabilities up 8-fold. The model is written once as an nnU-Net v2 model folder
+(plans.json, dataset.json, fold_0/checkpoint_final.pth in nnU-Net's layout, random weights drawn by
+nnlite's initialiser and renamed to PlainConvUNet's keys with its aliases); nnlite predicts with it
+through `convert nnunet-model`, nnU-Net (with --reference-python) with `nnUNetv2_predict_from_modelfolder`:
+the same weights on both sides. Both run on the CPU without mirroring, in fresh processes, one after
+the other; every run's process tree (children included) is sampled every 50 ms for its proportional
+set size (PSS: shared pages counted once across the tree) and resident size.
+
+Printed: per run the peak PSS / RSS of the tree and the wall time; nnlite's peak against the
+physical floor (the raw image as read, float32, + one label map + one class channel in the
+original geometry), the growth of nnlite's peak per added class (table over --table-classes, and
+over --table-depths: the same case cut to fewer slices), and the voxel agreement of the label maps.
+With --preprocess-cases N: a raw dataset of N such cases (with labels) is planned and preprocessed
+(3d_fullres) by nnlite and by nnU-Net (`nnUNetv2_plan_and_preprocess`), peak memory and wall time
+each, and nnlite's preprocess once more with `--memory-gb` (its peak must stay under that budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SPACING = (2.5, 0.7, 0.7)  # (Z, Y, X) mm of the generated case
+COARSE = (5.0, 1.4, 1.4)  # the planned spacing: export resamples 2 × 2 × 2 up
+PATCH = (48, 128, 128)
+STRIDES = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
+KERNELS = [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]
+FEATURES = [8, 16, 32, 64, 128]
+TRAINER_FOLDER = "nnUNetTrainer__nnUNetPlans__3d_fullres"
+CT_STATS = {"mean": 40.0, "std": 300.0, "median": 40.0, "min": -1024.0, "max": 3000.0,
+            "percentile_00_5": -1000.0, "percentile_99_5": 1500.0}
+MIB = 2**20
+
+
+# --- the generated case -----------------------------------------------------------------------
+
+def ct_like_case(shape: tuple[int, int, int], seed: int = 0, organs: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """(image int16 HU, label map uint8 with `organs` ellipsoids) of shape (Z, Y, X)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = (np.linspace(-1, 1, n, dtype=np.float32) for n in shape)
+    image = np.full(shape, -1000, np.int16)
+    labels = np.zeros(shape, np.uint8)
+    zz = z[:, None, None]
+    body = (y[None, :, None] / 0.62) ** 2 + (x[None, None, :] / 0.85) ** 2 <= 1 - 0.2 * zz**2
+    image[body] = 20
+    for side in (-0.4, 0.4):  # lungs in the upper half
+        lung = (((y[None, :, None] + 0.05) / 0.35) ** 2 + ((x[None, None, :] - side) / 0.3) ** 2
+                + ((zz - 0.45) / 0.45) ** 2) <= 1
+        image[lung] = -800
+    spine = ((y[None, :, None] - 0.4) / 0.1) ** 2 + (x[None, None, :] / 0.08) ** 2 <= 1
+    image[np.broadcast_to(spine, shape)] = 700
+    for label in range(1, organs + 1):
+        centre = rng.uniform([-0.7, -0.3, -0.5], [0.7, 0.3, 0.5])
+        radii = rng.uniform([0.08, 0.06, 0.06], [0.25, 0.18, 0.18])
+        box = [slice(max(0, int((c - r + 1) / 2 * n)), min(n, int((c + r + 1) / 2 * n) + 1))
+               for c, r, n in zip(centre, radii, shape)]
+        grid = np.ix_(z[box[0]], y[box[1]], x[box[2]])
+        inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1
+        image[tuple(box)][inside] = int(rng.uniform(30, 250))
+        labels[tuple(box)][inside] = label
+    noise = rng.normal(0, 15, size=shape[1:]).astype(np.int16)  # one noise plane, rolled per slice
+    for k in range(shape[0]):
+        image[k] += np.roll(noise, 7 * k, axis=1)
+    return image, labels
+
+
+def write_nifti(path: Path, array: np.ndarray, spacing: tuple[float, float, float]) -> None:
+    import nibabel as nib
+
+    affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])  # array (Z, Y, X) → NIfTI (X, Y, Z)
+    image = nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), affine)
+    image.header.set_zooms((spacing[2], spacing[1], spacing[0]))
+    nib.save(image, str(path))
+
+
+# --- the model, as an nnU-Net v2 model folder -------------------------------------------------
+
+def nnunet_plans(classes: int) -> dict:
+    resampling = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
+    arch = {"n_stages": len(FEATURES), "features_per_stage": FEATURES,
+            "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": KERNELS, "strides": STRIDES,
+            "n_conv_per_stage": [2] * len(FEATURES), "n_conv_per_stage_decoder": [2] * (len(FEATURES) - 1),
+            "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+            "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
+            "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}}
+    config = {"data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
+              "batch_size": 2, "patch_size": list(PATCH), "median_image_size_in_voxels": [150, 256, 256],
+              "spacing": list(COARSE), "normalization_schemes": ["CTNormalization"],
+              "use_mask_for_norm": [False], "resampling_fn_data": "resample_data_or_seg_to_shape",
+              "resampling_fn_seg": "resample_data_or_seg_to_shape",
+              "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+              "resampling_fn_data_kwargs": resampling,
+              "resampling_fn_seg_kwargs": {**resampling, "is_seg": True, "order": 1},
+              "resampling_fn_probabilities_kwargs": {**resampling, "order": 1},
+              "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                               "arch_kwargs": arch,
+                               "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+              "batch_dice": False}
+    return {"dataset_name": "Dataset990_LargeCT", "plans_name": "nnUNetPlans",
+            "original_median_spacing_after_transp": list(SPACING),
+            "original_median_shape_after_transp": [300, 512, 512], "image_reader_writer": "SimpleITKIO",
+            "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+            "configurations": {"3d_fullres": config}, "experiment_planner_used": "ExperimentPlanner",
+            "label_manager": "LabelManager", "foreground_intensity_properties_per_channel": {"0": CT_STATS}}
+
+
+def dataset_json(classes: int, cases: int = 1) -> dict:
+    return {"channel_names": {"0": "CT"},
+            "labels": {"background": 0, **{f"organ{k}": k for k in range(1, classes)}},
+            "numTraining": cases, "file_ending": ".nii.gz", "name": "LargeCT"}
+
+
+def nnunet_state_dict(classes: int, seed: int = 0) -> dict:
+    """Random weights (nnlite's initialiser) under PlainConvUNet's keys, its aliases included."""
+    import torch
+
+    from nnlite.network import build_unet
+    from nnlite.network.nnunet_weights import nnlite_to_nnunet
+    from nnlite.plans import NetworkPlan
+
+    plan = NetworkPlan(strides=tuple(map(tuple, STRIDES)), kernel_sizes=tuple(map(tuple, KERNELS)),
+                       features_per_stage=tuple(FEATURES))
+    torch.manual_seed(seed)
+    return with_nnunet_aliases(nnlite_to_nnunet(build_unet(plan, 1, classes).state_dict(), "PlainConvUNet"))
+
+
+def with_nnunet_aliases(state: dict) -> dict:
+    """PlainConvUNet's state dict holds each encoder tensor twice (decoder.encoder.*) and each conv
+    unit's conv/norm again under all_modules.0/1: add them, as nnU-Net's strict load expects."""
+    aliased = dict(state)
+    for key, tensor in state.items():
+        if key.startswith("encoder."):
+            aliased["decoder." + key] = tensor
+    for key, tensor in list(aliased.items()):
+        for part, index in ((".conv.", "0"), (".norm.", "1")):
+            if ".convs." in key and part in key:
+                aliased[key.replace(part, f".all_modules.{index}.")] = tensor
+    return aliased
+
+
+def write_model_folder(root: Path, classes: int, weights: dict | None = None) -> Path:
+    """The nnU-Net model folder (random weights unless `weights`, PlainConvUNet keys with aliases)."""
+    import torch
+
+    folder = root / TRAINER_FOLDER
+    if weights is None and (folder / "fold_0" / "checkpoint_final.pth").is_file():
+        return folder
+    (folder / "fold_0").mkdir(parents=True, exist_ok=True)
+    plans = nnunet_plans(classes)
+    (folder / "plans.json").write_text(json.dumps(plans, indent=1))
+    (folder / "dataset.json").write_text(json.dumps(dataset_json(classes), indent=1))
+    state = with_nnunet_aliases(weights) if weights is not None else nnunet_state_dict(classes)
+    checkpoint = {"network_weights": state, "optimizer_state": None,
+                  "grad_scaler_state": None, "logging": {}, "_best_ema": None, "current_epoch": 0,
+                  "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0,
+                                "dataset_json": dataset_json(classes), "device": "cpu"},
+                  "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1, 2)}
+    torch.save(checkpoint, folder / "fold_0" / "checkpoint_final.pth")
+    return folder
+
+
+def trained_weights(root: Path, classes: int, epochs: int, iters: int, threads: str) -> dict:
+    """Train the model briefly with nnlite on 4 smaller CT-like cases (fold all) and return its
+    weights under PlainConvUNet's keys: random weights give label maps that change every voxel,
+    where interpolating logits (nnU-Net) or probabilities (nnlite) decides most voxels."""
+    import torch
+
+    from nnlite.network.nnunet_weights import nnlite_to_nnunet
+
+    checkpoint = root / "train_work" / "results" / "3d_fullres" / "fold_all" / "checkpoint_final.pt"
+    if not checkpoint.is_file():
+        raw = make_raw_dataset(root / "train_raw", (120, 320, 320), 4, classes)
+        model = write_model_folder(root / "train_model", classes)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": threads}
+        work = root / "train_work"
+        for command in (["convert", "nnunet-model", str(model), str(work), "--overwrite"],
+                        ["preprocess", str(work), "--raw", str(raw)],
+                        ["train", str(work), "--fold", "all", "--epochs", str(epochs), "--iters-per-epoch",
+                         str(iters), "--val-iters", "1", "--batch-size", "2", "--workers", "1", "--seed", "0",
+                         "--overwrite", "--set", "validation.enabled=false"]):
+            done = subprocess.run([sys.executable, "-m", "nnlite", *command], env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"nnlite {command[0]} failed:\n{done.stderr[-3000:]}")
+    state = torch.load(checkpoint, weights_only=True)["network"]
+    return nnlite_to_nnunet(state, "PlainConvUNet")
+
+
+# --- measuring a process tree -------------------------------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _tree(pid: int) -> list[int]:
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(_children(current))
+    return tree
+
+
+def _memory_of(pid: int) -> tuple[int, int]:
+    """(PSS, RSS) bytes of one process (0, 0 when it is gone)."""
+    pss = rss = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    pss = int(line.split()[1]) * 1024
+                elif line.startswith("Rss:"):
+                    rss = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return pss, rss
+
+
+@dataclass
+class Run:
+    name: str
+    wall: float
+    peak_pss: int
+    peak_rss: int
+
+
+def measured(name: str, command: list[str], env: dict | None = None, period: float = 0.05) -> Run:
+    """Run `command`; sample its process tree's summed PSS and RSS until it ends."""
+    peaks = [0, 0]
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            sizes = [_memory_of(pid) for pid in _tree(proc.pid)]
+            peaks[0] = max(peaks[0], sum(s[0] for s in sizes))
+            peaks[1] = max(peaks[1], sum(s[1] for s in sizes))
+            time.sleep(period)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output = proc.communicate()[0]
+    wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed ({proc.returncode}):\n{output[-4000:]}")
+    return Run(name, wall, peaks[0], peaks[1])
+
+
+# --- the runs -----------------------------------------------------------------------------------
+
+def nnlite_predict(model: Path, work: Path, inputs: Path, out: Path, threads: str) -> Run:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": threads}
+    subprocess.run([sys.executable, "-m", "nnlite.convert", "nnunet-model", str(model), str(work), "--overwrite"],
+                   check=True, capture_output=True, env=env)
+    shutil.rmtree(out, ignore_errors=True)
+    return measured("nnlite predict", [sys.executable, "-m", "nnlite.predict", str(work), str(inputs), str(out),
+                                       "--folds", "0", "--no-mirroring", "--device", "cpu"], env)
+
+
+def reference_predict(python: str, model: Path, inputs: Path, out: Path, threads: str) -> Run:
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "nnUNet_raw": str(out.parent / "nnUNet_raw"),
+           "nnUNet_preprocessed": str(out.parent / "nnUNet_pre"), "nnUNet_results": str(out.parent / "nnUNet_res")}
+    entry = ("import sys; from nnunetv2.inference.predict_from_raw_data import predict_entry_point_modelfolder "
+             "as main; sys.argv[0] = 'nnUNetv2_predict_from_modelfolder'; sys.exit(main())")
+    return measured("nnU-Net predict", [python, "-c", entry, "-i", str(inputs), "-o", str(out), "-m", str(model),
+                                        "-f", "0", "-device", "cpu", "--disable_tta", "--disable_progress_bar"], env)
+
+
+def agreement(a: Path, b: Path) -> tuple[float, int]:
+    """Fraction of voxels with the same label in the two NIfTI label maps, classes present in a."""
+    import nibabel as nib
+
+    x = np.asarray(nib.load(str(a)).dataobj)
+    y = np.asarray(nib.load(str(b)).dataobj)
+    if x.shape != y.shape:
+        raise RuntimeError(f"label map shapes differ: {x.shape} vs {y.shape}")
+    return float(np.mean(x == y)), int(np.unique(x).size)
+
+
+def floor_bytes(shape: tuple[int, int, int]) -> int:
+    """The raw image as read (float32) + one uint8 label map + one float32 class channel."""
+    voxels = int(np.prod(shape))
+    return voxels * (4 + 1 + 4)
+
+
+def make_inputs(root: Path, shape: tuple[int, int, int]) -> Path:
+    inputs = root / f"inputs_{'x'.join(map(str, shape))}"
+    if not (inputs / "ct_000_0000.nii.gz").is_file():
+        inputs.mkdir(parents=True, exist_ok=True)
+        image, _ = ct_like_case(shape)
+        write_nifti(inputs / "ct_000_0000.nii.gz", image, SPACING)
+    return inputs
+
+
+def fmt(run: Run) -> str:
+    return f"{run.name:16s} peak PSS {run.peak_pss / MIB:8.0f} MiB  RSS {run.peak_rss / MIB:8.0f} MiB  wall {run.wall:7.1f} s"
+
+
+def predict_table(args, root: Path) -> list[tuple[int, tuple[int, int, int], Run]]:
+    rows = []
+    for depth in args.table_depths:
+        shape = (depth, *args.shape[1:])
+        inputs = make_inputs(root, shape)
+        for classes in args.table_classes:
+            model = write_model_folder(root / f"model_{classes}", classes)
+            run = nnlite_predict(model, root / f"work_{classes}", inputs, root / f"out_{classes}_{depth}", args.threads)
+            print(f"  K={classes:3d}  {'x'.join(map(str, shape))}: {fmt(run)}", flush=True)
+            rows.append((classes, shape, run))
+    return rows
+
+
+def print_growth(rows) -> None:
+    print("\n| classes | volume (Z×Y×X) | nnlite peak PSS (MiB) | floor (MiB) | wall (s) |")
+    print("|---|---|---|---|---|")
+    for classes, shape, run in rows:
+        print(f"| {classes} | {'×'.join(map(str, shape))} | {run.peak_pss / MIB:.0f} | "
+              f"{floor_bytes(shape) / MIB:.0f} | {run.wall:.1f} |")
+    by_shape: dict[tuple, list] = {}
+    for classes, shape, run in rows:
+        by_shape.setdefault(shape, []).append((classes, run.peak_pss))
+    for shape, points in by_shape.items():
+        if len(points) > 1:
+            (k0, p0), (k1, p1) = points[0], points[-1]
+            channel = int(np.prod(shape)) * 4
+            per_class = (p1 - p0) / (k1 - k0)
+            print(f"growth at {'×'.join(map(str, shape))}: {per_class / MIB:.1f} MiB per added class = "
+                  f"{per_class / channel:.2f} of one float32 class channel in the original geometry "
+                  f"({channel / MIB:.0f} MiB)")
+
+
+# --- preprocessing ------------------------------------------------------------------------------
+
+def make_raw_dataset(root: Path, shape: tuple[int, int, int], cases: int, classes: int) -> Path:
+    raw = root / "Dataset990_LargeCT"
+    root.mkdir(parents=True, exist_ok=True)
+    if (raw / "dataset.json").is_file():
+        return raw
+    for sub in ("imagesTr", "labelsTr"):
+        (raw / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(cases):
+        image, labels = ct_like_case(shape, seed=i, organs=classes - 1)
+        write_nifti(raw / "imagesTr" / f"ct_{i:03d}_0000.nii.gz", image, SPACING)
+        write_nifti(raw / "labelsTr" / f"ct_{i:03d}.nii.gz", labels, SPACING)
+    (raw / "dataset.json").write_text(json.dumps(dataset_json(classes, cases), indent=1))
+    return raw
+
+
+def preprocess_runs(args, root: Path) -> None:
+    raw = make_raw_dataset(root, tuple(args.shape), args.preprocess_cases, args.classes)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": args.threads}
+    runs = []
+    for name, extra in (("nnlite plan+pre", []), (f"--memory-gb {args.memory_gb:g}", ["--memory-gb", str(args.memory_gb)])):
+        work = root / "pre_work"
+        shutil.rmtree(work, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "nnlite.plan", str(raw), str(work), "--configs", "3d_fullres"],
+                       check=True, capture_output=True, env=env)
+        runs.append(measured(name, [sys.executable, "-m", "nnlite.preprocess", str(work), "--configs", "3d_fullres",
+                                    *extra], env))
+        print("  " + fmt(runs[-1]), flush=True)
+    if args.reference_python:
+        tmp = root / "pre_ref"
+        shutil.rmtree(tmp, ignore_errors=True)
+        dirs = {key: tmp / key for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+        for folder in dirs.values():
+            folder.mkdir(parents=True)
+        (dirs["nnUNet_raw"] / raw.name).symlink_to(raw.resolve())
+        entry = ("import sys; from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import "
+                 "plan_and_preprocess_entry as main; sys.argv[0] = 'nnUNetv2_plan_and_preprocess'; sys.exit(main())")
+        ref_env = {**os.environ, "OMP_NUM_THREADS": args.threads, **{k: str(v) for k, v in dirs.items()}}
+        runs.append(measured("nnU-Net plan+pre", [args.reference_python, "-c", entry, "-d", "990", "-c", "3d_fullres"],
+                             ref_env))
+        print("  " + fmt(runs[-1]), flush=True)
+    if runs[1].peak_pss > args.memory_gb * 2**30:
+        print(f"  BUDGET EXCEEDED: {runs[1].peak_pss / 2**30:.2f} GiB > --memory-gb {args.memory_gb:g}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/nnlite_large_volume"))
+    parser.add_argument("--shape", type=int, nargs=3, default=[300, 512, 512], metavar=("Z", "Y", "X"))
+    parser.add_argument("--classes", type=int, default=13, help="outputs, background included")
+    parser.add_argument("--table-classes", type=int, nargs="*", default=[3, 7, 13])
+    parser.add_argument("--table-depths", type=int, nargs="*", default=[150, 300])
+    parser.add_argument("--preprocess-cases", type=int, default=0)
+    parser.add_argument("--memory-gb", type=float, default=3.0)
+    parser.add_argument("--train-epochs", type=int, default=10)
+    parser.add_argument("--train-iters", type=int, default=20)
+    parser.add_argument("--threads", default="2", help="OMP_NUM_THREADS of every run")
+    parser.add_argument("--reference-python", help="a Python with nnunetv2==2.8.1")
+    args = parser.parse_args()
+    root = args.work
+    root.mkdir(parents=True, exist_ok=True)
+    shape = tuple(args.shape)
+    inputs = make_inputs(root, shape)
+    weights = trained_weights(root, args.classes, args.train_epochs, args.train_iters, args.threads)
+    model = write_model_folder(root / f"model_{args.classes}", args.classes, weights)
+    print(f"case {'x'.join(map(str, shape))} at {SPACING} mm, planned at {COARSE} mm, {args.classes} classes; "
+          f"floor {floor_bytes(shape) / MIB:.0f} MiB", flush=True)
+    ours = nnlite_predict(model, root / f"work_{args.classes}", inputs, root / "out_nnlite", args.threads)
+    print("  " + fmt(ours), flush=True)
+    if args.reference_python:
+        theirs = reference_predict(args.reference_python, model, inputs, root / "out_reference", args.threads)
+        print("  " + fmt(theirs), flush=True)
+        same, present = agreement(root / "out_reference" / "ct_000.nii.gz", root / "out_nnlite" / "ct_000.nii.gz")
+        print(f"  nnlite / nnU-Net: peak PSS {ours.peak_pss / theirs.peak_pss:.2f}, wall {ours.wall / theirs.wall:.2f}; "
+              f"label maps agree on {100 * same:.3f} % of voxels ({present} classes present)", flush=True)
+    if args.table_classes:
+        print_growth(predict_table(args, root))
+    if args.preprocess_cases:
+        preprocess_runs(args, root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
