@@ -150,7 +150,7 @@ def build(plan: NetworkPlan, in_channels: int, num_classes: int, deep_supervisio
     """V-Net sized by `plan`, He-initialised. `deep_supervision` is accepted and has no effect: the
     network has one output. `norm`: "instance", "batch" or "none" (the paper's)."""
     if norm not in NORMS:
-        raise UserError(PLANS_FILE, f"V-Net norm '{norm}' is not one of {sorted(NORMS)}")
+        raise UserError(f"{PLANS_FILE} network.kwargs", f"V-Net norm '{norm}' is not one of {sorted(NORMS)}")
     if plan.n_stages < 2:
         raise UserError(PLANS_FILE, "a V-Net needs at least 2 stages")
     net = VNet(plan, in_channels, num_classes, norm, region_outputs)
