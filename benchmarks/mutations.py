@@ -413,7 +413,7 @@ MUTATIONS = (
              "labels = as_written_labels(apply_postprocessing(prediction_in_original(prediction, self.plans, "
              "True)[1].argmax(0), self.postprocessing))",
              ("tests/test_python_api.py::test_a_region_model_paints_the_label_map_predict_writes",)),
-    Mutation("python API: an array's spacing not taken from its affine", "nnlite/api.py",
+    Mutation("python API: an array's spacing not taken from its affine", "nnlite/inference/given_case.py",
              "lengths = np.linalg.norm(affine[:3, :3], axis=0)  # (x, y, z)", "lengths = np.ones(3)",
              ("tests/test_python_api.py::test_the_array_label_map_is_the_one_predict_writes",)),
     Mutation("python API: Predictor(postprocess=True) skips the steps", "nnlite/api.py",
