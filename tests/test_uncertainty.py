@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from inference_fixtures import save_random_model, tiny_plans
+from nnlite.evaluation.metrics import list_segs
 from nnlite.evaluation.quality import add_quality, oracle_share, spearman, worst_share
 from nnlite.inference.outputs import load_probabilities
 from nnlite.inference.sliding_window import mirror_subsets, predict_sliding_window
@@ -185,6 +186,7 @@ def test_predict_uncertainty_writes_maps_in_the_input_geometry_and_the_csv(tmp_p
         table = list(csv.DictReader(handle))
     assert tuple(table[0]) == CSV_COLUMNS and [row["case"] for row in table] == ["a", "b"]
     assert all(0 <= float(row["score"]) < 1 for row in table)
+    assert sorted(list_segs(out)) == ["a", "b"]  # evaluate and friends skip the maps
 
 
 def test_one_fold_without_mirroring_writes_a_zero_disagreement_map(tmp_path, two_folds, rng):
