@@ -82,7 +82,8 @@ class ResidualStage(nn.Module):
     """`n` units (only the first may change the width) plus the stage's input: (B, c_in, *S) → (B, c_out, *S).
 
     When the width grows (stage 0: the image's c_in channels → f_0) the input is replicated along
-    the channels, as the paper replicates its one-channel volume 16 times; no weights are added.
+    the channels: the paper adds stage 0's one-channel input to 16 channels without saying how, and
+    replication needs no weights.
     """
 
     def __init__(self, c_in: int, c_out: int, kernel: tuple[int, ...], n: int, norm: str) -> None:
