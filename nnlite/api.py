@@ -213,13 +213,16 @@ class Prediction:
     """One case predicted. labels (Z, Y, X): the label map `predict` writes for the same input, in
     its dtype (uint8 when the labels fit); affine: the one it is written with; probabilities
     (K, Z, Y, X) float16: what `<case>.npz` holds (only when asked for); class_probabilities (K,):
-    a model with a case-classification head's probabilities of `class_names`."""
+    a model with a case-classification head's probabilities of `class_names`; uncertainty (with
+    `Predictor(uncertainty=True)`): `.entropy` and `.disagreement` (Z, Y, X) maps in [0, 1], what
+    `predict --uncertainty` writes, and `.row`, the case's row of uncertainty.csv."""
 
     labels: np.ndarray
     affine: np.ndarray
     probabilities: np.ndarray | None = None
     class_probabilities: np.ndarray | None = None
     class_names: tuple[str, ...] = ()
+    uncertainty: Any = None  # inference.uncertainty.CaseUncertainty
 
     @property
     def predicted_class(self) -> str | None:
@@ -248,12 +251,14 @@ class Predictor:
     def __init__(self, work: str | Path, config: str | Sequence[str] = "3d_fullres",
                  folds: Sequence[int | str] | None = (0,), checkpoint: str = "final", device: str = "cpu",
                  *, mirror: bool = True, step: float | None = None, tile_batch: int | None = None,
-                 postprocess: bool = False, best: bool = False, onnx: str | Path | None = None) -> None:
+                 postprocess: bool = False, best: bool = False, onnx: str | Path | None = None,
+                 uncertainty: bool = False, temperature: bool = True) -> None:
         from nnlite.common.layout import plans_file
         from nnlite.inference.models import load_best, load_models
         from nnlite.inference.options import PredictOptions
         from nnlite.inference.predictor import postprocessing_for
         from nnlite.inference.sliding_window import STEP_SIZE
+        from nnlite.inference.temperature import prediction_temperature
         from nnlite.network.hardware import resolve_device
         from nnlite.plans import load_plans
 
@@ -269,9 +274,12 @@ class Predictor:
             config=self.configs[0], folds=None if folds is None else tuple(str(f) for f in folds),
             checkpoint=checkpoint, mirror=mirror, step=STEP_SIZE if step is None else step,
             postprocess=postprocess, device=device, tile_batch=tile_batch,
-            onnx=None if onnx is None else str(onnx))
+            onnx=None if onnx is None else str(onnx), uncertainty=uncertainty, temperature=temperature)
         self.postprocessing = (chosen["postprocessing"]["steps"] if best
                                else postprocessing_for(self.work, self.configs, self.options))
+        # the T `predict` scales saved probabilities by (--no-temperature: temperature=False)
+        self.temperature = (1.0 if not temperature else prediction_temperature(self.work, [], chosen) if best
+                            else prediction_temperature(self.work, self.configs))
         self.device = resolve_device(device)
         self.models = load_models(self.work, self.plans, self.configs, self.options.folds, checkpoint,
                                   self.device, self.options.onnx)
@@ -291,7 +299,8 @@ class Predictor:
         """
         from nnlite.data.image_io import as_written_labels
         from nnlite.inference.largest_component import apply_postprocessing
-        from nnlite.inference.predictor import CaseInput, CasePredictor, prediction_in_original, preprocess_raw
+        from nnlite.inference.predictor import (CaseInput, CasePredictor, calibrated, prediction_in_original,
+                                                preprocess_raw)
 
         raw, case = self._read(image, spacing, affine)
         given = CaseInput({m.config_name: preprocess_raw(raw, case, self.plans, m.config_name)
@@ -300,7 +309,8 @@ class Predictor:
             prediction = predictor(case, given)
         seg, probs, written_affine = prediction_in_original(prediction, self.plans, probabilities)
         labels = as_written_labels(apply_postprocessing(seg, self.postprocessing))
-        return Prediction(labels, written_affine, probs, prediction.class_probs, tuple(self.plans.case_classes))
+        return Prediction(labels, written_affine, calibrated(probs, self.temperature, self.plans),
+                          prediction.class_probs, tuple(self.plans.case_classes), prediction.uncertainty)
 
     def predict_folder(self, input_dir: str | Path, output_dir: str | Path, *, overwrite: bool = False,
                        save_probabilities: bool = False, dicom_seg: bool = False) -> PredictReport:
@@ -311,7 +321,8 @@ class Predictor:
 
         options = replace(self.options, overwrite=overwrite, save_probabilities=save_probabilities,
                           dicom_seg=dicom_seg)
-        report = predict_models(self.work, input_dir, output_dir, self.configs, options, self.postprocessing)
+        report = predict_models(self.work, input_dir, output_dir, self.configs, options, self.postprocessing,
+                                self.temperature)
         if report.failed:
             case, problem = next(iter(report.failed.items()))
             others = f" ({len(report.failed)} cases failed; the others are written)" if len(report.failed) > 1 else ""

@@ -154,6 +154,32 @@ def test_the_class_row_is_the_one_predict_writes(tmp_path):
     np.testing.assert_allclose([row["p_benign"], row["p_malignant"]], written, atol=1e-6)
 
 
+def test_temperature_and_uncertainty_as_the_command(tmp_path):
+    """A fitted temperature scales the probabilities as `<case>.npz` holds them; --uncertainty's maps
+    and uncertainty.csv row come back with the label map."""
+    from nnlite.common.layout import UNCERTAINTY_FILE, temperature_file
+    from nnlite.inference.uncertainty import read_rows
+
+    work = tmp_path / "work"
+    save_random_model(work, tiny_plans(labels=2, transpose=(2, 0, 1), spacing=(1.0, 2.0, 1.0)), folds=(0, 1))
+    temperature_file(work, CONFIG).write_text(json.dumps({"temperature": 2.5}))
+    out, paths = predict_with_command(work, tmp_path, 1, "--folds", "0", "1", "--save-probabilities", "--uncertainty")
+    data, spacing, affine = read_voxels(paths)
+    prediction = nnlite.Predictor(work, folds=(0, 1), uncertainty=True).predict(
+        data, spacing=spacing, affine=affine, probabilities=True)
+    assert_same_as_written(prediction, out)
+    for name, array in (("c1_uncertainty.nii.gz", prediction.uncertainty.entropy),
+                        ("c1_disagreement.nii.gz", prediction.uncertainty.disagreement)):
+        np.testing.assert_array_equal(array, np.asarray(nib.load(out / name).dataobj).transpose(2, 1, 0), name)
+    written = read_rows(out / UNCERTAINTY_FILE)["c1"]
+    assert written.keys() == prediction.uncertainty.row.keys()
+    np.testing.assert_allclose(list(prediction.uncertainty.row.values()), list(written.values()), rtol=1e-5)
+    unscaled = nnlite.Predictor(work, folds=(0, 1), temperature=False).predict(data, spacing=spacing, affine=affine,
+                                                                               probabilities=True)
+    assert not np.array_equal(unscaled.probabilities, prediction.probabilities)
+    np.testing.assert_array_equal(unscaled.labels, prediction.labels)
+
+
 def test_predict_folder_is_the_command(tmp_path):
     work = region_model(tmp_path / "work")
     out, _ = predict_with_command(work, tmp_path, 1)

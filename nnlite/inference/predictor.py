@@ -228,6 +228,14 @@ def prediction_in_original(prediction: CasePrediction, plans: Plans, save_probab
     return seg, probabilities, affine
 
 
+def calibrated(probabilities: np.ndarray | None, temperature: float, plans: Plans) -> np.ndarray | None:
+    """Saved probabilities (K, *S) float16 scaled by `temperature` (inference/temperature.py), as
+    `<case>.npz` holds them; None stays None, T = 1 leaves them as they are."""
+    if probabilities is None or temperature == 1.0:
+        return probabilities
+    return scale_probabilities(probabilities, temperature, plans.sigmoid_outputs).astype(np.float16)
+
+
 def write_prediction(out_path: Path, prediction: CasePrediction, plans: Plans, *, save_probabilities: bool,
                      postprocessing: Sequence[Sequence[int]] = (), dicom_source: Path | None = None,
                      temperature: float = 1.0, uncertainty_dir: Path | None = None) -> Path:
@@ -236,8 +244,7 @@ def write_prediction(out_path: Path, prediction: CasePrediction, plans: Plans, *
     with --uncertainty the maps `<case>_uncertainty<ending>`, `<case>_disagreement<ending>` go into
     `uncertainty_dir` (default: beside the label map)."""
     seg, probabilities, affine = prediction_in_original(prediction, plans, save_probabilities)
-    if probabilities is not None and temperature != 1.0:
-        probabilities = scale_probabilities(probabilities, temperature, plans.sigmoid_outputs).astype(np.float16)
+    probabilities = calibrated(probabilities, temperature, plans)
     dicom = None if dicom_source is None else (dicom_source, plans.labels)
     images = () if prediction.uncertainty is None else prediction.uncertainty.files(out_path, uncertainty_dir)
     return write_case_outputs(out_path, seg, affine, probabilities=probabilities,
