@@ -3,6 +3,7 @@ the byte model of nnlite's U-Nets, and it sizes a network the byte model does no
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import replace
@@ -14,11 +15,12 @@ from nnlite.common.errors import UserError
 from nnlite.network import geometry
 from nnlite.network.measured_memory import bytes_per_voxel, measure_training_step
 from nnlite.network.unet import build_unet
+from nnlite.plan import main as plan_main
 from nnlite.planning.memory_budget import GIB
 from nnlite.planning.planner import network_plan, plan_experiment
 from nnlite.planning.presets import get_preset
 from nnlite.planning.topology import pool_and_conv_props
-from nnlite.plans import CaseFingerprint, Fingerprint, IntensityStats, NetworkPlan
+from nnlite.plans import CaseFingerprint, Fingerprint, IntensityStats, NetworkPlan, load_plans
 
 TOLERANCE = 0.05  # the issue's bar; the measured agreement is ≤ 0.2 % (docs/planning.md)
 IN_CHANNELS, CLASSES = 2, 3
@@ -131,6 +133,7 @@ WIDE_MODULE = """
 from dataclasses import replace
 
 from nnlite.network.unet import build_unet
+from nnlite.plan import main as plan_main
 
 
 def build_wide(plan, in_channels, num_classes, deep_supervision=True, region_outputs=False, factor=2):
@@ -193,3 +196,26 @@ def test_a_custom_networks_batch_follows_its_memory_per_voxel(wide_builder):
     assert wide.patch_size == plain.patch_size == (40, 56, 40)
     assert 2 <= wide.batch_size < plain.batch_size
     assert wide.predicted_memory_bytes <= 2.0 * GIB
+
+
+def test_plan_network_sizes_by_measuring_the_named_builder(wide_builder, tmp_path):
+    """`plan --network` (the command): the named builder's network is what the budget judges."""
+    fingerprint = tmp_path / "pre" / "dataset_fingerprint.json"
+    fingerprint.parent.mkdir()
+    stats = {"mean": 0.0, "std": 1.0, "median": 0.0, "min": -1.0, "max": 1.0, "percentile_00_5": -1.0,
+             "percentile_99_5": 1.0}
+    fingerprint.write_text(json.dumps({
+        "spacings": [[1.0, 1.0, 1.0]] * 40, "shapes_after_crop": [[36, 50, 35]] * 40,
+        "foreground_intensity_properties_per_channel": {"0": stats}, "median_relative_size_after_cropping": 1.0}))
+    (fingerprint.parent / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "b": 2}, "numTraining": 40,
+        "file_ending": ".nii.gz", "name": "Tiny"}))
+    options = ["--gpu-memory-gb", "1", "--configs", "3d_fullres"]
+    assert plan_main(["--fingerprint", str(fingerprint), str(tmp_path / "plain"), *options]) == 0
+    assert plan_main(["--fingerprint", str(fingerprint), str(tmp_path / "wide"), "--network", wide_builder,
+                      *options]) == 0
+    plain = load_plans(tmp_path / "plain" / "plans.json").configurations["3d_fullres"]
+    wide = load_plans(tmp_path / "wide" / "plans.json").configurations["3d_fullres"]
+    assert plain.patch_size == (40, 56, 40) and wide.network.architecture == wide_builder
+    assert math.prod(wide.patch_size) < math.prod(plain.patch_size)
+    assert wide.predicted_memory_bytes <= 1.0 * GIB < plain.predicted_memory_bytes * 2
