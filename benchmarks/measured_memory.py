@@ -10,6 +10,7 @@ reported only to show its cost.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import tempfile
 import time
@@ -61,6 +62,21 @@ def agreement_table() -> None:
                   f"{step.activation_bytes / GIB:.3f} | {step.activation_bytes / model:.4f} | {seconds:.1f} s |")
 
 
+def zoo_table() -> None:
+    """The zoo's networks (nnlite/network/zoo/) measured on the Hippocampus plan beside the built-in."""
+    topology = pool_and_conv_props((1.0, 1.0, 1.0), (40, 56, 40))
+    plan, patch = network_plan(topology, get_preset("default")), topology.patch_size
+    print("\n| builder | parameters | activation bytes per voxel | predicted GiB at batch 2 |")
+    print("|---|---|---|---|")
+    for name in ("nnlite.network.unet:build_unet", "nnlite.network.zoo.vnet:build",
+                 "nnlite.network.zoo.cicek_unet:build", "nnlite.network.zoo.attention_unet:build"):
+        module, _, function = name.partition(":")
+        builder = getattr(importlib.import_module(module), function)
+        step = measure_training_step(builder, plan, patch, IN_CHANNELS, CLASSES)
+        print(f"| {name} | {step.trainable_parameters / 1e6:.1f} M | {bytes_per_voxel(step, patch):.0f} | "
+              f"{step.training_memory_bytes(BATCH) / GIB:.2f} |")
+
+
 def hippocampus_like(n_cases: int) -> Fingerprint:
     stats = IntensityStats(mean=0.0, std=1.0, median=0.0, min=-1.0, max=1.0, percentile_00_5=-1.0,
                            percentile_99_5=1.0)
@@ -95,3 +111,4 @@ def custom_network_table() -> None:
 if __name__ == "__main__":
     agreement_table()
     custom_network_table()
+    zoo_table()
