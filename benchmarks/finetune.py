@@ -18,8 +18,9 @@ Steps, each the nnlite command printed with `$`:
 
 Reported: the pseudo-Dice of every epoch (metrics.jsonl: validation patches of the 20 validation
 cases) and the final sliding-window validation Dice (validation/summary.json), per arm, mean over
-seeds; everything is written to DIR/finetune.json. The numbers in docs/finetuning.md come from
-this script.
+seeds; everything is written to DIR/finetune_<epochs>x<iters>.json. A second call with other
+`--epochs` reuses the source and target WORKs. The numbers in docs/finetuning.md come from this
+script.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def prepare(out: Path, args: argparse.Namespace) -> tuple[Path, Path]:
 
 def train_arm(target: Path, out: Path, arm: str, seed: int, checkpoint: Path, args: argparse.Namespace) -> dict:
     """One arm × seed in its own copy of the target WORK; returns its curve and final Dice."""
-    work = out / "arms" / f"{arm}_seed{seed}"
+    work = out / "arms" / f"{arm}_{args.epochs}x{args.iters}_seed{seed}"
     fold = work / "results" / CONFIG / "fold_0"
     if not (fold / "validation" / "summary.json").is_file():
         shutil.rmtree(work, ignore_errors=True)
@@ -184,8 +185,8 @@ def main() -> int:
     checkpoint, target = prepare(args.out, args)
     results = {arm: [train_arm(target, args.out, arm, seed, checkpoint, args) for seed in args.seeds]
                for arm in args.arms}
-    (args.out / "finetune.json").write_text(json.dumps({"arguments": vars(args) | {"out": str(args.out)},
-                                                        "results": results}, indent=1))
+    record = {"arguments": vars(args) | {"out": str(args.out)}, "results": results}
+    (args.out / f"finetune_{args.epochs}x{args.iters}.json").write_text(json.dumps(record, indent=1))
     print("\n".join(table(results, args.epochs)))
     print(f"total {(time.perf_counter() - started) / 60:.1f} min")
     return 0

@@ -273,6 +273,51 @@ def test_no_pretrained_setting_means_no_transfer_and_no_freezing(tmp_path, caplo
     assert all(p.requires_grad for p in net.parameters()) and not list(tmp_path.iterdir())
 
 
+# --- plan --plans-from, without a dataset -----------------------------------------------------------------
+
+def new_fingerprint():
+    from nnlite.plans import CaseFingerprint, Fingerprint, IntensityStats
+
+    stats = IntensityStats(100.0, 20.0, 100.0, 0.0, 200.0, 10.0, 190.0)
+    cases = tuple(CaseFingerprint(f"c{i}", (2.0, 1.0, 1.0), (20, 40, 30), (10 + i, 40, 30)) for i in range(3))
+    return Fingerprint(cases=cases, intensity_per_channel={"0": stats, "1": stats},
+                       channel_names={"0": "CT", "1": "T2"}, labels={"background": 0, "liver": 1},
+                       median_relative_size_after_crop=0.5)
+
+
+def test_moved_plans_copy_the_network_and_take_the_data_from_the_new_dataset(tmp_path):
+    from nnlite.planning.moved_plans import PLANS_FROM_KEY, moved_plans
+    from tests.loader_fixtures import toy_plans
+
+    source = toy_plans(patch=(8, 12, 12), batch_size=3)
+    config = source.configurations["3d_fullres"]
+    source = replace(source, configurations={"3d_fullres": replace(
+        config, network=replace(config.network, class_head=2), inference_mirror_axes=(1, 2))})
+    plans = moved_plans(source, new_fingerprint(), "Liver", tmp_path / "old")
+    old, new = source.configurations["3d_fullres"], plans.configurations["3d_fullres"]
+    assert (new.spacing, new.patch_size, new.batch_size, new.data_identifier) == \
+        (old.spacing, old.patch_size, old.batch_size, old.data_identifier)
+    assert new.network == replace(old.network, class_head=0)  # the head is planned for the new classes
+    assert new.normalization == ("ct", "zscore") and new.use_mask_for_norm == (False, True)
+    assert new.median_shape == (22, 40, 30) and new.inference_mirror_axes is None  # 11 slices × 2 mm / 1 mm
+    assert plans.transpose == source.transpose and plans.labels == {"background": 0, "liver": 1}
+    assert plans.channel_names == {"0": "CT", "1": "T2"} and plans.dataset_name == "Liver"
+    assert plans.extra[PLANS_FROM_KEY] == str((tmp_path / "old").resolve())
+
+
+def test_plans_from_refuses_a_missing_configuration_and_planner_options(tmp_path, capsys):
+    from nnlite.plan import main as plan_main
+    from nnlite.planning.moved_plans import moved_plans
+    from tests.loader_fixtures import toy_plans
+
+    with pytest.raises(UserError, match="'2d' is not planned in .*planned: 3d_fullres"):
+        moved_plans(toy_plans(), new_fingerprint(), "x", tmp_path, ["2d"])
+    with pytest.raises(SystemExit) as exit_info:
+        plan_main([str(tmp_path / "raw"), str(tmp_path / "work"), "--plans-from", str(tmp_path), "--preset",
+                   "resenc-m"])
+    assert exit_info.value.code == 2 and "--plans-from copies SOURCE_WORK's plan" in capsys.readouterr().err
+
+
 # --- end to end on demo data (slow): a demo-trained model fine-tuned elsewhere -------------------------
 
 DEMO_PATCH = (8, 32, 32)  # divisible by the demo plan's total stride (4, 16, 16)
