@@ -198,8 +198,8 @@ def test_a_custom_networks_batch_follows_its_memory_per_voxel(wide_builder):
     assert wide.predicted_memory_bytes <= 2.0 * GIB
 
 
-def test_plan_network_sizes_by_measuring_the_named_builder(wide_builder, tmp_path):
-    """`plan --network` (the command): the named builder's network is what the budget judges."""
+def write_fingerprint(tmp_path) -> str:
+    """nnU-Net's dataset_fingerprint.json (+ dataset.json) of 40 Hippocampus-like cases."""
     fingerprint = tmp_path / "pre" / "dataset_fingerprint.json"
     fingerprint.parent.mkdir()
     stats = {"mean": 0.0, "std": 1.0, "median": 0.0, "min": -1.0, "max": 1.0, "percentile_00_5": -1.0,
@@ -210,12 +210,31 @@ def test_plan_network_sizes_by_measuring_the_named_builder(wide_builder, tmp_pat
     (fingerprint.parent / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "b": 2}, "numTraining": 40,
         "file_ending": ".nii.gz", "name": "Tiny"}))
+    return str(fingerprint)
+
+
+def test_plan_network_sizes_by_measuring_the_named_builder(wide_builder, tmp_path):
+    """`plan --network` (the command): the named builder's network is what the budget judges."""
+    fingerprint = write_fingerprint(tmp_path)
     options = ["--gpu-memory-gb", "1", "--configs", "3d_fullres"]
-    assert plan_main(["--fingerprint", str(fingerprint), str(tmp_path / "plain"), *options]) == 0
-    assert plan_main(["--fingerprint", str(fingerprint), str(tmp_path / "wide"), "--network", wide_builder,
+    assert plan_main(["--fingerprint", fingerprint, str(tmp_path / "plain"), *options]) == 0
+    assert plan_main(["--fingerprint", fingerprint, str(tmp_path / "wide"), "--network", wide_builder,
                       *options]) == 0
     plain = load_plans(tmp_path / "plain" / "plans.json").configurations["3d_fullres"]
     wide = load_plans(tmp_path / "wide" / "plans.json").configurations["3d_fullres"]
     assert plain.patch_size == (40, 56, 40) and wide.network.architecture == wide_builder
     assert math.prod(wide.patch_size) < math.prod(plain.patch_size)
     assert wide.predicted_memory_bytes <= 1.0 * GIB < plain.predicted_memory_bytes * 2
+
+
+def test_an_added_configuration_with_another_builder_predicts_measured_memory(wide_builder, tmp_path):
+    """`--add-config … --set network.architecture=…` keeps the parent's patch and batch; the memory
+    it records is the measured one of the new network (twice the widths: well above the parent's)."""
+    work = tmp_path / "work"
+    assert plan_main(["--fingerprint", write_fingerprint(tmp_path), str(work), "--configs", "3d_fullres"]) == 0
+    assert plan_main([str(work), "--add-config", "wide", "--from", "3d_fullres",
+                      "--set", f"network.architecture={wide_builder}"]) == 0
+    plans = load_plans(work / "plans.json")
+    parent, wide = plans.configurations["3d_fullres"], plans.configurations["wide"]
+    assert (wide.patch_size, wide.batch_size) == (parent.patch_size, parent.batch_size)
+    assert wide.predicted_memory_bytes > 1.3 * parent.predicted_memory_bytes
