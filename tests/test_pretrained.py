@@ -149,6 +149,8 @@ def test_a_module_loads_whole_or_not_at_all():
     assert "pretrained (4, 1, 1, 3, 3), here (4, 1, 3, 3, 3)" in report.initialised["a.conv.bias"]
     assert report.initialised["b.weight"] == "not in the pretrained network"
     assert report.not_used == {"c.weight": "not in this network"}
+    missing_first = plan_transfer(target, {}, first_conv="a.conv.weight", reinitialised={})
+    assert set(missing_first.initialised) == set(target) and not missing_first.loaded
 
 
 def test_report_is_one_screen_with_exact_counts(tmp_path):

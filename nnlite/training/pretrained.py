@@ -88,7 +88,7 @@ def plan_transfer(target: Mapping[str, torch.Size], source: Mapping[str, torch.S
             report.initialised.update(dict.fromkeys(names, forced))
         elif not mismatch:
             report.loaded += names
-        elif mismatch == [first_conv] and _only_channels_differ(source[first_conv], target[first_conv]):
+        elif mismatch == [first_conv] and _only_channels_differ(source.get(first_conv), target[first_conv]):
             report.loaded += [n for n in names if n != first_conv]
             old, new = source[first_conv][1], target[first_conv][1]
             report.adapted[first_conv] = (f"{_shape(source[first_conv])} → {_shape(target[first_conv])}: "
@@ -109,8 +109,8 @@ def _by_module(shapes: Mapping[str, torch.Size]) -> dict[str, list[str]]:
     return modules
 
 
-def _only_channels_differ(old: torch.Size, new: torch.Size) -> bool:
-    return len(old) == len(new) >= 3 and old[0] == new[0] and old[2:] == new[2:] and old[1] != new[1]
+def _only_channels_differ(old: torch.Size | None, new: torch.Size) -> bool:
+    return old is not None and len(old) == len(new) >= 3 and old[0] == new[0] and old[2:] == new[2:] and old[1] != new[1]
 
 
 def _why_not_loaded(name: str, source: Mapping[str, torch.Size], target: Mapping[str, torch.Size]) -> str:
