@@ -10,6 +10,7 @@ from dataclasses import replace
 from functools import partial
 
 import pytest
+import torch
 
 from nnlite.common.errors import UserError
 from nnlite.network import geometry
@@ -125,6 +126,26 @@ def test_a_network_that_cannot_be_measured_is_one_line():
     message = str(raised.value)
     assert "network.architecture" in message and "broken" in message and "no such block" in message
     assert "\n" not in message and math.prod(patch) > 0
+
+
+class ReadsAValue(torch.nn.Module):
+    """A forward that looks at a value on the host: fake tensors have none."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor):
+        return self.inner(x * 2 if x.mean().item() > 100 else x)
+
+
+def test_a_network_that_reads_values_is_one_line_that_says_why():
+    def reads_a_value(plan, in_channels, num_classes, deep_supervision=True, region_outputs=False):
+        return ReadsAValue(build_unet(plan, in_channels, num_classes, deep_supervision, region_outputs))
+
+    plan, patch = planned("plain", "2d")
+    with pytest.raises(UserError, match="reads_a_value could not be measured .* fake tensors, which hold no values"):
+        measure_training_step(reads_a_value, plan, patch, 1, 2)
 
 
 # --- the planner sizes a network of its own by measuring it ---------------------------------------

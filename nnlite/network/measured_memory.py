@@ -98,8 +98,10 @@ def measure_training_step(builder: Builder, plan: NetworkPlan, patch: Sequence[i
     except UserError:
         raise
     except Exception as error:  # the user's network: say whose and what, not a traceback
+        first_line = (str(error).strip().splitlines() or [""])[0]
         raise UserError("network.architecture", f"{builder_name(builder)} could not be measured at patch "
-                                                f"{list(patch)}: {type(error).__name__}: {error}") from None
+                        f"{list(patch)}: {type(error).__name__}: {first_line} (the planner runs one step on "
+                        "fake tensors, which hold no values: see docs/planning.md)") from None
 
 
 def _measure(net: nn.Module, plan: NetworkPlan, input_shape: tuple[int, ...], amp: bool) -> MeasuredStep:
