@@ -150,19 +150,21 @@ class FoldResult:
 
 def train(work: str | Path, fold: int | str = 0, settings: Mapping[str, Any] | None = None, *,
           config: str | None = None, train_config: str | Path = "default", resume: bool = False,
-          overwrite: bool = False) -> FoldResult:
+          overwrite: bool = False, pretrained: str | Path | None = None) -> FoldResult:
     """`python -m nnlite.train WORK --fold F …`: train one fold (a number of splits.json, or "all")
     and run its final validation; returns the fold's results.
 
     settings: what `--set` sets, nested ({"training": {"epochs": 5}}) or dotted
     ({"training.epochs": 5}), over the file `train_config` (a name in nnlite/configs/ or a YAML
-    path); config: the plans' configuration (default the settings', 3d_fullres).
+    path); config: the plans' configuration (default the settings', 3d_fullres); pretrained: a
+    checkpoint_*.pt to start from (`--pretrained`, docs/finetuning.md).
     """
     from nnlite.training.config import load_train_config
     from nnlite.training.progress import read_metrics
     from nnlite.training.trainer import train_folds
 
-    given = {**flat_settings(settings or {}), **({} if config is None else {"configuration": config})}
+    given = {**flat_settings(settings or {}), **({} if config is None else {"configuration": config}),
+             **({} if pretrained is None else {"pretrained.checkpoint": str(Path(pretrained).resolve())})}
     overrides = [f"{key}={json.dumps(value, default=str)}" for key, value in given.items()]
     try:
         train_settings = load_train_config(train_config, overrides)

@@ -237,6 +237,29 @@ def test_add_config_inherits_and_changes_the_given_fields(tmp_path):
     assert narrow.patch_size == parent.patch_size and narrow.data_identifier == parent.data_identifier
 
 
+def test_train_settings_become_the_commands_settings(tmp_path, monkeypatch):
+    """Nested and dotted settings, config and pretrained reach the trainer as `--set`, `--config`
+    and `--pretrained` would; the result reads the fold's metrics.jsonl and validation summary."""
+    from nnlite.training import trainer
+
+    folder = tmp_path / "fold_all"
+    (folder / "validation").mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text('{"epoch": 0, "train_loss": 1.5}\n{"epoch": 1, "train_loss": 1.25}\n')
+    (folder / "validation" / "summary.json").write_text(json.dumps({"foreground_mean": {"dice": 0.75}}))
+    calls = []
+    monkeypatch.setattr(trainer, "train_folds", lambda *args, **kwargs: calls.append((args, kwargs)) or [folder])
+    result = nnlite.train(tmp_path / "work", fold="all", config="2d", pretrained=tmp_path / "model.pt",
+                          settings={"training": {"epochs": 7, "initial_lr": 3e-3}, "data.workers": 0},
+                          resume=True)
+    (work, settings, folds), options = calls[0]
+    assert work == tmp_path / "work" and folds == ["all"] and options == {"resume": True, "overwrite": False}
+    assert (settings.configuration, settings.training.epochs, settings.training.initial_lr, settings.data.workers) \
+        == ("2d", 7, 3e-3, 0)
+    assert settings.pretrained.checkpoint == str((tmp_path / "model.pt").resolve())
+    assert result.folder == folder and [e["train_loss"] for e in result.epochs] == [1.5, 1.25]
+    assert result.dice == 0.75
+
+
 def test_import_nnlite_is_light_and_the_commands_stay_callable():
     """`import nnlite` and the API's names import no torch; the command modules (which Python binds
     to the same names when imported) run the API when called."""
