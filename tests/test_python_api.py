@@ -137,6 +137,20 @@ def test_postprocessing_and_two_channels_as_the_command(tmp_path):
     assert not np.array_equal(plain, written_labels(out / "c1.nii.gz")), "the steps change this case"
 
 
+def test_best_is_predict_best(tmp_path):
+    """best=True: the configuration and post-processing steps of results/best.json, as `predict --best`."""
+    from nnlite.common.layout import best_file
+
+    work = label_model(tmp_path / "work")
+    best_file(work).write_text(json.dumps({"winner": {"name": CONFIG, "configurations": [CONFIG]},
+                                           "postprocessing": {"steps": [[1]]}}))
+    out, paths = predict_with_command(work, tmp_path, 1, "--best")
+    data, spacing, affine = read_voxels(paths)
+    predictor = nnlite.Predictor(work, config="2d", best=True)  # best.json's configuration wins
+    assert predictor.configs == [CONFIG] and predictor.postprocessing == [[1]]
+    assert_same_as_written(predictor.predict(data, spacing=spacing, affine=affine), out, probabilities=False)
+
+
 def test_the_class_row_is_the_one_predict_writes(tmp_path):
     plans = tiny_plans(labels=2)
     config = plans.configurations[CONFIG]
