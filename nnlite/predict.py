@@ -61,6 +61,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-parts", type=int, default=None, metavar="N",
                         help="how many parts share the cases (N processes or machines, one OUTPUT_DIR); "
                              "under torchrun: the world size")
+    parser.add_argument("--memory-gb", type=float, metavar="GB",
+                        help="RAM the run may use (default: the available memory minus 10 %%): cases that "
+                             "would not fit together run one at a time; a case that cannot fit alone fails "
+                             "with one line")
     args = parser.parse_args(argv)
     if args.onnx is not None and args.best:
         parser.error("--onnx runs one exported network; it cannot follow --best")
@@ -87,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         postprocess=args.postprocess, save_probabilities=args.save_probabilities, uncertainty=args.uncertainty,
         overwrite=args.overwrite, device=args.device, tile_batch=args.tile_batch,
         dicom_seg=args.dicom_seg, onnx=None if args.onnx is None else str(args.onnx),
-        part=part, num_parts=num_parts, temperature=not args.no_temperature)
+        part=part, num_parts=num_parts, temperature=not args.no_temperature, memory_gb=args.memory_gb)
     predict = predict_best if args.best else predict_folder
     report = predict(args.work, args.input_dir, args.output_dir, options)
     which = f"part {part} of {num_parts}: " if num_parts > 1 else ""

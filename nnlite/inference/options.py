@@ -44,6 +44,7 @@ class PredictOptions:
     num_parts: int = 1
     uncertainty: bool = False  # also the uncertainty maps and uncertainty.csv (inference/uncertainty.py)
     temperature: bool = True  # scale saved probabilities by the fitted temperature, when there is one
+    memory_gb: float | None = None  # RAM budget of the run (inference/case_memory.py); None: what is available
 
     def __post_init__(self) -> None:
         check_part(self.part, self.num_parts)

@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import ensure_writable_dir, remove_tmp_leftovers, write_text_atomic
@@ -38,13 +36,16 @@ from nnlite.common.layout import UNCERTAINTY_FILE, plans_file, postprocessing_fi
 from nnlite.data.image_io import Case
 from nnlite.data.orientation import PLANS_KEY as ORIENTATION_KEY
 from nnlite.data.orientation import written_oriented
+from nnlite.common.host_memory import memory_budget, resident_bytes
+from nnlite.inference.case_memory import MemoryGate
+from nnlite.inference.case_queue import predict_cases
 from nnlite.inference.case_classification import (CLASSIFICATION_FILE, ClassCollector, format_classification,
                                                   read_classification, update_classification)
 from nnlite.inference.largest_component import load_postprocessing
 from nnlite.inference.models import StageModel, load_best, load_models
 from nnlite.inference.options import (PredictOptions, PredictReport, check_dicom_seg, check_folders,
                                       find_input_cases, is_done, output_path, part_file_name, part_files,
-                                      read_input_case, record_failure, select_part)
+                                      read_input_case, select_part)
 from nnlite.inference.outputs import (Cropped, members_in_original, output_affine, probabilities_in_crop,
                                       seg_in_original, write_case_outputs)
 from nnlite.inference.sliding_window import predict_preprocessed
@@ -169,41 +170,6 @@ def preprocess_raw(raw: Case, case: str, plans: Plans, config_name: str) -> Netw
     return data, props
 
 
-def predict_cases(predictor: CasePredictor, todo: Sequence[str], read: Callable[[str], CaseInput],
-                  write: Callable[[str, CasePrediction], object], report: PredictReport) -> dict[str, np.ndarray]:
-    """Read one case ahead, predict, write in the background; failures go into `report`.
-    Returns the case-class probabilities of the cases whose models have a classification head."""
-    class_rows: dict[str, np.ndarray] = {}
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
-        upcoming = reader.submit(read, todo[0]) if todo else None
-        pending = None
-        for i, case in enumerate(tqdm(todo, desc="predict", unit="case")):
-            current, upcoming = upcoming, reader.submit(read, todo[i + 1]) if i + 1 < len(todo) else None
-            try:
-                prediction = predictor(case, current.result())
-            except Exception as error:  # noqa: BLE001  report the case, finish the others
-                record_failure(report, case, error)
-                continue
-            if prediction.class_probs is not None:
-                class_rows[case] = prediction.class_probs
-            _collect(pending, report)
-            pending = (case, writer.submit(write, case, prediction))
-        _collect(pending, report)
-    return class_rows
-
-
-def _collect(pending: tuple[str, Future] | None, report: PredictReport) -> None:
-    """Wait for the previous case's export (keeps one case's probabilities in flight at most)."""
-    if pending is None:
-        return
-    case, future = pending
-    try:
-        future.result()
-        report.predicted.append(case)
-    except Exception as error:  # noqa: BLE001  one case's failure must not stop the others
-        record_failure(report, case, error)
-
-
 def prediction_in_original(prediction: CasePrediction, plans: Plans, save_probabilities: bool
                            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """A case's label map (*raw shape) before post-processing, its float16 probabilities
@@ -300,8 +266,9 @@ def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Pa
             quality[case] = prediction.uncertainty.row
         return written
 
+    gate = MemoryGate(memory_budget(options.memory_gb), resident_bytes(), plans.num_classes, options.save_probabilities)
     with CasePredictor(models, plans, options, device) as predictor:
-        class_rows = predict_cases(predictor, todo, read, write, report)
+        class_rows = predict_cases(predictor, todo, read, write, report, gate)
     if plans.case_classes:
         save_classification(output_dir, class_rows, plans.case_classes, options)
     if options.uncertainty:
