@@ -1,8 +1,8 @@
 """Every built-in preset and every zoo network, trained on the same folds under the same budget: one table.
 
     python benchmarks/architectures.py [--dataset hippocampus|demo] [--raw RAW] [--work DIR]
-        [--folds 0 1] [--epochs 1] [--iters 12] [--width-divisor 4] [--only NAME ...]
-        [--row NAME=KEY=VALUE ...] [--out TABLE.md]
+        [--folds 0 1] [--epochs 1] [--iters 12] [--width-divisor 4] [--val-cases N] [--only NAME ...]
+        [--row NAME=KEY=VALUE ...] [--no-measure] [--device cpu|cuda] [--out TABLE.md]
 
 Plans 3d_fullres into DIR and preprocesses it once (both reused when present; `--dataset demo`
 generates the synthetic demo with `python -m nnlite.convert demo RAW` and plans it at the demo's
@@ -22,13 +22,16 @@ stage widths divided by --width-divisor:
 
 Each row trains each fold through `python -m nnlite.train` (epochs × iters iterations at batch 2,
 seed 0, per-iteration poly LR), and the trainer's sliding-window validation of the fold (without
-mirroring) gives the Dice. Measured here, in-process, on random patches: parameters; step time
-(forward + loss + backward + SGD, batch 2, fp32, median of 3 after a warm-up); peak memory of a
-training step at batch 2 with AMP as on a GPU, measured on the network itself by
-nnlite/network/measured_memory.py (saved-for-backward tensors, logits, parameter state, allocator
+mirroring, probabilities not saved) gives the Dice. Measured here, in-process, on random patches:
+parameters; step time (forward + loss + backward + SGD, batch 2, fp32, median of 3 after a
+warm-up; on CUDA when there is one); peak memory of a training step at batch 2 with AMP as on a
+GPU, measured on the network itself by nnlite/network/measured_memory.py (saved-for-backward tensors, logits, parameter state, allocator
 factor, workspace; the number the planner budgets with, the same on any machine); inference time
 (one patch, batch 1, eval, no gradients, fp32, median of 3). Finished folds are kept in
-DIR/architectures.json and not retrained while the budget is the same. Writes a Markdown table.
+DIR/architectures.json (re-read before each write, so two processes may train different --folds at
+once, one with --no-measure) and not retrained while the budget is the same. --val-cases N validates
+each fold on its first N validation cases only (WORK/splits.json is cut; splits.full.json keeps the
+original). Writes a Markdown table.
 """
 
 from __future__ import annotations
@@ -98,13 +101,25 @@ def prepare(raw: Path, work: Path, demo: bool, divisor: int, rows: dict[str, lis
              *[arg for s in options for arg in ("--set", s)]])
 
 
-def train(work: Path, name: str, fold: str, epochs: int, iters: int) -> dict[str, float]:
+def limit_validation(work: Path, n_cases: int) -> None:
+    """Cut every fold's validation cases in WORK/splits.json to their first `n_cases` (sorted); the
+    training cases stay the fold's. The untouched file is kept as splits.full.json."""
+    splits_path, full_path = work / "splits.json", work / "splits.full.json"
+    if not full_path.is_file():
+        full_path.write_text(splits_path.read_text())
+    splits = json.loads(full_path.read_text())
+    for split in splits:
+        split["val"] = sorted(split["val"])[:n_cases]
+    splits_path.write_text(json.dumps(splits, indent=1))
+
+
+def train(work: Path, name: str, fold: str, epochs: int, iters: int, device: str) -> dict[str, float]:
     """Train one fold; its validation's foreground mean Dice and the wall time of train + validate."""
     started = time.perf_counter()
     run([sys.executable, "-m", "nnlite.train", str(work), "--config", name, "--fold", fold, "--epochs", str(epochs),
-         "--iters-per-epoch", str(iters), "--batch-size", str(BATCH), "--val-iters", "2", "--device", "cpu",
+         "--iters-per-epoch", str(iters), "--batch-size", str(BATCH), "--val-iters", "2", "--device", device,
          "--seed", "0", "--workers", "1", "--set", "training.lr_step=iteration",
-         "--set", "validation.mirroring=false", "--overwrite"])
+         "--set", "validation.mirroring=false", "--set", "validation.save_probabilities=false", "--overwrite"])
     summary = json.loads((work / "results" / name / f"fold_{fold}" / "validation" / "summary.json").read_text())
     return {"dice": summary["foreground_mean"]["dice"], "seconds": time.perf_counter() - started}
 
@@ -151,6 +166,25 @@ def measure(work: Path, name: str) -> dict[str, float]:
             "inference": median_seconds(infer), "architecture": architecture_of(config.network)}
 
 
+def record(path: Path, budget: dict, name: str, entry: dict, fold: str | None = None) -> None:
+    """Add one fold's result (or a row's measurements) to the results file, re-reading it first so
+    that runs of other folds in parallel keep theirs; written to a .tmp file, then renamed."""
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    results = stored if stored.get("budget") == budget else {"budget": budget, "rows": {}}
+    row = results["rows"].setdefault(name, {"folds": {}})
+    if fold is None:
+        row.update(entry)
+    else:
+        row["folds"][fold] = entry
+    path.with_suffix(".tmp").write_text(json.dumps(results, indent=1))
+    path.with_suffix(".tmp").replace(path)
+
+
+def load_results(path: Path, budget: dict) -> dict:
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    return stored if stored.get("budget") == budget else {"budget": budget, "rows": {}}
+
+
 def table(results: dict, folds: list[str]) -> list[str]:
     names = list(results)
     plain = results.get("arch_plain", results[names[0]])["step"]
@@ -188,6 +222,11 @@ def main() -> int:
     parser.add_argument("--width-divisor", type=int, default=4)
     parser.add_argument("--only", nargs="+", help="train only these rows (the table shows every finished row)")
     parser.add_argument("--row", action="append", default=[], metavar="NAME=KEY=VALUE")
+    parser.add_argument("--device", default="cpu", help="where the folds train (default cpu; e.g. cuda)")
+    parser.add_argument("--val-cases", type=int, default=0,
+                        help="validate each fold on its first N validation cases only (default: all)")
+    parser.add_argument("--no-measure", dest="measure", action="store_false",
+                        help="train only (a second process training other folds in parallel)")
     parser.add_argument("--out", type=Path, help="also write the table here (default WORK/architectures.md)")
     args = parser.parse_args()
     demo = args.dataset == "demo"
@@ -197,19 +236,18 @@ def main() -> int:
         return 0
     rows = parse_rows(args.row)
     prepare(raw, args.work, demo, args.width_divisor, rows)
-    budget = {"epochs": args.epochs, "iters": args.iters, "batch": BATCH, "width_divisor": args.width_divisor}
+    budget = {"epochs": args.epochs, "iters": args.iters, "batch": BATCH, "width_divisor": args.width_divisor,
+              "val_cases": args.val_cases}
+    if args.val_cases:
+        limit_validation(args.work, args.val_cases)
     path = args.work / RESULTS
-    stored = json.loads(path.read_text()) if path.is_file() else {}
-    results = stored if stored.get("budget") == budget else {"budget": budget, "rows": {}}
     for name in args.only or rows:
-        row = results["rows"].setdefault(name, {"folds": {}})
         for fold in args.folds:
-            if fold not in row["folds"]:
-                row["folds"][fold] = train(args.work, name, fold, args.epochs, args.iters)
-                path.write_text(json.dumps(results, indent=1))
-        if "step" not in row:
-            row.update(measure(args.work, name))
-            path.write_text(json.dumps(results, indent=1))
+            if fold not in load_results(path, budget)["rows"].get(name, {}).get("folds", {}):
+                record(path, budget, name, train(args.work, name, fold, args.epochs, args.iters, args.device), fold)
+        if args.measure and "step" not in load_results(path, budget)["rows"][name]:
+            record(path, budget, name, measure(args.work, name))
+    results = load_results(path, budget)
     finished = {n: r for n, r in results["rows"].items() if "step" in r and all(f in r["folds"] for f in args.folds)}
     plans = load_plans(args.work / "plans.json")
     header = (f"{args.dataset}, folds {', '.join(args.folds)}, {PARENT} patch {plans.configurations[PARENT].patch_size}, "
