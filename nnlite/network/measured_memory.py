@@ -34,7 +34,7 @@ import json
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -129,7 +129,7 @@ def _measure(net: nn.Module, plan: NetworkPlan, input_shape: tuple[int, ...], am
         trainable_parameters=sum(trainable.values()), fixed_state_bytes=sum(fixed.values()))
 
 
-def _recorder(into: dict[int, int], skip: set[int] | Any) -> Callable[[torch.Tensor], torch.Tensor]:
+def _recorder(into: dict[int, int], skip: Iterable[int]) -> Callable[[torch.Tensor], torch.Tensor]:
     """A pack hook that notes each saved tensor's storage (id → bytes) unless it is parameter state."""
     skip = set(skip)
 
