@@ -293,9 +293,10 @@ class Predictor:
     def predict(self, image: Image, spacing: Sequence[float] | None = None,
                 affine: np.ndarray | None = None, *, probabilities: bool = False) -> Prediction:
         """Predict one case: a file (`<case>_0000.nii.gz`: its other channel files are found beside
-        it), the list of its channel files, or an array (C, Z, Y, X) — (Z, Y, X) for one channel, a
-        2D image as (C, 1, Y, X) — with its spacing (z, y, x) in mm and/or its 4×4 affine (the
-        NIfTI affine of the (x, y, z) voxel axes; without one, the label map's is diag(x, y, z, 1)).
+        it), the list of its channel files, or an array (C, Z, Y, X) — (Z, Y, X) for one channel —
+        with its spacing (z, y, x) in mm and/or its 4×4 affine (the NIfTI affine of the (x, y, z)
+        voxel axes; without one, the label map's is diag(x, y, z, 1)); a 2D image: (C, Y, X) with
+        its spacing (y, x), read as a picture file is (one slice: results are (1, Y, X)).
 
         probabilities: also return them, as `predict --save-probabilities` writes them.
         """

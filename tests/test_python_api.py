@@ -194,6 +194,39 @@ def test_temperature_and_uncertainty_as_the_command(tmp_path):
     np.testing.assert_array_equal(unscaled.labels, prediction.labels)
 
 
+def test_a_2d_image_as_an_array_is_the_picture_predict_writes(tmp_path, rng, monkeypatch):
+    """An RGB picture as (3, Y, X) with its spacing (y, x): the label map `predict` writes as PNG."""
+    from PIL import Image as PILImage
+
+    from nnlite.data.dataset import load_dataset
+    from nnlite.planning import fingerprint as fingerprint_module
+    from nnlite.planning.fingerprint import extract_fingerprint
+    from nnlite.planning.planner import plan_experiment
+
+    monkeypatch.setattr(fingerprint_module, "FOREGROUND_SAMPLES_TOTAL", 3000)
+    raw = tmp_path / "raw"
+    for folder in ("imagesTr", "labelsTr", "in"):
+        (raw / folder).mkdir(parents=True)
+    for i in range(3):
+        seg = np.zeros((40, 32), np.uint8)
+        seg[5 + i : 20, 6:18] = 1
+        rgb = np.clip(rng.normal(90, 10, (40, 32, 3)) + 100 * seg[..., None], 0, 255).astype(np.uint8)
+        PILImage.fromarray(rgb).save(raw / "imagesTr" / f"img_{i}_0000.png")
+        PILImage.fromarray(seg).save(raw / "labelsTr" / f"img_{i}.png")
+    PILImage.fromarray(rgb).save(raw / "in" / "c1_0000.png")
+    (raw / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "tool": 1},
+        "numTraining": 3, "file_ending": ".png"}))
+    save_random_model(tmp_path / "work", plan_experiment(extract_fingerprint(load_dataset(raw)), configs=["2d"]),
+                      config_name="2d")
+    assert predict_main([str(tmp_path / "work"), str(raw / "in"), str(tmp_path / "out"), "--config", "2d",
+                         *FLAGS]) == 0
+    prediction = nnlite.Predictor(tmp_path / "work", config="2d").predict(rgb.transpose(2, 0, 1), spacing=(1.0, 1.0))
+    with PILImage.open(tmp_path / "out" / "c1.png") as written:
+        np.testing.assert_array_equal(prediction.labels, np.asarray(written)[None])  # (Z = 1, Y, X)
+    assert len(np.unique(prediction.labels)) == 2
+
+
 def test_predict_folder_is_the_command(tmp_path):
     work = region_model(tmp_path / "work")
     out, _ = predict_with_command(work, tmp_path, 1)
@@ -205,11 +238,12 @@ def test_predict_folder_is_the_command(tmp_path):
 @pytest.mark.parametrize("call, where, problem", [
     (lambda p, data: p.predict(data), "spacing", "needs its voxel spacing"),
     (lambda p, data: p.predict(data[None].repeat(2, 0), spacing=(1, 1, 1)), "array", "C = 1"),
-    (lambda p, data: p.predict(data, spacing=(1, 0, 1)), "spacing", "3 positive numbers"),
-    (lambda p, data: p.predict(data, spacing=(1, 1)), "spacing", "3 positive numbers"),
+    (lambda p, data: p.predict(data, spacing=(1, 0, 1)), "spacing", "positive numbers"),
+    (lambda p, data: p.predict(data, spacing=(1, 1, 1, 1)), "spacing", "3 positive numbers"),
+    (lambda p, data: p.predict(data, spacing=(1, 1)), "array", r"expected \(C, Y, X\)"),
     (lambda p, data: p.predict(data, affine=np.eye(3)), "affine", "4×4"),
     (lambda p, data: p.predict(data, affine=[["a"] * 4] * 4), "affine", "4×4"),
-    (lambda p, data: p.predict(data, spacing=("a", 1, 1)), "spacing", "3 positive numbers"),
+    (lambda p, data: p.predict(data, spacing=("a", 1, 1)), "spacing", "positive numbers"),
     (lambda p, data: p.predict(str(data), spacing=(1, 1, 1)), "spacing", "only for an array"),
     (lambda p, data: p.predict(data.astype(str), spacing=(1, 1, 1)), "array", "expected numbers"),
     (lambda p, data: p.predict("missing_0000.nii.gz"), "missing_0000.nii.gz", "not found"),

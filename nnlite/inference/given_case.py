@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from nnlite.common.errors import UserError
-from nnlite.data.image_io import Case, file_ending, read_case
+from nnlite.data.image_io import SPACING_2D_FACTOR, Case, file_ending, read_case
 from nnlite.data.orientation import read_oriented
 from nnlite.inference.options import channel_of, find_input_cases, read_input_case
 
@@ -50,12 +50,16 @@ def case_of_array(array: Any, spacing: Sequence[float] | None, affine: Any, num_
     data = np.asarray(array)
     if not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
         raise UserError(ARRAY_CASE, f"holds {data.dtype} values, expected numbers")
-    if data.ndim == 3 and num_channels == 1:
+    planar = spacing is not None and np.ndim(spacing) == 1 and len(spacing) == 2  # a 2D image, spacing (y, x)
+    if data.ndim == 3 - planar and num_channels == 1:
         data = data[None]
-    if data.ndim != 4 or data.shape[0] != num_channels:
-        wanted = "(C, Z, Y, X)" + (" or (Z, Y, X)" if num_channels == 1 else "")
+    if data.ndim != 4 - planar or data.shape[0] != num_channels:
+        wanted = ("(C, Y, X)" if planar else "(C, Z, Y, X)") + (" or without C" if num_channels == 1 else "")
         raise UserError(ARRAY_CASE, f"shape {data.shape}: expected {wanted} with C = {num_channels}, the "
                                     "model's channels")
+    if planar:  # as `image_io.read_channels` reads a 2D file: one slice, a dummy slice spacing
+        data = data[:, None]
+        spacing = (SPACING_2D_FACTOR * max(positive(s) for s in spacing), *spacing)
     spacing, affine = array_geometry(spacing, affine)
     return Case(np.ascontiguousarray(data, dtype=np.float32), spacing, affine)
 
@@ -76,12 +80,20 @@ def array_geometry(spacing: Sequence[float] | None, affine: Any) -> tuple[tuple[
     if spacing is None:
         lengths = np.linalg.norm(affine[:3, :3], axis=0)  # (x, y, z)
         spacing = [float(np.float32(s)) for s in lengths[::-1]]
-    try:
-        spacing = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError):
-        spacing = (math.nan,)
-    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise UserError("spacing", f"expected 3 positive numbers (z, y, x) in mm, got {given!r}")
+    spacing = tuple(positive(s) for s in spacing) if np.ndim(spacing) == 1 else ()
+    if len(spacing) != 3:
+        raise UserError("spacing", f"expected 3 positive numbers (z, y, x) in mm (2D: (y, x)), got {given!r}")
     if affine is None:
         affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
     return spacing, affine
+
+
+def positive(value: Any) -> float:
+    """A spacing entry: a finite number > 0 in mm, else a UserError naming the spacing."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise UserError("spacing", f"expected positive numbers in mm, got {value!r}")
+    return number
