@@ -170,3 +170,36 @@ def test_best_fits_each_configuration_and_the_winning_ensemble(tmp_path):
     ensemble = work / "results" / "ensembles" / "2d+3d_fullres" / "temperature.json"
     assert best["calibration"] == {"temperature": read_temperature(ensemble), "file": str(ensemble)}
     assert prediction_temperature(work, ["2d", "3d_fullres"], best) == read_temperature(ensemble)
+
+
+@pytest.mark.slow
+def test_the_final_validation_reports_the_ece_of_its_saved_probabilities(tmp_path):
+    from scipy import ndimage
+
+    from test_demo import SCHEDULE, fold_dir, tiny_work_from
+    from nnlite.data.demo_dataset import generate_demo_dataset
+    from nnlite.evaluation.metrics import read_label_map
+    from nnlite.train import main as train_main
+
+    raw = generate_demo_dataset(tmp_path / "raw", n_cases=4)
+    work = tiny_work_from(raw, tmp_path / "work")
+    assert train_main([str(work), "--epochs", "1", "--iters-per-epoch", "2", *SCHEDULE[:-2],
+                       "--set", "validation.mirroring=false"]) == 0
+    validation = fold_dir(work) / "validation"
+    reported = json.loads((validation / "summary.json").read_text())["calibration"]
+    confidence, correct, near = [], [], []  # recomputed here from the .npz and the raw labels
+    for case in json.loads((work / "splits.json").read_text())[0]["val"]:
+        probs = load_probabilities(validation / f"{case}.npz").astype(np.float32)
+        ref = read_label_map(raw / "labelsTr" / f"{case}.nii.gz")[0]
+        foreground = (probs.argmax(0) > 0) | (ref > 0)
+        near.append(ndimage.binary_dilation(foreground, np.ones((3, 3, 3)), iterations=BAND_VOXELS).ravel())
+        confidence.append(probs.max(0).ravel())
+        correct.append((probs.argmax(0) == ref).ravel())
+    confidence, correct, near = map(np.concatenate, (confidence, correct, near))
+    for name, keep in (("all", np.ones_like(near)), ("foreground", near)):
+        edges = np.linspace(0, 1, 16)
+        gaps = [abs(correct[keep & (confidence > lo) & (confidence <= hi)].sum()
+                    - confidence[keep & (confidence > lo) & (confidence <= hi)].sum())
+                for lo, hi in zip(edges[:-1], edges[1:])]
+        assert reported[f"ece_{name}"] == pytest.approx(sum(gaps) / keep.sum(), abs=1e-4), name
+        assert reported[f"voxels_{name}"] == keep.sum()
