@@ -175,7 +175,7 @@ def test_results_page_shows_the_worst_case_with_its_slices_and_dice(served, brow
     dice = f"{worst['mean dice']:.4f}"
     wait_for(browser, text_appears(f"{worst['case']}: mean foreground Dice {dice}"), "the case's Dice")
     pictures = wait_for(browser, slice_pictures_loaded, "the slice viewer's pictures")
-    assert len(pictures) == 4  # three channels and the error map
+    assert len(pictures) == 5  # three channels, the error map and the uncertainty overlay
     browser.save_screenshot(str(root / "results.png"))
     assert (root / "results.png").stat().st_size > 10_000
 
@@ -185,9 +185,11 @@ def test_results_page_orders_by_the_quality_score_and_overlays_the_uncertainty_m
     rows = sort_rows(case_table(read_summary(most_recent(find_sources(work)))), BY_SCORE)
     assert all(SCORE_COLUMN in row for row in rows), "the final validation scored no case's uncertainty"
     first = rows[0]  # the highest score: the case to review first
+    assert rows[0][SCORE_COLUMN] > rows[-1][SCORE_COLUMN], "equal scores: the order would not show"
     browser.get(url)
     wait_for(browser, text_appears("Worst case"), "the Results page")
     click_radio(browser, BY_SCORE)
+    wait_for(browser, text_appears(f"Cases by {BY_SCORE}"), "the table ordered by the score")
     wait_for(browser, text_appears(f"{first['case']}: mean foreground Dice {first['mean dice']:.4f}; "
                                    f"quality score {first[SCORE_COLUMN]:.4f}"), "the least trustworthy case first")
     pictures = wait_for(browser, slice_pictures_loaded, "the slice viewer's pictures")
