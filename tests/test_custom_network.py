@@ -8,6 +8,7 @@ PYTHONPATH, as a user's package would be; nnlite's files are not touched.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -255,14 +256,16 @@ def plan_external_network(raw: Path, work: Path) -> None:
         patch.setattr(fingerprint_module, "FOREGROUND_SAMPLES_TOTAL", FEW_SAMPLES)
         assert plan_main([str(raw), str(work), "--configs", CONFIG, "--network", f"{MODULE}:build",
                           "--workers", "1"]) == 0
-    for args in ([work, "--add-config", TINY, "--from", CONFIG, "--set", "patch_size=[8,32,32]",
-                  "--set", "network.kwargs={width: 4}"],
-                 [work, "--add-config", RESIDUAL, "--from", CONFIG, "--set", "patch_size=[8,32,32]",
-                  "--set", f"network.architecture={MODULE}:build_residual"]):
-        result = run_command("plan", *args)
-        assert result.returncode == 0, result.stderr
-    result = run_command("preprocess", work, "--workers", "1")
-    assert result.returncode == 0, result.stderr
+    assert command("plan", work, "--add-config", TINY, "--from", CONFIG, "--set", "patch_size=[8,32,32]",
+                   "--set", "network.kwargs={width: 4}") == 0
+    assert command("plan", work, "--add-config", RESIDUAL, "--from", CONFIG, "--set", "patch_size=[8,32,32]",
+                   "--set", f"network.architecture={MODULE}:build_residual") == 0
+    assert command("preprocess", work, "--workers", "1") == 0
+
+
+def command(name: str, *args: str | Path) -> int:
+    """`python -m nnlite.<name> ARGS` in this process (its main; a subprocess costs a torch import)."""
+    return importlib.import_module(f"nnlite.{name}").main([str(arg) for arg in args])
 
 
 def first_width(checkpoint: dict) -> int:
@@ -270,7 +273,8 @@ def first_width(checkpoint: dict) -> int:
 
 
 @pytest.mark.slow
-def test_an_external_network_plans_trains_resumes_predicts_ensembles_and_exports(external_nets, planned, tmp_path):
+def test_an_external_network_plans_trains_resumes_predicts_ensembles_and_exports(external_nets, planned, tmp_path,
+                                                                                  capsys):
     work = copy_work(planned, tmp_path / "work")
     plan_external_network(planned.parent / "raw", work)
     saved = json.loads((work / "plans.json").read_text())["configurations"]
@@ -282,13 +286,13 @@ def test_an_external_network_plans_trains_resumes_predicts_ensembles_and_exports
     args = ["--config", TINY, "--fold", "0", "--epochs", "2", "--iters-per-epoch", "40", *SCHEDULE,
             "--set", "validation.enabled=false"]
     straight = copy_work(work, tmp_path / "straight")
-    assert run_command("train", straight, *args).returncode == 0
+    assert command("train", straight, *args) == 0
     fold = work / "results" / TINY / "fold_0"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ["PYTHONPATH"]])}
     process = subprocess.Popen([sys.executable, "-m", "nnlite.train", str(work), *args], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     kill_in_second_epoch(process, fold, lambda: os.kill(process.pid, signal.SIGKILL))
-    assert run_command("train", work, *args, "--resume").returncode == 0
+    assert command("train", work, *args, "--resume") == 0
     a = torch.load(straight / "results" / TINY / "fold_0" / checkpoints.FINAL, weights_only=True)
     b = torch.load(fold / checkpoints.FINAL, weights_only=True)
     assert a["network"].keys() == b["network"].keys()
@@ -299,23 +303,20 @@ def test_an_external_network_plans_trains_resumes_predicts_ensembles_and_exports
 
     # a second fold and the other builder (with the final validation: the deep-supervision switch)
     short = ["--epochs", "1", "--iters-per-epoch", "2", *SCHEDULE]
-    assert run_command("train", work, "--config", TINY, "--fold", "1", *short).returncode == 0
-    result = run_command("train", work, "--config", RESIDUAL, "--fold", "0", *short)
-    assert result.returncode == 0, result.stderr
+    assert command("train", work, "--config", TINY, "--fold", "1", *short) == 0
+    assert command("train", work, "--config", RESIDUAL, "--fold", "0", *short) == 0
     residual = torch.load(work / "results" / RESIDUAL / "fold_0" / checkpoints.FINAL, weights_only=True)
     assert residual["network"]["encoder.stem.conv.weight"].shape[0] == 3  # build_residual's own width
     assert (work / "results" / RESIDUAL / "fold_0" / "validation" / "summary.json").is_file()
 
     # predict with the two folds' ensemble; export to ONNX (the classification head left out)
     images = Path(json.loads((work / "plans.json").read_text())["extra"]["raw_path"]) / "imagesTr"
-    result = run_command("predict", work, images, tmp_path / "out", "--config", TINY, "--folds", "0", "1",
-                         "--device", "cpu", "--no-mirroring")
-    assert result.returncode == 0, result.stderr
+    assert command("predict", work, images, tmp_path / "out", "--config", TINY, "--folds", "0", "1",
+                   "--device", "cpu", "--no-mirroring") == 0
     assert len(list((tmp_path / "out").glob("*.nii.gz"))) == 3
     onnx = tmp_path / "tiny.onnx"
-    result = run_command("export", "onnx", work, onnx, "--config", TINY, "--fold", "0")
-    assert result.returncode == 0, result.stderr
-    assert onnx.is_file() and "max |Δ|" in result.stdout
+    assert command("export", "onnx", work, onnx, "--config", TINY, "--fold", "0") == 0
+    assert onnx.is_file() and "max |Δ|" in capsys.readouterr().out
 
     # without the user's folder on PYTHONPATH, loading the checkpoints is one clear line
     clean = {**os.environ, "PYTHONPATH": str(REPO)}
