@@ -203,3 +203,17 @@ def test_the_final_validation_reports_the_ece_of_its_saved_probabilities(tmp_pat
                 for lo, hi in zip(edges[:-1], edges[1:])]
         assert reported[f"ece_{name}"] == pytest.approx(sum(gaps) / keep.sum(), abs=1e-4), name
         assert reported[f"voxels_{name}"] == keep.sum()
+
+
+def test_a_region_channel_counts_as_a_two_class_prediction():
+    from nnlite.common.labels import Region
+
+    regions = (Region("whole", (1, 2), 1), Region("core", (2,), 2))
+    ref = np.array([[[0, 1, 2]]])
+    probs = np.array([[[[0.2, 0.7, 0.9]]], [[[0.6, 0.1, 0.8]]]], np.float32)  # (R, 1, 1, 3)
+    voxels = case_voxels(probs, ref, SimpleNamespace(ignore_label=None, regions=regions))
+    np.testing.assert_allclose(voxels.probs[1], [0.2, 0.7, 0.9, 0.6, 0.1, 0.8])  # p, region by region
+    np.testing.assert_allclose(voxels.probs[0], 1 - voxels.probs[1])
+    assert voxels.target.tolist() == [0, 1, 1, 0, 0, 1]  # membership of each voxel in each region
+    bins = case_bins(voxels)["all"]  # confidences 0.8, 0.7, 0.9, 0.6 (wrong), 0.9, 0.8
+    assert bins.count.sum() == 6 and bins.correct.sum() == 5
