@@ -25,8 +25,9 @@ seed 0, per-iteration poly LR), and the trainer's sliding-window validation of t
 mirroring, probabilities not saved) gives the Dice. Measured here, in-process, on random patches:
 parameters; step time (forward + loss + backward + SGD, batch 2, fp32, median of 3 after a
 warm-up; on CUDA when there is one); peak memory of a training step at batch 2 with AMP as on a
-GPU, measured on the network itself by nnlite/network/measured_memory.py (saved-for-backward tensors, logits, parameter state, allocator
-factor, workspace; the number the planner budgets with, the same on any machine); inference time
+GPU and the activations saved for backward among it, measured on the network itself by
+nnlite/network/measured_memory.py (saved tensors, logits, parameter state, allocator factor, CUDA
+workspace; the number the planner budgets with, the same on any machine); inference time
 (one patch, batch 1, eval, no gradients, fp32, median of 3). Finished folds are kept in
 DIR/architectures.json (re-read before each write, so two processes may train different --folds at
 once, one with --no-measure) and not retrained while the budget is the same. --val-cases N validates
@@ -153,17 +154,25 @@ def measure(work: Path, name: str) -> dict[str, float]:
         loss_fn(segmentation_output(net.train()(x)), targets).backward()
         optimizer.step()
     seconds = median_seconds(step)
-    builder = resolve_builder(architecture_of(config.network), name)
-    measured = measure_training_step(builder, config.network, config.patch_size, plans.num_channels,
-                                     plans.num_classes, BATCH, amp=True, builder_kwargs=config.network.kwargs)
     net.eval()
     net.deep_supervision = False
 
     @torch.no_grad()
     def infer() -> None:
         net(x[:1])
-    return {"parameters": sum(p.numel() for p in net.parameters()), "step": seconds, "memory": measured.training_memory_bytes(BATCH, amp=True),
+    return {"parameters": sum(p.numel() for p in net.parameters()), "step": seconds,
             "inference": median_seconds(infer), "architecture": architecture_of(config.network)}
+
+
+def measure_memory(work: Path, name: str) -> dict[str, int]:
+    """A training step's peak bytes at batch 2 with AMP and the activations among them, measured on
+    the network itself (fake tensors: no memory, under a second)."""
+    plans = load_plans(work / "plans.json")
+    config = plans.configurations[name]
+    builder = resolve_builder(architecture_of(config.network), name)
+    step = measure_training_step(builder, config.network, config.patch_size, plans.num_channels,
+                                 plans.num_classes, BATCH, amp=True, builder_kwargs=config.network.kwargs)
+    return {"memory": step.training_memory_bytes(BATCH, amp=True), "activations": step.activation_bytes}
 
 
 def record(path: Path, budget: dict, name: str, entry: dict, fold: str | None = None) -> None:
@@ -188,14 +197,16 @@ def load_results(path: Path, budget: dict) -> dict:
 def table(results: dict, folds: list[str]) -> list[str]:
     names = list(results)
     plain = results.get("arch_plain", results[names[0]])["step"]
-    lines = ["| row | builder | parameters | step (s) | step vs plain | peak step memory, AMP (MiB) | inference / patch (s) | "
+    lines = ["| row | builder | parameters | step (s) | step vs plain | step memory, AMP (MiB) | of which activations "
+             "(MiB) | inference / patch (s) | "
              + " | ".join(f"Dice fold {f}" for f in folds) + " | mean Dice |",
-             "|---|---|---:|---:|---:|---:|---:|" + "---:|" * (len(folds) + 1)]
+             "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * (len(folds) + 1)]
     for name in names:
         r = results[name]
         dice = [r["folds"][f]["dice"] for f in folds]
         lines.append(f"| {name} | `{r['architecture'].split(':')[0].rsplit('.', 1)[-1]}` | {r['parameters']:,} | "
-                     f"{r['step']:.2f} | {r['step'] / plain:.2f}× | {r['memory'] / 2**20:.0f} | {r['inference']:.3f} | "
+                     f"{r['step']:.2f} | {r['step'] / plain:.2f}× | {r['memory'] / 2**20:.0f} | {r['activations'] / 2**20:.0f} | "
+                     f"{r['inference']:.3f} | "
                      + " | ".join(f"{d:.4f}" for d in dice) + f" | {statistics.mean(dice):.4f} |")
     return lines
 
@@ -247,8 +258,11 @@ def main() -> int:
                 record(path, budget, name, train(args.work, name, fold, args.epochs, args.iters, args.device), fold)
         if args.measure and "step" not in load_results(path, budget)["rows"][name]:
             record(path, budget, name, measure(args.work, name))
+        if args.measure and "activations" not in load_results(path, budget)["rows"][name]:
+            record(path, budget, name, measure_memory(args.work, name))
     results = load_results(path, budget)
-    finished = {n: r for n, r in results["rows"].items() if "step" in r and all(f in r["folds"] for f in args.folds)}
+    finished = {n: r for n, r in results["rows"].items()
+                if "activations" in r and all(f in r["folds"] for f in args.folds)}
     plans = load_plans(args.work / "plans.json")
     header = (f"{args.dataset}, folds {', '.join(args.folds)}, {PARENT} patch {plans.configurations[PARENT].patch_size}, "
               f"widths ÷ {args.width_divisor}, {args.epochs} × {args.iters} iterations at batch {BATCH}, "
