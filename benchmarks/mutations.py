@@ -633,6 +633,9 @@ MUTATIONS = (
     Mutation("app: the review hint from the wrong side of the threshold", "nnlite/viewing/models.py",
              "    if score >= REVIEW_SCORE:", "    if score < REVIEW_SCORE:",
              ("tests/test_runs.py::test_the_review_hint_flags_cases_from_the_documented_score_on",)),
+    Mutation("export onnx: another builder's class logits left in the exported network", "nnlite/inference/onnx_model.py",
+             "            network = SegmentationOnly(network)", "            pass",
+             ("tests/test_custom_network.py::test_an_external_network_plans_trains_resumes_predicts_ensembles_and_exports",)),
     # --- rules of the reference pinned: training, loss, inference, post-processing, evaluation
     Mutation("optimizer as built: momentum 0.9 instead of 0.99", "nnlite/training/trainer.py",
              "lr=t.initial_lr, momentum=t.momentum,",
