@@ -9,12 +9,14 @@ A CT-like case (air -1000 HU, a body, lungs, a spine and organs; int16) of --sha
 at 2.5 × 0.7 × 0.7 mm is predicted by a plain U-Net with --classes outputs planned at a coarser
 spacing, 5.0 × 1.4 × 1.4 mm (CT normalisation, separate-z resampling both ways), so the export
 resamples the probabilities up 8-fold. The model is written once as an nnU-Net v2 model folder
-(plans.json, dataset.json, fold_0/checkpoint_final.pth in nnU-Net's layout, random weights drawn by
-nnlite's initialiser and renamed to PlainConvUNet's keys with its aliases); nnlite predicts with it
-through `convert nnunet-model`, nnU-Net (with --reference-python) with `nnUNetv2_predict_from_modelfolder`:
-the same weights on both sides. Both run on the CPU without mirroring, in fresh processes, one after
-the other; every run's process tree (children included) is sampled every 50 ms for its proportional
-set size (PSS: shared pages counted once across the tree) and resident size.
+(plans.json, dataset.json, fold_0/checkpoint_final.pth in nnU-Net's layout; random weights drawn by
+nnlite's initialiser, the output layer scaled by --head-gain (see HEAD_GAIN), renamed to
+PlainConvUNet's keys with its aliases); nnlite predicts with it through `convert nnunet-model`,
+nnU-Net (with --reference-python) with `nnUNetv2_predict_from_modelfolder` (its defaults: 3
+preprocessing and 3 export processes): the same weights on both sides. Both run on the CPU
+without mirroring, in fresh processes, one after the other; every run's process tree (children
+included) is sampled every 100 ms for its proportional set size (PSS: pages shared between the
+processes counted once) and resident size.
 
 Printed: per run the peak PSS / RSS of the tree and the wall time; nnlite's peak against the
 physical floor (the raw image as read, float32, + one label map + one class channel in the
@@ -53,6 +55,12 @@ TRAINER_FOLDER = "nnUNetTrainer__nnUNetPlans__3d_fullres"
 CT_STATS = {"mean": 40.0, "std": 300.0, "median": 40.0, "min": -1024.0, "max": 3000.0,
             "percentile_00_5": -1000.0, "percentile_99_5": 1500.0}
 MIB = 2**20
+# Random weights predict a label that changes almost every voxel, so the export's interpolation
+# decides most voxels: nnU-Net interpolates logits, nnlite probabilities (docs/benchmarks/large_volume.md). With
+# the output layer scaled down, softmax works in its linear range, where both rules give the same
+# argmax, and the agreement measures the implementations (a trained model's maps are smooth and
+# agree to 99.96 %, benchmarks/nnunet_model.py); --head-gain 1 shows the rules' difference.
+HEAD_GAIN = 0.005
 
 
 # --- the generated case -----------------------------------------------------------------------
@@ -133,8 +141,9 @@ def dataset_json(classes: int, cases: int = 1) -> dict:
             "numTraining": cases, "file_ending": ".nii.gz", "name": "LargeCT"}
 
 
-def nnunet_state_dict(classes: int, seed: int = 0) -> dict:
-    """Random weights (nnlite's initialiser) under PlainConvUNet's keys, its aliases included."""
+def nnunet_state_dict(classes: int, head_gain: float, seed: int = 0) -> dict:
+    """Random weights (nnlite's initialiser) under PlainConvUNet's keys, its aliases included, the
+    output layer's weights and bias scaled by `head_gain`."""
     import torch
 
     from nnlite.network import build_unet
@@ -144,7 +153,9 @@ def nnunet_state_dict(classes: int, seed: int = 0) -> dict:
     plan = NetworkPlan(strides=tuple(map(tuple, STRIDES)), kernel_sizes=tuple(map(tuple, KERNELS)),
                        features_per_stage=tuple(FEATURES))
     torch.manual_seed(seed)
-    return with_nnunet_aliases(nnlite_to_nnunet(build_unet(plan, 1, classes).state_dict(), "PlainConvUNet"))
+    state = nnlite_to_nnunet(build_unet(plan, 1, classes).state_dict(), "PlainConvUNet")
+    return with_nnunet_aliases({key: tensor * head_gain if key.startswith("decoder.seg_layers.") else tensor
+                                for key, tensor in state.items()})
 
 
 def with_nnunet_aliases(state: dict) -> dict:
@@ -161,18 +172,16 @@ def with_nnunet_aliases(state: dict) -> dict:
     return aliased
 
 
-def write_model_folder(root: Path, classes: int, weights: dict | None = None) -> Path:
-    """The nnU-Net model folder (random weights unless `weights`, PlainConvUNet keys with aliases)."""
+def write_model_folder(root: Path, classes: int, head_gain: float = HEAD_GAIN) -> Path:
+    """The nnU-Net model folder: random weights, the output layer scaled by `head_gain`."""
     import torch
 
     folder = root / TRAINER_FOLDER
-    if weights is None and (folder / "fold_0" / "checkpoint_final.pth").is_file():
-        return folder
     (folder / "fold_0").mkdir(parents=True, exist_ok=True)
     plans = nnunet_plans(classes)
     (folder / "plans.json").write_text(json.dumps(plans, indent=1))
     (folder / "dataset.json").write_text(json.dumps(dataset_json(classes), indent=1))
-    state = with_nnunet_aliases(weights) if weights is not None else nnunet_state_dict(classes)
+    state = nnunet_state_dict(classes, head_gain)
     checkpoint = {"network_weights": state, "optimizer_state": None,
                   "grad_scaler_state": None, "logging": {}, "_best_ema": None, "current_epoch": 0,
                   "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0,
@@ -182,45 +191,17 @@ def write_model_folder(root: Path, classes: int, weights: dict | None = None) ->
     return folder
 
 
-def trained_weights(root: Path, classes: int, epochs: int, iters: int, threads: str) -> dict:
-    """Train the model briefly with nnlite on 4 smaller CT-like cases (fold all) and return its
-    weights under PlainConvUNet's keys: random weights give label maps that change every voxel,
-    where interpolating logits (nnU-Net) or probabilities (nnlite) decides most voxels."""
-    import torch
-
-    from nnlite.network.nnunet_weights import nnlite_to_nnunet
-
-    checkpoint = root / "train_work" / "results" / "3d_fullres" / "fold_all" / "checkpoint_final.pt"
-    if not checkpoint.is_file():
-        raw = make_raw_dataset(root / "train_raw", (120, 320, 320), 4, classes)
-        model = write_model_folder(root / "train_model", classes)
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": threads}
-        work = root / "train_work"
-        for command in (["convert", "nnunet-model", str(model), str(work), "--overwrite"],
-                        ["preprocess", str(work), "--raw", str(raw)],
-                        ["train", str(work), "--fold", "all", "--epochs", str(epochs), "--iters-per-epoch",
-                         str(iters), "--val-iters", "1", "--batch-size", "2", "--workers", "1", "--seed", "0",
-                         "--overwrite", "--set", "validation.enabled=false"]):
-            done = subprocess.run([sys.executable, "-m", "nnlite", *command], env=env, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"nnlite {command[0]} failed:\n{done.stderr[-3000:]}")
-    state = torch.load(checkpoint, weights_only=True)["network"]
-    return nnlite_to_nnunet(state, "PlainConvUNet")
-
-
 # --- measuring a process tree -------------------------------------------------------------------
 
 def _children(pid: int) -> list[int]:
+    """Child processes of `pid` (Linux: /proc/PID/task/*/children), [] once it is gone."""
     found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    fields = handle.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry))
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                found.extend(int(child) for child in handle.read().split())
+    except OSError:
+        pass
     return found
 
 
@@ -256,7 +237,7 @@ class Run:
     peak_rss: int
 
 
-def measured(name: str, command: list[str], env: dict | None = None, period: float = 0.05) -> Run:
+def measured(name: str, command: list[str], env: dict | None = None, period: float = 0.1) -> Run:
     """Run `command`; sample its process tree's summed PSS and RSS until it ends."""
     peaks = [0, 0]
     start = time.perf_counter()
@@ -332,12 +313,16 @@ def fmt(run: Run) -> str:
     return f"{run.name:16s} peak PSS {run.peak_pss / MIB:8.0f} MiB  RSS {run.peak_rss / MIB:8.0f} MiB  wall {run.wall:7.1f} s"
 
 
-def predict_table(args, root: Path) -> list[tuple[int, tuple[int, int, int], Run]]:
+def predict_table(args, root: Path, main_run: Run) -> list[tuple[int, tuple[int, int, int], Run]]:
+    """nnlite's peak over --table-classes × --table-depths (the main run is one of the rows)."""
     rows = []
     for depth in args.table_depths:
         shape = (depth, *args.shape[1:])
         inputs = make_inputs(root, shape)
         for classes in args.table_classes:
+            if (classes, shape) == (args.classes, tuple(args.shape)):
+                rows.append((classes, shape, main_run))
+                continue
             model = write_model_folder(root / f"model_{classes}", classes)
             run = nnlite_predict(model, root / f"work_{classes}", inputs, root / f"out_{classes}_{depth}", args.threads)
             print(f"  K={classes:3d}  {'x'.join(map(str, shape))}: {fmt(run)}", flush=True)
@@ -419,8 +404,8 @@ def main() -> int:
     parser.add_argument("--table-depths", type=int, nargs="*", default=[150, 300])
     parser.add_argument("--preprocess-cases", type=int, default=0)
     parser.add_argument("--memory-gb", type=float, default=3.0)
-    parser.add_argument("--train-epochs", type=int, default=10)
-    parser.add_argument("--train-iters", type=int, default=20)
+    parser.add_argument("--head-gain", type=float, default=HEAD_GAIN,
+                        help="scale of the random output layer (1: as initialised; see the docstring)")
     parser.add_argument("--threads", default="2", help="OMP_NUM_THREADS of every run")
     parser.add_argument("--reference-python", help="a Python with nnunetv2==2.8.1")
     args = parser.parse_args()
@@ -428,8 +413,7 @@ def main() -> int:
     root.mkdir(parents=True, exist_ok=True)
     shape = tuple(args.shape)
     inputs = make_inputs(root, shape)
-    weights = trained_weights(root, args.classes, args.train_epochs, args.train_iters, args.threads)
-    model = write_model_folder(root / f"model_{args.classes}", args.classes, weights)
+    model = write_model_folder(root / f"model_{args.classes}", args.classes, head_gain=args.head_gain)
     print(f"case {'x'.join(map(str, shape))} at {SPACING} mm, planned at {COARSE} mm, {args.classes} classes; "
           f"floor {floor_bytes(shape) / MIB:.0f} MiB", flush=True)
     ours = nnlite_predict(model, root / f"work_{args.classes}", inputs, root / "out_nnlite", args.threads)
@@ -441,7 +425,7 @@ def main() -> int:
         print(f"  nnlite / nnU-Net: peak PSS {ours.peak_pss / theirs.peak_pss:.2f}, wall {ours.wall / theirs.wall:.2f}; "
               f"label maps agree on {100 * same:.3f} % of voxels ({present} classes present)", flush=True)
     if args.table_classes:
-        print_growth(predict_table(args, root))
+        print_growth(predict_table(args, root, ours))
     if args.preprocess_cases:
         preprocess_runs(args, root)
     return 0
