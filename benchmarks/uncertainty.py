@@ -7,7 +7,8 @@ Plans, preprocesses and trains fold 0 of the dataset's `2d` configuration into D
 reused when its output is there; `--resume` continues an interrupted training): a short schedule
 (epochs × iters at batch 32, no augmentation) so that it fits a shared 2-core machine. Then
 predicts fold 0's validation cases — 44 of Hippocampus's 220, never seen in training — from the
-raw images with `predict --uncertainty --folds 0` (4 mirrored members: 2D mirroring), scores them
+raw images with `predict --uncertainty --folds 0 --no-mirroring` (one member: the network never saw a
+mirrored image; `--mirror` adds the 4 mirrored members), scores them
 with `nnlite evaluate` and compares `uncertainty.csv`'s score (and its boundary columns) with each
 case's Dice error. `--dataset demo` does the same on a generated demo dataset (--demo-cases cases).
 """
@@ -70,13 +71,14 @@ def random_share(errors: list[float], share: float = WORST_SHARE) -> float:
     return sum(sum(rng.sample(errors, n)) for _ in range(RANDOM_DRAWS)) / RANDOM_DRAWS / total
 
 
-def measure(raw: Path, work: Path, label: str) -> dict:
+def measure(raw: Path, work: Path, label: str, mirror: bool = False) -> dict:
     python = sys.executable
     inputs, out = work / "heldout_images", work / "heldout_predictions"
     cases = held_out_inputs(raw, work, inputs)
     started = time.perf_counter()
     run([python, "-m", "nnlite.predict", str(work), str(inputs), str(out), "--config", CONFIG, "--folds", "0",
-         "--device", "cpu", "--uncertainty"])
+         "--device", "cpu", "--uncertainty", "--overwrite",
+         *([] if mirror else ["--no-mirroring"])])  # trained without augmentation: mirrored inputs are unseen
     seconds = time.perf_counter() - started
     run([python, "-m", "nnlite.evaluate", str(out), str(raw / "labelsTr"), "--dataset-json",
          str(raw / "dataset.json"), "--output", str(work / "heldout_summary.json")])
@@ -111,6 +113,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--mirror", action="store_true",
+                        help="predict with test-time mirroring (the short training has no augmentation, "
+                             "so by default not)")
     args = parser.parse_args()
     if args.dataset == "demo":
         from nnlite.data.demo_dataset import generate_demo_dataset
@@ -124,7 +129,7 @@ def main() -> int:
             print(f"skipped: {raw} not found")
             return 0
     prepare(raw, args.work, args)
-    measure(raw, args.work, args.dataset)
+    measure(raw, args.work, args.dataset, args.mirror)
     return 0
 
 
