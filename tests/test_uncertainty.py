@@ -250,3 +250,21 @@ def test_the_final_validation_scores_each_case_beside_its_dice(tmp_path):
         assert (validation / "uncertainty" / f"{entry['case']}_uncertainty.nii.gz").is_file()
     assert summary["uncertainty"]["cases"] == len(summary["per_case"])
     assert not list(validation.glob("*_uncertainty*"))  # not beside the label maps: folders list those
+
+
+def test_regions_score_every_region_from_its_own_probability():
+    """Region models: every region (also the first) is a structure of its own, A_r = p_r > 0.5."""
+    seg = np.zeros((4, 8, 8), np.uint8)
+    seg[1:3, 2:6, 2:6] = 1
+    seg[1:3, 3:5, 3:5] = 2  # the core inside the lesion
+    lesion = np.where(seg >= 1, 0.9, 0.0).astype(np.float32)
+    core = np.where(seg == 2, 0.6, 0.0).astype(np.float32)
+    sums = UncertaintySums(2, True)
+    for k, channel in enumerate((lesion, core)):
+        sums.add(k, channel, [channel])
+    entropy, mutual = sums.maps([np.zeros(seg.shape, np.float32)])
+    row = quality_row(seg, entropy, mutual, sums, regions=True)
+    lesion_error = (32 * 0.1) / (2 * 32 * 0.9 + 32 * 0.1)
+    core_error = (8 * 0.4) / (2 * 8 * 0.6 + 8 * 0.4)
+    assert row["score"] == pytest.approx((lesion_error + core_error) / 2, rel=1e-5)
+    assert row["foreground_voxels"] == 32 and entropy.max() <= 1
