@@ -37,7 +37,12 @@ pytestmark = pytest.mark.slow
 # change updates it to the commit that makes that change. Issue 30 changed two things on purpose:
 # the class loss's balancing (dfb566f: demo weights and predictions) and the single-process
 # validation line of log.txt (no "rank 0:"); against dfb566f every other file stayed byte-identical.
-BEFORE_REFACTOR = "17f6b6f573c155cd971066e6b4a9790c6f20033d"
+# Issues 32-34 added files and keys on purpose (checked against 17f6b6f's run: nothing removed or
+# changed, every label map, checkpoint and metrics.jsonl byte-identical): validation/uncertainty/
+# maps, summary.json's "uncertainty" and "calibration" blocks and per-case uncertainty fields,
+# results/<config>/temperature.json, best.json's "calibration", and .npz probabilities scaled by
+# the fitted temperature; the baseline moved to cc88735c68b26bc5c06d360f23c76586d85584ed.
+BEFORE_REFACTOR = "cc88735c68b26bc5c06d360f23c76586d85584ed"
 AFTER_PACKAGE_ENV = "NNLITE_GOLDEN_AFTER"
 REPO = Path(__file__).resolve().parents[1]
 
