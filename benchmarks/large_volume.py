@@ -172,8 +172,9 @@ def with_nnunet_aliases(state: dict) -> dict:
     return aliased
 
 
-def write_model_folder(root: Path, classes: int, head_gain: float = HEAD_GAIN) -> Path:
-    """The nnU-Net model folder: random weights, the output layer scaled by `head_gain`."""
+def write_model_folder(root: Path, classes: int, head_gain: float = HEAD_GAIN, weights: dict | None = None) -> Path:
+    """The nnU-Net model folder: `weights` (nnU-Net keys), else random ones with the output layer
+    scaled by `head_gain`."""
     import torch
 
     folder = root / TRAINER_FOLDER
@@ -181,7 +182,7 @@ def write_model_folder(root: Path, classes: int, head_gain: float = HEAD_GAIN) -
     plans = nnunet_plans(classes)
     (folder / "plans.json").write_text(json.dumps(plans, indent=1))
     (folder / "dataset.json").write_text(json.dumps(dataset_json(classes), indent=1))
-    state = nnunet_state_dict(classes, head_gain)
+    state = nnunet_state_dict(classes, head_gain) if weights is None else with_nnunet_aliases(weights)
     checkpoint = {"network_weights": state, "optimizer_state": None,
                   "grad_scaler_state": None, "logging": {}, "_best_ema": None, "current_epoch": 0,
                   "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0,
@@ -189,6 +190,30 @@ def write_model_folder(root: Path, classes: int, head_gain: float = HEAD_GAIN) -
                   "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1, 2)}
     torch.save(checkpoint, folder / "fold_0" / "checkpoint_final.pth")
     return folder
+
+
+def trained_weights(root: Path, classes: int, epochs: int, iters: int, threads: str) -> dict:
+    """The model trained briefly by nnlite on 4 smaller CT-like cases with labels (fold all, no
+    validation), its weights under PlainConvUNet's keys."""
+    import torch
+
+    from nnlite.network.nnunet_weights import nnlite_to_nnunet
+
+    work = root / "train_work"
+    checkpoint = work / "results" / "3d_fullres" / "fold_all" / "checkpoint_final.pt"
+    if not checkpoint.is_file():
+        raw = make_raw_dataset(root / "train_raw", (120, 320, 320), 4, classes)
+        model = write_model_folder(root / "train_model", classes)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": threads}
+        for command in (["convert", "nnunet-model", str(model), str(work), "--overwrite"],
+                        ["preprocess", str(work), "--raw", str(raw)],
+                        ["train", str(work), "--fold", "all", "--epochs", str(epochs), "--iters-per-epoch",
+                         str(iters), "--val-iters", "1", "--batch-size", "2", "--workers", "1", "--seed", "0",
+                         "--overwrite", "--set", "validation.enabled=false"]):
+            done = subprocess.run([sys.executable, "-m", "nnlite", *command], env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"nnlite {command[0]} failed:\n{done.stderr[-3000:]}")
+    return nnlite_to_nnunet(torch.load(checkpoint, weights_only=True)["network"], "PlainConvUNet")
 
 
 # --- measuring a process tree -------------------------------------------------------------------
@@ -354,6 +379,7 @@ def print_growth(rows) -> None:
 def make_raw_dataset(root: Path, shape: tuple[int, int, int], cases: int, classes: int) -> Path:
     raw = root / "Dataset990_LargeCT"
     root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
     if (raw / "dataset.json").is_file():
         return raw
     for sub in ("imagesTr", "labelsTr"):
@@ -373,11 +399,13 @@ def preprocess_runs(args, root: Path) -> None:
     for name, extra in (("nnlite plan+pre", []), (f"--memory-gb {args.memory_gb:g}", ["--memory-gb", str(args.memory_gb)])):
         work = root / "pre_work"
         shutil.rmtree(work, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "nnlite.plan", str(raw), str(work), "--configs", "3d_fullres"],
-                       check=True, capture_output=True, env=env)
-        runs.append(measured(name, [sys.executable, "-m", "nnlite.preprocess", str(work), "--configs", "3d_fullres",
-                                    *extra], env))
-        print("  " + fmt(runs[-1]), flush=True)
+        plan = measured("nnlite plan", [sys.executable, "-m", "nnlite.plan", str(raw), str(work), "--configs",
+                                        "3d_fullres"], env)
+        pre = measured(name, [sys.executable, "-m", "nnlite.preprocess", str(work), "--configs", "3d_fullres",
+                              *extra], env)
+        runs.append(Run(name, plan.wall + pre.wall, max(plan.peak_pss, pre.peak_pss), max(plan.peak_rss, pre.peak_rss)))
+        print(f"  {fmt(runs[-1])}  (preprocess alone: peak PSS {pre.peak_pss / MIB:.0f} MiB, {pre.wall:.1f} s)",
+              flush=True)
     if args.reference_python:
         tmp = root / "pre_ref"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -391,8 +419,9 @@ def preprocess_runs(args, root: Path) -> None:
         runs.append(measured("nnU-Net plan+pre", [args.reference_python, "-c", entry, "-d", "990", "-c", "3d_fullres"],
                              ref_env))
         print("  " + fmt(runs[-1]), flush=True)
-    if runs[1].peak_pss > args.memory_gb * 2**30:
-        print(f"  BUDGET EXCEEDED: {runs[1].peak_pss / 2**30:.2f} GiB > --memory-gb {args.memory_gb:g}")
+    within = runs[1].peak_pss <= args.memory_gb * 2**30
+    print(f"  --memory-gb {args.memory_gb:g}: peak {runs[1].peak_pss / 2**30:.2f} GiB, "
+          f"{'within' if within else 'OVER'} the budget")
 
 
 def main() -> int:
@@ -403,17 +432,26 @@ def main() -> int:
     parser.add_argument("--table-classes", type=int, nargs="*", default=[3, 7, 13])
     parser.add_argument("--table-depths", type=int, nargs="*", default=[150, 300])
     parser.add_argument("--preprocess-cases", type=int, default=0)
-    parser.add_argument("--memory-gb", type=float, default=3.0)
+    parser.add_argument("--only-preprocess", action="store_true", help="skip the predict runs")
+    parser.add_argument("--memory-gb", type=float, default=8.0, help="the budget of the second nnlite preprocess run")
     parser.add_argument("--head-gain", type=float, default=HEAD_GAIN,
                         help="scale of the random output layer (1: as initialised; see the docstring)")
+    parser.add_argument("--train-epochs", type=int, default=0,
+                        help="train the compared model this many epochs first (0: random weights)")
+    parser.add_argument("--train-iters", type=int, default=20, help="iterations per training epoch")
     parser.add_argument("--threads", default="2", help="OMP_NUM_THREADS of every run")
     parser.add_argument("--reference-python", help="a Python with nnunetv2==2.8.1")
     args = parser.parse_args()
     root = args.work
     root.mkdir(parents=True, exist_ok=True)
+    if args.only_preprocess:
+        preprocess_runs(args, root)
+        return 0
     shape = tuple(args.shape)
     inputs = make_inputs(root, shape)
-    model = write_model_folder(root / f"model_{args.classes}", args.classes, head_gain=args.head_gain)
+    weights = trained_weights(root, args.classes, args.train_epochs, args.train_iters, args.threads) \
+        if args.train_epochs else None
+    model = write_model_folder(root / f"model_{args.classes}", args.classes, args.head_gain, weights)
     print(f"case {'x'.join(map(str, shape))} at {SPACING} mm, planned at {COARSE} mm, {args.classes} classes; "
           f"floor {floor_bytes(shape) / MIB:.0f} MiB", flush=True)
     ours = nnlite_predict(model, root / f"work_{args.classes}", inputs, root / "out_nnlite", args.threads)
