@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from nnlite.common.errors import UserError
+from nnlite.common.schema import flat_settings
 
 if TYPE_CHECKING:
     from nnlite.data.image_io import Case
@@ -173,17 +174,6 @@ def train(work: str | Path, fold: int | str = 0, settings: Mapping[str, Any] | N
     folder = train_folds(Path(work), train_settings, [str(fold)], resume=resume, overwrite=overwrite)[0]
     summary = validation_summary(folder)
     return FoldResult(folder, read_metrics(folder), summary)
-
-
-def flat_settings(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"training": {"epochs": 5}, "data.workers": 0} → {"training.epochs": 5, "data.workers": 0}."""
-    flat: dict[str, Any] = {}
-    for key, value in settings.items():
-        if isinstance(value, Mapping):
-            flat.update(flat_settings(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 COMMAND_FLAGS = {"--from": "parent", "--add-config": "name"}  # a stage's error → the API's argument

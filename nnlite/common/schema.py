@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, TypeVar
+from typing import Any, Mapping, TypeVar
 
 from nnlite.common.errors import UserError, did_you_mean
 
@@ -115,3 +115,15 @@ def _as_list(value: Any, where: str) -> list:
     if not isinstance(value, (list, tuple)):
         raise UserError(where, f"expected a list, got {value!r}")
     return list(value)
+
+
+def flat_settings(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"training": {"epochs": 5}, "data.workers": 0} → {"training.epochs": 5, "data.workers": 0}
+    (the keys of --set, the settings diff of a resume, MLflow parameters, nnlite.train's settings)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

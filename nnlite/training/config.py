@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import yaml
 
 from nnlite.common.errors import UserError, did_you_mean
-from nnlite.common.schema import OMIT_DEFAULT, from_dict, to_jsonable
+from nnlite.common.schema import OMIT_DEFAULT, flat_settings, from_dict, to_jsonable
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # nnlite/configs/ (package data)
 LR_STEPS = ("epoch", "iteration")
@@ -223,7 +223,7 @@ def replace_setting(config: TrainConfig, key: str, value: Any) -> TrainConfig:
 
 def config_differences(old: TrainConfig, new: TrainConfig, ignore: Sequence[str] = ()) -> list[str]:
     """Human-readable `key: old → new` lines for every setting that differs."""
-    flat_old, flat_new = _flatten(config_to_dict(old)), _flatten(config_to_dict(new))
+    flat_old, flat_new = flat_settings(config_to_dict(old)), flat_settings(config_to_dict(new))
     return [f"{key}: {flat_old.get(key)!r} → {flat_new.get(key)!r}"
             for key in sorted(set(flat_old) | set(flat_new))
             if key not in ignore and flat_old.get(key) != flat_new.get(key)]
@@ -281,16 +281,6 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 def suggest_setting(key: str) -> str:
     """` (did you mean 'training.initial_lr'?)` for a mistyped or section-less `--set` key."""
-    known = list(_flatten(config_to_dict(TrainConfig())))
+    known = list(flat_settings(config_to_dict(TrainConfig())))
     same_leaf = [name for name in known if name.endswith("." + key)]  # `initial_lr` without its section
     return f" (did you mean '{same_leaf[0]}'?)" if len(same_leaf) == 1 else did_you_mean(key, known)
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

@@ -33,6 +33,7 @@ from typing import Any, Protocol, Sequence
 
 from nnlite.common.errors import UserError
 from nnlite.common.files import write_json_atomic
+from nnlite.common.schema import flat_settings
 from nnlite.common.layout import PLANS_FILE, SUMMARY_FILE, VALIDATION_DIR
 
 TENSORBOARD_DIR = "tensorboard"
@@ -90,17 +91,6 @@ def summary_scalars(summary: dict[str, Any], prefix: str = "validation") -> dict
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def flat_settings(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"training": {"epochs": 2}} → {"training.epochs": 2} (MLflow parameters)."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(flat_settings(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 class TensorBoardWriter:
