@@ -51,13 +51,18 @@ def available_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def resident_bytes() -> int:
-    """This process's resident set now (0 where /proc is missing)."""
+def _statm(field: int) -> int:
+    """Field of /proc/self/statm in bytes (0: total mapped, 1: resident); 0 where /proc is missing."""
     try:
         with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            return int(handle.read().split()[field]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
         return 0
+
+
+def resident_bytes() -> int:
+    """This process's resident set now (0 where /proc is missing)."""
+    return _statm(1)
 
 
 def private_bytes() -> int:
@@ -79,19 +84,11 @@ def peak_resident_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _address_space_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
-
-
 def limit_address_space(allowance: int) -> None:
     """Let this process map at most `allowance` more bytes than it has mapped now: numpy and
     Python then raise MemoryError instead of the kernel killing the process. The limit only grows
     what is mapped after the call (libraries already loaded keep their reservations)."""
-    now = _address_space_bytes()
+    now = _statm(0)  # what the process has mapped now
     if now == 0:
         return  # no /proc: nothing to anchor the limit to
     _, hard = resource.getrlimit(resource.RLIMIT_AS)

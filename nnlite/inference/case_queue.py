@@ -29,6 +29,9 @@ def predict_cases(predictor: Callable[[str, CaseInput], CasePrediction], todo: S
     classification head."""
     class_rows: dict[str, np.ndarray] = {}
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        def read_after(i: int) -> Future | None:
+            return reader.submit(read, todo[i + 1]) if i + 1 < len(todo) else None
+
         upcoming = reader.submit(read, todo[0]) if todo else None
         pending = None
         for i, case in enumerate(tqdm(todo, desc="predict", unit="case")):
@@ -37,24 +40,21 @@ def predict_cases(predictor: Callable[[str, CaseInput], CasePrediction], todo: S
                 given = current.result()
                 alone = gate is not None and not _may_overlap(gate, case, given)
                 if alone:  # the previous case's export first, the next case read afterwards
-                    _collect(pending, report)
-                    pending = None
+                    pending = _collect(pending, report)
                 else:
-                    upcoming = reader.submit(read, todo[i + 1]) if i + 1 < len(todo) else None
+                    upcoming = read_after(i)
                 prediction = predictor(case, given)
                 del given
             except Exception as error:  # noqa: BLE001  report the case, finish the others
                 record_failure(report, case, error)
-                upcoming = upcoming or (reader.submit(read, todo[i + 1]) if i + 1 < len(todo) else None)
-                continue
-            if prediction.class_probs is not None:
-                class_rows[case] = prediction.class_probs
-            _collect(pending, report)
-            pending = (case, writer.submit(write, case, prediction))
-            if alone:
+            else:
+                if prediction.class_probs is not None:
+                    class_rows[case] = prediction.class_probs
                 _collect(pending, report)
-                pending = None
-            upcoming = upcoming or (reader.submit(read, todo[i + 1]) if i + 1 < len(todo) else None)
+                pending = (case, writer.submit(write, case, prediction))
+                if alone:
+                    pending = _collect(pending, report)
+            upcoming = upcoming or read_after(i)
         _collect(pending, report)
     return class_rows
 
@@ -69,9 +69,10 @@ def _may_overlap(gate: MemoryGate, case: str, given: CaseInput) -> bool:
 
 
 def _collect(pending: tuple[str, Future] | None, report: PredictReport) -> None:
-    """Wait for the previous case's export (keeps one case's probabilities in flight at most)."""
+    """Wait for the previous case's export (keeps one case's probabilities in flight at most);
+    returns None, what is pending afterwards."""
     if pending is None:
-        return
+        return None
     case, future = pending
     try:
         future.result()

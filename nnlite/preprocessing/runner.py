@@ -168,9 +168,10 @@ def _run_all(jobs: list[_Job], dataset: RawDataset, plans: Plans, workers: int, 
             log.info("largest case measured at %.2f GB: %d %s within %s", first.peak / GIB, plan.workers,
                      "worker" if plan.workers == 1 else "workers", budget.describe())
     retry = []
+    by_name = {job.case.name: job for job in jobs}
     for outcome in _pool(jobs, dataset, plans, plan.workers, plan.allowance):
         if outcome.out_of_memory and plan.workers > 1:
-            retry.append(next(job for job in jobs if job.case.name == outcome.case))
+            retry.append(by_name[outcome.case])
         else:
             yield outcome
     for job in retry:  # alone: the whole budget for this one case
