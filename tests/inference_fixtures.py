@@ -48,3 +48,36 @@ def save_random_model(work: Path, plans: Plans, folds=(0,), seed: int = 0, confi
                     "rng": {}, "plan": to_jsonable(plans),
                     "config": {"configuration": config_name, "fold": fold}},
                    folder / "checkpoint_final.pt")
+
+
+def rgb_picture_model(root: Path, rng, monkeypatch) -> tuple[Path, Path, list]:
+    """A raw dataset of three RGB PNG pictures (40 × 32, one bright "tool" per picture) at
+    root/raw, planned 2d into root/work with a random-weight fold 0; returns (work, raw, the
+    pictures as (Y, X, 3) uint8 arrays) so a test can write its own inputs from them."""
+    import json
+
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from nnlite.data.dataset import load_dataset
+    from nnlite.planning import fingerprint as fingerprint_module
+    from nnlite.planning.fingerprint import extract_fingerprint
+    from nnlite.planning.planner import plan_experiment
+
+    monkeypatch.setattr(fingerprint_module, "FOREGROUND_SAMPLES_TOTAL", 3000)
+    raw = root / "raw"
+    for folder in ("imagesTr", "labelsTr"):
+        (raw / folder).mkdir(parents=True)
+    pictures = []
+    for i in range(3):
+        seg = np.zeros((40, 32), np.uint8)
+        seg[5 + i : 20, 6:18] = 1
+        pictures.append(np.clip(rng.normal(90, 10, (40, 32, 3)) + 100 * seg[..., None], 0, 255).astype(np.uint8))
+        PILImage.fromarray(pictures[-1]).save(raw / "imagesTr" / f"img_{i}_0000.png")
+        PILImage.fromarray(seg).save(raw / "labelsTr" / f"img_{i}.png")
+    (raw / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "tool": 1},
+        "numTraining": 3, "file_ending": ".png"}))
+    save_random_model(root / "work", plan_experiment(extract_fingerprint(load_dataset(raw)), configs=["2d"]),
+                      config_name="2d")
+    return root / "work", raw, pictures

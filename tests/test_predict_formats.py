@@ -3,26 +3,20 @@ DICOM series folders in, DICOM-SEG out (`--dicom-seg`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import highdicom as hd
-import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
 from PIL import Image as PILImage
 
-import nnlite.planning.fingerprint as fingerprint_module
 from command_line import assert_one_line_error, run_command
-from inference_fixtures import save_random_model, tiny_plans
-from nnlite.data.dataset import load_dataset
+from inference_fixtures import rgb_picture_model, save_random_model, tiny_plans
 from nnlite.data.image_io import read_image
 from nnlite.inference.options import PredictOptions
 from nnlite.inference.predictor import predict_folder
-from nnlite.planning.fingerprint import extract_fingerprint
-from nnlite.planning.planner import plan_experiment
 from nnlite.predict import main as predict_main
 from tests.dicom_fixtures import SeriesGeometry, write_nifti_twin, write_series
 
@@ -134,22 +128,10 @@ def test_channel_given_twice_is_an_error(tmp_path, trained, rng):
 
 
 def test_png_dataset_predicts_png_label_maps(tmp_path, rng, monkeypatch):
-    monkeypatch.setattr(fingerprint_module, "FOREGROUND_SAMPLES_TOTAL", 3000)
-    raw = tmp_path / "raw"
-    for folder in ("imagesTr", "labelsTr", "imagesTs"):
-        (raw / folder).mkdir(parents=True)
-    for i in range(3):
-        seg = np.zeros((40, 32), np.uint8)
-        seg[5 + i : 20, 6:18] = 1
-        rgb = np.clip(rng.normal(90, 10, (40, 32, 3)) + 100 * seg[..., None], 0, 255).astype(np.uint8)
-        PILImage.fromarray(rgb).save(raw / "imagesTr" / f"img_{i}_0000.png")
-        PILImage.fromarray(seg).save(raw / "labelsTr" / f"img_{i}.png")
+    _, raw, pictures = rgb_picture_model(tmp_path, rng, monkeypatch)
+    (raw / "imagesTs").mkdir()
+    for i, rgb in enumerate(pictures):
         PILImage.fromarray(rgb).save(raw / "imagesTs" / f"test_{i}_0000.jpg")
-    (raw / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "tool": 1},
-        "numTraining": 3, "file_ending": ".png"}))
-    plans = plan_experiment(extract_fingerprint(load_dataset(raw)), configs=["2d"])
-    save_random_model(tmp_path / "work", plans, config_name="2d")
     report = predict_folder(tmp_path / "work", raw / "imagesTs", tmp_path / "out",
                             PredictOptions(config="2d", device="cpu"))
     assert sorted(report.predicted) == ["test_0", "test_1", "test_2"] and not report.failed

@@ -198,27 +198,12 @@ def test_a_2d_image_as_an_array_is_the_picture_predict_writes(tmp_path, rng, mon
     """An RGB picture as (3, Y, X) with its spacing (y, x): the label map `predict` writes as PNG."""
     from PIL import Image as PILImage
 
-    from nnlite.data.dataset import load_dataset
-    from nnlite.planning import fingerprint as fingerprint_module
-    from nnlite.planning.fingerprint import extract_fingerprint
-    from nnlite.planning.planner import plan_experiment
+    from inference_fixtures import rgb_picture_model
 
-    monkeypatch.setattr(fingerprint_module, "FOREGROUND_SAMPLES_TOTAL", 3000)
-    raw = tmp_path / "raw"
-    for folder in ("imagesTr", "labelsTr", "in"):
-        (raw / folder).mkdir(parents=True)
-    for i in range(3):
-        seg = np.zeros((40, 32), np.uint8)
-        seg[5 + i : 20, 6:18] = 1
-        rgb = np.clip(rng.normal(90, 10, (40, 32, 3)) + 100 * seg[..., None], 0, 255).astype(np.uint8)
-        PILImage.fromarray(rgb).save(raw / "imagesTr" / f"img_{i}_0000.png")
-        PILImage.fromarray(seg).save(raw / "labelsTr" / f"img_{i}.png")
+    _, raw, pictures = rgb_picture_model(tmp_path, rng, monkeypatch)
+    rgb = pictures[-1]
+    (raw / "in").mkdir()
     PILImage.fromarray(rgb).save(raw / "in" / "c1_0000.png")
-    (raw / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "tool": 1},
-        "numTraining": 3, "file_ending": ".png"}))
-    save_random_model(tmp_path / "work", plan_experiment(extract_fingerprint(load_dataset(raw)), configs=["2d"]),
-                      config_name="2d")
     assert predict_main([str(tmp_path / "work"), str(raw / "in"), str(tmp_path / "out"), "--config", "2d",
                          *FLAGS]) == 0
     prediction = nnlite.Predictor(tmp_path / "work", config="2d").predict(rgb.transpose(2, 0, 1), spacing=(1.0, 1.0))
