@@ -97,7 +97,7 @@ def folder_bins(folder: Path, refs: Path, plans, temperature: float = 1.0, cases
     """Merged ECE bins of the `.npz` of `folder`'s label maps (only `cases` when given)."""
     from nnlite.evaluation.calibration import case_bins, case_voxels, merge_bins
     from nnlite.evaluation.metrics import read_label_map
-    from nnlite.inference.outputs import load_probabilities
+    from nnlite.inference.saved_probabilities import load_probabilities
 
     bins = []
     for case in sorted(cases if cases is not None else [p.name[:-4] for p in folder.glob("*.npz")]):

@@ -294,15 +294,17 @@ class Predictor:
         from nnlite.inference.largest_component import apply_postprocessing
         from nnlite.inference.predictor import (CaseInput, CasePredictor, calibrated, prediction_in_original,
                                                 preprocess_raw)
+        from nnlite.inference.saved_probabilities import HeldProbabilities
 
         raw, case = self._read(image, spacing, affine)
         given = CaseInput({m.config_name: preprocess_raw(raw, case, self.plans, m.config_name)
                            for m in self.models}, raw)
         with CasePredictor(self.models, self.plans, self.options, self.device) as predictor:
             prediction = predictor(case, given)
-        seg, probs, written_affine = prediction_in_original(prediction, self.plans, probabilities)
+        held = HeldProbabilities(len(prediction.members[0].probs))
+        seg, written_affine = prediction_in_original(prediction, self.plans, held.add if probabilities else None)
         labels = as_written_labels(apply_postprocessing(seg, self.postprocessing))
-        return Prediction(labels, written_affine, calibrated(probs, self.temperature, self.plans),
+        return Prediction(labels, written_affine, calibrated(held.array, self.temperature, self.plans),
                           prediction.class_probs, tuple(self.plans.case_classes), prediction.uncertainty)
 
     def predict_folder(self, input_dir: str | Path, output_dir: str | Path, *, overwrite: bool = False,

@@ -16,7 +16,8 @@ from nnlite.common.layout import temperature_file
 from nnlite.data.image_io import read_image, write_image, write_seg
 from nnlite.evaluation.calibration import (BAND_VOXELS, CalibrationBins, CaseVoxels, calibrate_folder, case_bins,
                                            case_voxels, ece_report, fit_temperature, merge_bins)
-from nnlite.inference.outputs import load_probabilities, write_case_outputs
+from nnlite.inference.outputs import write_case_outputs
+from nnlite.inference.saved_probabilities import load_probabilities
 from nnlite.inference.temperature import prediction_temperature, read_temperature, scale_probabilities
 from nnlite.predict import main as predict_main
 

@@ -21,8 +21,8 @@ from nnlite.planning.splits import make_splits
 from nnlite.data.image_io import read_image, write_seg
 from nnlite.evaluation.cross_validation import has_probabilities, merge_crossval
 from nnlite.evaluation.ensembles import ensemble_crossval, ensemble_name
-from nnlite.inference.outputs import (average_probabilities, load_probabilities, seg_from_probabilities,
-                                     write_probabilities)
+from nnlite.inference.outputs import average_probabilities, seg_from_probabilities
+from nnlite.inference.saved_probabilities import load_probabilities, write_probabilities
 from nnlite.plans import load_plans, save_plans
 from nnlite.training.folds import cv_folds
 

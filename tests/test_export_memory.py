@@ -1,5 +1,6 @@
 """Export in bounded memory: the label map built one class channel at a time equals the whole-array
-resample + argmax (regions: painted), and its peak memory does not grow with the number of classes."""
+resample + argmax (regions: painted), and its peak memory does not grow with the number of classes;
+saved probabilities are streamed into `<case>.npz` one channel at a time, temperature included."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from inference_fixtures import CONFIG, tiny_plans
 from nnlite.data.cropping import uncrop
 from nnlite.data.regions import parse_region_labels
 from nnlite.inference.outputs import export_prediction, members_in_original, probabilities_in_crop
+from nnlite.inference.saved_probabilities import (HeldProbabilities, ProbabilityFile, load_probabilities,
+                                                  write_probabilities)
+from nnlite.inference.temperature import scale_probabilities
 from nnlite.plans import Plans
 from nnlite.preprocessing.pipeline import CaseProperties, transposed_spacing
 from nnlite.preprocessing.resampling import resample_image, separate_z_axis
@@ -74,8 +78,10 @@ def test_per_class_export_equals_the_whole_array_argmax(rng, transpose, regions)
     props = _case((3, 13, 17), crop, raw, spacing, transpose)
     assert separate_z_axis(props.spacing, transposed_spacing(spacing, plans)) == 0
     probs = _tied_probabilities(rng, classes, props.shape)
-    seg, saved = members_in_original([(probabilities_in_crop(torch.from_numpy(probs), props, plans, CONFIG), props)],
-                                     plans, save_probabilities=True)
+    held = HeldProbabilities(classes)
+    seg = members_in_original([(probabilities_in_crop(torch.from_numpy(probs), props, plans, CONFIG), props)],
+                              plans, held.add)
+    saved = held.array
     expected = _expected(probs, props, plans)
     assert seg.dtype == np.uint8 and len(np.unique(expected)) > 2
     np.testing.assert_array_equal(seg, expected)
@@ -89,8 +95,10 @@ def test_an_ensemble_is_argmax_of_its_members_mean_one_class_at_a_time(rng):
     spacing = (2.0, 0.5, 0.5)
     props = _case((3, 13, 17), (6, 26, 34), (8, 28, 36), spacing, (0, 1, 2))
     members = [_tied_probabilities(rng, 4, props.shape) for _ in range(2)]
-    seg, saved = members_in_original([(probabilities_in_crop(m, props, plans, CONFIG), props) for m in members],
-                                     plans, save_probabilities=True)
+    held = HeldProbabilities(4)
+    seg = members_in_original([(probabilities_in_crop(m, props, plans, CONFIG), props) for m in members],
+                              plans, held.add)
+    saved = held.array
     target = transposed_spacing(spacing, plans)
     mean = np.zeros((4, *props.shape_before_crop), np.float32)
     for member in members:
@@ -125,3 +133,77 @@ def test_export_peak_memory_grows_by_at_most_one_class_channel(tmp_path):
     assert many - few <= CHANNEL_BYTES + SLACK_BYTES, (
         f"peak {few / 2**20:.1f} MiB with 4 classes, {many / 2**20:.1f} MiB with 16: the export holds "
         f"more than one class channel ({CHANNEL_BYTES / 2**20:.1f} MiB) per class")
+
+
+def _export_peak_saving(tmp_path, classes: int) -> int:
+    """Peak bytes traced while exporting one case with its probabilities saved (`<case>.npz`)."""
+    plans = _plans(classes)
+    props = _case(CROP, RAW, RAW, (2.0, 0.5, 0.5), (0, 1, 2), offset=0)
+    probs = np.random.default_rng(classes).random((classes, *CROP), dtype=np.float32)
+    tracemalloc.start()
+    try:
+        export_prediction(probs, props, plans, CONFIG, tmp_path / f"s{classes}.nii.gz", save_probabilities=True,
+                          affine=np.eye(4))
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_saved_probabilities_are_streamed_not_held_whole(tmp_path):
+    few, many = _export_peak_saving(tmp_path, 4), _export_peak_saving(tmp_path, 16)
+    assert many - few <= CHANNEL_BYTES + SLACK_BYTES, (
+        f"peak {few / 2**20:.1f} MiB with 4 classes, {many / 2**20:.1f} MiB with 16 while saving the "
+        f"probabilities: the .npz is built whole instead of one class channel at a time")
+    saved = load_probabilities(tmp_path / "s16.npz")
+    assert saved.shape == (16, *RAW) and saved.dtype == np.float16
+
+
+def _softmax(rng, classes: int, shape) -> np.ndarray:
+    logits = rng.normal(0, 2, size=(classes, *shape)).astype(np.float32)
+    exp = np.exp(logits - logits.max(0))
+    return (exp / exp.sum(0)).astype(np.float16)
+
+
+def test_a_streamed_npz_holds_what_np_savez_writes(rng, tmp_path):
+    probs = _softmax(rng, 5, (6, 7, 8))
+    write_probabilities(tmp_path / "streamed.npz", probs)
+    with open(tmp_path / "whole.npz", "wb") as handle:
+        np.savez(handle, probabilities=probs)
+    with np.load(tmp_path / "streamed.npz") as streamed, np.load(tmp_path / "whole.npz") as whole:
+        assert list(streamed.keys()) == list(whole.keys()) == ["probabilities"]
+        np.testing.assert_array_equal(streamed["probabilities"], whole["probabilities"])
+        assert streamed["probabilities"].dtype == np.float16
+
+
+@pytest.mark.parametrize("temperature", [0.6, 1.8])
+@pytest.mark.parametrize("sigmoid", [False, True])
+def test_temperature_applied_while_streaming_equals_scaling_the_whole_array(rng, tmp_path, temperature, sigmoid):
+    probs = rng.random((3, 5, 6, 7)).astype(np.float16) if sigmoid else _softmax(rng, 4, (5, 6, 7))
+    with ProbabilityFile(tmp_path / "c.npz", len(probs), temperature, sigmoid) as stream:
+        for channel in probs:
+            stream.add(channel)
+        stream.finish()
+    expected = scale_probabilities(probs, temperature, sigmoid).astype(np.float16)
+    saved = load_probabilities(tmp_path / "c.npz")
+    np.testing.assert_allclose(saved.astype(np.float32), expected.astype(np.float32), atol=1e-3)
+    assert not np.allclose(saved.astype(np.float32), probs.astype(np.float32), atol=1e-2)  # T changed them
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz"]  # the unscaled pass file is gone
+
+
+def test_a_stream_that_fails_or_stops_short_leaves_no_file(rng, tmp_path):
+    probs = _softmax(rng, 3, (4, 5, 6))
+    with pytest.raises(RuntimeError):
+        with ProbabilityFile(tmp_path / "a.npz", 3, temperature=0.5) as stream:
+            stream.add(probs[0])
+            raise RuntimeError("the export of class 1 failed")
+    with pytest.raises(ValueError, match="2 of 3"):
+        with ProbabilityFile(tmp_path / "b.npz", 3) as stream:
+            stream.add(probs[0])
+            stream.add(probs[1])
+            stream.finish()
+    with pytest.raises(RuntimeError):  # finished, but the case's other files failed
+        with ProbabilityFile(tmp_path / "c.npz", 1) as stream:
+            stream.add(probs[0])
+            stream.finish()
+            raise RuntimeError("the label map could not be written")
+    assert list(tmp_path.iterdir()) == []

@@ -15,7 +15,8 @@ from torch import nn
 from inference_fixtures import CONFIG, save_random_model, tiny_plans
 from nnlite.common.cli import run
 from nnlite.data.image_io import read_image, write_image
-from nnlite.inference.outputs import export_prediction, load_probabilities
+from nnlite.inference.outputs import export_prediction
+from nnlite.inference.saved_probabilities import load_probabilities
 from nnlite.inference.largest_component import apply_postprocessing
 from nnlite.inference.sliding_window import (gaussian_weights, mirror_subsets, pad_to_tile, predict_preprocessed,
                                              predict_sliding_window, tile_starts)

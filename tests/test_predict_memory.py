@@ -29,7 +29,7 @@ def test_footprint_counts_raw_network_and_export_bytes():
     raw, net = 10 * 20 * 30, 5 * 10 * 15
     expected = raw * (2 * RAW_BYTES + EXPORT_BYTES) + net * (2 * 4 + 4 * NETWORK_BYTES)
     assert case_footprint(shapes, classes=3, save_probabilities=False) == expected
-    assert case_footprint(shapes, 3, True) == expected + 3 * 2 * raw  # the float16 probabilities
+    assert case_footprint(shapes, 3, True) == expected + (2 + 3 * 4) * raw  # one streamed channel, not K
     # a second member (an ensemble) adds its own network-space arrays, not another export
     two = shapes_of((2, 10, 20, 30), [(2, 5, 10, 15), (2, 10, 20, 30)])
     assert case_footprint(two, 3, False) == expected + raw * (2 * 4 + 4 * NETWORK_BYTES)

@@ -26,7 +26,7 @@ from inference_fixtures import CONFIG, save_random_model, tiny_plans
 from nnlite.common.errors import UserError
 from nnlite.data.regions import parse_region_labels
 from nnlite.inference.case_classification import read_classification
-from nnlite.inference.outputs import load_probabilities
+from nnlite.inference.saved_probabilities import load_probabilities
 from nnlite.predict import main as predict_main
 
 # an oblique affine: voxel axes swapped and flipped, spacing (z, y, x) = (2.5, 1.0, 1.2) ≠ the plan's

@@ -368,7 +368,7 @@ def test_best_ensembles_region_probabilities_and_scores_regions(tmp_path):
     from inference_fixtures import tiny_plans
     from nnlite.best import main as best_main
     from nnlite.common.files import write_json_atomic
-    from nnlite.inference.outputs import write_probabilities
+    from nnlite.inference.saved_probabilities import write_probabilities
     from nnlite.inference.models import load_best
     from nnlite.planning.splits import make_splits
     from nnlite.plans import save_plans

@@ -19,7 +19,8 @@ from nnlite.common.files import write_json_atomic
 from nnlite.planning.splits import make_splits
 from nnlite.data.image_io import write_seg
 from nnlite.evaluation.selection import predict_command, rank
-from nnlite.inference.outputs import seg_from_probabilities, write_probabilities
+from nnlite.inference.outputs import seg_from_probabilities
+from nnlite.inference.saved_probabilities import write_probabilities
 from nnlite.inference.models import load_best
 from nnlite.plans import save_plans
 

@@ -19,7 +19,7 @@ from torch import nn
 from inference_fixtures import save_random_model, tiny_plans
 from nnlite.evaluation.metrics import list_segs
 from nnlite.evaluation.quality import add_quality, oracle_share, spearman, worst_share
-from nnlite.inference.outputs import load_probabilities
+from nnlite.inference.saved_probabilities import load_probabilities
 from nnlite.inference.sliding_window import mirror_subsets, predict_sliding_window
 from nnlite.inference.uncertainty import (CSV_COLUMNS, UncertaintySums, entropy_scale, quality_row, read_rows)
 from nnlite.predict import main as predict_main

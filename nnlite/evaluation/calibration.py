@@ -40,7 +40,8 @@ from nnlite.common.errors import UserError
 from nnlite.common.layout import TEMPERATURE_FILE, crossval_folder, ensemble_folder, temperature_file
 from nnlite.data.regions import region_masks
 from nnlite.evaluation.metrics import matched_cases, read_label_map, reference_labels, write_summary
-from nnlite.inference.outputs import average_probabilities, load_probabilities, npz_path_for
+from nnlite.inference.outputs import average_probabilities, npz_path_for
+from nnlite.inference.saved_probabilities import load_probabilities
 from nnlite.inference.temperature import TEMPERATURE_KEY, read_temperature, scale_probabilities
 from nnlite.plans import Plans
 

@@ -28,8 +28,8 @@ from nnlite.data.image_io import read_image
 from nnlite.evaluation.class_scores import score_class_rows
 from nnlite.evaluation.metrics import evaluate_folder, list_segs, reference_labels, write_summary
 from nnlite.inference.case_classification import CLASSIFICATION_FILE, class_rows_of
-from nnlite.inference.outputs import (average_probabilities, load_probabilities, npz_path_for,
-                                      seg_from_probabilities, write_case_outputs)
+from nnlite.inference.outputs import average_probabilities, npz_path_for, seg_from_probabilities, write_case_outputs
+from nnlite.inference.saved_probabilities import load_probabilities
 from nnlite.plans import load_plans
 
 log = logging.getLogger(__name__)

@@ -4,8 +4,8 @@
 three cases in memory at once. Each case's footprint is estimated once it is read, from its
 shapes: the raw image (kept for its geometry), each member's network input, sliding-window
 accumulators and probabilities (K + 1 float32 channels twice, network space), and the export's
-one-class-at-a-time working set in the original geometry (outputs.py), plus the whole float16
-probabilities when they are saved. When three such cases do not fit the budget, cases run one
+one-class-at-a-time working set in the original geometry (outputs.py), plus, when probabilities are
+saved, the streaming writer's working set (saved_probabilities.py: one channel, not K). When three such cases do not fit the budget, cases run one
 after another (no read-ahead, the export waited for); a case whose estimate alone exceeds an
 explicit `--memory-gb` fails with one line naming it, and the other cases are still predicted.
 """
@@ -22,7 +22,8 @@ RAW_BYTES = 4 + 8  # per raw voxel and channel: the float32 image, the reader's 
 NETWORK_BYTES = 4 * 2  # per network voxel and output channel (+1 for the weights): sums and probabilities
 EXPORT_BYTES = 4 * 3 + 2  # per original voxel: a class channel resampled, its intermediate, the running
 # maximum (float32), the label map and the mask of where a class wins (1 byte each)
-SAVED_BYTES = 2  # per original voxel and class: the float16 probabilities of --save-probabilities
+SAVED_BYTES = 2 + 3 * 4  # per original voxel, any K: the float16 channel streamed into the .npz and, with a
+# temperature, its float32 powers, their running sum over the classes and the scaled channel
 CASES_IN_FLIGHT = 3  # one read ahead, one predicted, one exported
 
 
@@ -38,7 +39,7 @@ class CaseShapes:
 def case_footprint(shapes: CaseShapes, classes: int, save_probabilities: bool) -> int:
     """Estimated peak bytes of predicting and exporting one case."""
     network = sum(voxels * (shapes.channels * 4 + (classes + 1) * NETWORK_BYTES) for voxels in shapes.network_voxels)
-    saved = classes * SAVED_BYTES * shapes.raw_voxels if save_probabilities else 0
+    saved = SAVED_BYTES * shapes.raw_voxels if save_probabilities else 0
     return shapes.raw_voxels * (shapes.channels * RAW_BYTES + EXPORT_BYTES) + network + saved
 
 

@@ -9,11 +9,13 @@ pickle): outside the crop the background probability is 1. A region dataset has 
 probability per region instead (0 outside the crop) and its label map is painted from them in
 `regions_class_order` (`paint_regions`) rather than taken by argmax.
 
-Memory: (K, *original) float32 is never held for a label map. Each class channel is resampled on
-its own (`CroppedProbabilities.channel`; resampling is per channel anyway, so this is exact) and
-folded into a running maximum and its index (`RunningLabelMap`: a later class takes a voxel only
-where it is strictly greater, so ties go to the lower class, as argmax), or painted as its region.
-Only `save_probabilities` builds the whole (K, *raw shape) float16 array that goes into the `.npz`.
+Memory: (K, *original) is never held. Each class channel is resampled on its own
+(`CroppedProbabilities.channel`; resampling is per channel anyway, so this is exact) and folded
+into a running maximum and its index (`RunningLabelMap`: a later class takes a voxel only where it
+is strictly greater, so ties go to the lower class, as argmax), or painted as its region; when the
+probabilities are saved, the same channel (float16, uncropped) goes to a `ChannelSink`, which
+streams it into the `.npz` (saved_probabilities.py) — or collects the whole array for the Python
+API, which returns it.
 
 An ensemble (several configurations, `predict --best`) averages its members' float16
 probabilities in the original geometry, one class at a time (`members_in_original`). `write_case_outputs` is the one
@@ -33,18 +35,16 @@ import numpy as np
 import torch
 
 from nnlite.common.errors import UserError
-from nnlite.common.files import TMP_SUFFIX, write_atomic
+from nnlite.common.files import TMP_SUFFIX
 from nnlite.data.image_io import file_ending, write_image, write_seg
 from nnlite.data.regions import paint_region, paint_regions, painted_dtype
 from nnlite.inference.largest_component import apply_postprocessing
+from nnlite.inference.saved_probabilities import ProbabilityFile, write_probabilities
 from nnlite.common.labels import Region
 from nnlite.plans import Plans
 from nnlite.preprocessing.pipeline import CaseProperties, resample_to_original, restore_original_geometry
 
 log = logging.getLogger(__name__)
-
-PROBABILITIES_KEY = "probabilities"  # array name inside <case>.npz (as the reference)
-
 
 class CroppedProbabilities:
     """A configuration's probabilities (K, *shape_after_crop) float32 in the preprocessed axis
@@ -116,7 +116,7 @@ class RunningLabelMap:
 def seg_in_original(cropped_probs: Probabilities, props: CaseProperties, plans: Plans) -> np.ndarray:
     """Argmax (regions: painted) of (K, *cropped) → uint8/int16 label map (*raw shape) in the raw
     axis order."""
-    return members_in_original([(cropped_probs, props)], plans, False)[0]
+    return members_in_original([(cropped_probs, props)], plans)
 
 
 def _outside_crop(plans: Plans, k: int) -> float:
@@ -124,43 +124,31 @@ def _outside_crop(plans: Plans, k: int) -> float:
     return 1.0 if k == 0 and not plans.sigmoid_outputs else 0.0
 
 
-def write_probabilities(path: str | Path, probs: np.ndarray) -> Path:
-    """Write `<case>.npz` with key "probabilities" atomically (uncompressed: it is read often)."""
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:  # np.savez would append ".npz" to a str/Path name
-            np.savez(handle, **{PROBABILITIES_KEY: probs})
-
-    return write_atomic(path, write)
-
-
-def load_probabilities(path: str | Path) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as archive:
-        return archive[PROBABILITIES_KEY]
-
-
 Cropped = tuple[Probabilities, CaseProperties]  # probabilities (K, *shape_after_crop) float32, properties
 ChannelObserver = Callable[[int, np.ndarray, list[np.ndarray]], None]  # (k, mean (*S), members' (*S))
+ChannelSink = Callable[[np.ndarray], None]  # takes the saved probabilities (*raw shape) float16, class by class
 
 
-def members_in_original(members: Sequence[Cropped], plans: Plans, save_probabilities: bool,
-                        observe: ChannelObserver | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Label map (*raw shape) of one configuration's or an ensemble's cropped probabilities, and
-    the probabilities (K, *raw shape) float16 when `save_probabilities`; one class at a time.
-    observe(k, channel, members' channels): sees each class as it goes by (inference/uncertainty)."""
+def members_in_original(members: Sequence[Cropped], plans: Plans, keep: ChannelSink | None = None,
+                        observe: ChannelObserver | None = None) -> np.ndarray:
+    """Label map (*raw shape) of one configuration's or an ensemble's cropped probabilities; one
+    class at a time. keep: given each class's probabilities (*raw shape) float16 in class order
+    (saving them). observe(k, channel, members' channels): sees each class as it goes by
+    (inference/uncertainty)."""
     classes = len(members[0][0])
     for cropped, _ in members[1:]:
         if len(cropped) != classes:
             raise UserError("ensemble", f"member shapes differ: {len(cropped)} vs {classes} classes")
-    labels, saved = RunningLabelMap(classes, plans.regions), None
+    labels = RunningLabelMap(classes, plans.regions)
     for k in range(classes):
-        channel, kept = _class_of_members(members, plans, k, save_probabilities, observe)
+        channel, kept = _class_of_members(members, plans, k, keep is not None, observe)
         labels.add(channel)
         del channel  # freed before the next class is resampled: one class channel in memory at a time
-        if kept is not None:
-            saved = np.empty((classes, *kept.shape), np.float16) if saved is None else saved
-            saved[k] = kept
+        if keep is not None:
+            keep(kept)
+        del kept
     seg = labels.result()
-    return (restore_original_geometry(seg, members[0][1], plans, 0) if len(members) == 1 else seg), saved
+    return restore_original_geometry(seg, members[0][1], plans, 0) if len(members) == 1 else seg
 
 
 def _class_of_members(members: Sequence[Cropped], plans: Plans, k: int, save: bool,
@@ -185,11 +173,12 @@ def _class_of_members(members: Sequence[Cropped], plans: Plans, k: int, save: bo
 
 
 def write_case_outputs(out_path: str | Path, seg: np.ndarray, affine: np.ndarray, *,
-                       probabilities: np.ndarray | None = None, postprocessing: Sequence[Sequence[int]] = (),
+                       probabilities: np.ndarray | Path | None = None, postprocessing: Sequence[Sequence[int]] = (),
                        dicom: tuple[Path, dict] | None = None,
                        images: Sequence[tuple[Path, np.ndarray]] = ()) -> Path:
     """Write a case's label map (*raw shape) as `out_path` after the keep-largest-component steps
-    (never applied to the probabilities), `<case>.npz` beside it when `probabilities` are given,
+    (never applied to the probabilities), `<case>.npz` beside it when `probabilities` are given
+    (an array, or a .npz already streamed by saved_probabilities.ProbabilityFile, moved in place),
     and `<case>.dcm` when `dicom` = (the DICOM series it segments, the dataset's labels);
     `images`: more (path, (*raw shape) array) files (the uncertainty maps), written alike.
 
@@ -201,7 +190,9 @@ def write_case_outputs(out_path: str | Path, seg: np.ndarray, affine: np.ndarray
     staging.mkdir(parents=True)
     try:
         staged = [write_seg(staging / out_path.name, apply_postprocessing(seg, postprocessing), affine)]
-        if probabilities is not None:
+        if isinstance(probabilities, Path):
+            staged.append(probabilities.replace(staging / npz_path_for(staged[0]).name))
+        elif probabilities is not None:
             staged.append(write_probabilities(npz_path_for(staged[0]), probabilities))
         if dicom is not None:
             from nnlite.inference.dicom_seg import write_dicom_seg  # highdicom: only when asked for
@@ -231,9 +222,11 @@ def export_prediction(probs: np.ndarray | torch.Tensor, props: CaseProperties, p
     keep-largest-component steps (applied to the label map only, never to the probabilities).
     """
     cropped = probabilities_in_crop(probs, props, plans, config_name)
-    seg, probabilities = members_in_original([(cropped, props)], plans, save_probabilities)
-    return write_case_outputs(out_path, seg, output_affine(props, affine), probabilities=probabilities,
-                              postprocessing=postprocessing)
+    with ProbabilityFile(streamed_npz_path(out_path), len(cropped)) as saved:
+        seg = members_in_original([(cropped, props)], plans, saved.add if save_probabilities else None)
+        return write_case_outputs(out_path, seg, output_affine(props, affine),
+                                  probabilities=saved.finish() if save_probabilities else None,
+                                  postprocessing=postprocessing)
 
 
 def output_affine(props: CaseProperties, affine: np.ndarray | None) -> np.ndarray:
@@ -253,6 +246,13 @@ def npz_path_for(seg_path: str | Path) -> Path:
     ending = file_ending(seg_path)
     name = seg_path.name[: -len(ending)] if ending else seg_path.name
     return seg_path.with_name(name + ".npz")
+
+
+def streamed_npz_path(seg_path: str | Path) -> Path:
+    """Where `<case>.npz` is streamed before `write_case_outputs` moves it beside its label map: a
+    hidden temporary name (`*.tmp`: a killed run's leftover is removed by the next one)."""
+    npz = npz_path_for(seg_path)
+    return npz.with_name(f".{npz.name}{TMP_SUFFIX}")
 
 
 def dicom_seg_path(seg_path: Path) -> Path:

@@ -46,8 +46,9 @@ from nnlite.inference.models import StageModel, load_best, load_models
 from nnlite.inference.options import (PredictOptions, PredictReport, check_dicom_seg, check_folders,
                                       find_input_cases, is_done, output_path, part_file_name, part_files,
                                       read_input_case, select_part)
-from nnlite.inference.outputs import (Cropped, members_in_original, output_affine, probabilities_in_crop,
-                                      seg_in_original, write_case_outputs)
+from nnlite.inference.outputs import (ChannelSink, Cropped, members_in_original, output_affine,
+                                      probabilities_in_crop, seg_in_original, streamed_npz_path, write_case_outputs)
+from nnlite.inference.saved_probabilities import ProbabilityFile
 from nnlite.inference.sliding_window import predict_preprocessed
 from nnlite.inference.uncertainty import CaseUncertainty, format_rows, members_with_uncertainty, read_rows
 from nnlite.inference.temperature import prediction_temperature, scale_probabilities
@@ -170,32 +171,33 @@ def preprocess_raw(raw: Case, case: str, plans: Plans, config_name: str) -> Netw
     return data, props
 
 
-def prediction_in_original(prediction: CasePrediction, plans: Plans, save_probabilities: bool
-                           ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """A case's label map (*raw shape) before post-processing, its float16 probabilities
-    (K, *raw shape) when `save_probabilities`, and the affine they are written with, in the
-    orientation of the case's file: what `write_prediction` writes, and what `nnlite.Predictor`
-    returns without writing. Members that carry their disagreement (--uncertainty) also give
+def prediction_in_original(prediction: CasePrediction, plans: Plans, keep: ChannelSink | None = None
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """A case's label map (*raw shape) before post-processing and the affine it is written with, in
+    the orientation of the case's file: what `write_prediction` writes, and what `nnlite.Predictor`
+    returns without writing. keep: given the probabilities (*raw shape) float16 class by class,
+    oriented alike (saving them). Members that carry their disagreement (--uncertainty) also give
     `prediction.uncertainty` (inference/uncertainty.py), its maps oriented alike."""
     members = [member.cropped(plans) for member in prediction.members]
-    if all(member.disagreement is not None for member in prediction.members):
-        seg, probabilities, prediction.uncertainty = members_with_uncertainty(
-            members, [(m.disagreement, m.config_name) for m in prediction.members], plans, save_probabilities)
-    else:
-        seg, probabilities = members_in_original(members, plans, save_probabilities)
     raw = prediction.given.raw
     affine = output_affine(members[0][1], None if raw is None else raw.affine)
-    if raw is not None:  # a case read reoriented (plans.extra "orientation"): back to its file's orientation
-        orientation = plans.extra.get(ORIENTATION_KEY)
-        seg = written_oriented(seg, affine, orientation)
-        probabilities = None if probabilities is None else written_oriented(probabilities, affine, orientation)
-        if prediction.uncertainty is not None:
-            prediction.uncertainty.oriented(lambda array: written_oriented(array, affine, orientation))
-    return seg, probabilities, affine
+    orientation = None if raw is None else plans.extra.get(ORIENTATION_KEY)  # a case read reoriented
+
+    def oriented(array: np.ndarray) -> np.ndarray:  # back to its file's orientation
+        return array if raw is None else written_oriented(array, affine, orientation)
+
+    keep_oriented = None if keep is None else (lambda channel: keep(oriented(channel)))
+    if all(member.disagreement is not None for member in prediction.members):
+        seg, prediction.uncertainty = members_with_uncertainty(
+            members, [(m.disagreement, m.config_name) for m in prediction.members], plans, keep_oriented)
+        prediction.uncertainty.oriented(oriented)
+    else:
+        seg = members_in_original(members, plans, keep_oriented)
+    return oriented(seg), affine
 
 
 def calibrated(probabilities: np.ndarray | None, temperature: float, plans: Plans) -> np.ndarray | None:
-    """Saved probabilities (K, *S) float16 scaled by `temperature` (inference/temperature.py), as
+    """Whole probabilities (K, *S) float16 scaled by `temperature` (inference/temperature.py), as
     `<case>.npz` holds them; None stays None, T = 1 leaves them as they are."""
     if probabilities is None or temperature == 1.0:
         return probabilities
@@ -206,15 +208,17 @@ def write_prediction(out_path: Path, prediction: CasePrediction, plans: Plans, *
                      postprocessing: Sequence[Sequence[int]] = (), dicom_source: Path | None = None,
                      temperature: float = 1.0, uncertainty_dir: Path | None = None) -> Path:
     """A case's files from its members' probabilities (see `outputs.write_case_outputs`); saved
-    probabilities scaled by `temperature` (inference/temperature.py; the label map never changes);
-    with --uncertainty the maps `<case>_uncertainty<ending>`, `<case>_disagreement<ending>` go into
-    `uncertainty_dir` (default: beside the label map)."""
-    seg, probabilities, affine = prediction_in_original(prediction, plans, save_probabilities)
-    probabilities = calibrated(probabilities, temperature, plans)
-    dicom = None if dicom_source is None else (dicom_source, plans.labels)
-    images = () if prediction.uncertainty is None else prediction.uncertainty.files(out_path, uncertainty_dir)
-    return write_case_outputs(out_path, seg, affine, probabilities=probabilities,
-                              postprocessing=postprocessing, dicom=dicom, images=images)
+    probabilities streamed into `<case>.npz` (saved_probabilities.py), scaled by `temperature`
+    (inference/temperature.py; the label map never changes); with --uncertainty the maps
+    `<case>_uncertainty<ending>`, `<case>_disagreement<ending>` go into `uncertainty_dir` (default:
+    beside the label map)."""
+    classes = len(prediction.members[0].probs)
+    with ProbabilityFile(streamed_npz_path(out_path), classes, temperature, plans.sigmoid_outputs) as saved:
+        seg, affine = prediction_in_original(prediction, plans, saved.add if save_probabilities else None)
+        dicom = None if dicom_source is None else (dicom_source, plans.labels)
+        images = () if prediction.uncertainty is None else prediction.uncertainty.files(out_path, uncertainty_dir)
+        return write_case_outputs(out_path, seg, affine, probabilities=saved.finish() if save_probabilities else None,
+                                  postprocessing=postprocessing, dicom=dicom, images=images)
 
 
 def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Path,

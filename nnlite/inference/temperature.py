@@ -52,14 +52,32 @@ def scale_probabilities(probs: np.ndarray, temperature: float, sigmoid: bool = F
 
 def _scale_block(block: np.ndarray, temperature: float, sigmoid: bool) -> np.ndarray:
     """One block (K, *s) float32, scaled (see `scale_probabilities`)."""
-    block = np.clip(block, 0.0, 1.0)
-    power = np.float32(1.0 / temperature)
     if sigmoid:
-        positive, negative = np.power(block, power), np.power(1.0 - block, power)
-        return positive / np.maximum(positive + negative, np.finfo(np.float32).tiny)
-    powered = np.power(block, power)
-    total = powered.sum(axis=0, keepdims=True)
-    return powered / np.maximum(total, np.finfo(np.float32).tiny)
+        return sigmoid_scaled(block, temperature)
+    powered = powered_probabilities(block, temperature)
+    return powered / _at_least_tiny(powered.sum(axis=0, keepdims=True))
+
+
+def powered_probabilities(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """p^(1/T) float32 of probabilities (any shape), clipped to [0, 1] first."""
+    return np.power(np.clip(np.asarray(probs, dtype=np.float32), 0.0, 1.0), np.float32(1.0 / temperature))
+
+
+def normalised_powers(channel: np.ndarray, temperature: float, total: np.ndarray) -> np.ndarray:
+    """Softmax scaling of one class channel (*S): p_k^(1/T) / Σ_j p_j^(1/T), `total` being the sum
+    (*S) float32 (saved_probabilities.py streams the classes this way)."""
+    return powered_probabilities(channel, temperature) / _at_least_tiny(total)
+
+
+def sigmoid_scaled(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Region (sigmoid) probabilities of any shape, scaled: p^(1/T) / (p^(1/T) + (1 − p)^(1/T))."""
+    clipped = np.clip(np.asarray(probs, dtype=np.float32), 0.0, 1.0)
+    positive, negative = powered_probabilities(clipped, temperature), powered_probabilities(1.0 - clipped, temperature)
+    return positive / _at_least_tiny(positive + negative)
+
+
+def _at_least_tiny(total: np.ndarray) -> np.ndarray:
+    return np.maximum(total, np.finfo(np.float32).tiny)
 
 
 def check_temperature(value: object, where: str) -> float:

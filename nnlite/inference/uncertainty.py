@@ -38,7 +38,7 @@ from scipy import ndimage
 from nnlite.common.errors import UserError
 from nnlite.common.layout import MAP_SUFFIXES
 from nnlite.data.image_io import file_ending
-from nnlite.inference.outputs import Cropped, members_in_original, probabilities_in_crop
+from nnlite.inference.outputs import ChannelSink, Cropped, members_in_original, probabilities_in_crop
 from nnlite.plans import Plans
 from nnlite.preprocessing.pipeline import CaseProperties, restore_original_geometry
 
@@ -221,13 +221,12 @@ def uncertainty_files(seg_path: Path, folder: Path | None = None) -> list[tuple[
 
 
 def members_with_uncertainty(members: Sequence[Cropped], disagreements: Sequence[tuple[np.ndarray, str]],
-                             plans: Plans, save_probabilities: bool
-                             ) -> tuple[np.ndarray, np.ndarray | None, CaseUncertainty]:
-    """`outputs.members_in_original` (label map, saved probabilities) watched by `UncertaintySums`,
+                             plans: Plans, keep: ChannelSink | None = None) -> tuple[np.ndarray, CaseUncertainty]:
+    """`outputs.members_in_original` (label map; probabilities to `keep`) watched by `UncertaintySums`,
     and the case's uncertainty. disagreements: per member, (its mutual information (*network space)
     in nats, its configuration); resampled and uncropped as its probabilities are."""
     sums = UncertaintySums(len(members[0][0]), plans.sigmoid_outputs)
-    seg, saved = members_in_original(members, plans, save_probabilities, observe=sums.add)
+    seg = members_in_original(members, plans, keep, observe=sums.add)
     single = len(members) == 1  # its channels are still in the crop; an ensemble's are uncropped
 
     def in_space(mutual: np.ndarray, props: CaseProperties, config_name: str) -> np.ndarray:
@@ -240,4 +239,4 @@ def members_with_uncertainty(members: Sequence[Cropped], disagreements: Sequence
         props = members[0][1]
         entropy, mutual = (restore_original_geometry(m, props, plans, 0.0) for m in (entropy, mutual))
     row = quality_row(seg, entropy, mutual, sums, bool(plans.regions))
-    return seg, saved, CaseUncertainty(entropy, mutual, row)
+    return seg, CaseUncertainty(entropy, mutual, row)
