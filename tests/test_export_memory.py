@@ -115,14 +115,16 @@ CHANNEL_BYTES = int(np.prod(RAW)) * 4  # one class channel of the original grid 
 SLACK_BYTES = 256 * 1024  # interpreter and writer noise between two runs
 
 
-def _export_peak(tmp_path, classes: int) -> int:
-    """Peak bytes traced while exporting one case's label map (network-space input already held)."""
+def _export_peak(tmp_path, classes: int, save_probabilities: bool = False) -> int:
+    """Peak bytes traced while exporting one case's label map (network-space input already held),
+    and its probabilities (`<case>.npz`) when `save_probabilities`."""
     plans = _plans(classes)
     props = _case(CROP, RAW, RAW, (2.0, 0.5, 0.5), (0, 1, 2), offset=0)
     probs = np.random.default_rng(classes).random((classes, *CROP), dtype=np.float32)
     tracemalloc.start()
     try:
-        export_prediction(probs, props, plans, CONFIG, tmp_path / f"k{classes}.nii.gz", affine=np.eye(4))
+        export_prediction(probs, props, plans, CONFIG, tmp_path / f"k{classes}.nii.gz", save_probabilities,
+                          affine=np.eye(4))
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -135,26 +137,12 @@ def test_export_peak_memory_grows_by_at_most_one_class_channel(tmp_path):
         f"more than one class channel ({CHANNEL_BYTES / 2**20:.1f} MiB) per class")
 
 
-def _export_peak_saving(tmp_path, classes: int) -> int:
-    """Peak bytes traced while exporting one case with its probabilities saved (`<case>.npz`)."""
-    plans = _plans(classes)
-    props = _case(CROP, RAW, RAW, (2.0, 0.5, 0.5), (0, 1, 2), offset=0)
-    probs = np.random.default_rng(classes).random((classes, *CROP), dtype=np.float32)
-    tracemalloc.start()
-    try:
-        export_prediction(probs, props, plans, CONFIG, tmp_path / f"s{classes}.nii.gz", save_probabilities=True,
-                          affine=np.eye(4))
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 def test_saved_probabilities_are_streamed_not_held_whole(tmp_path):
-    few, many = _export_peak_saving(tmp_path, 4), _export_peak_saving(tmp_path, 16)
+    few, many = _export_peak(tmp_path, 4, save_probabilities=True), _export_peak(tmp_path, 16, save_probabilities=True)
     assert many - few <= CHANNEL_BYTES + SLACK_BYTES, (
         f"peak {few / 2**20:.1f} MiB with 4 classes, {many / 2**20:.1f} MiB with 16 while saving the "
         f"probabilities: the .npz is built whole instead of one class channel at a time")
-    saved = load_probabilities(tmp_path / "s16.npz")
+    saved = load_probabilities(tmp_path / "k16.npz")
     assert saved.shape == (16, *RAW) and saved.dtype == np.float16
 
 
