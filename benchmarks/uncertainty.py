@@ -1,14 +1,15 @@
 """Does the per-case uncertainty score find the bad cases? Spearman(score, 1 − Dice) and the share of
 the total Dice error held by the worst-scored 20 % of held-out cases (docs/uncertainty.md).
 
-    python benchmarks/uncertainty.py [--work DIR] [--epochs 8] [--iters 30] [--dataset hippocampus|demo]
+    python benchmarks/uncertainty.py [--work DIR] [--epochs 8] [--iters 30] [--augment] [--mirror]
+                                     [--dataset hippocampus|demo]
 
 Plans, preprocesses and trains fold 0 of the dataset's `2d` configuration into DIR (each step
 reused when its output is there; `--resume` continues an interrupted training): a short schedule
-(epochs × iters at batch 32, no augmentation) so that it fits a shared 2-core machine. Then
+(epochs × iters at batch 32; without `--augment` no augmentation) that fits a 2-core machine. Then
 predicts fold 0's validation cases — 44 of Hippocampus's 220, never seen in training — from the
-raw images with `predict --uncertainty --folds 0 --no-mirroring` (one member: the network never saw a
-mirrored image; `--mirror` adds the 4 mirrored members), scores them
+raw images with `predict --uncertainty --folds 0 --no-mirroring` (one member; `--mirror` predicts
+the 4 mirrored members, for a model trained with `--augment`), scores them
 with `nnlite evaluate` and compares `uncertainty.csv`'s score (and its boundary columns) with each
 case's Dice error. `--dataset demo` does the same on a generated demo dataset (--demo-cases cases).
 """
@@ -47,8 +48,8 @@ def prepare(raw: Path, work: Path, args: argparse.Namespace) -> None:
     if not (fold / "checkpoint_final.pt").is_file():
         run([python, "-m", "nnlite.train", str(work), "--config", CONFIG, "--fold", "0", "--epochs", str(args.epochs),
              "--iters-per-epoch", str(args.iters), "--batch-size", "32", "--val-iters", "3", "--device", "cpu",
-             "--seed", "0", "--workers", "1", "--set", "training.lr_step=iteration", "--set", "data.augment=false",
-             "--resume" if args.resume else "--overwrite"])
+             "--seed", "0", "--workers", str(args.workers), "--set", "training.lr_step=iteration",
+             *([] if args.augment else ["--set", "data.augment=false"]), "--resume" if args.resume else "--overwrite"])
 
 
 def held_out_inputs(raw: Path, work: Path, folder: Path) -> list[str]:
@@ -113,9 +114,12 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--augment", action="store_true",
+                        help="train with nnU-Net's augmentation (default: none, which trains faster per step)")
+    parser.add_argument("--workers", type=int, default=1, help="loader workers of the training (0: none)")
     parser.add_argument("--mirror", action="store_true",
-                        help="predict with test-time mirroring (the short training has no augmentation, "
-                             "so by default not)")
+                        help="predict with test-time mirroring (4 members in 2d; only meaningful with --augment, "
+                             "which mirrors the training patches)")
     args = parser.parse_args()
     if args.dataset == "demo":
         from nnlite.data.demo_dataset import generate_demo_dataset
