@@ -67,7 +67,7 @@ class ProbabilityFile:
             raise ValueError(f"{self.path.name}: channel {self.added} has shape {channel.shape}, not {self.shape}")
         saved = np.ascontiguousarray(channel, dtype=self.dtype)
         if self.two_passes:
-            self._unscaled.write(saved.tobytes())
+            self._unscaled.write(_as_bytes(saved))
             powers = powered_probabilities(saved, self.temperature)
             self.total = powers if self.total is None else np.add(self.total, powers, out=self.total)
         elif self.temperature != 1.0:
@@ -103,13 +103,18 @@ class ProbabilityFile:
             self._unscaled = open(self.unscaled, "wb")
 
     def _write(self, channel: np.ndarray) -> None:
-        self._member.write(np.ascontiguousarray(channel, dtype=self.dtype).tobytes())
+        self._member.write(_as_bytes(np.ascontiguousarray(channel, dtype=self.dtype)))
 
     def _close(self) -> None:
         for handle in (self._member, self._zip, self._unscaled):
             if handle is not None:
                 handle.close()
         self._zip = self._member = self._unscaled = None
+
+
+def _as_bytes(array: np.ndarray) -> memoryview:
+    """A C-contiguous array's bytes without a copy (zipfile counts len() of what it is given)."""
+    return memoryview(array).cast("B")
 
 
 class HeldProbabilities:
