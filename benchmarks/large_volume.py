@@ -1,30 +1,36 @@
 """Peak memory and wall time of predicting (and preprocessing) whole-body-CT-sized volumes.
 
     python benchmarks/large_volume.py [--work DIR] [--shape 300 512 512] [--classes 13]
+                                      [--train-epochs N --train-iters M] [--save-probabilities]
                                       [--table-classes 3 7 13] [--table-depths 150 300]
                                       [--preprocess-cases 3] [--memory-gb 3]
                                       [--reference-python /tmp/refvenv/bin/python]
 
-A CT-like case (air -1000 HU, a body, lungs, a spine and organs; int16) of --shape voxels (Z, Y, X)
-at 2.5 × 0.7 × 0.7 mm is predicted by a plain U-Net with --classes outputs planned at a coarser
-spacing, 5.0 × 1.4 × 1.4 mm (CT normalisation, separate-z resampling both ways), so the export
-resamples the probabilities up 8-fold. The model is written once as an nnU-Net v2 model folder
-(plans.json, dataset.json, fold_0/checkpoint_final.pth in nnU-Net's layout; random weights drawn by
-nnlite's initialiser, the output layer scaled by --head-gain (see HEAD_GAIN), renamed to
-PlainConvUNet's keys with its aliases); nnlite predicts with it through `convert nnunet-model`,
-nnU-Net (with --reference-python) with `nnUNetv2_predict_from_modelfolder` (its defaults: 3
-preprocessing and 3 export processes): the same weights on both sides. Both run on the CPU
-without mirroring, in fresh processes, one after the other; every run's process tree (children
-included) is sampled every 100 ms for its proportional set size (PSS: pages shared between the
-processes counted once) and resident size.
+A CT-like case (air -1000 HU, a body, lungs, a spine and 12 organs of one fixed anatomy, each case
+moving them a little; int16) of --shape voxels (Z, Y, X) at 2.5 × 0.7 × 0.7 mm is predicted by a
+plain U-Net with --classes outputs planned at a coarser spacing, 5.0 × 1.4 × 1.4 mm (CT
+normalisation, separate-z resampling both ways), so the export resamples the probabilities up
+8-fold. The model is written once as an nnU-Net v2 model folder (plans.json, dataset.json,
+fold_0/checkpoint_final.pth in nnU-Net's layout, renamed to PlainConvUNet's keys with its aliases):
+with --train-epochs, the weights nnlite trained on TRAIN_CASES other generated cases (at the planned
+spacing and TRAIN_PATCH, TRAIN_SETTINGS); without, random weights drawn by nnlite's initialiser,
+the output layer scaled by --head-gain (see HEAD_GAIN). nnlite predicts with it through
+`convert nnunet-model`, nnU-Net (with --reference-python) with `nnUNetv2_predict_from_modelfolder`
+(its defaults: 3 preprocessing and 3 export processes): the same weights on both sides. Both run on
+the CPU without mirroring, in fresh processes, one after the other; every run's process tree
+(children included) is sampled every 100 ms for its proportional set size (PSS: pages shared
+between the processes counted once) and resident size.
 
 Printed: per run the peak PSS / RSS of the tree and the wall time; nnlite's peak against the
 physical floor (the raw image as read, float32, + one label map + one class channel in the
-original geometry), the growth of nnlite's peak per added class (table over --table-classes, and
-over --table-depths: the same case cut to fewer slices), and the voxel agreement of the label maps.
-With --preprocess-cases N: a raw dataset of N such cases (with labels) is planned and preprocessed
-(3d_fullres) by nnlite and by nnU-Net (`nnUNetv2_plan_and_preprocess`), peak memory and wall time
-each, and nnlite's preprocess once more with `--memory-gb` (its peak must stay under that budget).
+original geometry), the voxel agreement of the two label maps (all voxels, and the voxels either
+calls foreground) and each one's mean Dice against the generated labels; with --save-probabilities
+the same prediction saving `<case>.npz` (nnlite at T = 1 and with a fitted T = 1.5, nnU-Net with
+--save_probabilities); the growth of nnlite's peak per added class (table over --table-classes, and
+over --table-depths: the same case cut to fewer slices). With --preprocess-cases N: a raw dataset of
+N such cases (with labels) is planned and preprocessed (3d_fullres) by nnlite and by nnU-Net
+(`nnUNetv2_plan_and_preprocess`), peak memory and wall time each, and nnlite's preprocess once more
+with `--memory-gb` (its peak must stay under that budget).
 """
 
 from __future__ import annotations
@@ -48,6 +54,12 @@ sys.path.insert(0, str(ROOT))
 SPACING = (2.5, 0.7, 0.7)  # (Z, Y, X) mm of the generated case
 COARSE = (5.0, 1.4, 1.4)  # the planned spacing: export resamples 2 × 2 × 2 up
 PATCH = (48, 128, 128)
+TRAIN_PATCH = (32, 96, 96)  # training at a smaller patch: 2.7× fewer voxels per step
+TRAIN_CASES = 4
+# no augmentation (the generated cases differ only by small shifts and noise), 2 of 3 patches centred
+# on an organ (12 small classes learn sooner), the learning rate decayed every step
+TRAIN_SETTINGS = ("--set", "validation.enabled=false", "--set", "data.augment=false",
+                  "--set", "data.oversample_foreground=0.66", "--set", "training.lr_step=iteration")
 STRIDES = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
 KERNELS = [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]
 FEATURES = [8, 16, 32, 64, 128]
@@ -61,12 +73,24 @@ MIB = 2**20
 # argmax, and the agreement measures the implementations (a trained model's maps are smooth and
 # agree to 99.96 %, benchmarks/nnunet_model.py); --head-gain 1 shows the rules' difference.
 HEAD_GAIN = 0.005
+ANATOMY_SEED = 0  # the organ layout every generated case shares
 
 
 # --- the generated case -----------------------------------------------------------------------
 
+def organ_layout(organs: int) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """(centre, radii, HU) of each organ in the unit cube (Z, Y, X) ∈ [-1, 1]³: one fixed anatomy
+    (as in real CT, label k is always the same organ at about the same place and density), so a
+    model can learn it; the HU values are 80 apart (noise σ 15)."""
+    rng = np.random.default_rng(ANATOMY_SEED)
+    densities = rng.permutation(np.arange(organs)) * 80 + 100
+    return [(rng.uniform([-0.7, -0.3, -0.5], [0.7, 0.3, 0.5]), rng.uniform([0.15, 0.1, 0.1], [0.35, 0.22, 0.22]),
+             int(density)) for density in densities]
+
+
 def ct_like_case(shape: tuple[int, int, int], seed: int = 0, organs: int = 12) -> tuple[np.ndarray, np.ndarray]:
-    """(image int16 HU, label map uint8 with `organs` ellipsoids) of shape (Z, Y, X)."""
+    """(image int16 HU, label map uint8 with `organs` ellipsoids) of shape (Z, Y, X); `seed` moves
+    and resizes each organ of the fixed layout a little (one patient to the next) and draws the noise."""
     rng = np.random.default_rng(seed)
     z, y, x = (np.linspace(-1, 1, n, dtype=np.float32) for n in shape)
     image = np.full(shape, -1000, np.int16)
@@ -79,15 +103,15 @@ def ct_like_case(shape: tuple[int, int, int], seed: int = 0, organs: int = 12) -
                 + ((zz - 0.45) / 0.45) ** 2) <= 1
         image[lung] = -800
     spine = ((y[None, :, None] - 0.4) / 0.1) ** 2 + (x[None, None, :] / 0.08) ** 2 <= 1
-    image[np.broadcast_to(spine, shape)] = 700
-    for label in range(1, organs + 1):
-        centre = rng.uniform([-0.7, -0.3, -0.5], [0.7, 0.3, 0.5])
-        radii = rng.uniform([0.08, 0.06, 0.06], [0.25, 0.18, 0.18])
+    image[np.broadcast_to(spine, shape)] = 1400
+    for label, (usual_centre, usual_radii, density) in enumerate(organ_layout(organs), start=1):
+        centre = usual_centre + rng.uniform(-0.04, 0.04, 3)
+        radii = usual_radii * rng.uniform(0.9, 1.1, 3)
         box = [slice(max(0, int((c - r + 1) / 2 * n)), min(n, int((c + r + 1) / 2 * n) + 1))
                for c, r, n in zip(centre, radii, shape)]
         grid = np.ix_(z[box[0]], y[box[1]], x[box[2]])
         inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1
-        image[tuple(box)][inside] = int(rng.uniform(30, 250))
+        image[tuple(box)][inside] = density
         labels[tuple(box)][inside] = label
     noise = rng.normal(0, 15, size=shape[1:]).astype(np.int16)  # one noise plane, rolled per slice
     for k in range(shape[0]):
@@ -106,7 +130,7 @@ def write_nifti(path: Path, array: np.ndarray, spacing: tuple[float, float, floa
 
 # --- the model, as an nnU-Net v2 model folder -------------------------------------------------
 
-def nnunet_plans(classes: int) -> dict:
+def nnunet_plans(classes: int, patch: tuple[int, int, int] = PATCH) -> dict:
     resampling = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
     arch = {"n_stages": len(FEATURES), "features_per_stage": FEATURES,
             "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": KERNELS, "strides": STRIDES,
@@ -115,7 +139,7 @@ def nnunet_plans(classes: int) -> dict:
             "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
             "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}}
     config = {"data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-              "batch_size": 2, "patch_size": list(PATCH), "median_image_size_in_voxels": [150, 256, 256],
+              "batch_size": 2, "patch_size": list(patch), "median_image_size_in_voxels": [150, 256, 256],
               "spacing": list(COARSE), "normalization_schemes": ["CTNormalization"],
               "use_mask_for_norm": [False], "resampling_fn_data": "resample_data_or_seg_to_shape",
               "resampling_fn_seg": "resample_data_or_seg_to_shape",
@@ -126,7 +150,7 @@ def nnunet_plans(classes: int) -> dict:
               "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
                                "arch_kwargs": arch,
                                "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
-              "batch_dice": False}
+              "batch_dice": True}  # nnU-Net plans True for a 3d_fullres that has a 3d_lowres (cases this large)
     return {"dataset_name": "Dataset990_LargeCT", "plans_name": "nnUNetPlans",
             "original_median_spacing_after_transp": list(SPACING),
             "original_median_shape_after_transp": [300, 512, 512], "image_reader_writer": "SimpleITKIO",
@@ -172,14 +196,15 @@ def with_nnunet_aliases(state: dict) -> dict:
     return aliased
 
 
-def write_model_folder(root: Path, classes: int, head_gain: float = HEAD_GAIN, weights: dict | None = None) -> Path:
+def write_model_folder(root: Path, classes: int, head_gain: float = HEAD_GAIN, weights: dict | None = None,
+                       patch: tuple[int, int, int] = PATCH) -> Path:
     """The nnU-Net model folder: `weights` (nnU-Net keys), else random ones with the output layer
     scaled by `head_gain`."""
     import torch
 
     folder = root / TRAINER_FOLDER
     (folder / "fold_0").mkdir(parents=True, exist_ok=True)
-    plans = nnunet_plans(classes)
+    plans = nnunet_plans(classes, patch)
     (folder / "plans.json").write_text(json.dumps(plans, indent=1))
     (folder / "dataset.json").write_text(json.dumps(dataset_json(classes), indent=1))
     state = nnunet_state_dict(classes, head_gain) if weights is None else with_nnunet_aliases(weights)
@@ -192,9 +217,12 @@ def write_model_folder(root: Path, classes: int, head_gain: float = HEAD_GAIN, w
     return folder
 
 
-def trained_weights(root: Path, classes: int, epochs: int, iters: int, threads: str) -> dict:
-    """The model trained briefly by nnlite on 4 smaller CT-like cases with labels (fold all, no
-    validation), its weights under PlainConvUNet's keys."""
+def trained_weights(root: Path, shape: tuple[int, int, int], classes: int, epochs: int, iters: int,
+                    threads: str) -> dict:
+    """The model trained by nnlite (fold all, no validation) on TRAIN_CASES other cases of the same
+    anatomy, generated at the planned spacing (half of `shape`, the same physical extent: nothing to
+    resample), at the smaller TRAIN_PATCH (the network is fully convolutional: predicted at PATCH);
+    its weights under PlainConvUNet's keys."""
     import torch
 
     from nnlite.network.nnunet_weights import nnlite_to_nnunet
@@ -202,15 +230,17 @@ def trained_weights(root: Path, classes: int, epochs: int, iters: int, threads: 
     work = root / "train_work"
     checkpoint = work / "results" / "3d_fullres" / "fold_all" / "checkpoint_final.pt"
     if not checkpoint.is_file():
-        raw = make_raw_dataset(root / "train_raw", (120, 320, 320), 4, classes)
-        model = write_model_folder(root / "train_model", classes)
+        coarse_shape = tuple(round(n * s / c) for n, s, c in zip(shape, SPACING, COARSE))
+        raw = make_raw_dataset(root / "train_raw", coarse_shape, TRAIN_CASES, classes, COARSE, first_seed=1)
+        model = write_model_folder(root / "train_model", classes, patch=TRAIN_PATCH)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": threads}
         for command in (["convert", "nnunet-model", str(model), str(work), "--overwrite"],
                         ["preprocess", str(work), "--raw", str(raw)],
                         ["train", str(work), "--fold", "all", "--epochs", str(epochs), "--iters-per-epoch",
-                         str(iters), "--val-iters", "1", "--batch-size", "2", "--workers", "1", "--seed", "0",
-                         "--overwrite", "--set", "validation.enabled=false"]):
-            done = subprocess.run([sys.executable, "-m", "nnlite", *command], env=env, capture_output=True, text=True)
+                         str(iters), "--val-iters", "1", "--batch-size", "2", "--workers", "0", "--seed", "0",
+                         "--overwrite", *TRAIN_SETTINGS]):
+            done = subprocess.run([sys.executable, "-m", "nnlite", *command], check=False, env=env, capture_output=True,
+                                  text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"nnlite {command[0]} failed:\n{done.stderr[-3000:]}")
     return nnlite_to_nnunet(torch.load(checkpoint, weights_only=True)["network"], "PlainConvUNet")
@@ -289,34 +319,56 @@ def measured(name: str, command: list[str], env: dict | None = None, period: flo
 
 # --- the runs -----------------------------------------------------------------------------------
 
-def nnlite_predict(model: Path, work: Path, inputs: Path, out: Path, threads: str) -> Run:
+def nnlite_predict(model: Path, work: Path, inputs: Path, out: Path, threads: str, *, name: str = "nnlite predict",
+                   temperature: float | None = None, extra: tuple[str, ...] = ()) -> Run:
+    """`convert nnunet-model` then `predict` (+ `extra`); `temperature`: a fitted T written for it."""
+    from nnlite.common.layout import temperature_file
+
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": threads}
     subprocess.run([sys.executable, "-m", "nnlite.convert", "nnunet-model", str(model), str(work), "--overwrite"],
                    check=True, capture_output=True, env=env)
+    if temperature is not None:
+        temperature_file(work, "3d_fullres").write_text(json.dumps({"temperature": temperature}))
     shutil.rmtree(out, ignore_errors=True)
-    return measured("nnlite predict", [sys.executable, "-m", "nnlite.predict", str(work), str(inputs), str(out),
-                                       "--folds", "0", "--no-mirroring", "--device", "cpu"], env)
+    return measured(name, [sys.executable, "-m", "nnlite.predict", str(work), str(inputs), str(out),
+                           "--folds", "0", "--no-mirroring", "--device", "cpu", *extra], env)
 
 
-def reference_predict(python: str, model: Path, inputs: Path, out: Path, threads: str) -> Run:
+def reference_predict(python: str, model: Path, inputs: Path, out: Path, threads: str, *, name: str = "nnU-Net predict",
+                      extra: tuple[str, ...] = ()) -> Run:
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "nnUNet_raw": str(out.parent / "nnUNet_raw"),
            "nnUNet_preprocessed": str(out.parent / "nnUNet_pre"), "nnUNet_results": str(out.parent / "nnUNet_res")}
     entry = ("import sys; from nnunetv2.inference.predict_from_raw_data import predict_entry_point_modelfolder "
              "as main; sys.argv[0] = 'nnUNetv2_predict_from_modelfolder'; sys.exit(main())")
-    return measured("nnU-Net predict", [python, "-c", entry, "-i", str(inputs), "-o", str(out), "-m", str(model),
-                                        "-f", "0", "-device", "cpu", "--disable_tta", "--disable_progress_bar"], env)
+    return measured(name, [python, "-c", entry, "-i", str(inputs), "-o", str(out), "-m", str(model),
+                           "-f", "0", "-device", "cpu", "--disable_tta", "--disable_progress_bar", *extra], env)
 
 
-def agreement(a: Path, b: Path) -> tuple[float, int]:
-    """Fraction of voxels with the same label in the two NIfTI label maps, classes present in a."""
+def read_labels(path: Path) -> np.ndarray:
+    """A NIfTI label map written by write_nifti or a predictor, as (Z, Y, X)."""
     import nibabel as nib
 
-    x = np.asarray(nib.load(str(a)).dataobj)
-    y = np.asarray(nib.load(str(b)).dataobj)
-    if x.shape != y.shape:
-        raise RuntimeError(f"label map shapes differ: {x.shape} vs {y.shape}")
-    return float(np.mean(x == y)), int(np.unique(x).size)
+    return np.asarray(nib.load(str(path)).dataobj).transpose(2, 1, 0)
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Fraction of voxels with the same label in the two maps, and the same over the voxels that
+    either map calls foreground (the part a background-only model would not show)."""
+    if a.shape != b.shape:
+        raise RuntimeError(f"label map shapes differ: {a.shape} vs {b.shape}")
+    foreground = (a > 0) | (b > 0)
+    return float(np.mean(a == b)), float(np.mean(a[foreground] == b[foreground])) if foreground.any() else 1.0
+
+
+def mean_dice(prediction: np.ndarray, truth: np.ndarray, classes: int) -> float:
+    """Mean Dice over the foreground classes (a class absent from both counts 1)."""
+    scores = []
+    for k in range(1, classes):
+        p, t = prediction == k, truth == k
+        total = int(p.sum()) + int(t.sum())
+        scores.append(2 * int((p & t).sum()) / total if total else 1.0)
+    return float(np.mean(scores))
 
 
 def floor_bytes(shape: tuple[int, int, int]) -> int:
@@ -348,8 +400,9 @@ def predict_table(args, root: Path, main_run: Run) -> list[tuple[int, tuple[int,
             if (classes, shape) == (args.classes, tuple(args.shape)):
                 rows.append((classes, shape, main_run))
                 continue
-            model = write_model_folder(root / f"model_{classes}", classes)
-            run = nnlite_predict(model, root / f"work_{classes}", inputs, root / f"out_{classes}_{depth}", args.threads)
+            model = write_model_folder(root / f"model_{classes}_random", classes)  # memory does not depend on weights
+            run = nnlite_predict(model, root / f"work_{classes}_random", inputs, root / f"out_{classes}_{depth}",
+                                 args.threads)
             print(f"  K={classes:3d}  {'x'.join(map(str, shape))}: {fmt(run)}", flush=True)
             rows.append((classes, shape, run))
     return rows
@@ -374,20 +427,40 @@ def print_growth(rows) -> None:
                   f"({channel / MIB:.0f} MiB)")
 
 
+def probability_runs(args, root: Path, model: Path, inputs: Path, plain: Run) -> None:
+    """Peak and wall of predicting with the probabilities saved, against the label map alone."""
+    from nnlite.inference.saved_probabilities import load_probabilities
+
+    work, runs = root / f"work_{args.classes}", []
+    for temperature in (None, 1.5):
+        name = "nnlite + probs" + ("" if temperature is None else f" T={temperature:g}")
+        runs.append(nnlite_predict(model, work, inputs, root / "out_nnlite_probs", args.threads, name=name,
+                                   temperature=temperature, extra=("--save-probabilities",)))
+        saved = load_probabilities(root / "out_nnlite_probs" / "ct_000.npz")
+        print(f"  {fmt(runs[-1])}  (+{(runs[-1].peak_pss - plain.peak_pss) / MIB:.0f} MiB over the label map "
+              f"alone; .npz {saved.shape} {saved.dtype}, {saved.nbytes / MIB:.0f} MiB)", flush=True)
+        del saved
+    if args.reference_python:
+        theirs = reference_predict(args.reference_python, model, inputs, root / "out_reference_probs", args.threads,
+                                   name="nnU-Net + probs", extra=("--save_probabilities",))
+        print(f"  {fmt(theirs)}; nnlite / nnU-Net: peak PSS {runs[0].peak_pss / theirs.peak_pss:.2f}, "
+              f"wall {runs[0].wall / theirs.wall:.2f}", flush=True)
+
+
 # --- preprocessing ------------------------------------------------------------------------------
 
-def make_raw_dataset(root: Path, shape: tuple[int, int, int], cases: int, classes: int) -> Path:
+def make_raw_dataset(root: Path, shape: tuple[int, int, int], cases: int, classes: int,
+                     spacing: tuple[float, float, float] = SPACING, first_seed: int = 0) -> Path:
     raw = root / "Dataset990_LargeCT"
-    root.mkdir(parents=True, exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
     if (raw / "dataset.json").is_file():
         return raw
     for sub in ("imagesTr", "labelsTr"):
         (raw / sub).mkdir(parents=True, exist_ok=True)
     for i in range(cases):
-        image, labels = ct_like_case(shape, seed=i, organs=classes - 1)
-        write_nifti(raw / "imagesTr" / f"ct_{i:03d}_0000.nii.gz", image, SPACING)
-        write_nifti(raw / "labelsTr" / f"ct_{i:03d}.nii.gz", labels, SPACING)
+        image, labels = ct_like_case(shape, seed=first_seed + i, organs=classes - 1)
+        write_nifti(raw / "imagesTr" / f"ct_{i:03d}_0000.nii.gz", image, spacing)
+        write_nifti(raw / "labelsTr" / f"ct_{i:03d}.nii.gz", labels, spacing)
     (raw / "dataset.json").write_text(json.dumps(dataset_json(classes, cases), indent=1))
     return raw
 
@@ -439,6 +512,9 @@ def main() -> int:
     parser.add_argument("--train-epochs", type=int, default=0,
                         help="train the compared model this many epochs first (0: random weights)")
     parser.add_argument("--train-iters", type=int, default=20, help="iterations per training epoch")
+    parser.add_argument("--save-probabilities", action="store_true",
+                        help="also predict with --save-probabilities (nnlite: T = 1 and a fitted T = 1.5; "
+                             "nnU-Net: --save_probabilities, with --reference-python)")
     parser.add_argument("--threads", default="2", help="OMP_NUM_THREADS of every run")
     parser.add_argument("--reference-python", help="a Python with nnunetv2==2.8.1")
     args = parser.parse_args()
@@ -449,7 +525,7 @@ def main() -> int:
         return 0
     shape = tuple(args.shape)
     inputs = make_inputs(root, shape)
-    weights = trained_weights(root, args.classes, args.train_epochs, args.train_iters, args.threads) \
+    weights = trained_weights(root, shape, args.classes, args.train_epochs, args.train_iters, args.threads) \
         if args.train_epochs else None
     model = write_model_folder(root / f"model_{args.classes}", args.classes, args.head_gain, weights)
     print(f"case {'x'.join(map(str, shape))} at {SPACING} mm, planned at {COARSE} mm, {args.classes} classes; "
@@ -459,9 +535,17 @@ def main() -> int:
     if args.reference_python:
         theirs = reference_predict(args.reference_python, model, inputs, root / "out_reference", args.threads)
         print("  " + fmt(theirs), flush=True)
-        same, present = agreement(root / "out_reference" / "ct_000.nii.gz", root / "out_nnlite" / "ct_000.nii.gz")
+        ours_map = read_labels(root / "out_nnlite" / "ct_000.nii.gz")
+        theirs_map = read_labels(root / "out_reference" / "ct_000.nii.gz")
+        same, same_foreground = agreement(ours_map, theirs_map)
+        _, truth = ct_like_case(shape)  # the labels of make_inputs' case
         print(f"  nnlite / nnU-Net: peak PSS {ours.peak_pss / theirs.peak_pss:.2f}, wall {ours.wall / theirs.wall:.2f}; "
-              f"label maps agree on {100 * same:.3f} % of voxels ({present} classes present)", flush=True)
+              f"label maps agree on {100 * same:.3f} % of voxels ({100 * same_foreground:.3f} % of the voxels "
+              f"either calls foreground; {np.unique(ours_map).size} classes present); mean Dice against the "
+              f"generated labels: nnlite {mean_dice(ours_map, truth, args.classes):.3f}, "
+              f"nnU-Net {mean_dice(theirs_map, truth, args.classes):.3f}", flush=True)
+    if args.save_probabilities:
+        probability_runs(args, root, model, inputs, ours)
     if args.table_classes:
         print_growth(predict_table(args, root, ours))
     if args.preprocess_cases:
