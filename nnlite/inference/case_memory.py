@@ -5,9 +5,10 @@ three cases in memory at once. Each case's footprint is estimated once it is rea
 shapes: the raw image (kept for its geometry), each member's network input, sliding-window
 accumulators and probabilities (K + 1 float32 channels twice, network space), and the export's
 one-class-at-a-time working set in the original geometry (outputs.py), plus, when probabilities are
-saved, the streaming writer's working set (saved_probabilities.py: one channel, not K). When three such cases do not fit the budget, cases run one
-after another (no read-ahead, the export waited for); a case whose estimate alone exceeds an
-explicit `--memory-gb` fails with one line naming it, and the other cases are still predicted.
+saved, the streaming writer's working set (saved_probabilities.py: one channel, not K). When three
+such cases do not fit the budget, cases run one after another (no read-ahead, the export waited
+for); a case whose estimate alone exceeds an explicit `--memory-gb` fails with one line naming it,
+and the other cases are still predicted.
 """
 
 from __future__ import annotations

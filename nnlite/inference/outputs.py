@@ -46,6 +46,7 @@ from nnlite.preprocessing.pipeline import CaseProperties, resample_to_original, 
 
 log = logging.getLogger(__name__)
 
+
 class CroppedProbabilities:
     """A configuration's probabilities (K, *shape_after_crop) float32 in the preprocessed axis
     order, kept in network space and resampled one class channel at a time when read."""

@@ -32,8 +32,8 @@ SAVED_DTYPE = np.dtype(np.float16)
 
 class ProbabilityFile:
     """Writes `path` (a .npz) from `classes` channels (*S) added in class order, saved as `dtype`;
-    `temperature` applied as it goes (see the module docstring). A context manager: the file appears only when
-    every channel was written (`finish`); otherwise nothing is left behind."""
+    `temperature` applied as it goes (see the module docstring). A context manager: the file
+    appears only when every channel was written (`finish`); otherwise nothing is left behind."""
 
     def __init__(self, path: str | Path, classes: int, temperature: float = 1.0, sigmoid: bool = False,
                  dtype: np.dtype = SAVED_DTYPE) -> None:
