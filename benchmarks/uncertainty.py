@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import random
+import re
 import subprocess
 import sys
 import time
@@ -53,11 +54,13 @@ def prepare(raw: Path, work: Path, args: argparse.Namespace) -> None:
 
 
 def held_out_inputs(raw: Path, work: Path, folder: Path) -> list[str]:
-    """Links to fold 0's validation cases' images in `folder`; their names."""
+    """Links to fold 0's validation cases' images (every channel file `<case>_CCCC.<ending>`) in
+    `folder`; their names."""
     cases = json.loads((work / "splits.json").read_text())[0]["val"]
     folder.mkdir(parents=True, exist_ok=True)
     for image in sorted((raw / "imagesTr").iterdir()):
-        case = image.name.split("_0000")[0] if "_0000" in image.name else None
+        channel = re.match(r"(.+)_\d{4}\.", image.name)
+        case = channel.group(1) if channel else None
         link = folder / image.name
         if case in cases and not link.exists():
             link.symlink_to(image)
