@@ -669,7 +669,7 @@ MUTATIONS = (
              "            self.total = powers",
              ("tests/test_export_memory.py::test_temperature_applied_while_streaming_equals_scaling_the_whole_array",)),
     Mutation("--save-probabilities: a failed stream leaves its file", "nnlite/inference/saved_probabilities.py",
-             "            self.path.unlink(missing_ok=True)", "            pass",
+             "                self.written.unlink(missing_ok=True)", "                pass",
              ("tests/test_export_memory.py::test_a_stream_that_fails_or_stops_short_leaves_no_file",)),
     # --- rules of the reference pinned: training, loss, inference, post-processing, evaluation
     Mutation("optimizer as built: momentum 0.9 instead of 0.99", "nnlite/training/trainer.py",

@@ -25,6 +25,7 @@ DICOM-SEG — for `predict`, the final validation, the cross-validation ensemble
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -174,12 +175,13 @@ def _class_of_members(members: Sequence[Cropped], plans: Plans, k: int, save: bo
 
 
 def write_case_outputs(out_path: str | Path, seg: np.ndarray, affine: np.ndarray, *,
-                       probabilities: np.ndarray | Path | None = None, postprocessing: Sequence[Sequence[int]] = (),
+                       probabilities: np.ndarray | ProbabilityFile | None = None,
+                       postprocessing: Sequence[Sequence[int]] = (),
                        dicom: tuple[Path, dict] | None = None,
                        images: Sequence[tuple[Path, np.ndarray]] = ()) -> Path:
     """Write a case's label map (*raw shape) as `out_path` after the keep-largest-component steps
     (never applied to the probabilities), `<case>.npz` beside it when `probabilities` are given
-    (an array, or a .npz already streamed by saved_probabilities.ProbabilityFile, moved in place),
+    (an array, or a `ProbabilityFile` whose channels were streamed: finished here, with the others),
     and `<case>.dcm` when `dicom` = (the DICOM series it segments, the dataset's labels);
     `images`: more (path, (*raw shape) array) files (the uncertainty maps), written alike.
 
@@ -191,8 +193,8 @@ def write_case_outputs(out_path: str | Path, seg: np.ndarray, affine: np.ndarray
     staging.mkdir(parents=True)
     try:
         staged = [write_seg(staging / out_path.name, apply_postprocessing(seg, postprocessing), affine)]
-        if isinstance(probabilities, Path):
-            staged.append(probabilities.replace(staging / npz_path_for(staged[0]).name))
+        if isinstance(probabilities, ProbabilityFile):
+            staged.append(probabilities.finish(staging / npz_path_for(staged[0]).name))
         elif probabilities is not None:
             staged.append(write_probabilities(npz_path_for(staged[0]), probabilities))
         if dicom is not None:
@@ -223,10 +225,9 @@ def export_prediction(probs: np.ndarray | torch.Tensor, props: CaseProperties, p
     keep-largest-component steps (applied to the label map only, never to the probabilities).
     """
     cropped = probabilities_in_crop(probs, props, plans, config_name)
-    with ProbabilityFile(streamed_npz_path(out_path), len(cropped)) as saved:
-        seg = members_in_original([(cropped, props)], plans, saved.add if save_probabilities else None)
-        return write_case_outputs(out_path, seg, output_affine(props, affine),
-                                  probabilities=saved.finish() if save_probabilities else None,
+    with probability_file(out_path, len(cropped), save_probabilities) as saved:
+        seg = members_in_original([(cropped, props)], plans, None if saved is None else saved.add)
+        return write_case_outputs(out_path, seg, output_affine(props, affine), probabilities=saved,
                                   postprocessing=postprocessing)
 
 
@@ -249,11 +250,13 @@ def npz_path_for(seg_path: str | Path) -> Path:
     return seg_path.with_name(name + ".npz")
 
 
-def streamed_npz_path(seg_path: str | Path) -> Path:
-    """Where `<case>.npz` is streamed before `write_case_outputs` moves it beside its label map: a
-    hidden temporary name (`*.tmp`: a killed run's leftover is removed by the next one)."""
-    npz = npz_path_for(seg_path)
-    return npz.with_name(f".{npz.name}{TMP_SUFFIX}")
+def probability_file(seg_path: str | Path, classes: int, save: bool, temperature: float = 1.0,
+                     sigmoid: bool = False) -> contextlib.AbstractContextManager[ProbabilityFile | None]:
+    """The `<case>.npz` a case's probabilities stream into when `save` (a context giving None
+    otherwise); `write_case_outputs` finishes it beside the label map."""
+    if not save:
+        return contextlib.nullcontext()
+    return ProbabilityFile(npz_path_for(seg_path), classes, temperature, sigmoid)
 
 
 def dicom_seg_path(seg_path: Path) -> Path:

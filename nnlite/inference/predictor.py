@@ -47,8 +47,7 @@ from nnlite.inference.options import (PredictOptions, PredictReport, check_dicom
                                       find_input_cases, is_done, output_path, part_file_name, part_files,
                                       read_input_case, select_part)
 from nnlite.inference.outputs import (ChannelSink, Cropped, members_in_original, output_affine,
-                                      probabilities_in_crop, seg_in_original, streamed_npz_path, write_case_outputs)
-from nnlite.inference.saved_probabilities import ProbabilityFile
+                                      probabilities_in_crop, probability_file, seg_in_original, write_case_outputs)
 from nnlite.inference.sliding_window import predict_preprocessed
 from nnlite.inference.uncertainty import CaseUncertainty, format_rows, members_with_uncertainty, read_rows
 from nnlite.inference.temperature import prediction_temperature, scale_probabilities
@@ -213,12 +212,12 @@ def write_prediction(out_path: Path, prediction: CasePrediction, plans: Plans, *
     `<case>_uncertainty<ending>`, `<case>_disagreement<ending>` go into `uncertainty_dir` (default:
     beside the label map)."""
     classes = len(prediction.members[0].probs)
-    with ProbabilityFile(streamed_npz_path(out_path), classes, temperature, plans.sigmoid_outputs) as saved:
-        seg, affine = prediction_in_original(prediction, plans, saved.add if save_probabilities else None)
+    with probability_file(out_path, classes, save_probabilities, temperature, plans.sigmoid_outputs) as saved:
+        seg, affine = prediction_in_original(prediction, plans, None if saved is None else saved.add)
         dicom = None if dicom_source is None else (dicom_source, plans.labels)
         images = () if prediction.uncertainty is None else prediction.uncertainty.files(out_path, uncertainty_dir)
-        return write_case_outputs(out_path, seg, affine, probabilities=saved.finish() if save_probabilities else None,
-                                  postprocessing=postprocessing, dicom=dicom, images=images)
+        return write_case_outputs(out_path, seg, affine, probabilities=saved, postprocessing=postprocessing,
+                                  dicom=dicom, images=images)
 
 
 def predict_models(work: str | Path, input_dir: str | Path, output_dir: str | Path,

@@ -31,16 +31,17 @@ SAVED_DTYPE = np.dtype(np.float16)
 
 
 class ProbabilityFile:
-    """Writes `path` (a .npz) from `classes` channels (*S) added in class order, saved as `dtype`;
-    `temperature` applied as it goes (see the module docstring). A context manager: the file
-    appears only when every channel was written (`finish`); otherwise nothing is left behind."""
+    """Writes `path` (a .npz; streamed into `<path>.tmp`) from `classes` channels (*S) added in
+    class order, saved as `dtype`; `temperature` applied as it goes (see the module docstring). A
+    context manager: the file appears only when every channel was written (`finish`, which may
+    move it elsewhere, e.g. beside the case's other files); if the block fails, nothing is left."""
 
     def __init__(self, path: str | Path, classes: int, temperature: float = 1.0, sigmoid: bool = False,
                  dtype: np.dtype = SAVED_DTYPE) -> None:
         self.path, self.classes, self.dtype = Path(path), classes, np.dtype(dtype)
         self.temperature, self.sigmoid = temperature, sigmoid
         self.tmp, self.unscaled = tmp_path_for(self.path), self.path.with_name(self.path.name + ".unscaled.tmp")
-        self.added, self.shape, self.total = 0, None, None
+        self.added, self.shape, self.total, self.written = 0, None, None, None
         self._zip = self._member = self._unscaled = None
 
     @property
@@ -54,7 +55,8 @@ class ProbabilityFile:
         self._close()
         if kind is not None:  # a failed case leaves nothing, finished or not
             self.tmp.unlink(missing_ok=True)
-            self.path.unlink(missing_ok=True)
+            if self.written is not None:
+                self.written.unlink(missing_ok=True)
         self.unscaled.unlink(missing_ok=True)
 
     def add(self, channel: np.ndarray) -> None:
@@ -76,8 +78,9 @@ class ProbabilityFile:
             self._write(saved)
         self.added += 1
 
-    def finish(self) -> Path:
-        """Write what the second pass needs and move the file in place (atomically); its path."""
+    def finish(self, destination: Path | None = None) -> Path:
+        """Write what the second pass needs and move the file to `destination` (default `path`),
+        atomically; where it is now."""
         if self.added != self.classes:
             raise ValueError(f"{self.path.name}: {self.added} of {self.classes} probability channels added")
         if self.two_passes:
@@ -88,8 +91,8 @@ class ProbabilityFile:
                     saved = np.fromfile(handle, self.dtype, count=voxels).reshape(self.shape)
                     self._write(normalised_powers(saved, self.temperature, self.total))
         self._close()
-        self.tmp.replace(self.path)
-        return self.path
+        self.written = self.tmp.replace(destination or self.path)
+        return self.written
 
     def _open(self, shape: tuple[int, ...]) -> None:
         self.shape = tuple(shape)
